@@ -1,0 +1,27 @@
+"""LilNetX: tiny, structurally sparse networks through entropy-penalised reparameterisation.
+
+Public API: ``reparameterize``, ``objective``, ``train`` / ``TrainConfig``, ``stats``, ``strip``
+(and, from the artifact codec, ``save`` / ``load``).
+"""
+
+from lilnetx.density import FactorizedDensity
+from lilnetx.metrics import stats
+from lilnetx.objective import Lambdas, objective, rate_bits
+from lilnetx.reparam import (
+    LatentGroup,
+    LatentTensor,
+    ReparamError,
+    is_reparameterized,
+    latent_groups,
+    latent_tensors,
+    reparameterize,
+    round_ste,
+    strip,
+)
+from lilnetx.training import CheckpointError, ConfigError, Trainer, TrainConfig, evaluate, train
+
+__all__ = [
+    "CheckpointError", "ConfigError", "FactorizedDensity", "Lambdas", "LatentGroup", "LatentTensor",
+    "ReparamError", "TrainConfig", "Trainer", "evaluate", "is_reparameterized", "latent_groups",
+    "latent_tensors", "objective", "rate_bits", "reparameterize", "round_ste", "stats", "strip", "train",
+]

@@ -1,0 +1,271 @@
+"""Reparameterise any ``nn.Module``: every conv / linear weight becomes ``decode(round_ste(Z))``.
+
+Layers are grouped by kernel shape (``conv3x3``, ``conv1x1``, ``dense``, ``bias``...). Each group owns one
+linear decoder (a ``width x width`` matrix, ``width = K*K``; a scalar for 1x1 convs, dense layers and biases)
+and one factorised density with ``width`` channels. There is no shift term, so a zero latent slice decodes to
+an exactly zero weight slice. The weights are ``torch.nn.utils.parametrize`` parametrizations, so the model
+keeps its own class and ``forward``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from lilnetx.density import FactorizedDensity
+
+STRUCTURES = ("slice", "channel", "filter")
+INITS = ("scratch", "fit")
+LATENT_BOUND_B = 3  # b of METHOD.md: latents of the widest layer start in about [-b, b]
+FIT_LEVELS_PER_STD = 16  # init="fit": quantisation step = RMS of the group's weights / this
+
+LayerPolicy = Callable[[str, nn.Module], "str | bool | None"]
+
+
+class ReparamError(ValueError):
+    """A model or option that cannot be reparameterised."""
+
+
+def round_ste(z: Tensor) -> Tensor:
+    """Round in the forward pass, identity gradient in the backward pass (straight-through)."""
+    return z + (torch.round(z) - z).detach()
+
+
+class LatentGroup(nn.Module):
+    """Decoder and density shared by every tensor of one kernel shape."""
+
+    def __init__(self, name: str, width: int, density_filters: tuple[int, ...] = (3, 3, 3)):
+        super().__init__()
+        self.name = name
+        self.width = width
+        self.decoder = nn.Parameter(torch.eye(width))
+        self.density = FactorizedDensity(width, density_filters)
+
+    def decode(self, rows: Tensor) -> Tensor:
+        """``rows`` of shape ``(N, width)`` -> decoded rows ``rows @ decoder`` (no shift)."""
+        if self.width == 1:
+            return rows * self.decoder[0, 0]
+        return rows @ self.decoder
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, width={self.width}"
+
+
+class LatentWeight(nn.Module):
+    """Parametrization ``Z -> decode(round_ste(Z))`` for one weight or bias tensor."""
+
+    def __init__(self, group: LatentGroup):
+        super().__init__()
+        self.group = group
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.group.decode(round_ste(z).reshape(-1, self.group.width)).reshape(z.shape)
+
+    def right_inverse(self, w: Tensor) -> Tensor:
+        """Continuous latents whose decoding is ``w`` (before rounding)."""
+        inverse = torch.linalg.inv(self.group.decoder.detach().double()).to(w.dtype)
+        return (w.detach().reshape(-1, self.group.width) @ inverse).reshape(w.shape)
+
+
+@dataclass(frozen=True)
+class LatentTensor:
+    """One reparameterised tensor of a model, e.g. ``features.0.weight``."""
+
+    module_name: str
+    tensor_name: str
+    module: nn.Module
+    group: LatentGroup
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_name}.{self.tensor_name}" if self.module_name else self.tensor_name
+
+    @property
+    def latent(self) -> nn.Parameter:
+        return self.module.parametrizations[self.tensor_name].original
+
+    def rows(self) -> Tensor:
+        """Latents as ``(slices, width)`` rows, the layout of the decoder and density."""
+        return self.latent.reshape(-1, self.group.width)
+
+    @property
+    def is_weight(self) -> bool:
+        return self.tensor_name == "weight"
+
+
+def latent_tensors(model: nn.Module) -> list[LatentTensor]:
+    """Every reparameterised tensor of ``model``, in module order."""
+    found = []
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name, plist in module.parametrizations.items():
+            if isinstance(plist[0], LatentWeight):
+                found.append(LatentTensor(module_name, tensor_name, module, plist[0].group))
+    return found
+
+
+def latent_groups(model: nn.Module) -> dict[str, LatentGroup]:
+    """The model's groups by name, in first-use order."""
+    return {t.group.name: t.group for t in latent_tensors(model)}
+
+
+def is_reparameterized(model: nn.Module) -> bool:
+    return bool(latent_tensors(model))
+
+
+def default_group_name(module: nn.Module) -> str:
+    """``conv3x3``, ``conv1x1``, ``conv7x7``, ``conv1x7``... for convs, ``dense`` for linear layers."""
+    if isinstance(module, nn.Linear):
+        return "dense"
+    return "conv" + "x".join(str(k) for k in module.kernel_size)
+
+
+def _slice_width(module: nn.Module) -> int:
+    return 1 if isinstance(module, nn.Linear) else math.prod(module.kernel_size)
+
+
+def _fan_out(weight: Tensor) -> int:
+    return weight.shape[0] * math.prod(weight.shape[2:])
+
+
+def _select_layers(
+    model: nn.Module, exclude: Iterable[str], layer_policy: LayerPolicy | None
+) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, group name) of every layer to compress."""
+    patterns = tuple(exclude)
+    chosen = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        decision = layer_policy(name, module) if layer_policy else None
+        if decision is False:
+            continue
+        group = decision if isinstance(decision, str) else default_group_name(module)
+        chosen.append((name, module, group))
+    return chosen
+
+
+def reparameterize(
+    model: nn.Module,
+    *,
+    init: str = "scratch",
+    structure: str = "slice",
+    compress_bias: bool = True,
+    exclude: Iterable[str] = (),
+    layer_policy: LayerPolicy | None = None,
+    density_filters: tuple[int, ...] = (3, 3, 3),
+    latent_bound: float = LATENT_BOUND_B,
+) -> nn.Module:
+    """Turn ``model`` into a LilNetX model in place and return it.
+
+    ``init="scratch"`` draws decoders and latents as in METHOD.md (decoded weights of He variance);
+    ``init="fit"`` keeps the current (trained) weights: decoders become scaled identities and latents
+    ``W / step``; the relative RMS fit error is stored in ``model.lilnetx_config["fit_error"]``.
+    ``exclude`` holds fnmatch patterns of module names left uncompressed. ``layer_policy(name, module)``
+    may return ``False`` (leave the layer alone), a group name, or ``None`` (default grouping).
+    ``structure`` picks the structured prior's unit: ``slice`` (K x K kernel), ``channel`` or ``filter``.
+    """
+    if init not in INITS:
+        raise ReparamError(f"unknown init {init!r}; choose one of {INITS}")
+    if structure not in STRUCTURES:
+        raise ReparamError(f"unknown structure {structure!r}; choose one of {STRUCTURES}")
+    if is_reparameterized(model):
+        raise ReparamError("model is already reparameterised; build a fresh model to reparameterise again")
+    layers = _select_layers(model, exclude, layer_policy)
+    if not layers:
+        raise ReparamError("no Conv or Linear layer left to compress (check `exclude` and the layer policy)")
+
+    groups: dict[str, LatentGroup] = {}
+    members: dict[str, list[tuple[nn.Module, str]]] = {}
+    for name, module, group_name in layers:
+        width = _slice_width(module)
+        group = groups.setdefault(group_name, LatentGroup(group_name, width, density_filters))
+        if group.width != width:
+            raise ReparamError(
+                f"layer {name!r} has slices of {width} values but group {group_name!r} has {group.width}; "
+                "a group holds one kernel shape"
+            )
+        members.setdefault(group_name, []).append((module, "weight"))
+        if compress_bias and module.bias is not None:
+            groups.setdefault("bias", LatentGroup("bias", 1, density_filters))
+            members.setdefault("bias", []).append((module, "bias"))
+
+    device = next(model.parameters()).device
+    fit_errors: list[float] = []
+    for group_name, group in groups.items():
+        group.to(device)
+        tensors = [getattr(module, tensor_name) for module, tensor_name in members[group_name]]
+        if init == "fit":
+            _init_fit_decoder(group, tensors)
+        else:
+            _init_scratch_decoder(group, tensors, latent_bound)
+        for module, tensor_name in members[group_name]:
+            original = getattr(module, tensor_name).detach().clone()
+            parametrize.register_parametrization(module, tensor_name, LatentWeight(group))
+            latent = module.parametrizations[tensor_name].original
+            with torch.no_grad():
+                if init == "scratch":
+                    latent.copy_(_scratch_latent(group, latent, tensor_name, latent_bound))
+                else:
+                    fit_errors.append(_relative_error(getattr(module, tensor_name), original))
+    config = {"init": init, "structure": structure, "compress_bias": compress_bias,
+              "exclude": list(exclude), "density_filters": list(density_filters)}
+    if init == "fit":
+        config["fit_error"] = max(fit_errors)
+    model.lilnetx_config = config
+    return model
+
+
+def _init_scratch_decoder(group: LatentGroup, tensors: list[Tensor], b: float) -> None:
+    """METHOD.md: decoder ~ N(0, var) calibrated so the widest-fan-out layer's latents span about [-b, b]."""
+    with torch.no_grad():
+        if group.name == "bias":
+            group.decoder.fill_(1 / 64)
+            return
+        fan_ref = max(_fan_out(t) for t in tensors)
+        var = 24 / (fan_ref * group.width * ((2 * b + 1) ** 2 - 1))
+        if group.width == 1:
+            group.decoder.fill_(math.sqrt(var))
+        else:
+            group.decoder.normal_(0.0, math.sqrt(var))
+
+
+def _scratch_latent(group: LatentGroup, latent: Tensor, tensor_name: str, b: float) -> Tensor:
+    """Latents ~ U(-B, B) with B chosen so the decoded weights have He (fan-out) variance."""
+    if tensor_name == "bias":
+        return torch.zeros_like(latent)
+    var = group.decoder.detach().pow(2).mean().item()
+    bound = (math.sqrt(24 / (var * group.width * _fan_out(latent)) + 1) - 1) / 2
+    return torch.empty_like(latent).uniform_(-bound, bound)
+
+
+def _init_fit_decoder(group: LatentGroup, tensors: list[Tensor]) -> None:
+    """Decoder = step * I, with the step a fixed fraction of the group's weight RMS."""
+    rms = torch.sqrt(torch.mean(torch.cat([t.detach().flatten() for t in tensors]).pow(2))).item()
+    with torch.no_grad():
+        group.decoder.copy_(torch.eye(group.width) * ((rms or 1.0) / FIT_LEVELS_PER_STD))
+
+
+def _relative_error(decoded: Tensor, target: Tensor) -> float:
+    scale = target.pow(2).mean().sqrt().item() or 1.0
+    return (decoded.detach() - target).pow(2).mean().sqrt().item() / scale
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Replace every latent parametrization by its decoded weight, in place: a plain PyTorch model."""
+    for t in latent_tensors(model):
+        parametrize.remove_parametrizations(t.module, t.tensor_name, leave_parametrized=True)
+    if hasattr(model, "lilnetx_config"):
+        del model.lilnetx_config
+    return model

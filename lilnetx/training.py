@@ -1,0 +1,320 @@
+"""Single-stage LilNetX training: two Adam optimisers, cosine schedule with warm-up, checkpoints, JSONL log.
+
+Runs as is under ``torchrun`` (DistributedDataParallel): when a process group is initialised the model is
+wrapped, data is sharded with ``DistributedSampler`` and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from lilnetx.objective import Lambdas, objective, rate_bits
+from lilnetx.reparam import latent_tensors
+
+CHECKPOINT_FORMAT = "lilnetx-checkpoint/1"
+
+
+class ConfigError(ValueError):
+    """An unknown or invalid training option."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed into this model."""
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a run (a recipe file holds the same keys)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-2
+    density_lr: float = 1e-4
+    lambda_rate: float = 1e-4
+    lambda_l2: float = 1e-6
+    lambda_slice: float = 1e-6
+    warmup_epochs: float = 5
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a recipe mapping; unknown keys and wrong types raise ``ConfigError``."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown training option {key!r}{hint}; known: {', '.join(known)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "density_lr": self.density_lr > 0, "lambda_rate": self.lambda_rate >= 0,
+            "lambda_l2": self.lambda_l2 >= 0, "lambda_slice": self.lambda_slice >= 0,
+            "warmup_epochs": self.warmup_epochs >= 0, "workers": self.workers >= 0,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"invalid value {getattr(self, name)!r} for training option {name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def lambdas(self) -> Lambdas:
+        return Lambdas(rate=self.lambda_rate, l2=self.lambda_l2, slice=self.lambda_slice)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if dist.is_initialized() and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Hash of the state dict's names and shapes: equal for two builds of one architecture."""
+    items = sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
+
+
+def _split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(model parameters, density parameters), each parameter once."""
+    density, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (density if ".density." in f".{name}" else rest).append(p)
+    return rest, density
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up, then cosine decay to zero."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy and mean cross-entropy of ``model`` on ``loader``."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = seen = 0
+    loss = 0.0
+    with parametrize.cached():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(dim=1).sum().item()
+            seen += len(y)
+    model.train(was_training)
+    return {"top1": correct1 / max(seen, 1), "top5": correct5 / max(seen, 1), "test_loss": loss / max(seen, 1)}
+
+
+class Trainer:
+    """Trains one reparameterised model on one train / test dataset pair."""
+
+    def __init__(self, model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: TrainConfig,
+                 run_dir: str | Path | None = None, progress: bool = True):
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.tensors = latent_tensors(model)
+        if not self.tensors:
+            raise ConfigError("model is not reparameterised: call lilnetx.reparameterize(model) first")
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.progress = progress and _rank() == 0
+        seed_everything(config.seed)
+        self.train_loader = self._loader(train_set, shuffle=True)
+        self.test_loader = self._loader(test_set, shuffle=False) if test_set is not None else None
+        self.net: nn.Module = model
+        if dist.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        rest, density = _split_parameters(model)
+        self.opt_model = torch.optim.Adam(rest, lr=config.lr)
+        self.opt_density = torch.optim.Adam(density, lr=config.density_lr)
+        steps = len(self.train_loader)
+        schedule = warmup_cosine(config.epochs * steps, int(config.warmup_epochs * steps))
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule)
+                           for o in (self.opt_model, self.opt_density)]
+        self.epoch = 0
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        sampler = (DistributedSampler(dataset, shuffle=shuffle, seed=self.config.seed)
+                   if dist.is_initialized() else None)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=self.config.workers, generator=generator,
+                          drop_last=False, persistent_workers=self.config.workers > 0)
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Atomically write model, optimisers, schedulers, epoch and RNG state (tensors only, no pickle)."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": model_fingerprint(self.model),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "opt_model": self.opt_model.state_dict(),
+            "opt_density": self.opt_density.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "rng": torch.get_rng_state(),
+            "config": json.dumps(self.config.to_dict()),
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Resume from ``path``; a checkpoint of another model raises ``CheckpointError``."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # torch raises several types for corrupt files
+            raise CheckpointError(f"{path} is not a readable LilNetX checkpoint ({exc})") from exc
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} is not a LilNetX checkpoint (format {CHECKPOINT_FORMAT})")
+        if state["fingerprint"] != model_fingerprint(self.model):
+            mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+            theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
+            diff = sorted(set(mine.items()) ^ set(theirs.items()))
+            raise CheckpointError(
+                f"checkpoint {path} was written for a different architecture or options "
+                f"(first difference: {diff[0] if diff else '?'}); resume with the same architecture"
+            )
+        self.model.load_state_dict(state["model"])
+        self.opt_model.load_state_dict(state["opt_model"])
+        self.opt_density.load_state_dict(state["opt_density"])
+        for s, sd in zip(self.schedulers, state["schedulers"], strict=True):
+            s.load_state_dict(sd)
+        torch.set_rng_state(state["rng"].cpu())
+        self.epoch = int(state["epoch"])
+
+    # -- loop --------------------------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        self.net.train()
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        batches = 0
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                   disable=not self.progress, leave=False)
+        for x, y in bar:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            task = F.cross_entropy(self.net(x), y, label_smoothing=self.config.label_smoothing)
+            terms = objective(self.model, task, self.config.lambdas, training=True, tensors=self.tensors)
+            self.opt_model.zero_grad(set_to_none=True)
+            self.opt_density.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if self.config.grad_clip:
+                nn.utils.clip_grad_norm_(self.opt_model.param_groups[0]["params"], self.config.grad_clip)
+            self.opt_model.step()
+            self.opt_density.step()
+            for s in self.schedulers:
+                s.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            batches += 1
+            if batches % 10 == 0:
+                bar.set_postfix(loss=f"{sums['total'] / batches:.3f}", kb=f"{float(terms['bits']) / 8192:.1f}")
+        return {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
+
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train to ``config.epochs`` (continuing from ``resume``), return the last epoch's metrics."""
+        if resume:
+            self.load_checkpoint(resume)
+        if self.run_dir and _rank() == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        record: dict[str, Any] = {}
+        while self.epoch < self.config.epochs:
+            start = time.perf_counter()
+            record = {"epoch": self.epoch + 1, **self.train_epoch()}
+            self.epoch += 1
+            last = self.epoch == self.config.epochs
+            if self.test_loader is not None and (last or self.epoch % self.config.eval_every == 0):
+                record.update(evaluate(self.model, self.test_loader, self.device))
+            record.update(self._size_metrics())
+            record["lr"] = self.schedulers[0].get_last_lr()[0]
+            record["seconds"] = time.perf_counter() - start
+            if _rank() == 0:
+                self._log(record)
+        return record
+
+    @torch.no_grad()
+    def _size_metrics(self) -> dict[str, float]:
+        zero = sum(int(t.rows().round().eq(0).all(dim=1).sum()) for t in self.tensors if t.is_weight)
+        total = sum(t.rows().shape[0] for t in self.tensors if t.is_weight)
+        return {"est_bytes": float(rate_bits(self.tensors, training=False)) / 8,
+                "slice_sparsity": zero / max(total, 1)}
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.progress:
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
+                     if k in ("epoch", "train_total", "top1", "est_bytes", "slice_sparsity", "seconds")}
+            tqdm.write(json.dumps(shown))
+        if self.run_dir:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.save_checkpoint(self.run_dir / "checkpoint.pt")
+
+
+def train(model: nn.Module, train_set: Dataset, test_set: Dataset | None = None,
+          config: TrainConfig | None = None, *, run_dir: str | Path | None = None,
+          resume: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train a reparameterised model with the LilNetX objective; returns the final epoch's metrics."""
+    trainer = Trainer(model, train_set, test_set, config or TrainConfig(), run_dir=run_dir, progress=progress)
+    return trainer.fit(resume=resume)
