@@ -191,7 +191,7 @@ class Trainer:
         self.epoch = 0
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator().manual_seed(self.config.seed)  # re-seeded every epoch: exact resume
         sampler = (DistributedSampler(dataset, shuffle=shuffle, seed=self.config.seed)
                    if dist.is_initialized() else None)
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
@@ -249,6 +249,8 @@ class Trainer:
         self.net.train()
         if isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(self.epoch)
+        else:
+            self.train_loader.generator.manual_seed(self.config.seed * 100_003 + self.epoch)
         sums: dict[str, float] = {}
         batches = 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
@@ -267,20 +269,21 @@ class Trainer:
             for s in self.schedulers:
                 s.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             batches += 1
             if batches % 10 == 0:
                 bar.set_postfix(loss=f"{sums['total'] / batches:.3f}", kb=f"{float(terms['bits']) / 8192:.1f}")
         return {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
 
-    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
-        """Train to ``config.epochs`` (continuing from ``resume``), return the last epoch's metrics."""
+    def fit(self, resume: str | Path | None = None, stop_epoch: int | None = None) -> dict[str, Any]:
+        """Train to ``config.epochs`` (or pause after ``stop_epoch``), continuing from checkpoint ``resume``;
+        returns the last epoch's metrics."""
         if resume:
             self.load_checkpoint(resume)
         if self.run_dir and _rank() == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         record: dict[str, Any] = {}
-        while self.epoch < self.config.epochs:
+        while self.epoch < min(self.config.epochs, stop_epoch or self.config.epochs):
             start = time.perf_counter()
             record = {"epoch": self.epoch + 1, **self.train_epoch()}
             self.epoch += 1

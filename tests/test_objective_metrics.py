@@ -1,0 +1,115 @@
+"""The rate estimate, the structured priors and the reported statistics against independent computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lilnetx
+from lilnetx.density import FactorizedDensity, quantize_pmf, table_bits
+from lilnetx.objective import num_slices, rate_bits, structured_norms
+
+
+def test_interpolated_training_rate_matches_direct_evaluation():
+    torch.manual_seed(0)
+    density = FactorizedDensity(9)
+    values = (torch.randn(5000, 9) * 4).requires_grad_(True)
+    direct = density.bits(values).sum()
+    direct.backward()
+    grad_direct = values.grad.clone()
+    grad_density = [p.grad.clone() for p in density.parameters()]
+    values.grad = None
+    density.zero_grad()
+    fast = density.total_bits(values)
+    fast.backward()
+    assert abs(fast.item() - direct.item()) / direct.item() < 1e-4
+    torch.testing.assert_close(values.grad, grad_direct, rtol=0.05, atol=2e-3)
+    for p, g in zip(density.parameters(), grad_density, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0.02, atol=1e-2 * g.abs().max().item())
+
+
+def test_evaluation_rate_is_exact_at_integers():
+    density = FactorizedDensity(4)
+    values = torch.randint(-6, 7, (300, 4)).float()
+    assert density.total_bits(values, resolution=1).item() == pytest.approx(density.bits(values).sum().item(),
+                                                                            rel=1e-6)
+
+
+def test_quantised_tables_are_valid_and_close_to_the_density():
+    torch.manual_seed(0)
+    density = FactorizedDensity(2)
+    lo, hi = [-5, -3], [5, 4]
+    tables = density.integer_tables(lo, hi)
+    for c, freq in enumerate(tables):
+        assert freq.sum() == 2**16 and freq.min() >= 1 and len(freq) == hi[c] - lo[c] + 1
+    symbols = torch.zeros(100, 2)
+    symbols[:, 0] = torch.randint(-2, 3, (100,)).float()
+    ideal = table_bits(tables[0], (symbols[:, 0].long() - lo[0]).numpy())
+    estimate = density.bits(symbols)[:, 0].sum().item()
+    assert ideal <= estimate * 1.01 + 1
+
+
+def test_quantize_pmf_rejects_bad_sizes():
+    with pytest.raises(ValueError):
+        quantize_pmf([])
+    freq = quantize_pmf([0.0, 0.0, 1.0])
+    assert freq.sum() == 2**16 and freq.min() == 1
+
+
+def test_structured_norms_by_slice_channel_and_filter(convnet):
+    lilnetx.reparameterize(convnet)
+    t = lilnetx.latent_tensors(convnet)[0]
+    z = t.latent.detach()
+    assert torch.allclose(structured_norms(t, "slice"), z.reshape(-1, 25).norm(dim=1))
+    assert torch.allclose(structured_norms(t, "filter"), z.reshape(z.shape[0], -1).norm(dim=1))
+    assert torch.allclose(structured_norms(t, "channel"), z.transpose(0, 1).reshape(z.shape[1], -1).norm(dim=1))
+
+
+def test_objective_terms_and_no_nan_with_zero_slices(convnet):
+    lilnetx.reparameterize(convnet)
+    tensors = lilnetx.latent_tensors(convnet)
+    with torch.no_grad():
+        tensors[0].latent[0].zero_()
+    task = torch.tensor(1.0)
+    lambdas = lilnetx.Lambdas(rate=0.5, l2=0.1, slice=0.2)
+    terms = lilnetx.objective(convnet, task, lambdas, training=False)
+    l2 = sum(t.latent.pow(2).sum() for t in tensors)
+    lasso = sum(structured_norms(t, "slice").sum() for t in tensors if t.is_weight)
+    bits = rate_bits(tensors, training=False)
+    expected = 1.0 + 0.5 * bits / num_slices(tensors) + 0.1 * l2 + 0.2 * lasso
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
+    terms = lilnetx.objective(convnet, task, lambdas)
+    terms["total"].backward()
+    assert all(torch.isfinite(t.latent.grad).all() for t in tensors)
+
+
+def test_stats_counts_sparsity_on_latents_and_weights_for_convs_and_linears():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    lilnetx.reparameterize(model)
+    conv, linear = model[0], model[2]
+    with torch.no_grad():
+        z = conv.parametrizations.weight.original
+        z.uniform_(2, 3)
+        z[0, 1] = 0.2  # rounds to a zero slice
+        z[1] = 0.0  # a zero filter: 3 slices
+        z[:, 0] = 0.0  # a zero input channel: 3 more slices (0,0), (2,0), (3,0)
+        linear.parametrizations.weight.original.uniform_(2, 3)
+        linear.parametrizations.weight.original[:, :10] = 0.0
+    s = lilnetx.stats(model, input_size=(3, 5, 5))
+    layer = s["layers"]["0"]
+    assert layer["latents"]["zero_slices"] == 7 and layer["weights"]["zero_slices"] == 7
+    assert layer["latents"]["zero_filters"] == 1 and layer["latents"]["zero_in_channels"] == 1
+    lin = s["layers"]["2"]
+    assert lin["weights"]["zero_params"] == 30 and lin["weights"]["zero_in_channels"] == 10
+    assert s["slice_sparsity"] == pytest.approx((7 + 30) / (12 + 300))
+    assert s["macs_dense"] == 25 * 4 * 3 * 9 + 300
+    assert s["macs_sparse"] == 25 * 5 * 9 + 270
+    assert s["bits"] > 0 and set(s) >= {"bits", "slice_sparsity", "unstructured_sparsity", "macs_dense",
+                                        "macs_sparse", "layers"}
+
+
+def test_stats_of_a_plain_model_has_no_bits():
+    s = lilnetx.stats(nn.Sequential(nn.Linear(4, 2)), input_size=(4,))
+    assert s["bits"] is None and s["macs_dense"] == 8 and s["unstructured_sparsity"] == 0

@@ -1,0 +1,169 @@
+"""Reparameterisation: gradients, exact zeros, an independent decode oracle, any architecture."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+from torch import nn
+
+import lilnetx
+from lilnetx.reparam import ReparamError
+
+
+def _decode_oracle(t: lilnetx.LatentTensor) -> np.ndarray:
+    """Weights recomputed outside torch's parametrization: round(Z) rows times the decoder, in numpy."""
+    rows = np.round(t.latent.detach().double().numpy()).reshape(-1, t.group.width)
+    return (rows @ t.group.decoder.detach().double().numpy()).reshape(t.latent.shape)
+
+
+def test_groups_follow_kernel_shapes(convnet):
+    lilnetx.reparameterize(convnet)
+    groups = lilnetx.latent_groups(convnet)
+    assert set(groups) == {"conv5x5", "conv3x3", "conv1x1", "dense", "bias"}
+    assert groups["conv5x5"].width == 25 and groups["dense"].width == 1
+    assert groups["conv3x3"].decoder.shape == (9, 9)
+    assert groups["conv5x5"].density.channels == 25 and groups["bias"].density.channels == 1
+
+
+def test_every_learnable_parameter_gets_a_finite_gradient(convnet):
+    lilnetx.reparameterize(convnet)
+    x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 10, (6,))
+    task = nn.functional.cross_entropy(convnet(x), y)
+    lilnetx.objective(convnet, task)["total"].backward()
+    names = [n for n, _ in convnet.named_parameters()]
+    assert any("original" in n for n in names) and any("decoder" in n for n in names)
+    assert any("density" in n for n in names) and any(n.startswith("1.") for n in names)  # BN
+    for name, p in convnet.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+    for t in lilnetx.latent_tensors(convnet):
+        assert t.latent.grad.abs().sum() > 0, t.name
+
+
+def test_zero_latent_slice_decodes_to_exact_zero_weights(convnet):
+    lilnetx.reparameterize(convnet)
+    conv = convnet[0]
+    with torch.no_grad():
+        conv.parametrizations.weight.original[3, 0] = 0.3  # rounds to zero
+        conv.parametrizations.weight.original[5] = 0.0
+    assert torch.equal(conv.weight[3, 0], torch.zeros(5, 5))
+    assert torch.equal(conv.weight[5], torch.zeros(1, 5, 5))
+    assert conv.weight[4].abs().sum() > 0
+
+
+def test_decoded_weights_match_independent_oracle(convnet):
+    lilnetx.reparameterize(convnet)
+    for t in lilnetx.latent_tensors(convnet):
+        decoded = getattr(t.module, t.tensor_name).detach().double().numpy()
+        np.testing.assert_allclose(decoded, _decode_oracle(t), rtol=1e-5, atol=1e-7)
+
+
+def test_decoded_model_matches_plain_copy_with_decoded_weights(convnet):
+    plain = copy.deepcopy(convnet)
+    lilnetx.reparameterize(convnet)
+    convnet.eval()
+    plain.eval()
+    state = {k: v for k, v in convnet.state_dict().items() if "parametrizations" not in k}
+    for t in lilnetx.latent_tensors(convnet):
+        state[t.name] = torch.from_numpy(_decode_oracle(t)).float()
+    plain.load_state_dict(state)
+    x = torch.randn(4, 1, 12, 12)
+    torch.testing.assert_close(convnet(x), plain(x), rtol=1e-4, atol=1e-5)
+    stripped = lilnetx.strip(copy.deepcopy(convnet))
+    assert not lilnetx.is_reparameterized(stripped)
+    assert type(stripped[0]) is nn.Conv2d
+    torch.testing.assert_close(stripped(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenetv2_100", "mobilenetv3_small_100"])
+def test_timm_models_reparameterise_forward_backward(name):
+    torch.manual_seed(0)
+    kwargs = {"pre_logits_mlp_ratio": 0.25} if name.startswith("vgg") else {}
+    try:
+        model = timm.create_model(name, num_classes=10, **kwargs)
+    except TypeError:
+        model = timm.create_model(name, num_classes=10)
+    lilnetx.reparameterize(model)
+    groups = lilnetx.latent_groups(model)
+    if name == "resnet18":
+        assert "conv7x7" in groups  # the 7x7 stem
+    if name.startswith("mobilenet"):
+        depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        assert depthwise and all(lilnetx.is_reparameterized(m) for m in depthwise[:1])
+    out = model(torch.randn(2, 3, 32, 32))
+    lilnetx.objective(model, out.logsumexp(1).mean())["total"].backward()
+    for t in lilnetx.latent_tensors(model):
+        assert t.latent.grad is not None and torch.isfinite(t.latent.grad).all(), t.name
+
+
+def test_scratch_init_gives_he_variance():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Conv2d(64, 256, 3), nn.Linear(512, 256))
+    lilnetx.reparameterize(model)
+    for layer in model:
+        fan_out = layer.weight.shape[0] * math.prod(layer.weight.shape[2:])
+        ratio = layer.weight.detach().var().item() / (2 / fan_out)
+        assert 0.6 < ratio < 1.6, (layer, ratio)
+
+
+def test_fit_init_keeps_trained_weights(convnet):
+    before = {n: p.detach().clone() for n, p in convnet.named_parameters() if n.endswith("weight")}
+    lilnetx.reparameterize(convnet, init="fit")
+    assert convnet.lilnetx_config["fit_error"] < 0.05
+    for name, w in before.items():
+        module = convnet.get_submodule(name.rsplit(".", 1)[0])
+        if lilnetx.is_reparameterized(module):
+            rel = (module.weight - w).norm() / w.norm()
+            assert rel < 0.05, name
+
+
+def test_excluded_layers_stay_untouched(convnet):
+    head = convnet[12]
+    weight = head.weight
+    lilnetx.reparameterize(convnet, exclude=["12"])
+    assert head.weight is weight and not lilnetx.is_reparameterized(head)
+    assert lilnetx.is_reparameterized(convnet[10])
+
+
+def test_layer_policy_groups_or_skips(convnet):
+    def policy(name: str, module: nn.Module):
+        if name == "0":
+            return False
+        return "classifier" if name == "12" else None
+
+    lilnetx.reparameterize(convnet, layer_policy=policy)
+    groups = lilnetx.latent_groups(convnet)
+    assert "classifier" in groups and "conv5x5" not in groups
+
+
+def test_bias_compression_can_be_turned_off(convnet):
+    lilnetx.reparameterize(convnet, compress_bias=False)
+    assert "bias" not in lilnetx.latent_groups(convnet)
+    assert all(t.tensor_name == "weight" for t in lilnetx.latent_tensors(convnet))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"init": "pretrained"}, "unknown init"),
+    ({"structure": "rows"}, "unknown structure"),
+    ({"exclude": ["*"]}, "no Conv or Linear layer"),
+    ({"colour": 3}, "colour"),
+])
+def test_bad_options_are_clear_errors(convnet, options, message):
+    with pytest.raises((ReparamError, TypeError), match=message):
+        lilnetx.reparameterize(convnet, **options)
+
+
+def test_reparameterising_twice_is_an_error(convnet):
+    lilnetx.reparameterize(convnet)
+    with pytest.raises(ReparamError, match="already"):
+        lilnetx.reparameterize(convnet)
+
+
+def test_one_group_holds_one_kernel_shape(convnet):
+    with pytest.raises(ReparamError, match="one kernel shape"):
+        lilnetx.reparameterize(convnet, layer_policy=lambda name, module: "everything")

@@ -1,0 +1,96 @@
+"""Short real training runs on scikit-learn digits: reproducibility, resume, and the λ trade-offs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import lilnetx
+from lilnetx.data import digits
+from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer
+
+FAST = {"batch_size": 64, "warmup_epochs": 0, "density_lr": 1e-2}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+def digits_net(hidden: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return lilnetx.reparameterize(nn.Sequential(
+        nn.Conv2d(1, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+        nn.Flatten(), nn.Linear(hidden * 16, 10)))
+
+
+def run(data, epochs: int = 2, run_dir=None, resume=None, stop_epoch=None, **options) -> dict:
+    config = TrainConfig.from_dict({**FAST, "epochs": epochs, **options})
+    trainer = Trainer(digits_net(), data.train, data.test, config, run_dir=run_dir, progress=False)
+    return trainer.fit(resume, stop_epoch=stop_epoch)
+
+
+def test_training_learns_and_is_reproducible(data, tmp_path):
+    first = run(data, run_dir=tmp_path)
+    second = run(data)
+    assert first["top1"] > 0.5
+    assert first == {**second, "seconds": first["seconds"]}
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and {"top1", "top5", "est_bytes", "slice_sparsity"} <= set(log[0])
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    straight = run(data, epochs=2)
+    paused = run(data, epochs=2, stop_epoch=1, run_dir=tmp_path)
+    assert paused["epoch"] == 1
+    resumed = run(data, epochs=2, resume=tmp_path / "checkpoint.pt")
+    for key in ("top1", "train_total", "est_bytes"):
+        assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
+
+
+def test_raising_lambda_rate_lowers_bits(data):
+    low = run(data, epochs=3, lambda_rate=0.0)
+    high = run(data, epochs=3, lambda_rate=1.0)
+    assert high["est_bytes"] < 0.8 * low["est_bytes"]
+
+
+def test_raising_lambda_slice_raises_slice_sparsity(data):
+    low = run(data, epochs=3, lr=0.05, lambda_slice=0.0)
+    high = run(data, epochs=3, lr=0.05, lambda_slice=1e-2)
+    assert high["slice_sparsity"] > low["slice_sparsity"] + 0.1
+
+
+def test_resume_from_another_architecture_is_refused(data, tmp_path):
+    run(data, epochs=1, run_dir=tmp_path)
+    other = lilnetx.reparameterize(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    trainer = Trainer(other, data.train, data.test, TrainConfig(epochs=2), progress=False)
+    with pytest.raises(CheckpointError, match="different architecture"):
+        trainer.fit(resume=tmp_path / "checkpoint.pt")
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(data, tmp_path):
+    trainer = Trainer(digits_net(), data.train, None, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        trainer.load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        trainer.load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"lamda_rate": 1.0}, "did you mean 'lambda_rate'"),
+    ({"epochs": 0}, "epochs"),
+    ({"lr": -1.0}, "lr"),
+])
+def test_bad_training_options_are_clear_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(options)
+
+
+def test_training_requires_a_reparameterised_model(data):
+    with pytest.raises(ConfigError, match="reparameterize"):
+        Trainer(nn.Linear(64, 10), data.train, None, TrainConfig(), progress=False)
