@@ -19,22 +19,21 @@ class Lambdas:
     slice: float = 1e-6
 
 
-def group_rows(tensors: list[LatentTensor]) -> dict[LatentGroup, Tensor]:
-    """All latents of each group stacked as ``(slices, width)`` rows."""
-    rows: dict[LatentGroup, list[Tensor]] = {}
+def tensors_by_group(tensors: list[LatentTensor]) -> dict[LatentGroup, list[LatentTensor]]:
+    by_group: dict[LatentGroup, list[LatentTensor]] = {}
     for t in tensors:
-        rows.setdefault(t.group, []).append(t.rows())
-    return {g: torch.cat(r) if len(r) > 1 else r[0] for g, r in rows.items()}
+        by_group.setdefault(t.group, []).append(t)
+    return by_group
 
 
 def rate_bits(tensors: list[LatentTensor], *, training: bool) -> Tensor:
     """Estimated bits of all latents: ``-log2 P(z + u)`` with uniform noise in training, ``P(round(z))`` else."""
     total = torch.zeros(())
-    for group, rows in group_rows(tensors).items():
+    for group, members in tensors_by_group(tensors).items():
         if training:
-            total = total + group.density.total_bits(rows + torch.empty_like(rows).uniform_(-0.5, 0.5))
+            total = total + group.density.total_bits([t.rows() for t in members], noise=True)
         else:
-            total = total + group.density.total_bits(torch.round(rows), resolution=1)
+            total = total + group.density.total_bits([torch.round(t.rows()) for t in members], resolution=1)
     return total
 
 
@@ -42,6 +41,8 @@ def structured_norms(t: LatentTensor, structure: str) -> Tensor:
     """L2 norm of each structured unit of a weight's latents: K×K slice, input channel or filter."""
     z = t.latent
     if structure == "slice":
+        if t.group.width == 1:
+            return t.latent.abs().reshape(-1)
         units = t.rows()
     elif structure == "channel":
         units = z.transpose(0, 1).reshape(z.shape[1], -1)

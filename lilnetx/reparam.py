@@ -32,9 +32,19 @@ class ReparamError(ValueError):
     """A model or option that cannot be reparameterised."""
 
 
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        return torch.round(z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
 def round_ste(z: Tensor) -> Tensor:
     """Round in the forward pass, identity gradient in the backward pass (straight-through)."""
-    return z + (torch.round(z) - z).detach()
+    return _RoundSTE.apply(z)
 
 
 class LatentGroup(nn.Module):
