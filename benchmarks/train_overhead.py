@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import lilnetx
-from lilnetx.training import _split_parameters
 import zoo
+from lilnetx.training import _split_parameters
 
 CASES = (  # (architecture, kwargs, batch, input size)
     ("lenet5_caffe", {}, 128, (1, 28, 28)),

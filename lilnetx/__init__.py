@@ -18,7 +18,7 @@ from lilnetx.reparam import (
     round_ste,
     strip,
 )
-from lilnetx.training import CheckpointError, ConfigError, Trainer, TrainConfig, evaluate, train
+from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, evaluate, train
 
 __all__ = [
     "CheckpointError", "ConfigError", "FactorizedDensity", "Lambdas", "LatentGroup", "LatentTensor",
