@@ -1,0 +1,167 @@
+"""The SQLite catalog: the shared contract, engine settings, locking, migrations, reindex and seeding."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from catalog_contract import CatalogContract
+from sqlalchemy import text
+from zoo_helpers import isolate, local_zoo, make_artifact, put_fake
+
+import lilnetx
+from zoo.catalog import engine as catalog_engine
+from zoo.catalog.engine import database_url, get_engine, session_scope
+from zoo.errors import CatalogError, CatalogLockedError, InvalidNameError
+from zoo.seed import seed
+from zoo.service import Zoo
+
+
+class TestSQLiteCatalog(CatalogContract):
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+def test_default_url_is_registry_db_in_the_working_folder(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LILNETX_DB", raising=False)
+    assert database_url() == f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("LILNETX_DB", "sqlite:///sub/other.db")
+    assert database_url() == f"sqlite:///{tmp_path / 'sub' / 'other.db'}"
+    engine = get_engine()
+    assert (tmp_path / "sub" / "other.db").is_file() and get_engine() is engine
+    with session_scope(engine) as session:
+        assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_bad_url_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LILNETX_DB", "not a url")
+    with pytest.raises(CatalogError, match="LILNETX_DB='not a url' is not a SQLAlchemy URL"):
+        get_engine()
+
+
+def test_locked_database_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog_engine, "BUSY_TIMEOUT_S", 0.2)
+    z = local_zoo(tmp_path)
+    holder = sqlite3.connect(tmp_path / "local" / "registry.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(CatalogLockedError, match="locked by another process.*retry"):
+            put_fake(z, "tiny.mnist-a", b"a")
+        assert [e["name"] for e in z.list()] == []  # readers are not blocked by a writer (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    put_fake(z, "tiny.mnist-a", b"a")
+    assert [e["name"] for e in z.list()] == ["tiny.mnist-a"]
+
+
+def test_catalog_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "newer.db"
+    get_engine(f"sqlite:///{db}")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    catalog_engine._engines.clear()
+    with pytest.raises(CatalogError, match="newer lilnetx-zoo"):
+        get_engine(f"sqlite:///{db}")
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    isolate(tmp_path, monkeypatch)
+    return tmp_path
+
+
+def test_add_describes_the_artifact_from_the_file(env: Path) -> None:
+    path = make_artifact(env / "a.lnx", keep=0.1, top1=0.97)
+    z = Zoo.from_env()
+    assert z.add(path, "mnist-keep10") == "lenet_300_100.mnist-keep10"
+    card = z.card("lenet_300_100.mnist-keep10")
+    model = lilnetx.load(path)  # an independent measurement of the same file
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    n_params = sum(p.numel() for p in model.parameters())
+    header = lilnetx.read_header(path)
+    assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert card["size"]["bytes"] == path.stat().st_size == sum(card["size"]["parts"].values())
+    assert card["parameters"] == n_params and card["size"]["fp32_bytes"] == 4 * n_params
+    assert card["sparsity"]["slice"] == pytest.approx(zeros) and 0.85 < zeros < 0.95
+    assert card["accuracy"] == {"top1": 0.97, "top5": 0.99} and card["dataset"] == "mnist"
+    assert card["input"] == {"size": [1, 28, 28], "mean": [0.1307], "std": [0.3081]}
+    assert card["macs"]["dense"] == sum(w.numel() for w in weights) > card["macs"]["sparse"]
+    assert [x["name"] for x in card["layers"]] == ["fc1", "fc2", "fc3"]
+    assert sum(x["coded_bits"] for x in card["layers"]) == sum(x["coded_bits"] for x in header["layers"])
+    assert card["recipe"] == {"epochs": 1, "lambda_rate": 1e-4}
+    assert z.store.refs() == {"lenet_300_100.mnist-keep10": card["sha256"]}
+
+
+def test_an_artifact_failing_verification_adds_nothing(env: Path) -> None:
+    data = bytearray(make_artifact(env / "a.lnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (env / "bad.lnx").write_bytes(bytes(data))
+    z = Zoo.from_env()
+    with pytest.raises(lilnetx.ArtifactError):
+        z.add(env / "bad.lnx", "mnist-bad")
+    assert z.list() == [] and z.store.refs() == {}
+    assert not (env / "home" / "store" / "objects").exists()
+
+
+@pytest.mark.parametrize(("tag", "message"), [("cifar10-a", "must start with the artifact's dataset 'mnist'"),
+                                              ("../x", "invalid tag"), ("mnist.a", "invalid tag")])
+def test_tags_are_checked(env: Path, tag: str, message: str) -> None:
+    path = make_artifact(env / "a.lnx")
+    with pytest.raises(InvalidNameError, match=message):
+        Zoo.from_env().add(path, tag)
+
+
+def test_reindex_rebuilds_a_lost_catalog_from_the_store(env: Path) -> None:
+    z = Zoo.from_env()
+    for i in (0, 1):
+        z.add(make_artifact(env / f"{i}.lnx", seed=i), f"mnist-s{i}")
+    put_fake(z, "gone.mnist-x", b"an artifact that will vanish")
+    before = {name: z.card(name) for name in ("lenet_300_100.mnist-s0", "lenet_300_100.mnist-s1")}
+    z.engine.dispose()
+    catalog_engine._engines.clear()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{env / 'registry.db'}{suffix}").unlink(missing_ok=True)
+    sha = z.store.refs()["gone.mnist-x"]
+    z.store.object_path(sha).unlink()
+    fresh = Zoo.from_env()
+    assert fresh.list() == []
+    report = fresh.reindex()
+    assert sorted(report.added) == sorted(before) and report.skipped == ["gone.mnist-x"]
+    assert {name: fresh.card(name) for name in before} == before
+    z.store.remove_ref("gone.mnist-x")
+    put_fake(fresh, "stale.mnist-y", b"catalogued, then its file and ref are lost")
+    fresh.store.object_path(fresh.store.refs().pop("stale.mnist-y")).unlink()
+    fresh.store.remove_ref("stale.mnist-y")
+    assert fresh.reindex().removed == ["stale.mnist-y"]
+    assert [e["name"] for e in fresh.list()] == sorted(before)
+
+
+def test_seeding_from_shipped_artifacts_is_idempotent(env: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shipped = env / "shipped"
+    shipped.mkdir()
+    make_artifact(shipped / "lenet_300_100.mnist-a.lnx", seed=0)
+    make_artifact(shipped / "lenet_300_100.mnist-b.lnx", seed=1)
+    (shipped / "not a name.lnx").write_bytes(b"ignored")
+    (shipped / "lenet_300_100.mnist-junk.lnx").write_bytes(b"not an artifact")
+    with caplog.at_level(logging.WARNING):
+        z = Zoo.from_env()
+    assert "not seeding not a name.lnx" in caplog.text
+    assert "not seeding lenet_300_100.mnist-junk.lnx" in caplog.text
+    assert [e["name"] for e in z.list()] == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
+    z.remove("lenet_300_100.mnist-b")
+    # the folder did not change: no re-seeding
+    assert [e["name"] for e in Zoo.from_env().list()] == ["lenet_300_100.mnist-a"]
+    assert seed(z, shipped) == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
+    assert seed(z, shipped) == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
+    assert len(z.list()) == 2

@@ -1,0 +1,47 @@
+"""The zoo's Python API: ``list_models``, ``pull`` and ``load`` (re-exported as ``zoo.list_models``...).
+
+Configured by the environment: ``LILNETX_DB`` (catalog URL), ``LILNETX_HOME`` (cache and store),
+``LILNETX_ZOO_URL`` (a remote static zoo) and ``LILNETX_OFFLINE=1`` (cache only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from zoo.service import Zoo
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def list_models(pattern: str = "*", *, dataset: str | None = None, max_bytes: int | None = None,
+                min_accuracy: float | None = None, min_slice_sparsity: float | None = None) -> list[str]:
+    """Names of the zoo entries matching the fnmatch ``pattern`` and the filters, sorted.
+
+    ``min_accuracy`` (top-1) and ``min_slice_sparsity`` are fractions in [0, 1]; ``max_bytes`` bounds the
+    artifact's file size.
+    """
+    entries = Zoo.from_env().list(pattern, dataset=dataset, max_bytes=max_bytes, min_accuracy=min_accuracy,
+                                  min_slice_sparsity=min_slice_sparsity)
+    return [e["name"] for e in entries]
+
+
+def pull(name: str, dest: str | Path | None = None) -> Path:
+    """The verified ``.lnx`` artifact of entry ``name`` (cached; sha256 checked on every pull).
+
+    With ``dest`` (a folder, or a path ending in ``.lnx``) a copy is written there.
+    """
+    return Zoo.from_env().pull(name, dest)
+
+
+def load(name: str, *, slim: bool = False) -> nn.Module:
+    """Pull entry ``name`` and decode it: an eval-mode plain PyTorch module with ordinary weights."""
+    if slim:
+        raise NotImplementedError(
+            "zoo.load(..., slim=True) (physically slimmed, slice-sparse models) is a later feature; "
+            "use slim=False for now: the decoded model computes the same outputs"
+        )
+    import lilnetx
+
+    return lilnetx.load(pull(name))

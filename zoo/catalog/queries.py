@@ -1,0 +1,197 @@
+"""Catalog queries. Each takes a ``Session``; the caller owns the transaction (``engine.session_scope``)."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import statistics
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from zoo.catalog.models import (
+    Architecture,
+    Artifact,
+    BenchmarkResult,
+    CatalogState,
+    LayerStat,
+    Metrics,
+    TrainingRun,
+    ZooEntry,
+)
+from zoo.catalog.records import ArtifactRecord, LayerRecord, MetricsRecord
+from zoo.errors import EntryExistsError, EntryNotFoundError
+from zoo.names import split_name
+
+STORE_URI = "store:"  # prefix of the uri of an artifact that only the local store holds
+
+
+def get_entry(session: Session, name: str) -> ZooEntry | None:
+    return session.scalar(select(ZooEntry).where(ZooEntry.name == name))
+
+
+def require_entry(session: Session, name: str) -> ZooEntry:
+    """The entry called ``name``; :class:`EntryNotFoundError` with close names otherwise."""
+    split_name(name)
+    entry = get_entry(session, name)
+    if entry is None:
+        close = difflib.get_close_matches(name, session.scalars(select(ZooEntry.name)).all(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else " See `lilnetx zoo list`."
+        raise EntryNotFoundError(f"no zoo entry named {name!r}.{hint}")
+    return entry
+
+
+def find_entries(
+    session: Session,
+    pattern: str = "*",
+    *,
+    dataset: str | None = None,
+    max_bytes: int | None = None,
+    min_accuracy: float | None = None,
+    min_slice_sparsity: float | None = None,
+) -> list[ZooEntry]:
+    """Entries whose name matches the fnmatch ``pattern`` and every given filter, sorted by name.
+
+    ``min_accuracy`` is top-1 as a fraction; entries without a recorded accuracy never pass it.
+    """
+    query = select(ZooEntry).join(ZooEntry.artifact).join(Artifact.metrics).order_by(ZooEntry.name)
+    if dataset is not None:
+        query = query.where(ZooEntry.dataset == dataset)
+    if max_bytes is not None:
+        query = query.where(Artifact.size_bytes <= max_bytes)
+    if min_accuracy is not None:
+        query = query.where(Metrics.top1 >= min_accuracy)
+    if min_slice_sparsity is not None:
+        query = query.where(Metrics.slice_sparsity >= min_slice_sparsity)
+    return [e for e in session.scalars(query) if fnmatch.fnmatchcase(e.name, pattern)]
+
+
+def _architecture(session: Session, name: str) -> Architecture:
+    arch = session.scalar(select(Architecture).where(Architecture.name == name))
+    if arch is None:
+        arch = Architecture(name=name)
+        session.add(arch)
+    return arch
+
+
+def get_artifact(session: Session, sha256: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.sha256 == sha256))
+
+
+def upsert_artifact(session: Session, record: ArtifactRecord, uri: str) -> Artifact:
+    """The artifact row of ``record`` (created with its metrics, layers and run when new).
+
+    A remote ``uri`` replaces a ``store:`` one, so that a copy missing from the store can be fetched again.
+    """
+    artifact = get_artifact(session, record.sha256)
+    if artifact is not None:
+        if not uri.startswith(STORE_URI):
+            artifact.uri = uri
+        return artifact
+    artifact = Artifact(
+        sha256=record.sha256, size_bytes=record.size_bytes, uri=uri, format_version=record.format_version,
+        arch=record.arch, arch_kwargs=record.arch_kwargs, dataset=record.dataset,
+        num_classes=record.num_classes, input_size=record.input_size, mean=record.mean, std=record.std,
+        header=record.header,
+    )
+    m = record.metrics
+    artifact.metrics = Metrics(
+        top1=m.top1, top5=m.top5, size_bytes=record.size_bytes, fp32_bytes=m.fp32_bytes,
+        size_parts=m.size_parts,
+        params=m.params, estimated_bits=m.estimated_bits, coded_latent_bytes=m.coded_latent_bytes,
+        slice_sparsity=m.slice_sparsity, unstructured_sparsity=m.unstructured_sparsity,
+        macs_dense=m.macs_dense, macs_sparse=m.macs_sparse,
+    )
+    artifact.layers = [LayerStat(position=i, **vars(layer)) for i, layer in enumerate(record.layers)]
+    artifact.run = TrainingRun(recipe=record.recipe, versions=record.versions)
+    session.add(artifact)
+    return artifact
+
+
+def add_entry(session: Session, name: str, dataset: str, record: ArtifactRecord, uri: str, *,
+              replace: bool = False) -> ZooEntry:
+    """Catalogue ``record`` as entry ``name``; a no-op when the entry already points at this artifact.
+
+    An entry of that name with another artifact raises :class:`EntryExistsError` unless ``replace``.
+    """
+    arch_name, tag = split_name(name)
+    artifact = upsert_artifact(session, record, uri)
+    entry = get_entry(session, name)
+    if entry is not None:
+        if entry.artifact.sha256 == record.sha256:
+            return entry
+        if not replace:
+            raise EntryExistsError(
+                f"zoo entry {name!r} already exists with artifact {entry.artifact.sha256[:12]}; pick another "
+                f"tag, or `lilnetx zoo remove {name}` first"
+            )
+        entry.artifact = artifact
+        entry.dataset = dataset
+        return entry
+    entry = ZooEntry(name=name, tag=tag, dataset=dataset, architecture=_architecture(session, arch_name),
+                     artifact=artifact)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def remove_entry(session: Session, name: str) -> None:
+    """Delete entry ``name`` (its artifact row, metrics and benchmarks stay: other tags may share them)."""
+    session.delete(require_entry(session, name))
+
+
+def add_benchmark(session: Session, name: str, *, machine: str, device: str, threads: int, batch: int,
+                  latencies_ms: list[float], slim: bool = False) -> BenchmarkResult:
+    """Record latencies (milliseconds per batch) of entry ``name``'s model on one machine."""
+    if not latencies_ms:
+        raise ValueError("latencies_ms is empty: record at least one timed run")
+    ordered = sorted(latencies_ms)
+    result = BenchmarkResult(
+        artifact=require_entry(session, name).artifact, machine=machine, device=device, threads=threads,
+        batch=batch, slim=slim, latencies_ms=list(latencies_ms),
+        mean_ms=statistics.fmean(ordered), p50_ms=statistics.median(ordered),
+        p90_ms=ordered[math.ceil(0.9 * len(ordered)) - 1],
+    )
+    session.add(result)
+    session.flush()
+    return result
+
+
+def benchmarks(session: Session, name: str) -> list[BenchmarkResult]:
+    """Every benchmark of entry ``name``'s artifact, newest first."""
+    artifact = require_entry(session, name).artifact
+    query = (select(BenchmarkResult).where(BenchmarkResult.artifact_id == artifact.id)
+             .order_by(BenchmarkResult.measured_at.desc(), BenchmarkResult.id.desc()))
+    return list(session.scalars(query))
+
+
+def artifact_record(artifact: Artifact) -> ArtifactRecord:
+    """The :class:`ArtifactRecord` a catalogued artifact was added from."""
+    m = artifact.metrics
+    return ArtifactRecord(
+        sha256=artifact.sha256, size_bytes=artifact.size_bytes, format_version=artifact.format_version,
+        arch=artifact.arch, arch_kwargs=artifact.arch_kwargs, dataset=artifact.dataset,
+        num_classes=artifact.num_classes, input_size=artifact.input_size, mean=artifact.mean,
+        std=artifact.std,
+        metrics=MetricsRecord(
+            top1=m.top1, top5=m.top5, fp32_bytes=m.fp32_bytes, size_parts=m.size_parts, params=m.params,
+            estimated_bits=m.estimated_bits,
+            coded_latent_bytes=m.coded_latent_bytes, slice_sparsity=m.slice_sparsity,
+            unstructured_sparsity=m.unstructured_sparsity, macs_dense=m.macs_dense, macs_sparse=m.macs_sparse,
+        ),
+        recipe=artifact.run.recipe if artifact.run else {},
+        versions=artifact.run.versions if artifact.run else {},
+        layers=[LayerRecord(**{f: getattr(layer, f) for f in LayerRecord.__dataclass_fields__})
+                for layer in artifact.layers],
+        header=artifact.header,
+    )
+
+
+def get_state(session: Session, key: str) -> str | None:
+    row = session.get(CatalogState, key)
+    return row.value if row else None
+
+
+def set_state(session: Session, key: str, value: str) -> None:
+    session.merge(CatalogState(key=key, value=value))

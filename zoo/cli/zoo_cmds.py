@@ -1,0 +1,136 @@
+"""``lilnetx zoo ...``: list, show, pull, add, remove, reindex and publish zoo entries."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from zoo.model_card import to_markdown, to_text
+from zoo.service import Zoo
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = Zoo.from_env().list(args.pattern, dataset=args.dataset, max_bytes=args.max_bytes,
+                               min_accuracy=args.min_accuracy, min_slice_sparsity=args.min_slice_sparsity)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no zoo entries match (add one with `lilnetx zoo add FILE.lnx --tag DATASET-...`)")
+        return 0
+    table = [("NAME", "DATASET", "BYTES", "TOP-1", "VS FP32", "SLICE SPARSITY")]
+    table += [(r["name"], r["dataset"], f"{r['bytes']:,}",
+               "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f}%",
+               f"{r['compression_ratio']:.1f}x", f"{100 * r['slice_sparsity']:.1f}%") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = (cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in pairs)
+        print("  ".join(cells).rstrip())
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    card = Zoo.from_env().card(args.name)
+    if args.json:
+        _print_json(card)
+    else:
+        print(to_markdown(card) if args.markdown else to_text(card))
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    print(Zoo.from_env().pull(args.name, args.output))
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    source, zoo = Path(args.source), Zoo.from_env()
+    if source.is_dir():  # a `lilnetx train` run folder: export it first
+        from zoo.cli.artifact_cmds import export_run
+
+        with tempfile.TemporaryDirectory() as tmp:
+            export_run(source, Path(tmp) / "model.lnx")
+            name = zoo.add(Path(tmp) / "model.lnx", args.tag, replace=args.replace)
+    elif source.is_file():
+        name = zoo.add(source, args.tag, replace=args.replace)
+    else:
+        raise FileNotFoundError(f"{source} does not exist: give an .lnx file or a `lilnetx train` run folder")
+    print(f"added {name}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    Zoo.from_env().remove(args.name)
+    print(f"removed {args.name} (its artifact stays in the cache)")
+    return 0
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    report = Zoo.from_env().reindex()
+    if args.json:
+        _print_json(vars(report))
+    else:
+        print(f"reindexed: {len(report.added)} added, {len(report.removed)} removed, "
+              f"{len(report.skipped)} skipped (artifact missing from the store)")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    index, count = Zoo.from_env().publish(args.dest)
+    print(f"published {count} entries; index at {index}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``lilnetx zoo`` and its sub-commands."""
+    zoo = subparsers.add_parser("zoo", help="browse, pull and manage the model zoo",
+                                description="Browse, pull and manage the model zoo (catalog: LILNETX_DB, "
+                                            "store: LILNETX_HOME, remote: LILNETX_ZOO_URL).")
+    sub = zoo.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", required=True)
+
+    p = sub.add_parser("list", help="list zoo entries")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern over ARCH.TAG names (default *)")
+    p.add_argument("--dataset", help="only entries trained on this dataset")
+    p.add_argument("--max-bytes", type=int, help="only artifacts of at most this many bytes")
+    p.add_argument("--min-accuracy", type=float, help="only entries with top-1 at least this fraction (0.98)")
+    p.add_argument("--min-slice-sparsity", type=float, help="only entries with at least this slice sparsity")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("show", help="show an entry's model card")
+    p.add_argument("name", help="ARCH.TAG")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="the card as JSON")
+    fmt.add_argument("--markdown", action="store_true", help="the full card as Markdown")
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("pull", help="download (or find in the cache) and verify an entry's artifact")
+    p.add_argument("name", help="ARCH.TAG")
+    p.add_argument("-o", "--output", help="copy the .lnx into this folder (or to this .lnx path)")
+    p.set_defaults(func=_pull)
+
+    p = sub.add_parser("add", help="verify an artifact (or export a run) and add it to the zoo as ARCH.TAG")
+    p.add_argument("source", metavar="RUN_DIR|FILE.lnx", help="an .lnx file or a `lilnetx train` run folder")
+    p.add_argument("--tag", required=True, help="the tag, starting with the dataset, e.g. mnist-lam1e-3")
+    p.add_argument("--replace", action="store_true", help="point an existing entry at this artifact")
+    p.set_defaults(func=_add)
+
+    p = sub.add_parser("remove", help="remove an entry from the catalog (the artifact stays cached)")
+    p.add_argument("name", help="ARCH.TAG")
+    p.set_defaults(func=_remove)
+
+    p = sub.add_parser("reindex", help="rebuild the catalog from the artifact store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_reindex)
+
+    p = sub.add_parser("publish", help="write the zoo as a static site (index.json + artifacts)")
+    p.add_argument("dest", help="a folder or fsspec URL (s3://bucket/zoo, ...)")
+    p.set_defaults(func=_publish)

@@ -1,0 +1,65 @@
+"""Describe an artifact for the catalog: verify it, read its header, decode it and measure the model.
+
+Every number of the resulting :class:`ArtifactRecord` is computed from the file itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lilnetx
+from zoo.catalog.records import ArtifactRecord, LayerRecord, MetricsRecord
+
+
+def _ratio(counts: dict[str, int], zero: str, total: str) -> float:
+    return counts[zero] / counts[total] if counts[total] else 0.0
+
+
+def _layers(stats: dict[str, Any], header_layers: list[dict[str, Any]]) -> list[LayerRecord]:
+    """Per module: shape, sparsity and MACs of the decoded weights, bits of its coded weight and bias."""
+    coded = {layer["name"]: layer for layer in header_layers}
+    records = []
+    for name, entry in stats["layers"].items():
+        w = entry["weights"]
+        prefix = f"{name}." if name else ""
+        tensors = [coded[t] for t in (f"{prefix}weight", f"{prefix}bias") if t in coded]
+        weight = coded.get(f"{prefix}weight")
+        records.append(LayerRecord(
+            name=name, latent_group=weight["group"] if weight else None, shape=list(entry["shape"]),
+            params=w["params"],
+            coded_bits=int(sum(t["coded_bits"] for t in tensors)) if tensors else None,
+            estimated_bits=float(sum(t["est_bits"] for t in tensors)) if tensors else None,
+            slice_sparsity=_ratio(w, "zero_slices", "slices"),
+            unstructured_sparsity=_ratio(w, "zero_params", "params"),
+            macs_dense=entry.get("macs_dense"), macs_sparse=entry.get("macs_sparse"),
+        ))
+    return records
+
+
+def describe(path: Path) -> ArtifactRecord:
+    """Verify the ``.lnx`` file at ``path`` and describe it; raises ``lilnetx.ArtifactError`` if invalid."""
+    info = lilnetx.verify(path)
+    header = lilnetx.read_header(path)
+    model = lilnetx.load(path)
+    input_size = header.get("input_size")
+    stats = lilnetx.stats(model, tuple(input_size) if input_size else None)
+    state = model.state_dict().values()
+    metrics = header.get("metrics") or {}
+    return ArtifactRecord(
+        sha256=info.sha256, size_bytes=info.size_bytes, format_version=int(header["format_version"]),
+        arch=info.arch, arch_kwargs=dict(header.get("arch_kwargs") or {}), dataset=header.get("dataset"),
+        num_classes=header.get("num_classes"), input_size=input_size, mean=header.get("mean"),
+        std=header.get("std"),
+        metrics=MetricsRecord(
+            top1=metrics.get("top1"), top5=metrics.get("top5"),
+            fp32_bytes=4 * sum(t.numel() for t in state if t.is_floating_point()),
+            size_parts=dict(info.parts),
+            params=sum(p.numel() for p in model.parameters()), estimated_bits=info.estimated_bits,
+            coded_latent_bytes=info.coded_latent_bytes, slice_sparsity=stats["slice_sparsity"],
+            unstructured_sparsity=stats["unstructured_sparsity"], macs_dense=stats["macs_dense"],
+            macs_sparse=stats["macs_sparse"],
+        ),
+        recipe=dict(header.get("recipe") or {}), versions=dict(header.get("versions") or {}),
+        layers=_layers(stats, header.get("layers") or []), header=header,
+    )

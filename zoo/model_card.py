@@ -1,0 +1,106 @@
+"""Model cards: every figure comes from the artifact (its verified header and its decoded model).
+
+``model_card`` builds a JSON-ready dict; ``to_markdown`` renders it for a README or the dashboard and
+``to_text`` for a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from zoo.catalog.records import ArtifactRecord
+
+
+def model_card(name: str, dataset: str, record: ArtifactRecord) -> dict[str, Any]:
+    """The card of entry ``name`` whose artifact is described by ``record``."""
+    m = record.metrics
+    return {
+        "name": name,
+        "architecture": record.arch,
+        "arch_kwargs": record.arch_kwargs,
+        "dataset": dataset,
+        "num_classes": record.num_classes,
+        "input": {"size": record.input_size, "mean": record.mean, "std": record.std},
+        "parameters": m.params,
+        "accuracy": {"top1": m.top1, "top5": m.top5},
+        "size": {
+            "bytes": record.size_bytes,
+            "fp32_bytes": m.fp32_bytes,
+            "compression_ratio": m.fp32_bytes / record.size_bytes,
+            "parts": m.size_parts,
+            "estimated_bits": m.estimated_bits,
+            "coded_latent_bytes": m.coded_latent_bytes,
+        },
+        "sparsity": {"slice": m.slice_sparsity, "unstructured": m.unstructured_sparsity},
+        "macs": {"dense": m.macs_dense, "sparse": m.macs_sparse},
+        "layers": [vars(layer) for layer in record.layers],
+        "recipe": record.recipe,
+        "versions": record.versions,
+        "sha256": record.sha256,
+        "format_version": record.format_version,
+        "how_to_load": {
+            "python": f'import zoo\nmodel = zoo.load("{name}")  # eval-mode torch.nn.Module',
+            "cli": f"lilnetx zoo pull {name} -o .",
+        },
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _bytes(value: int) -> str:
+    return f"{value:,} B" if value < 10_000 else f"{value / 1000:,.1f} kB ({value:,} B)"
+
+
+def _facts(card: dict[str, Any]) -> list[tuple[str, str]]:
+    size, inp = card["size"], card["input"]
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in card["arch_kwargs"].items())
+    return [
+        ("Architecture", f"{card['architecture']}({kwargs})"),
+        ("Parameters", _count(card["parameters"])),
+        ("Dataset", f"{card['dataset']} ({card['num_classes']} classes)"),
+        ("Input", f"{inp['size']}, mean {inp['mean']}, std {inp['std']}"),
+        ("Top-1 / top-5 accuracy", f"{_pct(card['accuracy']['top1'])} / {_pct(card['accuracy']['top5'])}"),
+        ("Size", _bytes(size["bytes"])),
+        ("Compression vs fp32", f"{size['compression_ratio']:,.1f}x ({_bytes(size['fp32_bytes'])} as fp32)"),
+        ("Slice / unstructured sparsity",
+         f"{_pct(card['sparsity']['slice'])} / {_pct(card['sparsity']['unstructured'])}"),
+        ("MACs dense / sparse", f"{_count(card['macs']['dense'])} / {_count(card['macs']['sparse'])}"),
+        ("sha256", card["sha256"]),
+    ]
+
+
+def to_text(card: dict[str, Any]) -> str:
+    """A short plain-text card for the terminal."""
+    load = card["how_to_load"]["python"].replace("\n", "; ")
+    facts = [("Name", card["name"]), *_facts(card), ("Load", load)]
+    width = max(len(key) for key, _ in facts)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in facts)
+
+
+def to_markdown(card: dict[str, Any]) -> str:
+    """The full card as Markdown: summary, size breakdown, per-layer table, recipe, how to load."""
+    lines = [f"# {card['name']}", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in _facts(card)]
+    lines += ["", "## Size breakdown", "", "| part | bytes |", "|---|---:|"]
+    size = card["size"]
+    lines += [f"| {part} | {n:,} |" for part, n in size["parts"].items()]
+    if size["estimated_bits"] is not None:
+        lines += ["", f"Estimated information content of the latents: {size['estimated_bits'] / 8:,.0f} "
+                      f"bytes; coded latents: {_count(size['coded_latent_bytes'])} bytes."]
+    lines += ["", "## Layers", "",
+              "| layer | group | shape | params | coded bits | slice sparsity | MACs (sparse) |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {x['name']} | {x['latent_group'] or '-'} | {'x'.join(map(str, x['shape']))} | "
+              f"{x['params']:,} | {_count(x['coded_bits'])} | {_pct(x['slice_sparsity'])} | "
+              f"{_count(x['macs_sparse'])} |" for x in card["layers"]]
+    lines += ["", "## Recipe", "", "```json", json.dumps(card["recipe"], indent=2, sort_keys=True), "```"]
+    lines += ["", "## How to load", "", "```python", card["how_to_load"]["python"], "```", "", "```bash",
+              card["how_to_load"]["cli"], "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""A static zoo at any fsspec URL: ``index.json`` plus ``artifacts/<sha256[:2]>/<sha256>.lnx``.
+
+``publish`` writes one (a local folder, ``s3://``, ...) that any web server or object store can serve;
+``fetch_index`` and ``fetch_artifact`` read one (``file://``, ``http(s)://``, ``s3://``...). An artifact's
+location is computed from its sha256, never taken from the index, and every byte fetched is hashed
+before it enters the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import fsspec
+from fsspec.core import url_to_fs
+
+from zoo.catalog.records import ArtifactRecord
+from zoo.errors import InvalidNameError, RemoteZooError
+from zoo.names import check_sha256, split_name
+from zoo.store import Store, read_chunks
+
+INDEX = "index.json"
+INDEX_FORMAT = "lilnetx-zoo-index/1"
+MAX_INDEX_BYTES = 64 << 20
+HTTP_TIMEOUT_S = 30
+_TRANSPORT_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError, ImportError, ValueError,
+                     NotImplementedError)
+READ_FIX = "check LILNETX_ZOO_URL and the network, or set LILNETX_OFFLINE=1 to use only the local cache"
+PUBLISH_FIX = ("publish to a writable folder or object store (s3:// needs s3fs; http(s):// is read-only: "
+               "publish into the folder your web server serves)")
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One entry of a static zoo's index."""
+
+    name: str
+    dataset: str
+    artifact: ArtifactRecord
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dataset": self.dataset, "artifact": self.artifact.to_dict()}
+
+
+def artifact_url(base: str, sha256: str) -> str:
+    """Where the zoo at ``base`` keeps the artifact ``sha256``."""
+    check_sha256(sha256)
+    return f"{base.rstrip('/')}/artifacts/{sha256[:2]}/{sha256}.lnx"
+
+
+def check_artifact_url(url: str, sha256: str) -> str:
+    """``url`` if it is a content-addressed location of ``sha256`` without ``..`` segments, else raise."""
+    suffix = f"/artifacts/{sha256[:2]}/{sha256}.lnx"
+    if not url.endswith(suffix) or ".." in url.split("/") or "\\" in url:
+        raise InvalidNameError(f"refusing artifact URI {url!r}: expected ZOO_URL{suffix}")
+    return url
+
+
+def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    options: dict[str, Any] = {}
+    if url.startswith(("http://", "https://")):
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)}
+    return url_to_fs(url, **options)
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of a transport error, e.g. the refused connection behind fsspec's FileNotFoundError."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@contextmanager
+def _remote(what: str, url: str, fix: str = READ_FIX) -> Iterator[None]:
+    """Turn transport errors (refused connection, 404, timeout, missing fsspec backend) into one message."""
+    try:
+        yield
+    except _TRANSPORT_ERRORS as exc:
+        reason = _reason(exc)
+        raise RemoteZooError(f"cannot {what} {url} ({reason}); {fix}") from None
+
+
+@contextmanager
+def _open_read(url: str) -> Iterator[IO[bytes]]:
+    fs, path = _filesystem(url)
+    kwargs = {"block_size": 0} if url.startswith(("http://", "https://")) else {}  # stream, no range requests
+    with fs.open(path, "rb", **kwargs) as f:
+        yield f
+
+
+def fetch_index(base: str) -> list[IndexEntry]:
+    """The entries of the zoo at ``base``; :class:`RemoteZooError` when unreachable or malformed."""
+    url = f"{base.rstrip('/')}/{INDEX}"
+    with _remote("read the zoo index", url), _open_read(url) as f:
+        raw = b"".join(read_chunks(f, MAX_INDEX_BYTES, url))
+    try:
+        data = json.loads(raw)
+        if data.get("format") != INDEX_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
+        entries = [_index_entry(item) for item in data["entries"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RemoteZooError(f"malformed zoo index {url}: {exc}; republish it with `lilnetx zoo publish`") \
+            from None
+    return entries
+
+
+def _index_entry(item: dict[str, Any]) -> IndexEntry:
+    arch, _ = split_name(item["name"])
+    record = ArtifactRecord.from_dict(item["artifact"])
+    if record.arch != arch:
+        raise ValueError(f"entry {item['name']!r} names architecture {arch!r}, its artifact {record.arch!r}")
+    return IndexEntry(name=item["name"], dataset=str(item["dataset"]), artifact=record)
+
+
+def fetch_artifact(url: str, sha256: str, size: int, store: Store) -> Path:
+    """Download the artifact at ``url`` into ``store``, rejecting any byte that is not ``sha256``."""
+    check_artifact_url(url, sha256)
+    with _remote("download the artifact", url), _open_read(url) as f:
+        return store.put_stream(sha256, f, size=size, source=url)
+
+
+def publish(entries: list[tuple[IndexEntry, Path]], dest: str) -> str:
+    """Write ``entries`` (with their local artifact files) as a static zoo at ``dest``; return the index URL.
+
+    Artifacts are copied first and the index last, each through a temporary name, so readers never see an
+    index that points at a missing file. Entries already in ``dest``'s index under other names are kept.
+    """
+    fs, root = _filesystem(dest)
+    index_path = posixpath.join(root, INDEX)
+    with _remote("publish to", dest, PUBLISH_FIX):
+        existing: dict[str, dict[str, Any]] = {}
+        if fs.exists(index_path):
+            existing = {item["name"]: item for item in json.loads(fs.cat_file(index_path))["entries"]}
+        for entry, local in entries:
+            sha = entry.artifact.sha256
+            target = posixpath.join(root, "artifacts", sha[:2], f"{sha}.lnx")
+            if not (fs.exists(target) and fs.size(target) == entry.artifact.size_bytes):
+                fs.makedirs(posixpath.dirname(target), exist_ok=True)
+                _put_atomic(fs, str(local), target)
+            existing[entry.name] = entry.to_dict()
+        payload = {"format": INDEX_FORMAT, "entries": [existing[name] for name in sorted(existing)]}
+        fs.makedirs(root, exist_ok=True)
+        partial = f"{index_path}.partial-{os.getpid()}"
+        fs.pipe_file(partial, json.dumps(payload, indent=1, sort_keys=True).encode())
+        fs.mv(partial, index_path)
+    return index_path
+
+
+def _put_atomic(fs: fsspec.AbstractFileSystem, local: str, target: str) -> None:
+    partial = f"{target}.partial-{os.getpid()}"
+    fs.put_file(local, partial)
+    fs.mv(partial, target)
