@@ -176,7 +176,8 @@ class Trainer:
         self.progress = progress and _rank() == 0
         seed_everything(config.seed)
         self.train_loader = self._loader(train_set, shuffle=True)
-        self.test_loader = self._loader(test_set, shuffle=False) if test_set is not None else None
+        self.test_loader = (DataLoader(test_set, batch_size=config.batch_size, num_workers=config.workers)
+                            if test_set is not None else None)  # every rank evaluates the whole test set
         self.net: nn.Module = model
         if dist.is_initialized():
             ids = [self.device.index] if self.device.type == "cuda" else None

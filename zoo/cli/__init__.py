@@ -51,6 +51,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lilnetx: error: {exc}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

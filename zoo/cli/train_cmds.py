@@ -1,0 +1,216 @@
+"""``lilnetx train`` (also under ``torchrun``), ``lilnetx archs``, ``lilnetx datasets``, ``lilnetx plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader
+
+import lilnetx
+from lilnetx.training import Trainer, evaluate, seed_everything
+from zoo import recipe as recipes
+from zoo import registry
+from zoo.cli import CLIError
+from zoo.plugins import list_plugins
+
+FROM_DATASET = ("num_classes", "in_chans", "input_size", "mean", "std")
+# flags that set the recipe key of the same name in `train` / `reparam`
+TRAIN_FLAGS = ("lambda_rate", "lambda_slice", "lambda_l2", "epochs", "lr", "density_lr", "batch_size", "seed",
+               "workers", "device")
+REPARAM_FLAGS = ("structure", "init", "exclude")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train an architecture with LilNetX",
+                              description="Train ARCH on a dataset with the LilNetX objective. Settings merge "
+                                          "left to right: defaults, --recipe, flags.")
+    p.add_argument("arch", nargs="?", metavar="ARCH", help="architecture name (`lilnetx archs` lists them)")
+    p.add_argument("--dataset", help="dataset name (`lilnetx datasets` lists them)")
+    p.add_argument("--data-root", help="dataset folder, for datasets read from files")
+    p.add_argument("--recipe", help="YAML recipe holding any of the settings below")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for checkpoint, logs, stats")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR with its recipe.yaml")
+    for name in TRAIN_FLAGS:
+        kind = type(getattr(lilnetx.TrainConfig(), name))
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"train.{name}")
+    p.add_argument("--structure", help="reparam.structure: slice, channel or filter")
+    p.add_argument("--init", help="reparam.init: scratch or fit")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="reparam.exclude: layers left uncompressed")
+    p.add_argument("--model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="architecture option, e.g. width=4 (repeatable)")
+    p.add_argument("--dataset-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="dataset loader option, e.g. augment=false (repeatable)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary (and no progress bar)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("archs", help="list architectures and the plugin providing each")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern or exact name (e.g. 'timm/resnet*')")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_archs)
+
+    p = subparsers.add_parser("datasets", help="list datasets and the plugin providing each")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_datasets)
+
+    p = subparsers.add_parser("plugins", help="list loaded plugins and the hooks they implement")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_plugins)
+
+
+# -- train -------------------------------------------------------------------------------------------------
+
+def build_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults, then the recipe file (or RUN_DIR/recipe.yaml on --resume), then the flags."""
+    recipe = recipes.default_recipe()
+    saved = Path(args.out) / "recipe.yaml"
+    if args.resume:
+        if args.recipe:
+            raise CLIError("--resume continues RUN_DIR with its own recipe.yaml; drop --recipe")
+        if not saved.is_file():
+            raise CLIError(f"nothing to resume: {saved} does not exist; train without --resume first")
+        recipe = recipes.merge(recipe, recipes.load(saved), str(saved))
+    elif args.recipe:
+        recipe = recipes.merge(recipe, recipes.load(args.recipe), args.recipe)
+    flags: dict[str, Any] = {
+        "arch": args.arch, "dataset": args.dataset,
+        "train": {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None},
+        "reparam": {k: getattr(args, k) for k in REPARAM_FLAGS if getattr(args, k) is not None},
+        "arch_kwargs": dict(args.model_arg),
+        "dataset_kwargs": dict(args.dataset_arg),
+    }
+    if args.data_root:
+        flags["dataset_kwargs"]["root"] = str(Path(args.data_root).resolve())  # the recipe works from any folder
+    merged = recipes.merge(recipe, flags, "command line")
+    for key in ("arch", "dataset"):
+        if merged[key] is None:
+            raise CLIError(f"no {key}: give {'ARCH' if key == 'arch' else '--dataset'} or `{key}:` in the recipe")
+        if args.resume and merged[key] != recipe[key]:
+            raise CLIError(f"{args.out} was trained with {key} {recipe[key]!r}, not {merged[key]!r}; "
+                           "use another --out for a new run")
+    clash = sorted(set(merged["arch_kwargs"]) & set(FROM_DATASET))
+    if clash:
+        raise CLIError(f"arch_kwargs {', '.join(clash)} come from the dataset; change the dataset options instead")
+    return merged
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[None]:
+    """Initialise torch.distributed when launched by torchrun with WORLD_SIZE > 1 (nccl on GPUs, else gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield
+        return
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda:")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def train_run(recipe: dict[str, Any], run_dir: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
+    """Train the recipe's model into ``run_dir``; returns (and on rank 0 writes) the final stats."""
+    config = recipes.train_config(recipe)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    if not resume and (run_dir / "checkpoint.pt").exists():
+        raise CLIError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    registry.get_architecture(recipe["arch"])  # fail on a misspelt name before loading any data
+    seed_everything(config.seed)
+    data = registry.get_dataset(recipe["dataset"], **recipe["dataset_kwargs"])
+    from_data = {"num_classes": data.num_classes, "input_size": data.input_size, "mean": data.mean, "std": data.std}
+    model = registry.reparameterized_model(recipe["arch"], {**recipe["arch_kwargs"], **from_data}, recipe["reparam"])
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recipes.dump(recipe, run_dir / "recipe.yaml")
+    trainer = Trainer(model, data.train, data.test, config, run_dir=run_dir, progress=progress)
+    trainer.fit(resume=run_dir / "checkpoint.pt" if resume else None)
+    # Every rank evaluates the whole test set (the Trainer's test loader is sharded under DDP).
+    final = evaluate(model, DataLoader(data.test, batch_size=config.batch_size), trainer.device)
+    result = {"arch": recipe["arch"], "dataset": recipe["dataset"], "epochs": trainer.epoch,
+              "world_size": dist.get_world_size() if dist.is_initialized() else 1, **final, **lilnetx.stats(model)}
+    if rank0:
+        (run_dir / "stats.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_train(args: argparse.Namespace) -> int:
+    recipe = build_recipe(args)
+    config = recipes.train_config(recipe)
+    with process_group(config.device):
+        result = train_run(recipe, Path(args.out), resume=args.resume,
+                           progress=not (args.json or args.no_progress))
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return 0
+    summary = {"run_dir": str(args.out), **{k: result[k] for k in (
+        "arch", "dataset", "epochs", "top1", "top5", "test_loss", "params", "bits", "slice_sparsity",
+        "unstructured_sparsity", "macs_dense", "macs_sparse")}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        kb = f"{summary['bits'] / 8192:.2f} KB" if summary["bits"] is not None else "n/a"
+        print(f"{summary['arch']} on {summary['dataset']}: top-1 {summary['top1']:.4f}, latents {kb}, "
+              f"slice sparsity {summary['slice_sparsity']:.4f}; run folder {args.out}")
+    return 0
+
+
+# -- listings ----------------------------------------------------------------------------------------------
+
+def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    for row in [list(columns), *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def run_archs(args: argparse.Namespace) -> int:
+    names = registry.list_architectures(args.pattern)
+    if not names and not any(ch in args.pattern for ch in "*?["):
+        names = [args.pattern]  # an on-demand name such as timm/<model>; unknown names raise with suggestions
+    specs = [registry.get_architecture(n) for n in names]
+    rows = [{"name": s.name, "plugin": s.plugin, "input_size": list(s.input_size), "num_classes": s.num_classes,
+             "tags": list(s.tags), "description": s.description} for s in specs]
+    if args.json:
+        print(json.dumps(rows))
+    elif rows:
+        _print_table([{**r, "input_size": "x".join(map(str, r["input_size"]))} for r in rows],
+                     ("name", "plugin", "input_size", "num_classes", "description"))
+    else:
+        print(f"no architecture matches {args.pattern!r}")
+    return 0
+
+
+def run_datasets(args: argparse.Namespace) -> int:
+    specs = [registry.get_registry().dataset(n) for n in registry.list_datasets()]
+    rows = [{"name": s.name, "plugin": s.plugin, "description": s.description} for s in specs]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        _print_table(rows, ("name", "plugin", "description"))
+    return 0
+
+
+def run_plugins(args: argparse.Namespace) -> int:
+    rows = list_plugins()
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        _print_table([{**r, "hooks": ", ".join(r["hooks"])} for r in rows], ("name", "source", "hooks"))
+    return 0

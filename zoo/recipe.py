@@ -1,0 +1,132 @@
+"""Training recipes: one YAML mapping that holds every choice of a run.
+
+Sections: ``arch`` and ``arch_kwargs`` (builder options), ``dataset`` and ``dataset_kwargs`` (loader
+options, e.g. ``root``), ``reparam`` (``lilnetx.reparameterize`` options) and ``train`` (``TrainConfig``).
+Layers merge left to right: defaults, a recipe file, command-line flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import lilnetx
+from lilnetx import TrainConfig
+
+FREE_FORM = ("arch_kwargs", "dataset_kwargs")  # checked against the builder / loader signature later
+TYPED = ("reparam", "train")
+
+
+class RecipeError(ValueError):
+    """A recipe key or value that cannot be used; the message names it and the fix."""
+
+
+def _reparam_options() -> dict[str, tuple[Any, str]]:
+    """``reparameterize``'s keyword options (except the plugin-provided layer policy): (default, type)."""
+    params = inspect.signature(lilnetx.reparameterize).parameters.values()
+    return {p.name: (p.default, str(p.annotation)) for p in params
+            if p.kind is p.KEYWORD_ONLY and p.name != "layer_policy"}
+
+
+def _train_options() -> dict[str, tuple[Any, str]]:
+    defaults = TrainConfig().to_dict()
+    return {f.name: (defaults[f.name], str(f.type)) for f in dataclasses.fields(TrainConfig)}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so the recipe round-trips through YAML."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def default_recipe() -> dict[str, Any]:
+    return {
+        "arch": None,
+        "arch_kwargs": {},
+        "dataset": None,
+        "dataset_kwargs": {},
+        "reparam": {k: _plain(d) for k, (d, _) in _reparam_options().items()},
+        "train": {k: _plain(d) for k, (d, _) in _train_options().items()},
+    }
+
+
+def _check_key(key: Any, known: list[str], where: str) -> None:
+    if key not in known:
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise RecipeError(f"{where}: unknown key {key!r}; {hint}known keys: {', '.join(known)}")
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    """``value`` as the option's annotated scalar type (YAML reads ``1e-4`` as a string), else an error."""
+    base = annotation.removesuffix(" | None")
+    if value is None and base != annotation:
+        return value
+    try:
+        if base == "bool" and isinstance(value, bool):
+            return value
+        if base in ("int", "float") and not isinstance(value, bool):
+            number = float(value) if base == "float" else int(value)
+            if base == "float" or number == float(value):
+                return number
+        if base == "str" and isinstance(value, str):
+            return value
+        if base not in ("bool", "int", "float", "str") and isinstance(value, (list, tuple, dict)):
+            return _plain(value)
+    except (TypeError, ValueError):
+        pass
+    raise RecipeError(f"{where}: expected {annotation}, got {value!r}")
+
+
+def merge(base: dict[str, Any], update: dict[str, Any], source: str) -> dict[str, Any]:
+    """``base`` updated by ``update`` (from ``source``, named in errors); unknown keys are errors."""
+    if not isinstance(update, dict):
+        raise RecipeError(f"{source}: a recipe is a mapping of sections ({', '.join(base)}), "
+                          f"got {type(update).__name__}")
+    merged = copy.deepcopy(base)
+    options = {"reparam": _reparam_options(), "train": _train_options()}
+    for key, value in update.items():
+        _check_key(key, list(base), source)
+        if key in TYPED or key in FREE_FORM:
+            if not isinstance(value, dict):
+                raise RecipeError(f"{source}: {key!r} must be a mapping, got {value!r}")
+            for sub, sub_value in value.items():
+                where = f"{source}: {key}.{sub}"
+                if key in TYPED:
+                    _check_key(sub, list(options[key]), f"{source}: {key}")
+                    sub_value = _coerce(sub_value, options[key][sub][1], where)
+                merged[key][sub] = sub_value
+        elif value is not None and not isinstance(value, str):
+            raise RecipeError(f"{source}: {key!r} must be a name, got {value!r}")
+        elif value is not None:
+            merged[key] = value
+    return merged
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (not yet merged with defaults)."""
+    path = Path(path)
+    try:
+        content = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}".replace("\n", " ")) from exc
+    return content if content is not None else {}
+
+
+def dump(recipe: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def train_config(recipe: dict[str, Any]) -> TrainConfig:
+    """The recipe's ``train`` section as a validated ``TrainConfig`` (``RecipeError`` if invalid)."""
+    try:
+        return TrainConfig.from_dict(recipe["train"])
+    except lilnetx.ConfigError as exc:
+        raise RecipeError(f"recipe train section: {exc}") from exc
