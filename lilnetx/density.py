@@ -108,32 +108,38 @@ class FactorizedDensity(nn.Module):
 
 
 class _InterpolatedSum(torch.autograd.Function):
-    """``sum(interp(table, values [+ noise]))``; gradients: segment slopes for values, a histogram for table."""
+    """``sum(interp(table, values [+ noise]))``; gradients: segment slopes for values, a histogram for table.
+
+    The table spans at least one unit beyond the values on both sides, so positions never need clamping.
+    """
 
     @staticmethod
     def forward(ctx, values: Tensor, table: Tensor, lo: float, resolution: int, noise: bool) -> Tensor:
         channels, points = table.shape
-        pos = torch.rand_like(values).add_(values, alpha=1.0).sub_(0.5) if noise else values.clone()
-        pos.sub_(lo).mul_(resolution).clamp_(0, points - 1.000001)
-        index = pos.floor()
-        frac = pos.sub_(index)
-        flat = index.to(torch.int64)
+        pos = torch.rand_like(values).add_(values).sub_(lo + 0.5) if noise else values - lo
+        pos.mul_(resolution)
+        index = pos.to(torch.int64)  # truncation == floor: positions are positive
+        frac = pos.frac_()
         if channels > 1:
-            flat += torch.arange(channels, device=values.device) * points
-        flat_table = table.reshape(-1)
-        g0 = flat_table.take(flat)
-        slope = flat_table.take(flat + 1).sub_(g0)
-        total = g0.sum() + torch.dot(frac.reshape(-1), slope.reshape(-1))
-        weights = torch.zeros(table.numel() + 1, dtype=table.dtype, device=table.device)
-        weights.index_add_(0, flat.reshape(-1), (1 - frac).reshape(-1).to(table.dtype))
-        weights.index_add_(0, flat.reshape(-1) + 1, frac.reshape(-1).to(table.dtype))
-        ctx.save_for_backward(slope.mul_(resolution), weights[:-1].reshape(table.shape))
+            index += torch.arange(channels, device=values.device) * points
+        index = index.reshape(-1)
+        frac = frac.reshape(-1)
+        flat = table.reshape(-1)
+        slopes = torch.cat([flat[1:] - flat[:-1], flat.new_zeros(1)])
+        slope = slopes.take(index)
+        total = flat.take(index).sum() + torch.dot(frac, slope)
+        counts = torch.bincount(index, minlength=flat.numel()).to(table.dtype)
+        upper = torch.zeros_like(flat).index_add_(0, index, frac.to(table.dtype))
+        weights = counts - upper
+        weights[1:] += upper[:-1]
+        ctx.resolution = resolution
+        ctx.save_for_backward(slope.view(values.shape), weights.view(table.shape))
         return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         slope, weights = ctx.saved_tensors
-        return grad * slope, grad * weights, None, None, None
+        return slope * (grad * ctx.resolution), grad * weights, None, None, None
 
 
 def quantize_pmf(pmf: np.ndarray, precision: int = TABLE_PRECISION) -> np.ndarray:
