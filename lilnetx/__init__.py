@@ -4,6 +4,23 @@ Public API: ``reparameterize``, ``objective``, ``train`` / ``TrainConfig``, ``st
 (and, from the artifact codec, ``save`` / ``load``).
 """
 
+from lilnetx.artifact import (
+    Artifact,
+    ArtifactError,
+    ArtifactInfo,
+    BadMagicError,
+    ChecksumMismatchError,
+    CorruptHeaderError,
+    TruncatedArtifactError,
+    UnknownArchitectureError,
+    UnsupportedVersionError,
+    from_artifact,
+    load,
+    read_artifact,
+    read_header,
+    save,
+    verify,
+)
 from lilnetx.density import FactorizedDensity
 from lilnetx.metrics import stats
 from lilnetx.objective import Lambdas, objective, rate_bits
@@ -21,6 +38,9 @@ from lilnetx.reparam import (
 from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, evaluate, train
 
 __all__ = [
+    "Artifact", "ArtifactError", "ArtifactInfo", "BadMagicError", "ChecksumMismatchError", "CorruptHeaderError",
+    "TruncatedArtifactError", "UnknownArchitectureError", "UnsupportedVersionError", "from_artifact", "load",
+    "read_artifact", "read_header", "save", "verify",
     "CheckpointError", "ConfigError", "FactorizedDensity", "Lambdas", "LatentGroup", "LatentTensor",
     "ReparamError", "TrainConfig", "Trainer", "evaluate", "is_reparameterized", "latent_groups",
     "latent_tensors", "objective", "rate_bits", "reparameterize", "round_ste", "stats", "strip", "train",

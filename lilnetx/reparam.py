@@ -35,7 +35,7 @@ class ReparamError(ValueError):
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor) -> Tensor:
-        return torch.round(z)
+        return torch.round(z) + 0.0  # -0.0 -> +0.0: weights match the decoded artifact bit for bit
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -146,7 +146,7 @@ def _fan_out(weight: Tensor) -> int:
 
 
 def _select_layers(
-    model: nn.Module, exclude: Iterable[str], layer_policy: LayerPolicy | None
+    model: nn.Module, exclude: Iterable[str], group_overrides: dict[str, str], layer_policy: LayerPolicy | None
 ) -> list[tuple[str, nn.Module, str]]:
     """(name, module, group name) of every layer to compress."""
     patterns = tuple(exclude)
@@ -161,7 +161,8 @@ def _select_layers(
         decision = layer_policy(name, module) if layer_policy else None
         if decision is False:
             continue
-        group = decision if isinstance(decision, str) else default_group_name(module)
+        override = next((g for p, g in group_overrides.items() if fnmatch.fnmatchcase(name, p)), None)
+        group = override or (decision if isinstance(decision, str) else default_group_name(module))
         chosen.append((name, module, group))
     return chosen
 
@@ -173,6 +174,7 @@ def reparameterize(
     structure: str = "slice",
     compress_bias: bool = True,
     exclude: Iterable[str] = (),
+    group_overrides: dict[str, str] | None = None,
     layer_policy: LayerPolicy | None = None,
     density_filters: tuple[int, ...] = (3, 3, 3),
     latent_bound: float = LATENT_BOUND_B,
@@ -182,7 +184,9 @@ def reparameterize(
     ``init="scratch"`` draws decoders and latents as in METHOD.md (decoded weights of He variance);
     ``init="fit"`` keeps the current (trained) weights: decoders become scaled identities and latents
     ``W / step``; the relative RMS fit error is stored in ``model.lilnetx_config["fit_error"]``.
-    ``exclude`` holds fnmatch patterns of module names left uncompressed. ``layer_policy(name, module)``
+    ``exclude`` holds fnmatch patterns of module names left uncompressed; ``group_overrides`` maps module-name
+    patterns to group names (e.g. ``{"fc2": "classifier"}`` gives the classifier its own decoder and
+    density instead of sharing ``dense`` with the large hidden layers). ``layer_policy(name, module)``
     may return ``False`` (leave the layer alone), a group name, or ``None`` (default grouping).
     ``structure`` picks the structured prior's unit: ``slice`` (K x K kernel), ``channel`` or ``filter``.
     """
@@ -192,7 +196,8 @@ def reparameterize(
         raise ReparamError(f"unknown structure {structure!r}; choose one of {STRUCTURES}")
     if is_reparameterized(model):
         raise ReparamError("model is already reparameterised; build a fresh model to reparameterise again")
-    layers = _select_layers(model, exclude, layer_policy)
+    group_overrides = dict(group_overrides or {})
+    layers = _select_layers(model, exclude, group_overrides, layer_policy)
     if not layers:
         raise ReparamError("no Conv or Linear layer left to compress (check `exclude` and the layer policy)")
 
@@ -230,7 +235,8 @@ def reparameterize(
                 else:
                     fit_errors.append(_relative_error(getattr(module, tensor_name), original))
     config = {"init": init, "structure": structure, "compress_bias": compress_bias,
-              "exclude": list(exclude), "density_filters": list(density_filters)}
+              "exclude": list(exclude), "group_overrides": group_overrides,
+              "density_filters": list(density_filters)}
     if init == "fit":
         config["fit_error"] = max(fit_errors)
     model.lilnetx_config = config
@@ -273,9 +279,18 @@ def _relative_error(decoded: Tensor, target: Tensor) -> float:
 
 
 def strip(model: nn.Module) -> nn.Module:
-    """Replace every latent parametrization by its decoded weight, in place: a plain PyTorch model."""
-    for t in latent_tensors(model):
-        parametrize.remove_parametrizations(t.module, t.tensor_name, leave_parametrized=True)
+    """Replace every latent parametrization by its decoded weight, in place: a plain PyTorch model.
+
+    Done by hand rather than with ``parametrize.remove_parametrizations``, which deletes the property from
+    the parametrized class that deep copies of the model share, breaking the other copies.
+    """
+    modules = {id(t.module): t.module for t in latent_tensors(model)}
+    for module in modules.values():
+        decoded = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+        module.__class__ = module.__class__.__bases__[0]
+        del module._modules["parametrizations"]
+        for name, value in decoded.items():
+            module.register_parameter(name, nn.Parameter(value))
     if hasattr(model, "lilnetx_config"):
         del model.lilnetx_config
     return model

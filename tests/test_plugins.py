@@ -72,7 +72,6 @@ def write_distribution(folder: Path, modules: dict[str, str]) -> Path:
 
 GOOD_PLUGIN = """
     from torch import nn
-from torch.utils.data import DataLoader
     from zoo.hookspecs import hookimpl
 
     @hookimpl

@@ -76,8 +76,9 @@ def test_decoded_model_matches_plain_copy_with_decoded_weights(convnet):
     torch.testing.assert_close(convnet(x), plain(x), rtol=1e-4, atol=1e-5)
     stripped = lilnetx.strip(copy.deepcopy(convnet))
     assert not lilnetx.is_reparameterized(stripped)
-    assert type(stripped[0]) is nn.Conv2d
+    assert type(stripped[0]) is nn.Conv2d and isinstance(stripped[0].weight, nn.Parameter)
     torch.testing.assert_close(stripped(x), plain(x), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(convnet(x), plain(x), rtol=1e-4, atol=1e-5)  # the original still works
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11", "mobilenetv2_100", "mobilenetv3_small_100"])
@@ -139,6 +140,14 @@ def test_layer_policy_groups_or_skips(convnet):
     lilnetx.reparameterize(convnet, layer_policy=policy)
     groups = lilnetx.latent_groups(convnet)
     assert "classifier" in groups and "conv5x5" not in groups
+
+
+def test_group_overrides_give_a_layer_its_own_group(convnet):
+    lilnetx.reparameterize(convnet, group_overrides={"12": "classifier"})
+    groups = lilnetx.latent_groups(convnet)
+    assert "classifier" in groups and "dense" in groups
+    assert convnet[12].parametrizations.weight[0].group is groups["classifier"]
+    assert convnet.lilnetx_config["group_overrides"] == {"12": "classifier"}
 
 
 def test_bias_compression_can_be_turned_off(convnet):
