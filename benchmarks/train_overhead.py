@@ -23,7 +23,7 @@ from torch import nn
 
 import lilnetx
 import zoo
-from lilnetx.training import _split_parameters
+from lilnetx.training import TrainConfig, parameter_groups
 
 CASES = (  # (architecture, kwargs, batch, input size)
     ("lenet5_caffe", {}, 128, (1, 28, 28)),
@@ -46,8 +46,8 @@ def plain_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
 def lilnetx_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     lilnetx.reparameterize(model)
     tensors = lilnetx.latent_tensors(model)
-    rest, density = _split_parameters(model)
-    opt, opt_density = torch.optim.Adam(rest, lr=1e-3), torch.optim.Adam(density, lr=1e-4)
+    groups, density = parameter_groups(model, TrainConfig(lr=1e-3))
+    opt, opt_density = torch.optim.Adam(groups), torch.optim.Adam(density, lr=1e-4)
 
     def step() -> None:
         terms = lilnetx.objective(model, F.cross_entropy(model(x), y), tensors=tensors)

@@ -49,6 +49,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-2
+    decoder_lr: float | None = None  # None: lr / 10
     density_lr: float = 1e-4
     lambda_rate: float = 1e-4
     lambda_l2: float = 1e-6
@@ -78,7 +79,8 @@ class TrainConfig:
     def validate(self) -> None:
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-            "density_lr": self.density_lr > 0, "lambda_rate": self.lambda_rate >= 0,
+            "density_lr": self.density_lr > 0,
+            "decoder_lr": self.decoder_lr is None or self.decoder_lr > 0, "lambda_rate": self.lambda_rate >= 0,
             "lambda_l2": self.lambda_l2 >= 0, "lambda_slice": self.lambda_slice >= 0,
             "warmup_epochs": self.warmup_epochs >= 0, "workers": self.workers >= 0,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
@@ -120,13 +122,20 @@ def model_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
-def _split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(model parameters, density parameters), each parameter once."""
-    density, rest = [], []
+def parameter_groups(model: nn.Module, config: TrainConfig) -> tuple[list[dict], list[nn.Parameter]]:
+    """(Adam groups for the model: decoders at ``decoder_lr``, the rest at ``lr``; density parameters).
+
+    Decoders are shared by whole layer groups and small in magnitude, so a step of size ``lr`` (Adam's
+    steps are about ``lr`` whatever the gradient scale) can flip their sign: they learn more slowly.
+    """
+    density, decoders, rest = [], [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (density if ".density." in f".{name}" else rest).append(p)
-    return rest, density
+        if not p.requires_grad:
+            continue
+        dotted = f".{name}"
+        (density if ".density." in dotted else decoders if dotted.endswith(".decoder") else rest).append(p)
+    decoder_lr = config.decoder_lr if config.decoder_lr is not None else config.lr / 10
+    return [{"params": rest, "lr": config.lr}, {"params": decoders, "lr": decoder_lr}], density
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -182,8 +191,8 @@ class Trainer:
         if dist.is_initialized():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        rest, density = _split_parameters(model)
-        self.opt_model = torch.optim.Adam(rest, lr=config.lr)
+        groups, density = parameter_groups(model, config)
+        self.opt_model = torch.optim.Adam(groups)
         self.opt_density = torch.optim.Adam(density, lr=config.density_lr)
         steps = len(self.train_loader)
         schedule = warmup_cosine(config.epochs * steps, int(config.warmup_epochs * steps))
@@ -264,7 +273,8 @@ class Trainer:
             self.opt_density.zero_grad(set_to_none=True)
             terms["total"].backward()
             if self.config.grad_clip:
-                nn.utils.clip_grad_norm_(self.opt_model.param_groups[0]["params"], self.config.grad_clip)
+                nn.utils.clip_grad_norm_([p for g in self.opt_model.param_groups for p in g["params"]],
+                                         self.config.grad_clip)
             self.opt_model.step()
             self.opt_density.step()
             for s in self.schedulers:
