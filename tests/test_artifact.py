@@ -7,13 +7,13 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from golden import make_golden as golden  # tests/ is on sys.path; golden/ holds the writer
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -33,15 +33,6 @@ from lilnetx.training import TrainConfig, Trainer
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
 
-def _import_golden():
-    spec = importlib.util.spec_from_file_location("make_golden", GOLDEN_DIR / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_golden", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-golden = _import_golden()
 
 
 @pytest.fixture(scope="module")

@@ -4,32 +4,21 @@ a hang or a huge allocation) or, for harmless header edits, loads exactly the sa
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from golden import make_golden as golden  # tests/ is on sys.path; golden/ holds the writer
 
 import lilnetx
 from lilnetx import artifact
 from lilnetx.artifact import ArtifactError, TruncatedArtifactError
 
-GOLDEN_DIR = Path(__file__).parent / "golden"
 JUNK: list[Any] = [None, True, False, 0, -1, 1, 3, 25, 2**31, 2**62, -(2**62), 1e308, 0.5, "", "x", "int32",
                    "float16", "float64", "conv3x3", "bias", [], [0], [1, 2], [-1], [2**40, 2**40], {}, {"a": 1}]
 
 
-def _import_golden():
-    spec = importlib.util.spec_from_file_location("make_golden", GOLDEN_DIR / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_golden", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-golden = _import_golden()
 
 
 @pytest.fixture(scope="module")
