@@ -88,6 +88,9 @@ class FactorizedDensity(nn.Module):
         if not parts:
             return self.matrices[0].sum() * 0
         bounds = torch.stack([torch.stack(torch.aminmax(p.detach())) for p in parts])
+        if not torch.isfinite(bounds).all():
+            raise FloatingPointError("latents contain NaN or infinity: training diverged; lower the learning "
+                                     "rate or enable gradient clipping (TrainConfig.grad_clip)")
         lo = math.floor(bounds[:, 0].min().item()) - 1
         hi = math.ceil(bounds[:, 1].max().item()) + 1
         table = self.bits_grid(lo, hi, resolution)
@@ -153,8 +156,3 @@ def quantize_pmf(pmf: np.ndarray, precision: int = TABLE_PRECISION) -> np.ndarra
     freq = 1 + np.floor(p * (total - n)).astype(np.int64)
     freq[int(np.argmax(freq))] += total - int(freq.sum())
     return freq.astype(np.uint32)
-
-
-def table_bits(freq: np.ndarray, symbols: np.ndarray, precision: int = TABLE_PRECISION) -> float:
-    """Ideal code length in bits of ``symbols`` (0-based indices) under an integer table."""
-    return float(precision * len(symbols) - np.log2(freq[symbols].astype(np.float64)).sum())

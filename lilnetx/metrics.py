@@ -34,14 +34,20 @@ def _sparsity(weight: Tensor, groups: int) -> dict[str, int]:
     }
 
 
+def _positions(module: nn.Module, out: Tensor) -> int:
+    """Times a layer's weights are applied for one sample: output pixels of a conv, tokens of a linear."""
+    if isinstance(module, nn.Linear):
+        return out.numel() // out.shape[-1]
+    return out[0, 0].numel()
+
+
 def _output_numel(model: nn.Module, input_size: tuple[int, ...] | None) -> dict[str, int]:
     """Output positions (spatial size × batch 1) of every conv / linear layer, from one forward pass."""
     if input_size is None:
         return {}
     seen: dict[str, int] = {}
     hooks = [
-        m.register_forward_hook(lambda mod, inp, out, n=name: seen.__setitem__(n, out[0, 0].numel()
-                                                                                  if out.dim() > 2 else 1))
+        m.register_forward_hook(lambda mod, inp, out, n=name: seen.__setitem__(n, _positions(mod, out)))
         for name, m in model.named_modules() if isinstance(m, COMPUTE_LAYERS)
     ]
     param = next(model.parameters())
@@ -63,7 +69,8 @@ def _input_size(model: nn.Module) -> tuple[int, ...] | None:
     return tuple(size) if size else None
 
 
-def _ratio(zero: int, total: int) -> float:
+def ratio(zero: int, total: int) -> float:
+    """``zero / total``, 0 for an empty total."""
     return zero / total if total else 0.0
 
 
@@ -114,8 +121,8 @@ def _summarise(layers: dict[str, dict[str, Any]], has_latents: bool, has_macs: b
         if kind == "latents" and not has_latents:
             continue
         out[kind] = {
-            "unstructured_sparsity": _ratio(total(kind, "zero_params"), total(kind, "params")),
-            "slice_sparsity": _ratio(total(kind, "zero_slices"), total(kind, "slices")),
+            "unstructured_sparsity": ratio(total(kind, "zero_params"), total(kind, "params")),
+            "slice_sparsity": ratio(total(kind, "zero_slices"), total(kind, "slices")),
             "zero_in_channels": total(kind, "zero_in_channels"),
             "zero_filters": total(kind, "zero_filters"),
         }

@@ -44,8 +44,10 @@ def structured_norms(t: LatentTensor, structure: str) -> Tensor:
         if t.group.width == 1:
             return t.latent.abs().reshape(-1)
         units = t.rows()
-    elif structure == "channel":
-        units = z.transpose(0, 1).reshape(z.shape[1], -1)
+    elif structure == "channel":  # one unit per (conv group, input channel), as `stats` counts them
+        groups = getattr(t.module, "groups", 1)
+        per_group = z.reshape(groups, z.shape[0] // groups, z.shape[1], -1)
+        units = per_group.transpose(1, 2).reshape(groups * z.shape[1], -1)
     else:
         units = z.reshape(z.shape[0], -1)
     return torch.linalg.vector_norm(units, dim=1)

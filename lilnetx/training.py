@@ -28,7 +28,8 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from lilnetx.objective import Lambdas, objective, rate_bits
+from lilnetx.metrics import stats
+from lilnetx.objective import Lambdas, objective
 from lilnetx.reparam import latent_tensors
 
 CHECKPOINT_FORMAT = "lilnetx-checkpoint/1"
@@ -308,12 +309,9 @@ class Trainer:
                 self._log(record)
         return record
 
-    @torch.no_grad()
     def _size_metrics(self) -> dict[str, float]:
-        zero = sum(int(t.rows().round().eq(0).all(dim=1).sum()) for t in self.tensors if t.is_weight)
-        total = sum(t.rows().shape[0] for t in self.tensors if t.is_weight)
-        return {"est_bytes": float(rate_bits(self.tensors, training=False)) / 8,
-                "slice_sparsity": zero / max(total, 1)}
+        summary = stats(self.model)
+        return {"est_bytes": summary["bits"] / 8, "slice_sparsity": summary["slice_sparsity"]}
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.progress:

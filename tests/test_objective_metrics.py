@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lilnetx
-from lilnetx.density import FactorizedDensity, quantize_pmf, table_bits
+from lilnetx.density import FactorizedDensity, quantize_pmf
 from lilnetx.objective import num_slices, rate_bits, structured_norms
+
+
+def table_bits(freq: np.ndarray, symbols: np.ndarray, precision: int = 16) -> float:
+    """Ideal code length in bits of ``symbols`` (0-based) under an integer table: the oracle."""
+    return float(precision * len(symbols) - np.log2(freq[symbols].astype(np.float64)).sum())
 
 
 def test_interpolated_training_rate_matches_direct_evaluation():
@@ -108,6 +114,31 @@ def test_stats_counts_sparsity_on_latents_and_weights_for_convs_and_linears():
     assert s["macs_sparse"] == 25 * 5 * 9 + 270
     assert s["bits"] > 0 and set(s) >= {"bits", "slice_sparsity", "unstructured_sparsity", "macs_dense",
                                         "macs_sparse", "layers"}
+
+
+def test_channel_structure_counts_conv_groups_like_stats():
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=8, bias=False), nn.Conv2d(8, 4, 3, groups=2, bias=False))
+    lilnetx.reparameterize(model, structure="channel")
+    depthwise, grouped = lilnetx.latent_tensors(model)
+    assert structured_norms(depthwise, "channel").shape == (8,)
+    z = grouped.latent.detach()
+    norms = structured_norms(grouped, "channel")
+    assert norms.shape == (8,)  # 2 groups x 4 input channels each
+    assert torch.allclose(norms[5], z[2:, 1].norm())  # group 1, its input channel 1: filters 2 and 3
+
+
+def test_nan_latents_are_a_clear_error(convnet):
+    lilnetx.reparameterize(convnet)
+    with torch.no_grad():
+        lilnetx.latent_tensors(convnet)[0].latent[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        lilnetx.rate_bits(lilnetx.latent_tensors(convnet), training=True)
+
+
+def test_macs_of_a_linear_layer_count_every_token():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    s = lilnetx.stats(model, input_size=(49, 8))  # 49 tokens of 8 features
+    assert s["macs_dense"] == 49 * (8 * 16 + 16 * 4)
 
 
 def test_stats_of_a_plain_model_has_no_bits():
