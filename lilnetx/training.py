@@ -51,6 +51,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-2
     decoder_lr: float | None = None  # None: lr / 10
+    decoder_dtype: str | None = "float16"  # keep decoders exactly representable: half the bytes in the file
     density_lr: float = 1e-4
     lambda_rate: float = 1e-4
     lambda_l2: float = 1e-6
@@ -86,6 +87,7 @@ class TrainConfig:
             "warmup_epochs": self.warmup_epochs >= 0, "workers": self.workers >= 0,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
+            "decoder_dtype": self.decoder_dtype in (None, "float16", "bfloat16", "float32"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -277,6 +279,7 @@ class Trainer:
                 nn.utils.clip_grad_norm_([p for g in self.opt_model.param_groups for p in g["params"]],
                                          self.config.grad_clip)
             self.opt_model.step()
+            self._snap_decoders()
             self.opt_density.step()
             for s in self.schedulers:
                 s.step()
@@ -286,6 +289,14 @@ class Trainer:
             if batches % 10 == 0:
                 bar.set_postfix(loss=f"{sums['total'] / batches:.3f}", kb=f"{float(terms['bits']) / 8192:.1f}")
         return {f"train_{k}": v / max(batches, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def _snap_decoders(self) -> None:
+        """Round decoders to ``config.decoder_dtype`` so the artifact stores them exactly at that width."""
+        if self.config.decoder_dtype:
+            dtype = getattr(torch, self.config.decoder_dtype)
+            for p in self.opt_model.param_groups[1]["params"]:
+                p.copy_(p.to(dtype))
 
     def fit(self, resume: str | Path | None = None, stop_epoch: int | None = None) -> dict[str, Any]:
         """Train to ``config.epochs`` (or pause after ``stop_epoch``), continuing from checkpoint ``resume``;

@@ -43,6 +43,14 @@ def test_training_learns_and_is_reproducible(data, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2] and {"top1", "top5", "est_bytes", "slice_sparsity"} <= set(log[0])
 
 
+def test_decoders_stay_exactly_float16(data):
+    model = digits_net()
+    config = TrainConfig.from_dict({**FAST, "epochs": 1})
+    Trainer(model, data.train, None, config, progress=False).fit()
+    for group in lilnetx.latent_groups(model).values():
+        assert torch.equal(group.decoder, group.decoder.half().float()), group.name
+
+
 def test_resume_continues_exactly(data, tmp_path):
     straight = run(data, epochs=2)
     paused = run(data, epochs=2, stop_epoch=1, run_dir=tmp_path)
