@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/zoo_models.py [--train]   # --train runs `lilnetx train` for missing runs
 
-For every ``recipes/ARCH.TAG.yaml``: (train into ``runs/ARCH.TAG``), export to ``zoo_artifacts/ARCH.TAG.lnx``,
+For every ``recipes/ARCH.TAG.yaml``: (train into ``runs/ARCH.TAG``), export to ``zoo_artifacts/ARCH.TAG.lnx``
+(a ``/`` in ARCH is written ``%2F`` in these file names: ``zoo.names.to_filename``),
 then decode that file and evaluate it on the dataset's real test split. Writes
 ``benchmarks/results/zoo_models.json`` and prints the README table; figures come from the artifacts only.
 """
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 import lilnetx
 from zoo import registry
 from zoo.cli.artifact_cmds import export_run
+from zoo.names import from_filename, split_name, to_filename
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {  # METHOD.md §6: whole-model sizes of the prior work on the same data and architecture
@@ -48,14 +50,14 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
-        name, run = recipe.stem, ROOT / "runs" / recipe.stem
+        name, run = from_filename(recipe.stem), ROOT / "runs" / recipe.stem
         if not (run / "stats.json").is_file():
             if not args.train:
                 print(f"skipping {name}: no finished run in {run} (use --train)", file=sys.stderr)
                 continue
             subprocess.run([sys.executable, "-m", "zoo.cli", "train", "--recipe", str(recipe), "--out", str(run),
                             "--no-progress"], check=True)
-        artifact = ROOT / "zoo_artifacts" / f"{name}.lnx"
+        artifact = ROOT / "zoo_artifacts" / f"{to_filename(name)}.lnx"
         artifact.parent.mkdir(exist_ok=True)
         export_run(run, artifact)
         rows.append(measure(name, artifact))
@@ -64,7 +66,7 @@ def main() -> None:
     print("| zoo entry | file bytes | vs fp32 | top-1 (measured from the file) | slice sparsity | MACs sparse / dense "
           "| prior work |\n|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        arch = r["name"].split(".")[0]
+        arch = split_name(r["name"])[0]
         print(f"| `{r['name']}` | {r['bytes']:,} | {r['fp32_bytes'] / r['bytes']:.0f}× | {100 * r['top1']:.2f} % "
               f"| {100 * r['slice_sparsity']:.1f} % | {r['macs_sparse'] / r['macs_dense']:.1%} "
               f"| {PAPER.get(arch, '')} |")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -23,3 +25,14 @@ def small_convnet(in_chans: int = 1, num_classes: int = 10) -> nn.Module:
 def convnet() -> nn.Module:
     torch.manual_seed(0)
     return small_convnet()
+
+
+@pytest.fixture(scope="session")
+def timm_lnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, read-only ``.lnx`` of ``timm/mobilenetv3_small_050`` (dataset digits), built once per session."""
+    from zoo_helpers import TIMM_ARCH, TIMM_KWARGS, make_artifact
+
+    path = make_artifact(tmp_path_factory.mktemp("timm") / "timm.lnx", arch=TIMM_ARCH, arch_kwargs=TIMM_KWARGS,
+                         dataset="digits", top1=0.5)
+    path.chmod(0o444)
+    return path

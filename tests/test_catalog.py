@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 import torch
+from alembic import command
+from alembic.config import Config
 from catalog_contract import CatalogContract
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from zoo_helpers import isolate, local_zoo, make_artifact, put_fake
 
 import lilnetx
@@ -39,7 +42,7 @@ def test_default_url_is_registry_db_in_the_working_folder(tmp_path: Path,
     with session_scope(engine) as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
-        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
 
 
 def test_bad_url_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,6 +65,23 @@ def test_locked_database_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
         holder.close()
     put_fake(z, "tiny.mnist-a", b"a")
     assert [e["name"] for e in z.list()] == ["tiny.mnist-a"]
+
+
+def test_migration_0002_keeps_rows_and_trusts_only_locally_described_ones(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    config = Config()
+    config.set_main_option("script_location", str(catalog_engine.MIGRATIONS))
+    with create_engine(f"sqlite:///{db}").begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    columns = "sha256, size_bytes, uri, format_version, arch, arch_kwargs, header, added_at"
+    with sqlite3.connect(db) as conn:
+        for sha, uri in (("a" * 64, "store:" + "a" * 64), ("b" * 64, f"https://zoo/artifacts/bb/{'b' * 64}.lnx")):
+            conn.execute(f"INSERT INTO artifacts ({columns}) VALUES (?, 10, ?, 1, 'tiny', '{{}}', '{{}}', "
+                         "'2026-01-01 00:00:00')", (sha, uri))
+    with session_scope(get_engine(f"sqlite:///{db}")) as session:
+        rows = session.execute(text("SELECT sha256, verified FROM artifacts ORDER BY sha256")).all()
+    assert [(sha[0], bool(verified)) for sha, verified in rows] == [("a", True), ("b", False)]
 
 
 def test_catalog_from_a_newer_version_is_refused(tmp_path: Path) -> None:
@@ -127,6 +147,7 @@ def test_reindex_rebuilds_a_lost_catalog_from_the_store(env: Path) -> None:
     for i in (0, 1):
         z.add(make_artifact(env / f"{i}.lnx", seed=i), f"mnist-s{i}")
     put_fake(z, "gone.mnist-x", b"an artifact that will vanish")
+    z.store.set_ref("timm/resnet18.mnist-liar", z.store.refs()["lenet_300_100.mnist-s0"])  # a name that lies
     before = {name: z.card(name) for name in ("lenet_300_100.mnist-s0", "lenet_300_100.mnist-s1")}
     z.engine.dispose()
     catalog_engine._engines.clear()
@@ -137,9 +158,11 @@ def test_reindex_rebuilds_a_lost_catalog_from_the_store(env: Path) -> None:
     fresh = Zoo.from_env()
     assert fresh.list() == []
     report = fresh.reindex()
-    assert sorted(report.added) == sorted(before) and report.skipped == ["gone.mnist-x"]
+    assert sorted(report.added) == sorted(before)
+    assert sorted(report.skipped) == ["gone.mnist-x", "timm/resnet18.mnist-liar"]
     assert {name: fresh.card(name) for name in before} == before
     z.store.remove_ref("gone.mnist-x")
+    z.store.remove_ref("timm/resnet18.mnist-liar")
     put_fake(fresh, "stale.mnist-y", b"catalogued, then its file and ref are lost")
     fresh.store.object_path(fresh.store.refs().pop("stale.mnist-y")).unlink()
     fresh.store.remove_ref("stale.mnist-y")
@@ -165,3 +188,22 @@ def test_seeding_from_shipped_artifacts_is_idempotent(env: Path, caplog: pytest.
     assert seed(z, shipped) == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
     assert seed(z, shipped) == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
     assert len(z.list()) == 2
+
+
+def test_timm_artifacts_enter_the_zoo_and_ship_under_escaped_file_names(
+        env: Path, timm_lnx: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shipped = env / "shipped"
+    shipped.mkdir()
+    shutil.copy(timm_lnx, shipped / "timm%2Fmobilenetv3_small_050.digits-a.lnx")
+    shutil.copy(timm_lnx, shipped / "timm%2fmobilenetv3_small_050.digits-b.lnx")  # not the canonical escape
+    with caplog.at_level(logging.WARNING):
+        z = Zoo.from_env()
+    assert "rename it 'timm%2Fmobilenetv3_small_050.digits-b'" in caplog.text
+    name = "timm/mobilenetv3_small_050.digits-a"
+    assert [e["name"] for e in z.list()] == [name] and z.list()[0]["verified"]
+    assert z.card(name)["architecture"] == "timm/mobilenetv3_small_050"
+    refs = env / "home" / "store" / "refs"
+    assert [p.name for p in refs.iterdir()] == ["timm%2Fmobilenetv3_small_050.digits-a"]
+    assert z.pull(name, env / "out") == env / "out" / "timm%2Fmobilenetv3_small_050.digits-a.lnx"
+    assert seed(z, env / "out") == [name]  # what `pull -o` writes seeds back to the same entry
+    assert Zoo(get_engine(f"sqlite:///{env / 'lost.db'}"), z.store).reindex().added == [name]

@@ -77,8 +77,41 @@ def test_publish_then_list_from_another_machine(two: Zoo, env: Path, monkeypatch
     monkeypatch.setenv("LILNETX_ZOO_URL", (env / "site").as_uri())
     assert [r["name"] for r in json.loads(run(capsys, "zoo", "list", "--json")[1])] == ["other.cifar10-b",
                                                                                         "tiny.mnist-a"]
-    code, out, _ = run(capsys, "zoo", "pull", "tiny.mnist-a")
-    assert code == 0 and Path(out.strip()).read_bytes() == b"a" * 10
+    code, out, err = run(capsys, "zoo", "pull", "tiny.mnist-a")  # fake bytes: the pull decodes them, and fails
+    assert code == 2 and out == "" and "cannot check tiny.mnist-a" in err and "nothing was stored" in err
+
+
+def test_timm_artifact_add_list_pull_load_publish_and_pull_elsewhere(
+        env: Path, timm_lnx: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    import lilnetx
+    import zoo
+
+    name = "timm/mobilenetv3_small_050.digits-t"
+    x = torch.randn(2, 1, 32, 32)
+    expected = lilnetx.load(timm_lnx)(x)
+
+    def pull_and_load(where: Path) -> None:
+        code, out, err = run(capsys, "zoo", "pull", name, "-o", str(where))
+        assert code == 0, err
+        assert Path(out.strip()) == where / "timm%2Fmobilenetv3_small_050.digits-t.lnx"
+        assert Path(out.strip()).read_bytes() == timm_lnx.read_bytes()
+        assert torch.equal(zoo.load(name)(x), expected)
+
+    code, out, err = run(capsys, "zoo", "add", str(timm_lnx), "--tag", "digits-t")
+    assert code == 0 and out.strip() == f"added {name}", err
+    assert [r["name"] for r in json.loads(run(capsys, "zoo", "list", "timm/*", "--json")[1])] == [name]
+    pull_and_load(env / "out")
+    assert run(capsys, "zoo", "publish", str(env / "site"))[0] == 0
+    monkeypatch.setenv("LILNETX_DB", f"sqlite:///{env / 'elsewhere.db'}")
+    monkeypatch.setenv("LILNETX_HOME", str(env / "elsewhere"))
+    monkeypatch.setenv("LILNETX_ZOO_URL", (env / "site").as_uri())
+    listed = json.loads(run(capsys, "zoo", "list", "--dataset", "digits", "--json")[1])
+    assert [(r["name"], r["cached"], r["verified"]) for r in listed] == [(name, False, False)]
+    pull_and_load(env / "out-elsewhere")
+    card = json.loads(run(capsys, "zoo", "show", name, "--json")[1])
+    assert card["architecture"] == "timm/mobilenetv3_small_050" and card["input"]["size"] == [1, 32, 32]
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -1,4 +1,8 @@
-"""The content-addressed store, static zoos (publish / index / fetch) and pulling over file:// and http://."""
+"""The content-addressed store, static zoos (publish / index / fetch) and pulling over file:// and http://.
+
+Transport-only tests use fake bytes; every pull from a remote zoo uses real artifacts, because a pull
+decodes what it fetched and checks it against the index.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,27 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from zoo_helpers import dead_url, http_zoo, isolate, local_zoo, make_artifact, put_fake
 
 from zoo import remote
-from zoo.errors import ChecksumError, EntryNotFoundError, InvalidNameError, OfflineError, RemoteZooError
+from zoo.catalog.engine import get_engine
+from zoo.errors import (
+    ChecksumError,
+    EntryNotFoundError,
+    InvalidNameError,
+    OfflineError,
+    RemoteZooError,
+    UnverifiedArtifactError,
+)
 from zoo.service import Zoo
 from zoo.store import Store
 
 DATA = b"not really an artifact, but bytes with a hash" * 20
+LENET, TIMM = "lenet_300_100.mnist-a", "timm/mobilenetv3_small_050.digits-b"
 
 
 @pytest.fixture
@@ -30,13 +44,31 @@ def _sha(data: bytes) -> str:
 
 
 def _published(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
-    """A static zoo folder with two entries, published from a throw-away local zoo."""
+    """A static zoo folder with two entries of fake bytes, published from a throw-away local zoo."""
     source = local_zoo(tmp_path, "publisher")
     blobs = {"tiny.mnist-a": DATA, "tiny.cifar10-b": DATA[::-1]}
     for name, data in blobs.items():
         put_fake(source, name, data)
     source.publish(str(tmp_path / "site"))
     return tmp_path / "site", blobs
+
+
+@pytest.fixture(scope="module")
+def real_site(tmp_path_factory: pytest.TempPathFactory, timm_lnx: Path) -> tuple[Path, dict[str, bytes]]:
+    """A static zoo of two real artifacts (LENET and TIMM), published once per module."""
+    root = tmp_path_factory.mktemp("real")
+    source = local_zoo(root, "publisher")
+    source.add(make_artifact(root / "lenet.lnx"), "mnist-a")
+    source.add(timm_lnx, "digits-b")
+    source.publish(str(root / "site"))
+    return root / "site", {name: source.pull(name).read_bytes() for name in (LENET, TIMM)}
+
+
+@pytest.fixture
+def site(real_site: tuple[Path, dict[str, bytes]], tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """This test's own copy of ``real_site``."""
+    shutil.copytree(real_site[0], tmp_path / "site")
+    return tmp_path / "site", real_site[1]
 
 
 # -- store -------------------------------------------------------------------------------------------------
@@ -74,11 +106,29 @@ def test_stream_with_wrong_hash_or_too_many_bytes_stores_nothing(tmp_path: Path)
     assert not [p for p in store.root.rglob("*") if p.is_file()]
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b.c", "..", "a.b/../../c", "a..b", "a.b.c", ".a.b", "a.",
-                                  "a b.c", "a.b\x00", ""])
+@pytest.mark.parametrize("name", ["../evil", "..", "a.b/../../c", "a..b", ".a.b", "a.", "a b.c", "a.b\x00", "",
+                                  "/a.b", "a/.b", "a//b.c", "a/./b.c", "a/../b.c", "x/a..b.c", "a/b/.c", "a\\b.c",
+                                  "a%2Fb.c", "a/b.c/d", f"{'a/' * 32}b.c"])
 def test_ref_names_cannot_escape_the_store(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidNameError):
         Store(tmp_path).set_ref(name, "a" * 64)
+
+
+def test_names_with_a_slash_are_stored_under_escaped_file_names(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(tmp_path)
+    store.set_ref("timm/resnet18.mnist-a", "a" * 64)
+    store.set_ref("hub/org/net.v2.cifar10-b", "b" * 64)
+    assert sorted(p.name for p in (tmp_path / "refs").iterdir()) == ["hub%2Forg%2Fnet.v2.cifar10-b",
+                                                                     "timm%2Fresnet18.mnist-a"]
+    (tmp_path / "refs" / "timm%2fresnet18.mnist-c").write_text("c" * 64)  # not the canonical escape
+    (tmp_path / "refs" / "%2E%2E%2Fx.mnist-d").write_text("d" * 64)
+    with caplog.at_level(logging.WARNING):
+        assert store.refs() == {"timm/resnet18.mnist-a": "a" * 64, "hub/org/net.v2.cifar10-b": "b" * 64}
+    assert "rename it 'timm%2Fresnet18.mnist-c'" in caplog.text and "'../x.mnist-d'" in caplog.text
+    assert store.ref("timm/resnet18.mnist-a") == "a" * 64
+    store.remove_ref("timm/resnet18.mnist-a")
+    assert list(store.refs()) == ["hub/org/net.v2.cifar10-b"]
 
 
 def test_refs_and_malformed_ref_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -131,70 +181,143 @@ def test_artifact_uris_must_be_content_addressed(uri: str) -> None:
     assert remote.check_artifact_url(url, sha) == f"s3://bucket/zoo/artifacts/ab/{sha}.lnx"
 
 
-def test_pull_from_a_file_zoo_and_refetch_a_corrupt_cached_copy(env: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    site, blobs = _published(env)
-    monkeypatch.setenv("LILNETX_ZOO_URL", site.as_uri())
+def test_pull_from_a_file_zoo_checks_the_artifact_and_refetches_a_corrupt_cached_copy(
+        env: Path, site: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, blobs = site
+    monkeypatch.setenv("LILNETX_ZOO_URL", folder.as_uri())
     z = Zoo.from_env()
-    assert [e["name"] for e in z.list()] == sorted(blobs)
-    path = z.pull("tiny.mnist-a")
-    assert path.read_bytes() == DATA
+    assert [(e["name"], e["verified"]) for e in z.list()] == [(LENET, False), (TIMM, False)]
+    path = z.pull(LENET)
+    assert path.read_bytes() == blobs[LENET]
+    assert [e["verified"] for e in z.list()] == [True, False]
     path.chmod(0o644)
     path.write_bytes(b"bit rot")
-    assert Zoo.from_env().pull("tiny.mnist-a").read_bytes() == DATA
-    copy = z.pull("tiny.mnist-a", env / "out")
-    assert copy == env / "out" / "tiny.mnist-a.lnx" and copy.read_bytes() == DATA
+    assert Zoo.from_env().pull(LENET).read_bytes() == blobs[LENET]
+    copy = z.pull(TIMM, env / "out")
+    assert copy == env / "out" / "timm%2Fmobilenetv3_small_050.digits-b.lnx" and copy.read_bytes() == blobs[TIMM]
+    assert z.store.refs() == {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
+
+
+@pytest.mark.parametrize(("field", "lie", "message"), [
+    ("arch", "timm/resnet18", "arch: claimed 'timm/resnet18', the artifact says 'lenet_300_100'"),
+    ("size_bytes", 1, "size_bytes: claimed {size_bytes}, the artifact says {true}"),
+    ("slice_sparsity", 0.999, "metrics.slice_sparsity: claimed 0.999"),
+    ("top1", 0.999, "metrics.top1: claimed 0.999, the artifact says 0.9"),
+])
+def test_an_index_that_lies_about_its_artifact_is_rejected(env: Path, site: tuple[Path, dict[str, bytes]],
+                                                           monkeypatch: pytest.MonkeyPatch, field: str,
+                                                           lie: object, message: str) -> None:
+    folder, blobs = site
+    honest = shutil.copytree(folder, env / "honest")
+    index = json.loads((folder / "index.json").read_text())
+    item = next(e for e in index["entries"] if e["name"] == LENET)
+    if field == "arch":
+        item["name"], item["artifact"]["arch"] = f"{lie}.mnist-a", lie
+    elif field == "size_bytes":
+        item["artifact"]["size_bytes"] += lie  # one byte more than the file: the download itself passes
+    else:
+        item["artifact"]["metrics"][field] = lie
+    (folder / "index.json").write_text(json.dumps(index))
+    name, sha = item["name"], item["artifact"]["sha256"]
+    message = message.format(size_bytes=len(blobs[LENET]) + 1, true=len(blobs[LENET]))
+    monkeypatch.setenv("LILNETX_ZOO_URL", folder.as_uri())
+    z = Zoo.from_env()
+    with pytest.raises(UnverifiedArtifactError, match=f"{name}: the index of the zoo at {folder.as_uri()} does "
+                                                      f"not describe its artifact.*{message}.*nothing was stored"):
+        z.pull(name)
+    objects = env / "home" / "store" / "objects"
+    assert not [p for p in objects.rglob("*") if p.is_file()] and z.store.refs() == {}
+    assert z.list(name)[0]["verified"] is False
+    # the same bytes, pulled through an honest index into another catalog sharing the store, are still
+    # not what the lying index claims: rejected again, and the stored file is left alone
+    other = Zoo(get_engine(f"sqlite:///{env / 'other.db'}"), z.store, honest.as_uri())
+    other.sync_remote()
+    assert other.pull(LENET) == z.store.object_path(sha)
+    with pytest.raises(UnverifiedArtifactError, match=message):
+        z.pull(name)
+    assert z.store.get(sha) == z.store.object_path(sha)
+
+
+def test_adding_the_real_file_drops_entries_from_a_lying_index(env: Path, site: tuple[Path, dict[str, bytes]],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    folder, blobs = site
+    index = json.loads((folder / "index.json").read_text())
+    item = next(e for e in index["entries"] if e["name"] == LENET)
+    item["name"], item["artifact"]["arch"] = "timm/resnet18.mnist-a", "timm/resnet18"
+    (folder / "index.json").write_text(json.dumps(index))
+    monkeypatch.setenv("LILNETX_ZOO_URL", folder.as_uri())
+    z = Zoo.from_env()
+    (env / "real.lnx").write_bytes(blobs[LENET])
+    with caplog.at_level(logging.WARNING):
+        assert z.add(env / "real.lnx", "mnist-local") == "lenet_300_100.mnist-local"
+    assert "dropping timm/resnet18.mnist-a: the remote index it came from does not describe" in caplog.text
+    assert [(e["name"], e["verified"]) for e in z.list()] == [("lenet_300_100.mnist-local", True), (TIMM, False)]
+    with caplog.at_level(logging.WARNING):
+        z.sync_remote()  # the lie is refused from now on
+    assert "skipping remote entry timm/resnet18.mnist-a: the index does not describe its artifact" in caplog.text
+    assert [e["name"] for e in z.list()] == ["lenet_300_100.mnist-local", TIMM]
+
+
+def test_an_index_pointing_at_bytes_that_are_no_artifact_is_rejected(env: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, _ = _published(env)
+    monkeypatch.setenv("LILNETX_ZOO_URL", folder.as_uri())
+    with pytest.raises(UnverifiedArtifactError, match="cannot check tiny.mnist-a .*not a LilNetX .lnx artifact"):
+        Zoo.from_env().pull("tiny.mnist-a")
+    assert not [p for p in (env / "home" / "store").rglob("*") if p.is_file()]
 
 
 # -- http ----------------------------------------------------------------------------------------------------
 
-def test_pull_over_http(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    site, blobs = _published(env)
-    with http_zoo(site) as url:
+def test_pull_over_http(env: Path, site: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, blobs = site
+    with http_zoo(folder) as url:
         monkeypatch.setenv("LILNETX_ZOO_URL", url)
         z = Zoo.from_env()
-        assert [e["name"] for e in z.list(dataset="cifar10")] == ["tiny.cifar10-b"]
+        assert [e["name"] for e in z.list(dataset="digits")] == [TIMM]
         for name, data in blobs.items():
             assert z.pull(name).read_bytes() == data
 
 
-def test_http_server_serving_a_corrupted_file_is_rejected(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    site, _ = _published(env)
-    with http_zoo(site, corrupt=True) as url:
+def test_http_server_serving_a_corrupted_file_is_rejected(env: Path, site: tuple[Path, dict[str, bytes]],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    with http_zoo(site[0], corrupt=True) as url:
         monkeypatch.setenv("LILNETX_ZOO_URL", url)
         z = Zoo.from_env()
         with pytest.raises(ChecksumError, match="rejected"):
-            z.pull("tiny.mnist-a")
+            z.pull(LENET)
     assert not list((env / "home" / "store" / "objects").rglob("*.lnx"))
 
 
 def test_http_server_down_gives_clear_error_and_cache_still_used(
-        env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    site, _ = _published(env)
-    with http_zoo(site) as url:
+        env: Path, site: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    folder, blobs = site
+    with http_zoo(folder) as url:
         monkeypatch.setenv("LILNETX_ZOO_URL", url)
-        Zoo.from_env().pull("tiny.mnist-a")  # cached from now on; tiny.cifar10-b is not
+        Zoo.from_env().pull(LENET)  # cached from now on; TIMM is not
     monkeypatch.setenv("LILNETX_ZOO_URL", dead_url())
     with caplog.at_level(logging.WARNING):
         z = Zoo.from_env()
     assert "using the local catalog only" in caplog.text
-    assert z.pull("tiny.mnist-a").read_bytes() == DATA
+    assert z.pull(LENET).read_bytes() == blobs[LENET]
     with pytest.raises(RemoteZooError, match="cannot download the artifact .*LILNETX_OFFLINE=1"):
-        z.pull("tiny.cifar10-b")
+        z.pull(TIMM)
     with pytest.raises(EntryNotFoundError, match="remote zoo could not be read"):
-        z.pull("tiny.mnist-zzz")
+        z.pull("lenet_300_100.mnist-zzz")
 
 
-def test_offline_uses_the_cache_only_and_says_what_is_missing(env: Path,
+def test_offline_uses_the_cache_only_and_says_what_is_missing(env: Path, site: tuple[Path, dict[str, bytes]],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    site, _ = _published(env)
-    monkeypatch.setenv("LILNETX_ZOO_URL", site.as_uri())
-    Zoo.from_env().pull("tiny.mnist-a")
+    folder, blobs = site
+    monkeypatch.setenv("LILNETX_ZOO_URL", folder.as_uri())
+    Zoo.from_env().pull(LENET)
     monkeypatch.setenv("LILNETX_OFFLINE", "1")
     z = Zoo.from_env()
-    assert z.pull("tiny.mnist-a").read_bytes() == DATA
-    with pytest.raises(OfflineError, match="tiny.cifar10-b .*not in the local cache.*LILNETX_OFFLINE=1"):
-        z.pull("tiny.cifar10-b")
+    assert z.pull(LENET).read_bytes() == blobs[LENET]
+    with pytest.raises(OfflineError, match=f"{TIMM} .*not in the local cache.*LILNETX_OFFLINE=1"):
+        z.pull(TIMM)
 
 
 def test_artifact_missing_everywhere_names_the_fix(env: Path) -> None:

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,16 +53,21 @@ def fake_record(sha256: str, size: int, *, arch: str = "tiny", dataset: str = "m
                           layers=[layer], header={"arch": arch})
 
 
-def make_artifact(path: Path, *, seed: int = 0, dataset: str | None = "mnist", top1: float | None = 0.9,
+TIMM_ARCH = "timm/mobilenetv3_small_050"
+TIMM_KWARGS = {"num_classes": 10, "in_chans": 1, "input_size": (1, 32, 32)}
+
+
+def make_artifact(path: Path, *, arch: str = "lenet_300_100", arch_kwargs: dict[str, Any] | None = None,
+                  seed: int = 0, dataset: str | None = "mnist", top1: float | None = 0.9,
                   keep: float = 0.05) -> Path:
-    """A real, small ``.lnx`` of ``lenet_300_100``: random latents, all but a ``keep`` fraction zeroed."""
+    """A real, small ``.lnx`` of ``arch`` (via ``zoo.create_model``): random latents, all but ``keep`` zeroed."""
     import torch
 
     import lilnetx
     from zoo.registry import create_model
 
     torch.manual_seed(seed)
-    model = lilnetx.reparameterize(create_model("lenet_300_100"))
+    model = lilnetx.reparameterize(create_model(arch, **(arch_kwargs or {})))
     with torch.no_grad():
         for t in lilnetx.latent_tensors(model):
             t.latent.mul_(torch.rand_like(t.latent) < keep)

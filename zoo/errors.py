@@ -23,6 +23,10 @@ class ChecksumError(ZooError):
     """Bytes whose sha256 is not the one the catalog or index promised."""
 
 
+class UnverifiedArtifactError(ZooError):
+    """A fetched artifact that is not what the catalog row (a remote zoo's index) claims, or cannot be decoded."""
+
+
 class OfflineError(ZooError):
     """``LILNETX_OFFLINE=1`` and the artifact is not in the local cache."""
 

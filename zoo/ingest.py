@@ -9,11 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import lilnetx
+from lilnetx.metrics import ratio
 from zoo.catalog.records import ArtifactRecord, LayerRecord, MetricsRecord
-
-
-def _ratio(counts: dict[str, int], zero: str, total: str) -> float:
-    return counts[zero] / counts[total] if counts[total] else 0.0
 
 
 def _layers(stats: dict[str, Any], header_layers: list[dict[str, Any]]) -> list[LayerRecord]:
@@ -30,8 +27,8 @@ def _layers(stats: dict[str, Any], header_layers: list[dict[str, Any]]) -> list[
             params=w["params"],
             coded_bits=int(sum(t["coded_bits"] for t in tensors)) if tensors else None,
             estimated_bits=float(sum(t["est_bits"] for t in tensors)) if tensors else None,
-            slice_sparsity=_ratio(w, "zero_slices", "slices"),
-            unstructured_sparsity=_ratio(w, "zero_params", "params"),
+            slice_sparsity=ratio(w["zero_slices"], w["slices"]),
+            unstructured_sparsity=ratio(w["zero_params"], w["params"]),
             macs_dense=entry.get("macs_dense"), macs_sparse=entry.get("macs_sparse"),
         ))
     return records

@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,11 @@ def artifact_url(base: str, sha256: str) -> str:
     """Where the zoo at ``base`` keeps the artifact ``sha256``."""
     check_sha256(sha256)
     return f"{base.rstrip('/')}/artifacts/{sha256[:2]}/{sha256}.lnx"
+
+
+def zoo_url(url: str, sha256: str) -> str:
+    """The base URL of the zoo whose artifact ``sha256`` is at ``url`` (the inverse of :func:`artifact_url`)."""
+    return check_artifact_url(url, sha256).removesuffix(f"/artifacts/{sha256[:2]}/{sha256}.lnx")
 
 
 def check_artifact_url(url: str, sha256: str) -> str:
@@ -122,11 +127,15 @@ def _index_entry(item: dict[str, Any]) -> IndexEntry:
     return IndexEntry(name=item["name"], dataset=str(item["dataset"]), artifact=record)
 
 
-def fetch_artifact(url: str, sha256: str, size: int, store: Store) -> Path:
-    """Download the artifact at ``url`` into ``store``, rejecting any byte that is not ``sha256``."""
+def fetch_artifact(url: str, sha256: str, size: int, store: Store, *,
+                   check: Callable[[Path], None] | None = None) -> Path:
+    """Download the artifact at ``url`` into ``store``, rejecting any byte that is not ``sha256``.
+
+    ``check(path)`` may inspect the downloaded file before it enters the store (see ``Store.put_stream``).
+    """
     check_artifact_url(url, sha256)
     with _remote("download the artifact", url), _open_read(url) as f:
-        return store.put_stream(sha256, f, size=size, source=url)
+        return store.put_stream(sha256, f, size=size, source=url, check=check)
 
 
 def publish(entries: list[tuple[IndexEntry, Path]], dest: str) -> str:

@@ -1,5 +1,8 @@
 """Seed the catalog from the artifacts the repository ships in ``zoo_artifacts/`` (``ARCH.TAG.lnx`` files).
 
+A ``/`` in an architecture is written ``%2F`` in the file name (``zoo.names.to_filename``):
+``timm/resnet18.cifar10-a`` ships as ``timm%2Fresnet18.cifar10-a.lnx``.
+
 Idempotent: an entry already pointing at the same artifact is left alone, and a local entry of the same
 name with another artifact wins (with a warning). ``seed_shipped`` only does the work when the folder
 changed since the catalog was last seeded from it.
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING
 from zoo.catalog import queries
 from zoo.catalog.engine import run_write, session_scope
 from zoo.errors import EntryExistsError
-from zoo.names import split_name
+from zoo.names import from_filename, split_name
 
 if TYPE_CHECKING:
     from zoo.service import Zoo
@@ -30,14 +33,14 @@ def seed(zoo: Zoo, folder: Path) -> list[str]:
     names = []
     for path in sorted(folder.glob("*.lnx")):
         try:
-            _, tag = split_name(path.stem)
-            name = zoo.add(path, tag)
+            expected = from_filename(path.stem)
+            name = zoo.add(path, split_name(expected)[1])
         except (ValueError, EntryExistsError) as exc:  # bad name or tag, artifact failing verification
             log.warning("not seeding %s: %s", path.name, exc)
             continue
-        if name != path.stem:
+        if name != expected:
             log.warning("shipped artifact %s holds architecture %s: catalogued as %s", path.name,
-                        name.split(".")[0], name)
+                        split_name(name)[0], name)
         names.append(name)
     return names
 

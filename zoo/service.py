@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,17 @@ from zoo import remote
 from zoo.catalog import queries
 from zoo.catalog.engine import get_engine, run_write, session_scope
 from zoo.catalog.models import ZooEntry
-from zoo.catalog.records import ArtifactRecord
-from zoo.errors import ChecksumError, EntryNotFoundError, InvalidNameError, OfflineError, RemoteZooError
+from zoo.catalog.records import ArtifactRecord, disagreements
+from zoo.errors import (
+    ChecksumError,
+    EntryNotFoundError,
+    InvalidNameError,
+    OfflineError,
+    RemoteZooError,
+    UnverifiedArtifactError,
+)
 from zoo.model_card import model_card
-from zoo.names import check_tag_dataset, make_name, split_name
+from zoo.names import check_tag_dataset, make_name, split_name, to_filename
 from zoo.store import Store, copy_file_atomic
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,24 @@ def _offline_from_env() -> bool:
 def _check_fraction(value: float | None, what: str) -> None:
     if value is not None and not 0 <= value <= 1:
         raise ValueError(f"{what}={value} is out of range: give a fraction in [0, 1], e.g. 0.98 for 98 %")
+
+
+def _check_claims(name: str, claimed: ArtifactRecord, uri: str, path: Path) -> ArtifactRecord:
+    """Describe the artifact at ``path``; :class:`UnverifiedArtifactError` unless it is what ``claimed`` says."""
+    from zoo.ingest import describe  # imports torch and lilnetx: only when checking
+
+    where = f"the zoo at {remote.zoo_url(uri, claimed.sha256)}"
+    fix = (f"it was rejected and nothing was stored. The index of {where} is wrong or was tampered with: ask "
+           "its publisher to republish it (`lilnetx zoo publish`), or unset LILNETX_ZOO_URL")
+    try:
+        actual = describe(path)
+    except ValueError as exc:  # lilnetx.ArtifactError: not a valid artifact, or its plugin is not installed
+        raise UnverifiedArtifactError(f"cannot check {name} (sha256 {claimed.sha256[:12]}) from {where}: "
+                                      f"{exc}; {fix}") from None
+    if found := disagreements(claimed, actual):
+        raise UnverifiedArtifactError(f"{name}: the index of {where} does not describe its artifact "
+                                      f"(sha256 {claimed.sha256[:12]}): {'; '.join(found)}; {fix}")
+    return actual
 
 
 @dataclass
@@ -88,11 +114,12 @@ class Zoo:
             return [self._summary(e) for e in entries]
 
     def _summary(self, entry: ZooEntry) -> dict[str, Any]:
+        """``verified`` is False for an entry copied from a remote index that no pull has checked yet."""
         a, m = entry.artifact, entry.artifact.metrics
         return {"name": entry.name, "dataset": entry.dataset, "bytes": a.size_bytes, "top1": m.top1,
                 "top5": m.top5, "compression_ratio": m.fp32_bytes / a.size_bytes, "params": m.params,
                 "slice_sparsity": m.slice_sparsity, "macs_sparse": m.macs_sparse, "sha256": a.sha256,
-                "cached": self.store.object_path(a.sha256).is_file()}
+                "cached": self.store.object_path(a.sha256).is_file(), "verified": a.verified}
 
     def card(self, name: str) -> dict[str, Any]:
         """The model card of entry ``name`` (see ``zoo.model_card``)."""
@@ -117,23 +144,37 @@ class Zoo:
     def pull(self, name: str, dest: str | Path | None = None) -> Path:
         """The verified artifact of ``name``: from the store, else fetched from the remote zoo.
 
-        ``dest`` (a folder, or a path ending in ``.lnx``) receives a copy; otherwise the store's read-only
-        file is returned.
+        An entry copied from a remote zoo's index is first checked against the artifact itself (decoded and
+        measured): a file that is not what the index claims raises :class:`UnverifiedArtifactError` and is
+        not stored. ``dest`` (a folder, or a path ending in ``.lnx``) receives a copy; otherwise the store's
+        read-only file is returned.
         """
         with session_scope(self.engine) as session:
-            entry = self._require(session, name)
-            sha, size, uri = entry.artifact.sha256, entry.artifact.size_bytes, entry.artifact.uri
-        path = self.store.get(sha) or self._fetch(name, sha, size, uri)
+            artifact = self._require(session, name).artifact
+            claimed, uri, verified = queries.artifact_record(artifact), artifact.uri, artifact.verified
+        sha = claimed.sha256
+        checked: list[ArtifactRecord] = []
+
+        def check(path: Path) -> None:
+            checked.append(_check_claims(name, claimed, uri, path))
+
+        path = self.store.get(sha) or self._fetch(name, sha, claimed.size_bytes, uri,
+                                                  None if verified else check)
+        if not verified:
+            if not checked:  # the store already held the bytes (fetched for another catalog, or concurrently)
+                check(path)
+            run_write(self.engine, lambda session: queries.upsert_artifact(session, checked[0], uri,
+                                                                           verified=True))
         if self.store.ref(name) != sha:
             self.store.set_ref(name, sha)
         if dest is None:
             return path
         dest = Path(dest)
-        target = dest if dest.suffix == ".lnx" else dest / f"{name}.lnx"
+        target = dest if dest.suffix == ".lnx" else dest / f"{to_filename(name)}.lnx"
         copy_file_atomic(path, target)
         return target
 
-    def _fetch(self, name: str, sha: str, size: int, uri: str) -> Path:
+    def _fetch(self, name: str, sha: str, size: int, uri: str, check: Callable[[Path], None] | None) -> Path:
         if self.offline:
             raise OfflineError(f"{name} (sha256 {sha[:12]}) is not in the local cache {self.store.root} and "
                                "LILNETX_OFFLINE=1 forbids downloading it; unset LILNETX_OFFLINE to fetch it")
@@ -149,7 +190,7 @@ class Zoo:
         failures: list[RemoteZooError | ChecksumError] = []
         for url in urls:
             try:
-                return remote.fetch_artifact(url, sha, size, self.store)
+                return remote.fetch_artifact(url, sha, size, self.store, check=check)
             except (RemoteZooError, ChecksumError) as exc:
                 failures.append(exc)
         raise type(failures[-1])("; ".join(str(f) for f in failures))
@@ -177,7 +218,7 @@ class Zoo:
         """Catalogue an already described artifact as ``name`` and point the store's ref at it."""
 
         def work(session: Session) -> None:
-            queries.add_entry(session, name, dataset, record, uri, replace=replace)
+            queries.add_entry(session, name, dataset, record, uri, verified=True, replace=replace)
             self.store.set_ref(name, record.sha256)  # under the write lock; the refs let reindex rebuild
 
         run_write(self.engine, work)
@@ -214,8 +255,11 @@ class Zoo:
                 continue
             try:
                 record = describe(path)
-                dataset = check_tag_dataset(split_name(name)[1], record.dataset)
-            except ValueError as exc:  # an artifact this installation cannot decode, or a tag that lies
+                arch, tag = split_name(name)
+                if arch != record.arch:
+                    raise InvalidNameError(f"the artifact holds architecture {record.arch!r}, not {arch!r}")
+                dataset = check_tag_dataset(tag, record.dataset)
+            except ValueError as exc:  # an artifact this installation cannot decode, or a name that lies
                 report.skipped.append(name)
                 log.warning("cannot reindex %s: %s", name, exc)
                 continue
@@ -227,7 +271,7 @@ class Zoo:
                 if entry.name in refs:
                     continue
                 a = entry.artifact
-                if self.store.get(a.sha256) is not None:
+                if a.verified and self.store.get(a.sha256) is not None:
                     self.store.set_ref(entry.name, a.sha256)
                 elif a.uri.startswith(queries.STORE_URI):
                     session.delete(entry)
@@ -239,7 +283,8 @@ class Zoo:
     def sync_remote(self) -> int:
         """Catalogue the remote zoo's entries that the local catalog lacks; return how many were added.
 
-        Local entries shadow remote ones of the same name; artifacts are only downloaded when pulled.
+        Local entries shadow remote ones of the same name; artifacts are only downloaded (and the index's
+        description of them checked) when pulled.
         """
         if not self.remote_url:
             raise RemoteZooError("no remote zoo: set LILNETX_ZOO_URL (file://, http(s)://, s3://...)")
@@ -257,8 +302,14 @@ class Zoo:
                 except InvalidNameError as exc:
                     log.warning("skipping remote entry %s: %s", item.name, exc)
                     continue
+                known = queries.get_artifact(session, item.artifact.sha256)
+                if known is not None and known.verified and (
+                        found := disagreements(item.artifact, queries.artifact_record(known))):
+                    log.warning("skipping remote entry %s: the index does not describe its artifact: %s",
+                                item.name, "; ".join(found))
+                    continue
                 queries.add_entry(session, item.name, dataset, item.artifact,
-                                  remote.artifact_url(base, item.artifact.sha256))
+                                  remote.artifact_url(base, item.artifact.sha256), verified=False)
                 added += existing is None
             return added
 

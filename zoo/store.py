@@ -2,8 +2,9 @@
 
 Objects are written atomically (temporary file, fsync, rename) and made read-only; every read re-hashes the
 file, and a file whose hash is wrong is moved to ``quarantine/`` (never served, never silently deleted).
-A ref is a one-line file holding the sha256 an entry name points to: together with the self-describing
-objects, the refs are enough to rebuild the catalog (``lilnetx zoo reindex``).
+A ref is a one-line file holding the sha256 an entry name points to, named by ``zoo.names.to_filename``
+(``refs/timm%2Fresnet18.cifar10-a``): together with the self-describing objects, the refs are enough to
+rebuild the catalog (``lilnetx zoo reindex``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from zoo.errors import ChecksumError, InvalidNameError
-from zoo.names import check_sha256, split_name
+from zoo.names import check_sha256, from_filename, to_filename
 
 CHUNK = 1 << 20
 log = logging.getLogger(__name__)
@@ -40,10 +41,11 @@ def sha256_file(path: Path) -> str:
 
 
 def _write_atomic(final: Path, chunks: Iterable[bytes], *, expect: str | None = None, source: str = "",
-                  mode: int | None = None) -> str:
+                  mode: int | None = None, check: Callable[[Path], None] | None = None) -> str:
     """Write ``chunks`` to a temporary file beside ``final``, fsync, rename; return the sha256 written.
 
-    With ``expect``, bytes hashing to anything else raise :class:`ChecksumError` and ``final`` is untouched.
+    With ``expect``, bytes hashing to anything else raise :class:`ChecksumError` and ``final`` is untouched;
+    ``check(temporary_path)`` runs on the complete file before the rename, and whatever it raises does too.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -60,6 +62,8 @@ def _write_atomic(final: Path, chunks: Iterable[bytes], *, expect: str | None = 
                 f"{source} has sha256 {digest.hexdigest()}, not the expected {expect}: the file is corrupt "
                 "or was replaced; it was rejected and nothing was stored"
             )
+        if check is not None:
+            check(Path(tmp))
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, final)
@@ -99,15 +103,19 @@ class Store:
         return self.root / "objects" / sha256[:2] / f"{sha256}.lnx"
 
     def _ref_path(self, name: str) -> Path:
-        split_name(name)
-        return self.root / "refs" / name
+        return self.root / "refs" / to_filename(name)
 
-    def put_stream(self, sha256: str, f: BinaryIO, *, size: int | None = None,
-                   source: str = "stream") -> Path:
-        """Store the bytes of ``f``, which must hash to ``sha256`` (and be ``size`` bytes when given)."""
+    def put_stream(self, sha256: str, f: BinaryIO, *, size: int | None = None, source: str = "stream",
+                   check: Callable[[Path], None] | None = None) -> Path:
+        """Store the bytes of ``f``, which must hash to ``sha256`` (and be at most ``size`` bytes when given).
+
+        ``check(path)`` may inspect the complete, hash-checked file before it enters the store; whatever it
+        raises rejects the file and stores nothing. It is not called when the store already holds the object.
+        """
         final = self.object_path(sha256)
         if self.get(sha256) is None:
-            _write_atomic(final, read_chunks(f, size, source), expect=sha256, source=source, mode=0o444)
+            _write_atomic(final, read_chunks(f, size, source), expect=sha256, source=source, mode=0o444,
+                          check=check)
         return final
 
     def put_file(self, path: Path) -> tuple[str, Path]:
@@ -153,8 +161,7 @@ class Store:
             if path.name.startswith("."):
                 continue
             try:
-                split_name(path.name)
-                found[path.name] = check_sha256(path.read_text().strip())
+                found[from_filename(path.name)] = check_sha256(path.read_text().strip())
             except InvalidNameError as exc:
                 log.warning("skipping malformed ref file %s: %s", path, exc)
         return found

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, String, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -50,6 +50,9 @@ class Artifact(Base):
     mean: Mapped[list[Any] | None]
     std: Mapped[list[Any] | None]
     header: Mapped[dict[str, Any]]  # the artifact's verified header, as read from the file
+    # True when this installation computed the row from the bytes (add, reindex, a checked pull); False for a
+    # row copied from a remote zoo's index, until a pull has described the fetched file and found it agrees
+    verified: Mapped[bool] = mapped_column(server_default=false())
     added_at: Mapped[datetime] = mapped_column(default=_now)
 
     entries: Mapped[list[ZooEntry]] = relationship(back_populates="artifact")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import logging
 import math
 import statistics
 
@@ -20,11 +21,12 @@ from zoo.catalog.models import (
     TrainingRun,
     ZooEntry,
 )
-from zoo.catalog.records import ArtifactRecord, LayerRecord, MetricsRecord
+from zoo.catalog.records import ArtifactRecord, LayerRecord, MetricsRecord, disagreements
 from zoo.errors import EntryExistsError, EntryNotFoundError
 from zoo.names import split_name
 
 STORE_URI = "store:"  # prefix of the uri of an artifact that only the local store holds
+log = logging.getLogger(__name__)
 
 
 def get_entry(session: Session, name: str) -> ZooEntry | None:
@@ -79,44 +81,65 @@ def get_artifact(session: Session, sha256: str) -> Artifact | None:
     return session.scalar(select(Artifact).where(Artifact.sha256 == sha256))
 
 
-def upsert_artifact(session: Session, record: ArtifactRecord, uri: str) -> Artifact:
+def _describe(session: Session, artifact: Artifact, record: ArtifactRecord) -> None:
+    """Set every described column of ``artifact`` (and its metrics, layers and run) from ``record``."""
+    for key in ("size_bytes", "format_version", "arch", "arch_kwargs", "dataset", "num_classes", "input_size",
+                "mean", "std", "header"):
+        setattr(artifact, key, getattr(record, key))
+    m = {**vars(record.metrics), "size_bytes": record.size_bytes}
+    if artifact.metrics is None:
+        artifact.metrics = Metrics(**m)
+    else:
+        for key, value in m.items():
+            setattr(artifact.metrics, key, value)
+    if artifact.run is None:
+        artifact.run = TrainingRun(recipe=record.recipe, versions=record.versions)
+    else:
+        artifact.run.recipe, artifact.run.versions = record.recipe, record.versions
+    if artifact.layers:
+        artifact.layers.clear()
+        session.flush()  # delete the old rows before their (artifact, name) keys are inserted again
+    artifact.layers = [LayerStat(position=i, **vars(layer)) for i, layer in enumerate(record.layers)]
+
+
+def upsert_artifact(session: Session, record: ArtifactRecord, uri: str, *, verified: bool) -> Artifact:
     """The artifact row of ``record`` (created with its metrics, layers and run when new).
 
-    A remote ``uri`` replaces a ``store:`` one, so that a copy missing from the store can be fetched again.
+    ``verified`` says that ``record`` was computed from the bytes here (not copied from a remote index): it
+    then replaces an unverified row's claims, and drops the remote entries that named the artifact when it is
+    not what their index claimed. A remote ``uri`` replaces a ``store:`` one, so that a copy missing from the
+    store can be fetched again.
     """
     artifact = get_artifact(session, record.sha256)
-    if artifact is not None:
-        if not uri.startswith(STORE_URI):
-            artifact.uri = uri
+    if artifact is None:
+        artifact = Artifact(sha256=record.sha256, uri=uri, verified=verified)
+        session.add(artifact)
+        _describe(session, artifact, record)
         return artifact
-    artifact = Artifact(
-        sha256=record.sha256, size_bytes=record.size_bytes, uri=uri, format_version=record.format_version,
-        arch=record.arch, arch_kwargs=record.arch_kwargs, dataset=record.dataset,
-        num_classes=record.num_classes, input_size=record.input_size, mean=record.mean, std=record.std,
-        header=record.header,
-    )
-    m = record.metrics
-    artifact.metrics = Metrics(
-        top1=m.top1, top5=m.top5, size_bytes=record.size_bytes, fp32_bytes=m.fp32_bytes,
-        size_parts=m.size_parts,
-        params=m.params, estimated_bits=m.estimated_bits, coded_latent_bytes=m.coded_latent_bytes,
-        slice_sparsity=m.slice_sparsity, unstructured_sparsity=m.unstructured_sparsity,
-        macs_dense=m.macs_dense, macs_sparse=m.macs_sparse,
-    )
-    artifact.layers = [LayerStat(position=i, **vars(layer)) for i, layer in enumerate(record.layers)]
-    artifact.run = TrainingRun(recipe=record.recipe, versions=record.versions)
-    session.add(artifact)
+    if verified and not artifact.verified:
+        if found := disagreements(artifact_record(artifact), record):
+            for entry in list(artifact.entries):
+                log.warning("dropping %s: the remote index it came from does not describe its artifact (%s)",
+                            entry.name, "; ".join(found))
+                session.delete(entry)
+            session.flush()
+            session.expire(artifact, ["entries"])
+        _describe(session, artifact, record)
+        artifact.verified = True
+    if not uri.startswith(STORE_URI):
+        artifact.uri = uri
     return artifact
 
 
 def add_entry(session: Session, name: str, dataset: str, record: ArtifactRecord, uri: str, *,
-              replace: bool = False) -> ZooEntry:
+              verified: bool, replace: bool = False) -> ZooEntry:
     """Catalogue ``record`` as entry ``name``; a no-op when the entry already points at this artifact.
 
-    An entry of that name with another artifact raises :class:`EntryExistsError` unless ``replace``.
+    An entry of that name with another artifact raises :class:`EntryExistsError` unless ``replace``;
+    ``verified`` as for :func:`upsert_artifact`.
     """
     arch_name, tag = split_name(name)
-    artifact = upsert_artifact(session, record, uri)
+    artifact = upsert_artifact(session, record, uri, verified=verified)
     entry = get_entry(session, name)
     if entry is not None:
         if entry.artifact.sha256 == record.sha256:

@@ -1,16 +1,23 @@
 """JSON-serialisable descriptions of an artifact: what the catalog stores and a static zoo's index holds.
 
-They are computed from a verified artifact (see ``zoo.ingest.describe``), never typed in.
+They are computed from a verified artifact (see ``zoo.ingest.describe``), never typed in;
+``disagreements`` compares a record that only claims to describe a file (a remote zoo's index) with one
+computed from the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from zoo.errors import InvalidNameError
-from zoo.names import check_part, check_sha256
+from zoo.names import check_arch, check_sha256
+
+# what the catalog lists, filters on and shows on a card, besides the sha256 the bytes were checked against
+CLAIMS = ("arch", "arch_kwargs", "dataset", "num_classes", "input_size", "mean", "std", "size_bytes",
+          "format_version", "metrics")
 
 
 @dataclass(frozen=True)
@@ -84,9 +91,32 @@ class ArtifactRecord:
             raise ValueError(f"malformed artifact record: {exc}") from None
         try:
             check_sha256(record.sha256)
-            check_part(record.arch, "architecture name")
+            check_arch(record.arch)
         except InvalidNameError as exc:
             raise ValueError(str(exc)) from None
         if not isinstance(record.size_bytes, int) or record.size_bytes <= 0:
             raise ValueError(f"malformed artifact record: size_bytes={record.size_bytes!r}")
         return record
+
+
+def _same(claimed: Any, actual: Any) -> bool:
+    """Equal, floats up to rounding (a record may have been through JSON and another platform's torch)."""
+    if isinstance(claimed, dict) and isinstance(actual, dict):
+        return claimed.keys() == actual.keys() and all(_same(claimed[k], actual[k]) for k in claimed)
+    if isinstance(claimed, list | tuple) and isinstance(actual, list | tuple):
+        return len(claimed) == len(actual) and all(_same(c, a) for c, a in zip(claimed, actual, strict=True))
+    if isinstance(claimed, float) or isinstance(actual, float):
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (claimed, actual))
+        return numbers and math.isclose(claimed, actual, rel_tol=1e-6, abs_tol=1e-12)
+    return type(claimed) is type(actual) and claimed == actual
+
+
+def disagreements(claimed: ArtifactRecord, actual: ArtifactRecord) -> list[str]:
+    """``"field: claimed X, the artifact says Y"`` for every :data:`CLAIMS` field on which they differ."""
+    found = []
+    for key in CLAIMS:
+        mine, theirs = getattr(claimed, key), getattr(actual, key)
+        pairs = ([(f"metrics.{k}", v, vars(theirs)[k]) for k, v in vars(mine).items()] if key == "metrics"
+                 else [(key, mine, theirs)])
+        found += [f"{what}: claimed {c!r}, the artifact says {a!r}" for what, c, a in pairs if not _same(c, a)]
+    return found

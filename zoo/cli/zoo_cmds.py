@@ -79,7 +79,8 @@ def _reindex(args: argparse.Namespace) -> int:
         _print_json(vars(report))
     else:
         print(f"reindexed: {len(report.added)} added, {len(report.removed)} removed, "
-              f"{len(report.skipped)} skipped (artifact missing from the store)")
+              f"{len(report.skipped)} skipped (artifact missing, undecodable or not what its name says: see the "
+              "warnings)")
     return 0
 
 
