@@ -79,9 +79,15 @@ def test_migration_0002_keeps_rows_and_trusts_only_locally_described_ones(tmp_pa
         for sha, uri in (("a" * 64, "store:" + "a" * 64), ("b" * 64, f"https://zoo/artifacts/bb/{'b' * 64}.lnx")):
             conn.execute(f"INSERT INTO artifacts ({columns}) VALUES (?, 10, ?, 1, 'tiny', '{{}}', '{{}}', "
                          "'2026-01-01 00:00:00')", (sha, uri))
+        # a child row referencing an artifact: the migration must not copy-and-drop the artifacts table
+        conn.execute("INSERT INTO architectures (id, name) VALUES (1, 'tiny')")
+        conn.execute("INSERT INTO entries (name, tag, dataset, architecture_id, artifact_id, added_at) "
+                     "SELECT 'tiny.mnist-a', 'mnist-a', 'mnist', 1, id, '2026-01-01 00:00:00' FROM artifacts LIMIT 1")
     with session_scope(get_engine(f"sqlite:///{db}")) as session:
         rows = session.execute(text("SELECT sha256, verified FROM artifacts ORDER BY sha256")).all()
+        entries = session.execute(text("SELECT name FROM entries")).scalars().all()
     assert [(sha[0], bool(verified)) for sha, verified in rows] == [("a", True), ("b", False)]
+    assert entries == ["tiny.mnist-a"]
 
 
 def test_catalog_from_a_newer_version_is_refused(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('artifacts', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('verified', sa.Boolean(), server_default=sa.false(), nullable=False))
+    # A plain ADD COLUMN (SQLite supports it with a default): batch mode would copy and drop the table,
+    # which foreign keys from metrics and layers forbid on an existing catalog.
+    op.add_column('artifacts', sa.Column('verified', sa.Boolean(), server_default=sa.false(), nullable=False))
     artifacts = sa.table('artifacts', sa.column('uri', sa.String()), sa.column('verified', sa.Boolean()))
     op.execute(artifacts.update().where(artifacts.c.uri.like('store:%')).values(verified=True))
 
