@@ -1,13 +1,16 @@
-"""Size of a trained LilNetX LeNet5-Caffe on MNIST as a `.lnx` file next to the usual ways of shipping it.
+"""Size of a shipped zoo artifact next to the usual ways of shipping the same network.
 
-Trains (or reuses, with ``--reuse``) a LeNet5-Caffe on MNIST with the LilNetX objective, writes it as a
-`.lnx` artifact, and compares the file with the same decoded network stored as an fp32 ``state_dict``,
-fp32 + xz, int8 + xz and int4 + xz (per-tensor symmetric quantisation of conv / linear weights), each with
-its measured MNIST test accuracy, plus the artifact's encode and decode times. Writes
+Measures ``zoo_artifacts/lenet5_caffe.mnist-lam20.lnx`` (exported from ``runs/lenet5_caffe.mnist-lam20`` first
+if it is missing): the file as shipped, the same model re-saved with learned-density tables only and with
+float16 decoders, and the decoded network as an fp32 ``state_dict``, fp32 + xz, int8 + xz and int4 + xz
+(per-tensor symmetric quantisation of conv / linear weights); every row's accuracy is measured by decoding
+it and evaluating on the dataset's test split. Also the artifact's encode and decode times. Writes
 ``benchmarks/results/artifact_size.json`` and prints a Markdown table.
 
-    .venv/bin/python benchmarks/artifact_size.py            # about 6 CPU minutes (12 epochs, one thread)
-    .venv/bin/python benchmarks/artifact_size.py --reuse    # reuse runs/bench_lenet5/checkpoint.pt
+The artifact does not store the learned density (only its integer tables), so re-saving needs it from the
+run's checkpoint: the script checks that the checkpoint's rounded latents and decoders are the artifact's.
+
+    .venv/bin/python benchmarks/artifact_size.py [--artifact FILE.lnx] [--run-dir RUN_DIR]
 """
 
 from __future__ import annotations
@@ -18,77 +21,27 @@ import io
 import json
 import lzma
 import platform
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 import lilnetx
-from lilnetx.data import DatasetBundle, mnist
-from lilnetx.training import TrainConfig, Trainer, evaluate
+from zoo import registry
+from zoo.cli.artifact_cmds import export_run
 
-ARCH = "lenet5_caffe"
-REPARAM: dict[str, Any] = {}
-TRAIN = {"epochs": 12, "batch_size": 128, "lr": 1e-2, "density_lr": 1e-2, "lambda_rate": 10.0,
-         "lambda_l2": 1e-6, "lambda_slice": 1e-6, "warmup_epochs": 1, "seed": 0, "device": "cpu"}
 ROOT = Path(__file__).resolve().parents[1]
+NAME = "lenet5_caffe.mnist-lam20"
 
 
-def lenet5_caffe(num_classes: int = 10) -> nn.Module:
-    """LeNet5-Caffe (the EPR / LilNetX MNIST network): 20 and 50 5x5 convs, 800-500-10 dense."""
-    return nn.Sequential(
-        nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, num_classes),
-    )
-
-
-def builder(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Model builder for ``lilnetx.load``: this benchmark knows one architecture."""
-    if name != ARCH:
-        raise KeyError(name)
-    return lenet5_caffe(**kwargs)
-
-
-def classifier_apart(name: str, module: nn.Module) -> str | None:
-    """Layer policy: the 500x10 classifier gets its own decoder and density instead of sharing the
-    ``dense`` group with the 800x500 layer, whose latents are almost all zero."""
-    return "classifier" if name == "9" else None
-
-
-def build(bundle: DatasetBundle) -> nn.Module:
-    """A fresh reparameterised LeNet5-Caffe carrying the metadata ``lilnetx.save`` reads."""
-    torch.manual_seed(TRAIN["seed"])
-    model = lilnetx.reparameterize(lenet5_caffe(bundle.num_classes), layer_policy=classifier_apart, **REPARAM)
-    model.lilnetx_arch = {"name": ARCH, "kwargs": {"num_classes": bundle.num_classes}}
-    model.pretrained_cfg = {"input_size": list(bundle.input_size), "mean": list(bundle.mean),
-                            "std": list(bundle.std), "num_classes": bundle.num_classes}
-    return model
-
-
-def train_or_reuse(bundle: DatasetBundle, run_dir: Path, reuse: bool) -> nn.Module:
-    """Train into ``run_dir`` (the layout of ``lilnetx train``), or load its checkpoint when reusing."""
-    model = build(bundle)
-    checkpoint = run_dir / "checkpoint.pt"
-    if not (reuse and checkpoint.is_file()):
-        config = TrainConfig.from_dict(TRAIN)
-        metrics = Trainer(model, bundle.train, bundle.test, config, run_dir=run_dir).fit()
-        recipe = {"arch": ARCH, "arch_kwargs": model.lilnetx_arch["kwargs"], "dataset": bundle.name,
-                  "reparam": REPARAM, "train": config.to_dict()}
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-        (run_dir / "stats.json").write_text(json.dumps(metrics, indent=2))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-def top1(model: nn.Module, bundle: DatasetBundle) -> float:
-    return evaluate(model.eval(), DataLoader(bundle.test, batch_size=1000), torch.device("cpu"))["top1"]
+def top1(model: nn.Module, test: Dataset) -> float:
+    return lilnetx.evaluate(model.eval(), DataLoader(test, batch_size=1000), torch.device("cpu"))["top1"]
 
 
 def xz(data: bytes) -> int:
@@ -131,7 +84,7 @@ def _pack(q: np.ndarray, bits: int) -> bytes:
     return (nibbles[0::2] | (nibbles[1::2] << 4)).tobytes()
 
 
-def timed(fn, repeats: int = 3) -> tuple[Any, float]:
+def timed(fn: Callable[[], Any], repeats: int = 3) -> tuple[Any, float]:
     """Result of ``fn()`` and its best wall time over ``repeats`` runs."""
     best = float("inf")
     for _ in range(repeats):
@@ -141,45 +94,78 @@ def timed(fn, repeats: int = 3) -> tuple[Any, float]:
     return result, best
 
 
-def lnx_rows(model: nn.Module, bundle: DatasetBundle, out_dir: Path, metadata: dict[str, Any]) -> list[dict]:
-    """The exact artifact and its variants, each decoded and evaluated."""
-    variants = {".lnx (exact)": {}, ".lnx, learned-density tables only": {"tables": "learned"},
-                ".lnx, float16 decoders (lossy)": {"decoder_dtype": "float16"}}
-    rows = []
+def trained_model(artifact: Path, run_dir: Path) -> nn.Module:
+    """The artifact's LilNetX model (integer latents, decoders) with the learned density of the run it came from."""
+    model = lilnetx.load(artifact, reparameterized=True)
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    for t in lilnetx.latent_tensors(model):
+        prefix = f"{t.module_name}.parametrizations.{t.tensor_name}"
+        if not (torch.equal(torch.round(state[f"{prefix}.original"]), t.latent.detach())
+                and torch.equal(state[f"{prefix}.0.group.decoder"], t.group.decoder.detach())):
+            raise SystemExit(f"{run_dir} is not the run {artifact} was exported from ({t.name} differs); "
+                             "pass --run-dir of that run")
+    density = {k: v for k, v in state.items() if ".density." in k}
+    missing, unexpected = model.load_state_dict(density, strict=False)
+    if unexpected or any(".density." in k for k in missing):
+        raise SystemExit(f"the densities in {run_dir} do not fit {artifact}")
+    return model
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def lnx_rows(artifact: Path, model: nn.Module, metadata: dict[str, Any], test: Dataset,
+             out_dir: Path) -> list[dict[str, Any]]:
+    """The shipped file and the same model re-saved as variants, each decoded and evaluated."""
+    shipped = lilnetx.load(artifact)
+    rows = [{"format": ".lnx as shipped", "bytes": artifact.stat().st_size, "top1": top1(shipped, test)}]
+    variants = {".lnx, learned-density tables only": {"tables": "learned"},
+                ".lnx, float16 decoders": {"decoder_dtype": "float16"}}
     for name, options in variants.items():
         info = lilnetx.save(model, out_dir / "variant.lnx", metadata=metadata, **options)
-        rows.append({"format": name, "bytes": info.size_bytes,
-                     "top1": top1(lilnetx.load(info.path, builder=builder), bundle)})
+        decoded = lilnetx.load(info.path)
+        lossy = "" if same_weights(decoded, shipped) else " (lossy)"
+        rows.append({"format": name + lossy, "bytes": info.size_bytes, "top1": top1(decoded, test)})
     return rows
 
 
-def baseline_rows(decoded: nn.Module, bundle: DatasetBundle, accuracy: float) -> list[dict]:
+def baseline_rows(decoded: nn.Module, test: Dataset, accuracy: float) -> list[dict[str, Any]]:
     """The decoded network as fp32 ``state_dict`` (plain and xz) and quantised to int8 / int4 (xz)."""
     fp32 = torch_save_bytes(decoded)
     rows = [{"format": "fp32 state_dict (torch.save)", "bytes": len(fp32), "top1": accuracy},
             {"format": "fp32 state_dict + xz", "bytes": xz(fp32), "top1": accuracy}]
     for bits in (8, 4):
         payload, quantized = quantize(decoded, bits)
-        rows.append({"format": f"int{bits} + xz", "bytes": xz(payload), "top1": top1(quantized, bundle)})
+        rows.append({"format": f"int{bits} + xz", "bytes": xz(payload), "top1": top1(quantized, test)})
     return rows
 
 
-def measure(model: nn.Module, bundle: DatasetBundle, out_dir: Path) -> dict[str, Any]:
-    metadata = {"dataset": "mnist", "metrics": {"top1": top1(model, bundle)}}
-    path = out_dir / f"{ARCH}.lnx"
-    info, encode_s = timed(lambda: lilnetx.save(model, path, metadata=metadata))
-    decoded, decode_s = timed(lambda: lilnetx.load(path, builder=builder))
-    baselines = baseline_rows(decoded, bundle, metadata["metrics"]["top1"])
-    rows = lnx_rows(model, bundle, out_dir, metadata) + baselines
+def measure(artifact: Path, run_dir: Path) -> dict[str, Any]:
+    header = lilnetx.read_header(artifact)
+    metadata = {"dataset": header["dataset"], "metrics": header["metrics"], "recipe": header["recipe"],
+                **header["metadata"]}
+    test = registry.get_dataset(header["dataset"], augment=False).test
+    model = trained_model(artifact, run_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(tmp)
+        rows = lnx_rows(artifact, model, metadata, test, out_dir)
+        _, encode_s = timed(lambda: lilnetx.save(model, out_dir / "encode.lnx", metadata=metadata))
+    decoded, decode_s = timed(lambda: lilnetx.load(artifact))
+    baselines = baseline_rows(decoded, test, rows[0]["top1"])
+    rows += baselines
     for row in rows:
         row["vs_fp32"] = round(baselines[0]["bytes"] / row["bytes"], 1)
-    layers = lilnetx.read_header(path)["layers"]
+    info = lilnetx.verify(artifact)
     return {
-        "model": ARCH, "dataset": "mnist", "params": sum(p.numel() for p in decoded.parameters()),
-        "train": TRAIN, "reparam": {**REPARAM, "layer_policy": classifier_apart.__name__}, "rows": rows,
-        "lnx": {"sha256": info.sha256, "parts": info.parts, "latents_only_bytes": info.coded_latent_bytes,
+        "artifact": str(artifact.relative_to(ROOT) if artifact.is_relative_to(ROOT) else artifact),
+        "sha256": info.sha256, "arch": header["arch"], "dataset": header["dataset"],
+        "params": sum(p.numel() for p in decoded.parameters()), "recorded_top1": header["metrics"].get("top1"),
+        "rows": rows,
+        "lnx": {"parts": info.parts, "latents_only_bytes": info.coded_latent_bytes,
                 "estimated_latent_bytes": round(info.estimated_bits / 8, 1),
-                "ideal_latent_bytes": round(sum(layer["ideal_bits"] for layer in layers) / 8, 1),
+                "ideal_latent_bytes": round(sum(layer["ideal_bits"] for layer in header["layers"]) / 8, 1),
+                "decoder_dtypes": sorted({g["dtype"] for g in header["groups"]}),
                 "encode_seconds": round(encode_s, 3), "decode_seconds": round(decode_s, 3),
                 "slice_sparsity": lilnetx.stats(decoded)["slice_sparsity"]},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
@@ -188,29 +174,31 @@ def measure(model: nn.Module, bundle: DatasetBundle, out_dir: Path) -> dict[str,
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| format | bytes | vs fp32 | MNIST top-1 |", "|---|---:|---:|---:|"]
+    lines = [f"`{result['artifact']}` ({result['params']:,} parameters):", "",
+             "| format | bytes | vs fp32 | MNIST top-1 |", "|---|---:|---:|---:|"]
     lines += [f"| {r['format']} | {r['bytes']:,} | {r['vs_fp32']}x | {100 * r['top1']:.2f} % |"
               for r in result["rows"]]
     lnx = result["lnx"]
     parts = ", ".join(f"{name} {size:,}" for name, size in lnx["parts"].items())
-    lines += ["", f"`.lnx` parts (bytes): {parts}. Latents: {lnx['latents_only_bytes']:,} B coded, "
-              f"{lnx['ideal_latent_bytes']:,} B ideal under the file's tables, "
-              f"{lnx['estimated_latent_bytes']:,} B estimated by the learned density. "
-              f"Encode {lnx['encode_seconds']} s, decode {lnx['decode_seconds']} s "
+    lines += ["", f"Shipped `.lnx` parts (bytes): {parts}; decoders {'/'.join(lnx['decoder_dtypes'])}. Latents: "
+              f"{lnx['latents_only_bytes']:,} B coded, {lnx['ideal_latent_bytes']:,} B ideal under the file's "
+              f"tables, {lnx['estimated_latent_bytes']:,} B estimated by the learned density. Encode "
+              f"{lnx['encode_seconds']} s, decode {lnx['decode_seconds']} s "
               f"({result['environment']['threads']} CPU thread)."]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench_lenet5")
-    parser.add_argument("--reuse", action="store_true", help="reuse RUN_DIR/checkpoint.pt instead of training")
+    parser.add_argument("--artifact", type=Path, default=ROOT / "zoo_artifacts" / f"{NAME}.lnx")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / NAME,
+                        help="the run the artifact was exported from (for its learned density)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "artifact_size.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    bundle = mnist()
-    model = train_or_reuse(bundle, args.run_dir, args.reuse)
-    result = measure(model, bundle, args.run_dir)
+    if not args.artifact.is_file():
+        export_run(args.run_dir, args.artifact)
+    result = measure(args.artifact.resolve(), args.run_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))

@@ -11,8 +11,10 @@ Layout of format 1 (varints are unsigned LEB128)::
 header order. ``decoders``: each group's ``width x width`` decoder, raw little-endian. ``float_params``:
 every state-dict entry that is not a latent (BatchNorm, biases and layers left uncompressed, buffers),
 raw little-endian, dtype and shape in the header. ``coded_latents``: one ANS stream of every latent tensor
-(layer order, then channel order). Nothing is pickled; every length read from a file is checked against
-the bytes present and fixed limits before anything is allocated.
+(layer order, then channel order); each layer's share of it in bits is the header's ``coded_bits``, which
+the decoder checks as it goes. ``load`` compares the architecture's tensor names and shapes with the header
+(on the meta device) before decoding anything. Nothing is pickled; every length read from a file is checked
+against the bytes present and fixed limits before anything is allocated.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class Artifact:
 
 
 Builder = Callable[[str, dict[str, Any]], nn.Module]
+TensorSpecs = dict[str, tuple[list[int], torch.dtype]]  # state-dict name -> (shape, dtype)
 
 
 # =========================================================================== writing
@@ -185,7 +188,7 @@ def save(
     float_meta, sections["float_params"] = _encode_float_params(model)
     header = {
         "format_version": FORMAT_VERSION, "arch": arch, "arch_kwargs": arch_kwargs,
-        **_input_cfg(model), **_split_metadata(metadata or {}), "versions": _versions(),
+        **_input_cfg(model), **_split_metadata(metadata or {}), "versions": _versions(model),
         "reparam": {k: v for k, v in getattr(model, "lilnetx_config", {}).items() if k in REPARAM_CHECKS},
         "groups": groups, "layers": layers, "float_params": float_meta,
         "sections": {name: len(sections[name]) for name in SECTIONS},
@@ -225,14 +228,21 @@ def _split_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "metadata": meta}
 
 
-def _versions() -> dict[str, str]:
+def _versions(model: nn.Module) -> dict[str, str]:
+    """Package versions, plus the plugin that provided the architecture and its version when
+    ``model.pretrained_cfg`` names them (``zoo.create_model`` does)."""
     def version(dist: str) -> str:
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             return "unknown"
 
-    return {"lilnetx": version("lilnetx-zoo"), "torch": torch.__version__, "constriction": version("constriction")}
+    versions = {"lilnetx": version("lilnetx-zoo"), "torch": torch.__version__,
+                "constriction": version("constriction")}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("plugin"):
+        versions |= {"plugin": str(cfg["plugin"]), "plugin_version": str(cfg.get("plugin_version") or "unknown")}
+    return versions
 
 
 @torch.no_grad()
@@ -266,9 +276,20 @@ def _fit_tables(group: nn.Module, rows: np.ndarray, tables: str) -> list[ec.Tabl
     if int((hi - lo).max()) >= ec.MAX_SYMBOLS:
         raise ArtifactError(f"latents of group {group.name!r} span {int((hi - lo).max()) + 1} values; at most "
                             f"{ec.MAX_SYMBOLS} per channel can be coded (train with a rate penalty)")
-    learned = group.density.integer_tables(lo, hi)
-    return [ec.choose_table(int(lo[c]), _counts(rows[:, c], int(lo[c]), int(hi[c])), learned[c] / ec.TOTAL,
+    learned = _learned_pmfs(group, lo, hi)
+    return [ec.choose_table(int(lo[c]), _counts(rows[:, c], int(lo[c]), int(hi[c])), learned[c],
                             histogram=tables == "best") for c in range(group.width)]
+
+
+@torch.no_grad()
+def _learned_pmfs(group: nn.Module, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+    """The learned density's probabilities of the integers ``lo[c]..hi[c]`` of each channel ``c``, as floats
+    (the table chooser quantises them once). One likelihood call: column ``c`` repeats ``hi[c]`` past its end."""
+    param = group.density.matrices[0]
+    steps = torch.arange(int((hi - lo).max()) + 1, dtype=param.dtype, device=param.device)[:, None]
+    low, high = (torch.as_tensor(v, dtype=param.dtype, device=param.device) for v in (lo, hi))
+    pmf = group.density.likelihood(torch.minimum(low + steps, high)).double().cpu().numpy()
+    return [pmf[:int(hi[c] - lo[c]) + 1, c] for c in range(group.width)]
 
 
 def _narrowest_exact(tensor: torch.Tensor, what: str) -> str:
@@ -395,7 +416,11 @@ def read_artifact(path: str | Path) -> Artifact:
     """Read, verify (magic, version, checksum, header consistency) and decode ``path``; builds no model."""
     data = Path(path).read_bytes()
     header, sections = _parse(data, str(path))
-    latents = _decode_latents(header, sections, str(path))
+    return _decode(data, header, sections, str(path))
+
+
+def _decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], source: str) -> Artifact:
+    latents = _decode_latents(header, sections, source)
     decoders = _split_tensors(sections["decoders"],
                               [(g["name"], g["dtype"], [g["width"], g["width"]]) for g in header["groups"]])
     params = _split_tensors(sections["float_params"],
@@ -549,9 +574,13 @@ def _check_header(h: dict[str, Any], source: str) -> None:
     _check_entries(h.get("layers"), source, "layers", {
         "name": is_name, "group": lambda v: isinstance(v, str) and v in widths, "shape": _is_shape,
         "range": lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x, -(1 << 24), 1 << 24) for x in v),
-        **{key: is_number for key in ("est_bits", "ideal_bits", "coded_bits", "zeros", "zero_slices")}})
+        "coded_bits": _is_int,  # the decoder checks the stream against each layer's share
+        **{key: is_number for key in ("est_bits", "ideal_bits", "zeros", "zero_slices")}})
     _check_entries(h.get("float_params"), source, "float_params", {
         "name": is_name, "dtype": lambda v: isinstance(v, str) and v in DTYPES, "shape": _is_shape})
+    both = sorted({layer["name"] for layer in h["layers"]} & {p["name"] for p in h["float_params"]})
+    if both:
+        raise _corrupt(source, f"header names {both[0]!r} both as a compressed layer and as a float parameter")
     total = 0
     for layer in h["layers"]:
         numel = math.prod(layer["shape"])
@@ -575,7 +604,8 @@ def _decode_latents(header: dict[str, Any], sections: dict[str, bytes], source: 
         tables = _read_tables(header, sections["tables"])
     except ec.CodingError as exc:
         raise _corrupt(source, f"the probability tables are malformed ({exc})") from exc
-    items = [(math.prod(layer["shape"]) // len(tables[layer["name"]]), tables[layer["name"]]) for layer in layers]
+    items = [(math.prod(layer["shape"]) // len(tables[layer["name"]]), tables[layer["name"]], layer["coded_bits"])
+             for layer in layers]
     try:
         rows = ec.decode(sections["coded_latents"], items)
     except ec.CodingError as exc:
@@ -623,21 +653,34 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
     """Rebuild the model stored in ``path``: a plain PyTorch module with the decoded weights, in eval mode.
 
     ``builder(arch_name, arch_kwargs) -> nn.Module`` rebuilds the architecture; by default the builders
-    installed under the entry-point group ``lilnetx.model_builders`` are tried in name order.
+    installed under the entry-point group ``lilnetx.model_builders`` are tried in name order. The
+    architecture's tensor names and shapes are checked against the header before any latent is decoded.
     ``reparameterized=True`` keeps the latent parametrisation (integer latents and decoders; the learned
     density itself is not stored, the header holds the bits).
     """
-    return from_artifact(read_artifact(path), builder=builder, reparameterized=reparameterized, source=str(path))
+    data = Path(path).read_bytes()
+    header, sections = _parse(data, str(path))
+    model = _rebuild(header, builder, str(path))
+    return _finish(model, _decode(data, header, sections, str(path)), reparameterized, str(path))
 
 
 def from_artifact(artifact: Artifact, *, builder: Builder | None = None, reparameterized: bool = False,
                   source: str = "artifact") -> nn.Module:
     """``load`` for an already read ``Artifact``."""
-    header = artifact.header
+    return _finish(_rebuild(artifact.header, builder, source), artifact, reparameterized, source)
+
+
+def _rebuild(header: dict[str, Any], builder: Builder | None, source: str) -> nn.Module:
+    """The header's architecture, checked against the header and reparameterised like it; latents not filled."""
     with torch.random.fork_rng(devices=[]):  # building and reparameterising must not move the global RNG
-        expected = sum(math.prod(e["shape"]) for e in (*header["layers"], *header["float_params"]))
-        model = _build(header["arch"], header["arch_kwargs"], builder, expected, source)
+        model = _build(header, builder, source)
         _reparameterize_like(model, header, source)
+    return model
+
+
+def _finish(model: nn.Module, artifact: Artifact, reparameterized: bool, source: str) -> nn.Module:
+    """Fill ``model`` with the decoded artifact, record its config, strip it unless ``reparameterized``."""
+    header = artifact.header
     _fill(model, artifact, source)
     model.lilnetx_arch = {"name": header["arch"], "kwargs": header["arch_kwargs"]}
     model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "architecture": header["arch"],
@@ -655,8 +698,10 @@ def _installed_builders() -> list[tuple[str, Callable[[], Builder]]]:
     return [(f"{ep.name} ({ep.value})", ep.load) for ep in points]
 
 
-def _build(arch: str, kwargs: dict[str, Any], builder: Builder | None, expected: int, source: str) -> nn.Module:
-    """Build ``arch``; a meta-device probe first checks its size against the header (no huge allocation)."""
+def _build(header: dict[str, Any], builder: Builder | None, source: str) -> nn.Module:
+    """Build the header's architecture. Its tensors are checked against the header first on a meta-device
+    copy (no memory), so a header that lies about shapes fails before anything is allocated or decoded."""
+    arch, kwargs = header["arch"], header["arch_kwargs"]
     candidates = [("builder", lambda: builder)] if builder is not None else _installed_builders()
     if not candidates:
         raise UnknownArchitectureError(
@@ -666,9 +711,9 @@ def _build(arch: str, kwargs: dict[str, Any], builder: Builder | None, expected:
     for name, get in candidates:
         try:
             fn = get()
-            numel = _meta_numel(fn, arch, kwargs)
-            if numel is not None and numel != expected:
-                raise _mismatch(source, "the number of parameter values", expected, numel, arch)
+            probe = _meta_specs(fn, arch, kwargs)
+            if probe is not None:
+                _check_tensors(header, probe, source)
             model = fn(arch, dict(kwargs))
         except CorruptHeaderError:
             raise
@@ -676,6 +721,8 @@ def _build(arch: str, kwargs: dict[str, Any], builder: Builder | None, expected:
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         if isinstance(model, nn.Module):
+            if probe is None:
+                _check_tensors(header, _specs(model), source)
             return model
         failures.append(f"{name}: returned {type(model).__name__}, not an nn.Module")
     raise UnknownArchitectureError(
@@ -683,14 +730,36 @@ def _build(arch: str, kwargs: dict[str, Any], builder: Builder | None, expected:
         "provides it, or pass builder=")
 
 
-def _meta_numel(fn: Builder, arch: str, kwargs: dict[str, Any]) -> int | None:
-    """Values in the state dict of ``fn``'s model built on the meta device; ``None`` if it cannot be."""
+def _specs(model: nn.Module) -> TensorSpecs:
+    return {name: (list(value.shape), value.dtype) for name, value in model.state_dict().items()}
+
+
+def _meta_specs(fn: Builder, arch: str, kwargs: dict[str, Any]) -> TensorSpecs | None:
+    """Tensors of ``fn``'s model built on the meta device; ``None`` if it cannot be built there."""
     try:
         with torch.device("meta"):
-            probe = fn(arch, dict(kwargs))
-        return sum(v.numel() for v in probe.state_dict().values())
+            return _specs(fn(arch, dict(kwargs)))
     except Exception:  # builders that do real work at build time are built directly
         return None
+
+
+def _check_tensors(header: dict[str, Any], built: TensorSpecs, source: str) -> None:
+    """The header's layers and float parameters are exactly the built model's tensors, with the same shapes
+    (and dtypes, for float parameters)."""
+    arch = header["arch"]
+    recorded = {e["name"]: (e["shape"], None) for e in header["layers"]}
+    recorded |= {e["name"]: (e["shape"], DTYPES[e["dtype"]][1]) for e in header["float_params"]}
+    if recorded.keys() != built.keys():
+        only_file = sorted(recorded.keys() - built.keys())[:5]
+        only_model = sorted(built.keys() - recorded.keys())[:5]
+        raise _mismatch(source, "the tensors", f"{only_file} that the model lacks",
+                        f"{only_model} that the file lacks", arch)
+    for name, (shape, dtype) in recorded.items():
+        built_shape, built_dtype = built[name]
+        if shape != built_shape:
+            raise _mismatch(source, f"the shape of {name!r}", shape, built_shape, arch)
+        if dtype is not None and dtype != built_dtype:
+            raise _mismatch(source, f"the dtype of {name!r}", dtype, built_dtype, arch)
 
 
 def _reparameterize_like(model: nn.Module, header: dict[str, Any], source: str) -> None:

@@ -1,9 +1,9 @@
-"""Factorised learned density (Ballé et al. 2018) over integer latents, with a frozen integer deployment form.
+"""Factorised learned density (Ballé et al. 2018) over integer latents.
 
 Training life: ``bits(x)`` gives the differentiable self-information of each value under the learned CDF
-``F``: ``P(x) = F(x + 1/2) - F(x - 1/2)``. Deployment life: ``integer_tables(lo, hi)`` freezes the density into
-integer frequency tables (one per channel) that an entropy coder uses on both ends, so decoding needs no
-floating point at all.
+``F``: ``P(x) = F(x + 1/2) - F(x - 1/2)``. Deployment life: ``likelihood`` at the integers is frozen once into
+integer frequency tables by ``lilnetx.entropy_coding.choose_table`` (called by ``lilnetx.artifact.save``), so
+decoding needs no floating point at all.
 """
 
 from __future__ import annotations
@@ -11,13 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 LIKELIHOOD_FLOOR = 1e-9
-TABLE_PRECISION = 16  # frequencies of each table sum to 2**TABLE_PRECISION
 GRID_RESOLUTION = 32  # grid points per unit for the interpolated training rate
 
 
@@ -96,19 +94,6 @@ class FactorizedDensity(nn.Module):
         table = self.bits_grid(lo, hi, resolution)
         return sum(_InterpolatedSum.apply(p, table, float(lo), resolution, noise) for p in parts)
 
-    @torch.no_grad()
-    def integer_tables(self, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
-        """Frozen integer frequency table per channel over the symbols ``lo[c]..hi[c]`` (inclusive)."""
-        tables = []
-        param = self.matrices[0]
-        for c in range(self.channels):
-            symbols = torch.arange(int(lo[c]), int(hi[c]) + 1, dtype=param.dtype, device=param.device)
-            rows = torch.zeros(len(symbols), self.channels, dtype=param.dtype, device=param.device)
-            rows[:, c] = symbols
-            pmf = self.likelihood(rows)[:, c].double().cpu().numpy()
-            tables.append(quantize_pmf(pmf))
-        return tables
-
 
 class _InterpolatedSum(torch.autograd.Function):
     """``sum(interp(table, values [+ noise]))``; gradients: segment slopes for values, a histogram for table.
@@ -143,16 +128,3 @@ class _InterpolatedSum(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         slope, weights = ctx.saved_tensors
         return slope * (grad * ctx.resolution), grad * weights, None, None, None
-
-
-def quantize_pmf(pmf: np.ndarray, precision: int = TABLE_PRECISION) -> np.ndarray:
-    """Integer frequencies summing to ``2**precision``, every symbol at least 1 (so always codable)."""
-    total = 1 << precision
-    n = len(pmf)
-    if not 0 < n < total:
-        raise ValueError(f"a table needs 1..{total - 1} symbols, got {n}")
-    p = np.clip(np.asarray(pmf, dtype=np.float64), 0.0, None)
-    p = p / p.sum() if p.sum() > 0 else np.full(n, 1.0 / n)
-    freq = 1 + np.floor(p * (total - n)).astype(np.int64)
-    freq[int(np.argmax(freq))] += total - int(freq.sum())
-    return freq.astype(np.uint32)

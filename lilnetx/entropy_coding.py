@@ -25,6 +25,7 @@ Q_CAP_BITS = 24  # ratios below 2**-24 all give frequency 1
 WEIGHT_BITS = 40  # fixed-point precision of the rebuilt weights
 MAX_GOLOMB_ORDER = 7
 MAX_PREFIX_ZEROS = 40  # longest Exp-Golomb prefix a valid table holds
+DECODE_CHUNK = 1 << 16  # symbols decoded per call between consistency checks
 
 
 class CodingError(ValueError):
@@ -268,25 +269,56 @@ def encode(items: Sequence[tuple[np.ndarray, Sequence[Table]]]) -> tuple[bytes, 
     return words.tobytes().rstrip(b"\0"), shares[::-1]
 
 
-def decode(data: bytes, items: Sequence[tuple[int, Sequence[Table]]]) -> list[np.ndarray]:
-    """Inverse of ``encode`` for ``(number of rows, tables)`` items; the stream must be used up exactly."""
+def decode(data: bytes, items: Sequence[tuple[int, Sequence[Table], int]]) -> list[np.ndarray]:
+    """Inverse of ``encode`` for ``(number of rows, tables, share in bits)`` items (the shares ``encode``
+    returned); the stream must be used up exactly.
+
+    The stream's valid bits only shrink as symbols are decoded, and at the end of each item they equal the
+    shares of the items after it. Both are checked every ``DECODE_CHUNK`` symbols, so a description that
+    claims more symbols than were coded fails within one chunk, before the rest is allocated.
+    """
     if data and data[-1] == 0:
         raise CodingError("coded latents end in a zero byte")
     words = np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
     try:
         coder = constriction.stream.stack.AnsCoder(words)
+        owed = sum(bits for _, _, bits in items)
+        if coder.num_valid_bits() != owed:
+            raise CodingError(f"the stream holds {coder.num_valid_bits()} bits, the items' shares add up to {owed}")
         out = []
-        for num_rows, tables in items:
-            rows = np.empty((num_rows, len(tables)), dtype=np.int32)
-            for c, table in enumerate(tables):
-                if len(table.freq) == 1:
-                    rows[:, c] = table.lo
-                else:
-                    rows[:, c] = coder.decode(_model(table), num_rows) + table.lo
-            out.append(rows)
+        for i, (num_rows, tables, bits) in enumerate(items):
+            owed -= bits
+            out.append(_decode_rows(coder, num_rows, tables, owed))
+            if coder.num_valid_bits() != owed:
+                raise CodingError(f"item {i} takes {coder.num_valid_bits() - owed + bits} bits, not its share {bits}")
         empty = coder.is_empty()
-    except (ValueError, RuntimeError, OverflowError) as exc:
+    except CodingError:
+        raise
+    except (ValueError, RuntimeError, OverflowError) as exc:  # constriction's own complaints
         raise CodingError(f"coded latents cannot be decoded ({exc})") from exc
     if not empty:
         raise CodingError("coded latents hold more data than the layers described")
     return out
+
+
+def _decode_rows(coder: constriction.stream.stack.AnsCoder, num_rows: int, tables: Sequence[Table],
+                 owed: int) -> np.ndarray:
+    """``(num_rows, len(tables))`` symbols; the coded channels are decoded before the rows are allocated."""
+    columns = {c: _decode_column(coder, num_rows, table, owed)
+               for c, table in enumerate(tables) if len(table.freq) > 1}
+    rows = np.empty((num_rows, len(tables)), dtype=np.int32)
+    for c, table in enumerate(tables):
+        rows[:, c] = columns.pop(c) if c in columns else table.lo
+    return rows
+
+
+def _decode_column(coder: constriction.stream.stack.AnsCoder, num_rows: int, table: Table,
+                   owed: int) -> np.ndarray:
+    """One channel's symbols, in chunks; fails once decoding eats into the ``owed`` bits of later items."""
+    model, chunks = _model(table), []
+    for start in range(0, num_rows, DECODE_CHUNK):
+        chunks.append(coder.decode(model, min(DECODE_CHUNK, num_rows - start)))
+        if coder.num_valid_bits() < owed:
+            raise CodingError(f"a channel of {num_rows} values runs past its share of the stream after "
+                              f"{start + len(chunks[-1])}: fewer values were coded than described")
+    return np.concatenate(chunks).astype(np.int32) + table.lo if chunks else np.empty(0, np.int32)

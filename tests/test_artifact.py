@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.metadata
 import importlib.util
 import json
 import os
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +18,11 @@ import torch
 import yaml
 from golden import make_golden as golden  # tests/ is on sys.path; golden/ holds the writer
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import lilnetx
 from lilnetx import artifact
+from lilnetx import entropy_coding as ec
 from lilnetx.artifact import (
     ArtifactError,
     BadMagicError,
@@ -28,6 +32,7 @@ from lilnetx.artifact import (
     UnknownArchitectureError,
     UnsupportedVersionError,
 )
+from lilnetx.data import DatasetBundle
 from lilnetx.training import TrainConfig, Trainer
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -37,13 +42,14 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 
 @pytest.fixture(scope="module")
 def trained_model() -> nn.Module:
-    """The golden architecture trained briefly on synthetic data: realistic latents, densities and BN stats."""
+    """The golden architecture trained briefly on synthetic data: realistic latents, densities and BN stats.
+    Decoders stay float32 (``decoder_dtype=None``), so storing them as float16 is lossy."""
     torch.manual_seed(0)
     x = torch.randn(384, 1, 8, 8)
     y = (x[:, 0, :4].mean(dim=(1, 2)) > 0).long() + (x[:, 0, 4:].mean(dim=(1, 2)) > 0).long()
     model = lilnetx.reparameterize(golden.build(), density_filters=(2, 2))
     config = TrainConfig(epochs=3, batch_size=32, lr=1e-2, density_lr=1e-2, lambda_rate=0.3, warmup_epochs=0,
-                         device="cpu")
+                         decoder_dtype=None, device="cpu")
     Trainer(model, TensorDataset(x, y), None, config, progress=False).fit()
     model.lilnetx_arch = {"name": golden.ARCH, "kwargs": dict(golden.KWARGS)}
     model.pretrained_cfg = {"input_size": (1, 8, 8), "mean": (0.5,), "std": (0.25,), "num_classes": 3}
@@ -195,6 +201,34 @@ def test_coded_latents_stay_within_the_estimate(model, tmp_path, tables):
     assert info.coded_latent_bytes <= ideal * 1.01 + 8
 
 
+def test_learned_pmfs_are_the_density_at_each_integer(model):
+    """Oracle: the density's likelihood of each symbol, evaluated one channel at a time."""
+    group = lilnetx.latent_groups(model)["conv5x5"]
+    lo, hi = np.arange(-3, -3 + group.width), np.arange(-3, -3 + group.width) + np.arange(group.width) % 4
+    pmfs = artifact._learned_pmfs(group, lo, hi)
+    for c in range(group.width):
+        rows = torch.zeros(hi[c] - lo[c] + 1, group.width)
+        rows[:, c] = torch.arange(lo[c], hi[c] + 1)
+        with torch.no_grad():
+            expected = group.density.likelihood(rows)[:, c].double().numpy()
+        np.testing.assert_allclose(pmfs[c], expected, rtol=1e-6)
+
+
+def test_the_table_chooser_gets_the_density_not_a_quantised_table(model, tmp_path, monkeypatch):
+    """The learned density is quantised once, by the table chooser: what it receives is not on a 2**-16 grid."""
+    received = []
+    choose = ec.choose_table
+
+    def spy(lo, counts, learned, **options):
+        received.append(np.asarray(learned, np.float64))
+        return choose(lo, counts, learned, **options)
+
+    monkeypatch.setattr(ec, "choose_table", spy)
+    lilnetx.save(model, tmp_path / "m.lnx", tables="learned")
+    coded = [p for p in received if len(p) > 1]
+    assert coded and all(np.any(p * ec.TOTAL % 1 != 0) for p in coded)
+
+
 def test_best_tables_are_never_larger_than_learned_tables(model, tmp_path):
     best = lilnetx.save(model, tmp_path / "best.lnx")
     learned = lilnetx.save(model, tmp_path / "learned.lnx", tables="learned")
@@ -202,6 +236,40 @@ def test_best_tables_are_never_larger_than_learned_tables(model, tmp_path):
 
 
 # --------------------------------------------------------------------------- writing
+
+
+VERSIONED_PLUGIN = """
+from torch import nn
+from zoo.hookspecs import hookimpl
+
+@hookimpl
+def lilnetx_register_architectures(register):
+    register("versioned_mlp", lambda num_classes, in_chans, input_size: nn.Sequential(
+        nn.Flatten(), nn.Linear(4, num_classes)), input_size=(1, 2, 2), num_classes=2, in_chans=1, mean=(0.0,),
+        std=(1.0,))
+"""
+
+
+def test_header_records_the_plugin_and_its_version(tmp_path, monkeypatch):
+    """An entry-point plugin's distribution version; a built-in plugin's is lilnetx-zoo's."""
+    from zoo import plugins, registry
+
+    info = tmp_path / "lilnetx_versioned-2.5.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lilnetx-versioned\nVersion: 2.5\n")
+    (info / "entry_points.txt").write_text("[lilnetx.plugins]\nversioned = lilnetx_versioned_plugin\n")
+    (tmp_path / "lilnetx_versioned_plugin.py").write_text(VERSIONED_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(plugins, "_manager", plugins.make_plugin_manager(builtins=("plugins.paper_models",),
+                                                                         autoload=True))
+    own = importlib.metadata.version("lilnetx-zoo")
+    for arch, plugin, version in (("versioned_mlp", "versioned", "2.5"), ("lenet_300_100", "plugins.paper_models", own)):
+        model = registry.reparameterized_model(arch)
+        assert (model.pretrained_cfg["plugin"], model.pretrained_cfg["plugin_version"]) == (plugin, version)
+        lilnetx.save(model, tmp_path / f"{arch}.lnx")
+        versions = lilnetx.read_header(tmp_path / f"{arch}.lnx")["versions"]
+        assert (versions["plugin"], versions["plugin_version"]) == (plugin, version)
+
 
 
 def test_save_is_atomic(model, saved, monkeypatch):
@@ -298,7 +366,7 @@ def test_builder_of_another_architecture_is_refused(saved):
     def other(name, kwargs):
         return golden.build(num_classes=5)
 
-    with pytest.raises(CorruptHeaderError, match="number of parameter values"):
+    with pytest.raises(CorruptHeaderError, match=r"shape of '10.bias'.*says \[3\].*has \[5\]"):
         lilnetx.load(saved, builder=other)
 
 
@@ -312,9 +380,11 @@ def test_meta_device_probe_is_skipped_for_builders_that_need_real_tensors(saved)
 
 
 LIES = {
-    "same size, other shape": (lambda h: _layer(h, "0.weight").update(shape=[2, 2, 5, 5]), "compressed tensor #0"),
-    "more latents": (lambda h: _layer(h, "0.weight").update(shape=[8, 1, 5, 5]), "coded latents"),
-    "fewer latents": (lambda h: _layer(h, "10.weight").update(shape=[3, 5]), "coded latents|range"),
+    "same size, other shape": (lambda h: _layer(h, "0.weight").update(shape=[2, 2, 5, 5]), "shape of '0.weight'"),
+    "more latents": (lambda h: _layer(h, "0.weight").update(shape=[8, 1, 5, 5]), "shape of '0.weight'"),
+    "fewer latents": (lambda h: _layer(h, "10.weight").update(shape=[3, 5]), "shape of '10.weight'"),
+    "renamed tensor": (lambda h: _layer(h, "0.weight").update(name="0.kernel"), r"tensors.*\['0.kernel'\]"),
+    "layer and float param": (lambda h: h["float_params"][0].update(name="0.weight"), "both as a compressed"),
     "latent range": (lambda h: _layer(h, "0.weight").update(range=[-100, 100]), "range"),
     "float param shape": (lambda h: h["float_params"][0].update(shape=[5]), "float_params"),
     "float param dtype": (lambda h: h["float_params"][0].update(dtype="float64"), "float_params"),
@@ -334,6 +404,48 @@ def test_header_that_lies_is_caught(saved, lie):
     _resign(saved, edit)
     with pytest.raises(CorruptHeaderError, match=message):
         lilnetx.load(saved, builder=golden.builder)
+
+
+def _move_bits(header: dict) -> None:
+    _layer(header, "0.weight")["coded_bits"] -= 8
+    _layer(header, "3.weight")["coded_bits"] += 8
+
+
+DECODE_LIES = {  # caught by the decoder alone, without building the architecture
+    "more latents": (lambda h: _layer(h, "0.weight").update(shape=[8, 1, 5, 5]), "fewer values were coded"),
+    "fewer latents": (lambda h: _layer(h, "10.weight").update(shape=[3, 5]), "share"),
+    "coded bits moved": (_move_bits, "share"),
+    "coded bits": (lambda h: _layer(h, "0.weight").update(coded_bits=10**6), "share"),
+    "latent range": (lambda h: _layer(h, "0.weight").update(range=[-100, 100]), "range"),
+}
+
+
+@pytest.mark.parametrize("lie", DECODE_LIES)
+def test_lies_about_the_latents_are_caught_without_a_builder(saved, lie):
+    edit, message = DECODE_LIES[lie]
+    _resign(saved, edit)
+    with pytest.raises(CorruptHeaderError, match=message):
+        lilnetx.read_artifact(saved)
+
+
+@pytest.mark.parametrize("read", [lilnetx.read_artifact, functools.partial(lilnetx.load, builder=golden.builder)],
+                         ids=["read_artifact", "load"])
+def test_a_huge_claimed_shape_fails_fast_without_allocating_it(tmp_path, read):
+    """2**23 x 25 latents (under MAX_ELEMENTS) claimed for the golden 4 x 25 layer: ``load`` compares the
+    architecture's shapes before decoding, ``read_artifact`` stops when the stream runs out; neither
+    allocates the ~1.4 GB the header asks for."""
+    path = tmp_path / "huge.lnx"
+    path.write_bytes(golden.ARTIFACT.read_bytes())
+    _resign(path, lambda h: _layer(h, "0.weight").update(shape=[2**23, 1, 5, 5]))
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(CorruptHeaderError, match=r"shape of '0.weight'|fewer values were coded"):
+            read(path)
+        seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < 2 and peak < 16 * 2**20
 
 
 # --------------------------------------------------------------------------- golden file
@@ -373,35 +485,76 @@ def cli(monkeypatch):
     return zoo.cli.main
 
 
-def test_cli_export_a_training_run(cli, model, tmp_path, monkeypatch, capsys):
-    from zoo.cli import artifact_cmds
+RUN_STATS = {"top1": 0.123, "top5": 0.456, "epochs": 3, "params": 123}  # never what the test set measures
 
-    run = tmp_path / "run"
-    run.mkdir()
-    torch.save({"format": "lilnetx-checkpoint/1", "epoch": 3, "model": model.state_dict()}, run / "checkpoint.pt")
+
+@pytest.fixture
+def run(model, tmp_path, monkeypatch) -> tuple[Path, DatasetBundle, list[dict]]:
+    """A training-run folder of ``model`` whose recipe builds (through ``zoo.recipe.build_model``) the
+    golden architecture on a synthetic dataset; installed builders rebuild it too. Also returns the dataset
+    and the recipes ``build_model`` was called with."""
+    from zoo import recipe as recipes
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save({"format": "lilnetx-checkpoint/1", "epoch": 3, "model": model.state_dict()}, folder / "checkpoint.pt")
     recipe = {"arch": golden.ARCH, "arch_kwargs": {}, "dataset": "synthetic", "dataset_kwargs": {},
               "reparam": {"density_filters": [2, 2]}, "train": {"epochs": 3}}
-    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    (run / "stats.json").write_text(json.dumps({"top1": 0.75, "top5": 1.0, "epochs": 3, "params": 123}))
-    rebuilt: list[dict] = []
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "stats.json").write_text(json.dumps(RUN_STATS))
+    generator = torch.Generator().manual_seed(1)
+    test = TensorDataset(torch.randn(200, 1, 8, 8, generator=generator), torch.randint(0, 3, (200,), generator=generator))
+    bundle = DatasetBundle(train=test, test=test, num_classes=3, input_size=(1, 8, 8), mean=(0.5,), std=(0.25,),
+                           name="synthetic")
+    built: list[dict] = []
 
-    def rebuild(recipe: dict) -> nn.Module:
-        rebuilt.append(recipe)
+    def build_model(recipe: dict) -> tuple[nn.Module, DatasetBundle]:
+        built.append(recipe)
         new = lilnetx.reparameterize(golden.build(), **recipe["reparam"])
         new.lilnetx_arch = {"name": golden.ARCH, "kwargs": golden.KWARGS}
-        return new
+        return new, bundle
 
-    monkeypatch.setattr(artifact_cmds, "rebuild", rebuild)
-    assert cli(["export", str(run), "-o", str(tmp_path / "m.lnx"), "--json"]) == 0
+    class EntryPoint:
+        name, value = "golden", "make_golden:builder"
+
+        def load(self):
+            return golden.builder
+
+    monkeypatch.setattr(recipes, "build_model", build_model)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [EntryPoint()] if group == artifact.BUILDER_GROUP else [])
+    return folder, bundle, built
+
+
+def test_cli_export_a_training_run(cli, run, tmp_path, capsys):
+    folder, _, built = run
+    assert cli(["export", str(folder), "-o", str(tmp_path / "m.lnx"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["size_bytes"] == (tmp_path / "m.lnx").stat().st_size and rebuilt == [recipe]
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert summary["size_bytes"] == (tmp_path / "m.lnx").stat().st_size and built == [recipe]
     header = lilnetx.read_header(tmp_path / "m.lnx")
-    assert header["metrics"] == {"top1": 0.75, "top5": 1.0} and header["recipe"] == recipe
+    assert header["metrics"] == {"top1": 0.123, "top5": 0.456} and header["recipe"] == recipe
     assert header["dataset"] == "synthetic" and header["metadata"] == {"run": {"epochs": 3}}
-    assert cli(["compress", str(run), "-o", str(tmp_path / "c.lnx")]) == 0
+    assert cli(["compress", str(folder), "-o", str(tmp_path / "c.lnx")]) == 0
     assert (tmp_path / "c.lnx").read_bytes() == (tmp_path / "m.lnx").read_bytes()
     assert cli(["export", str(tmp_path), "-o", str(tmp_path / "x.lnx")]) == 2
     assert "checkpoint.pt is missing" in capsys.readouterr().err
+
+
+def test_cli_lossy_export_measures_the_decoded_artifact(cli, run, model, tmp_path):
+    """float16 rounds the (float32) decoders: the header holds the accuracy of the file's own weights on the
+    test split, not the run's. An exact dtype keeps the run's metrics."""
+    folder, bundle, _ = run
+    assert cli(["export", str(folder), "-o", str(tmp_path / "half.lnx"), "--decoder-dtype", "float16"]) == 0
+    header = lilnetx.read_header(tmp_path / "half.lnx")
+    assert {g["dtype"] for g in header["groups"]} == {"float16"}
+    decoded = lilnetx.load(tmp_path / "half.lnx", builder=golden.builder)
+    assert not torch.equal(decoded.state_dict()["0.weight"], _decoded_state(model)["0.weight"])  # really lossy
+    measured = lilnetx.evaluate(decoded, DataLoader(bundle.test, batch_size=50))
+    assert header["metrics"] == pytest.approx(measured, abs=1e-6)
+    assert header["metrics"]["top1"] != RUN_STATS["top1"]
+    assert cli(["export", str(folder), "-o", str(tmp_path / "exact.lnx"), "--decoder-dtype", "float64"]) == 0
+    assert lilnetx.read_header(tmp_path / "exact.lnx")["metrics"] == {"top1": 0.123, "top5": 0.456}
 
 
 def test_cli_inspect(cli, saved, capsys):

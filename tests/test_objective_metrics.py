@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lilnetx
-from lilnetx.density import FactorizedDensity, quantize_pmf
+from lilnetx.density import FactorizedDensity
 from lilnetx.objective import num_slices, rate_bits, structured_norms
-
-
-def table_bits(freq: np.ndarray, symbols: np.ndarray, precision: int = 16) -> float:
-    """Ideal code length in bits of ``symbols`` (0-based) under an integer table: the oracle."""
-    return float(precision * len(symbols) - np.log2(freq[symbols].astype(np.float64)).sum())
 
 
 def test_interpolated_training_rate_matches_direct_evaluation():
@@ -40,27 +34,6 @@ def test_evaluation_rate_is_exact_at_integers():
     values = torch.randint(-6, 7, (300, 4)).float()
     assert density.total_bits(values, resolution=1).item() == pytest.approx(density.bits(values).sum().item(),
                                                                             rel=1e-6)
-
-
-def test_quantised_tables_are_valid_and_close_to_the_density():
-    torch.manual_seed(0)
-    density = FactorizedDensity(2)
-    lo, hi = [-5, -3], [5, 4]
-    tables = density.integer_tables(lo, hi)
-    for c, freq in enumerate(tables):
-        assert freq.sum() == 2**16 and freq.min() >= 1 and len(freq) == hi[c] - lo[c] + 1
-    symbols = torch.zeros(100, 2)
-    symbols[:, 0] = torch.randint(-2, 3, (100,)).float()
-    ideal = table_bits(tables[0], (symbols[:, 0].long() - lo[0]).numpy())
-    estimate = density.bits(symbols)[:, 0].sum().item()
-    assert ideal <= estimate * 1.01 + 1
-
-
-def test_quantize_pmf_rejects_bad_sizes():
-    with pytest.raises(ValueError):
-        quantize_pmf([])
-    freq = quantize_pmf([0.0, 0.0, 1.0])
-    assert freq.sum() == 2**16 and freq.min() == 1
 
 
 def test_structured_norms_by_slice_channel_and_filter(convnet):

@@ -26,14 +26,17 @@ DISABLE_AUTOLOAD_ENV = "LILNETX_DISABLE_PLUGIN_AUTOLOAD"
 
 
 class PluginManager(pluggy.PluginManager):
-    """A pluggy manager that also remembers where each plugin came from (``sources``)."""
+    """A pluggy manager that also remembers where each plugin came from (``sources``) and the version of the
+    distribution that provides it (``versions``; built-ins have lilnetx-zoo's)."""
 
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, str] = {}
+        self.versions: dict[str, str] = {}
 
-    def load_plugin(self, name: str, source: str, importer: Callable[[], object]) -> bool:
+    def load_plugin(self, name: str, source: str, importer: Callable[[], object], version: str | None = None
+                    ) -> bool:
         """Register the plugin ``importer()`` returns, under ``name``; on any failure warn and skip it."""
         try:
             plugin = importer()
@@ -50,6 +53,8 @@ class PluginManager(pluggy.PluginManager):
                           f"hooks must be one of {', '.join(hook_names())}", stacklevel=2)
             return False
         self.sources[name] = source
+        if version:
+            self.versions[name] = version
         return True
 
     def implementations(self, hook_name: str) -> list[tuple[str, Callable[..., Any]]]:
@@ -82,12 +87,21 @@ def make_plugin_manager(builtins: Iterable[str] = BUILTIN_PLUGINS, autoload: boo
     """
     pm = PluginManager()
     for module_name in builtins:
-        pm.load_plugin(module_name, "built-in", functools.partial(importlib.import_module, module_name))
+        pm.load_plugin(module_name, "built-in", functools.partial(importlib.import_module, module_name),
+                       _own_version())
     if autoload if autoload is not None else autoload_enabled():
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.value
-            pm.load_plugin(ep.name, dist, ep.load)
+            pm.load_plugin(ep.name, dist, ep.load, ep.dist.version if ep.dist else None)
     return pm
+
+
+def _own_version() -> str | None:
+    """The installed lilnetx-zoo's version (the built-in plugins ship with it)."""
+    try:
+        return importlib.metadata.version("lilnetx-zoo")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 _manager: PluginManager | None = None

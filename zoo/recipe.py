@@ -2,7 +2,8 @@
 
 Sections: ``arch`` and ``arch_kwargs`` (builder options), ``dataset`` and ``dataset_kwargs`` (loader
 options, e.g. ``root``), ``reparam`` (``lilnetx.reparameterize`` options) and ``train`` (``TrainConfig``).
-Layers merge left to right: defaults, a recipe file, command-line flags.
+Layers merge left to right: defaults, a recipe file, command-line flags. ``build_model`` builds a recipe's
+model the one way training and export both use.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 import lilnetx
 from lilnetx import TrainConfig
+from lilnetx.data import DatasetBundle
+from zoo import registry
 
 FREE_FORM = ("arch_kwargs", "dataset_kwargs")  # checked against the builder / loader signature later
+FROM_DATASET = ("num_classes", "input_size", "mean", "std")  # architecture options the dataset decides
 TYPED = ("reparam", "train")
 
 
@@ -130,3 +135,23 @@ def train_config(recipe: dict[str, Any]) -> TrainConfig:
         return TrainConfig.from_dict(recipe["train"])
     except lilnetx.ConfigError as exc:
         raise RecipeError(f"recipe train section: {exc}") from exc
+
+
+def check_arch_kwargs(recipe: dict[str, Any]) -> None:
+    """``RecipeError`` if ``arch_kwargs`` sets an option the dataset decides (``in_chans`` follows ``input_size``)."""
+    clash = sorted(set(recipe.get("arch_kwargs") or {}) & {*FROM_DATASET, "in_chans"})
+    if clash:
+        raise RecipeError(f"arch_kwargs {', '.join(clash)} come from the dataset; change the dataset options instead")
+
+
+def build_model(recipe: dict[str, Any]) -> tuple[nn.Module, DatasetBundle]:
+    """The recipe's reparameterised (untrained) model and its dataset.
+
+    The dataset decides the model's classes, input size, mean and std; the plugins' layer policy and the
+    recipe's ``reparam`` options decide what is compressed. ``lilnetx train`` and ``lilnetx export`` both
+    build through here, so an exported checkpoint always fits the model it is loaded into.
+    """
+    check_arch_kwargs(recipe)
+    data = registry.get_dataset(recipe["dataset"], **(recipe.get("dataset_kwargs") or {}))
+    kwargs = {**(recipe.get("arch_kwargs") or {}), **{key: getattr(data, key) for key in FROM_DATASET}}
+    return registry.reparameterized_model(recipe["arch"], kwargs, recipe.get("reparam") or {}), data

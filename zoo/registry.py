@@ -1,7 +1,8 @@
 """Architectures and datasets contributed by plugins: look them up, build them, reparameterise them.
 
 ``create_model`` works like timm's: the result carries ``model.pretrained_cfg`` (input size, classes,
-mean/std) and ``model.lilnetx_arch`` (name and complete keyword arguments, enough to rebuild it).
+mean/std, and the plugin that provided it with its version) and ``model.lilnetx_arch`` (name and complete
+keyword arguments, enough to rebuild it).
 """
 
 from __future__ import annotations
@@ -189,8 +190,11 @@ def create_model(arch: str, **kwargs: Any) -> nn.Module:
 
     ``num_classes``, ``in_chans`` and ``input_size`` (C, H, W) default to the architecture's config;
     ``mean`` / ``std`` only go to ``model.pretrained_cfg``; other keywords go to the builder.
+    ``pretrained_cfg["plugin"]`` / ``["plugin_version"]`` name the plugin that registered ``arch`` and its
+    distribution's version (``None`` for a plugin registered at runtime); ``lilnetx.save`` records them.
     """
-    spec = get_architecture(arch)
+    registry = get_registry()
+    spec = registry.architecture(arch)
     extra = dict(kwargs)
     num_classes = int(extra.pop("num_classes", spec.num_classes))
     in_chans = extra.pop("in_chans", None)
@@ -209,7 +213,8 @@ def create_model(arch: str, **kwargs: Any) -> nn.Module:
     model = spec.builder(num_classes=num_classes, in_chans=in_chans, input_size=input_size, **extra)
     resolved = {"num_classes": num_classes, "in_chans": in_chans, "input_size": list(input_size),
                 "mean": mean, "std": std, **extra}
-    model.pretrained_cfg = {"architecture": arch, "plugin": spec.plugin, "input_size": input_size,
+    model.pretrained_cfg = {"architecture": arch, "plugin": spec.plugin,
+                            "plugin_version": registry.pm.versions.get(spec.plugin), "input_size": input_size,
                             "num_classes": num_classes, "in_chans": in_chans, "mean": tuple(mean),
                             "std": tuple(std)}
     model.lilnetx_arch = {"name": arch, "kwargs": resolved}

@@ -6,19 +6,23 @@ import argparse
 import dataclasses
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from torch import nn
+from torch.utils.data import DataLoader
 
 import lilnetx
-from lilnetx.artifact import FLOAT_DTYPES, ArtifactInfo
+from lilnetx.artifact import DTYPES, FLOAT_DTYPES, ArtifactInfo
+from zoo import recipe as recipes
 from zoo.cli import CLIError
+from zoo.cli.output import format_table, print_json
 
 METRIC_KEYS = ("top1", "top5", "test_loss")
-DATASET_KWARGS = ("num_classes", "input_size", "mean", "std")  # what `lilnetx train` takes from the dataset
+EVAL_BATCH_SIZE = 256
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `lilnetx train --out RUN_DIR`")
     p.add_argument("-o", "--output", required=True, metavar="FILE.lnx", help="artifact to write")
     p.add_argument("--decoder-dtype", choices=FLOAT_DTYPES,
-                   help="store decoders at this precision (lossy below float32; default: exact)")
+                   help="store decoders at this precision (default: the narrowest exact one); when that "
+                        "changes the weights, the artifact is re-evaluated on the dataset's test split")
     p.add_argument("--json", action="store_true", help="print the artifact summary as JSON")
     p.set_defaults(func=run_export)
 
@@ -61,32 +66,42 @@ def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
     return recipe, stats, checkpoint
 
 
-def rebuild(recipe: dict[str, Any]) -> nn.Module:
-    """The run's reparameterised model, built exactly as `lilnetx train` built it (dataset-derived options too)."""
-    from zoo import registry  # heavy (plugins); only export needs it
-
-    data = registry.get_dataset(recipe["dataset"], **(recipe.get("dataset_kwargs") or {}))
-    kwargs = {**(recipe.get("arch_kwargs") or {}), **{k: getattr(data, k) for k in DATASET_KWARGS}}
-    return registry.reparameterized_model(recipe["arch"], kwargs, recipe.get("reparam") or {})
+def _changes_weights(model: nn.Module, decoder_dtype: str | None) -> bool:
+    """Whether storing ``model``'s decoders as ``decoder_dtype`` rounds any of them (a lossy export)."""
+    if decoder_dtype is None:
+        return False
+    dtype = DTYPES[decoder_dtype][1]
+    return any(not torch.equal(g.decoder.detach().to(dtype).to(g.decoder.dtype), g.decoder.detach())
+               for g in lilnetx.latent_groups(model).values())
 
 
 def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None) -> ArtifactInfo:
-    """Write the model of training run ``run_dir`` to ``output`` with its dataset, metrics and recipe."""
+    """Write the model of training run ``run_dir`` to ``output`` with its dataset, metrics and recipe.
+
+    The metrics are the run's, unless ``decoder_dtype`` rounds the decoders: then they are measured on the
+    decoded artifact itself, on the dataset's test split.
+    """
     recipe, stats, checkpoint = _read_run(Path(run_dir))
-    model = rebuild(recipe)
+    model, data = recipes.build_model(recipe)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         raise CLIError(f"the checkpoint in {run_dir} does not fit the model its recipe builds: {exc}") from exc
     metadata = {"dataset": recipe.get("dataset"), "metrics": {k: stats[k] for k in METRIC_KEYS if k in stats},
                 "recipe": recipe, "run": {"epochs": stats.get("epochs", checkpoint.get("epoch"))}}
+    if _changes_weights(model, decoder_dtype):
+        with tempfile.TemporaryDirectory() as tmp:
+            lilnetx.save(model, Path(tmp) / "lossy.lnx", decoder_dtype=decoder_dtype)
+            decoded = lilnetx.load(Path(tmp) / "lossy.lnx")
+        measured = lilnetx.evaluate(decoded, DataLoader(data.test, batch_size=EVAL_BATCH_SIZE), torch.device("cpu"))
+        metadata["metrics"] = {k: measured[k] for k in METRIC_KEYS}
     return lilnetx.save(model, output, metadata=metadata, decoder_dtype=decoder_dtype)
 
 
 def run_export(args: argparse.Namespace) -> int:
     info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype)
     if args.json:
-        print(json.dumps({**dataclasses.asdict(info), "path": str(info.path)}, indent=2))
+        print_json({**dataclasses.asdict(info), "path": str(info.path)})
     else:
         parts = ", ".join(f"{name} {size:,}" for name, size in info.parts.items())
         print(f"wrote {info.path}: {info.size_bytes:,} bytes ({parts}); sha256 {info.sha256}")
@@ -94,14 +109,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 # -- inspect / verify --------------------------------------------------------------------------------------
-
-def _table(rows: list[tuple[str, ...]], left: int = 1) -> list[str]:
-    """Aligned columns; the first ``left`` columns left-aligned, the rest right-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    cells = (((c.ljust(w) if i < left else c.rjust(w)) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows)
-    return ["  ".join(row).rstrip() for row in cells]
-
 
 def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}" if whole else "-"
@@ -120,8 +127,8 @@ def describe(header: dict[str, Any], parts: dict[str, int]) -> list[str]:
                                     f"{'shared' if g['shared'] else 'per-tensor'} tables)"
                                     for g in header["groups"]),
              ""]
-    lines += _table([("part", "bytes", "%")] + [(n, f"{b:,}", _percent(b, size)) for n, b in parts.items()]
-                    + [("total", f"{size:,}", "100.0")])
+    lines += format_table([("part", "bytes", "%")] + [(n, f"{b:,}", _percent(b, size)) for n, b in parts.items()]
+                    + [("total", f"{size:,}", "100.0")], right_align_from=1)
     widths = {g["name"]: g["width"] for g in header["groups"]}
     rows = [("layer", "group", "shape", "range", "est. B", "coded B", "zero %", "zero slices %")]
     for layer in header["layers"]:
@@ -130,7 +137,7 @@ def describe(header: dict[str, Any], parts: dict[str, int]) -> list[str]:
                      f"[{layer['range'][0]}, {layer['range'][1]}]", f"{layer['est_bits'] / 8:,.1f}",
                      f"{layer['coded_bits'] / 8:,.1f}", _percent(layer["zeros"], numel),
                      _percent(layer["zero_slices"], numel // widths[layer["group"]])))
-    lines += ["", *_table(rows, left=4), ""]
+    lines += ["", *format_table(rows, right_align_from=4), ""]
     total = {k: sum(layer[k] for layer in header["layers"]) for k in ("est_bits", "ideal_bits", "zeros")}
     numel = sum(math.prod(layer["shape"]) for layer in header["layers"])
     lines.append(f"latents: {numel:,} values, {_percent(total['zeros'], numel)} % zero; estimated "
@@ -142,8 +149,8 @@ def describe(header: dict[str, Any], parts: dict[str, int]) -> list[str]:
 def run_inspect(args: argparse.Namespace) -> int:
     artifact = lilnetx.read_artifact(args.path)
     if args.json:
-        print(json.dumps({"path": args.path, "sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
-                          "parts": artifact.parts, "header": artifact.header}, indent=2))
+        print_json({"path": args.path, "sha256": artifact.sha256, "size_bytes": artifact.size_bytes,
+                    "parts": artifact.parts, "header": artifact.header})
     else:
         print("\n".join([f"{args.path}: {artifact.size_bytes:,} bytes, sha256 {artifact.sha256}",
                          *describe(artifact.header, artifact.parts)]))

@@ -20,9 +20,9 @@ from lilnetx.training import Trainer, evaluate, seed_everything
 from zoo import recipe as recipes
 from zoo import registry
 from zoo.cli import CLIError
+from zoo.cli.output import print_json, print_table
 from zoo.plugins import list_plugins
 
-FROM_DATASET = ("num_classes", "in_chans", "input_size", "mean", "std")
 # flags that set the recipe key of the same name in `train` / `reparam`
 TRAIN_FLAGS = ("lambda_rate", "lambda_slice", "lambda_l2", "epochs", "lr", "density_lr", "batch_size", "seed",
                "workers", "device")
@@ -104,9 +104,7 @@ def build_recipe(args: argparse.Namespace) -> dict[str, Any]:
         if args.resume and merged[key] != recipe[key]:
             raise CLIError(f"{args.out} was trained with {key} {recipe[key]!r}, not {merged[key]!r}; "
                            "use another --out for a new run")
-    clash = sorted(set(merged["arch_kwargs"]) & set(FROM_DATASET))
-    if clash:
-        raise CLIError(f"arch_kwargs {', '.join(clash)} come from the dataset; change the dataset options instead")
+    recipes.check_arch_kwargs(merged)
     return merged
 
 
@@ -134,9 +132,7 @@ def train_run(recipe: dict[str, Any], run_dir: Path, *, resume: bool, progress: 
         raise CLIError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     registry.get_architecture(recipe["arch"])  # fail on a misspelt name before loading any data
     seed_everything(config.seed)
-    data = registry.get_dataset(recipe["dataset"], **recipe["dataset_kwargs"])
-    from_data = {"num_classes": data.num_classes, "input_size": data.input_size, "mean": data.mean, "std": data.std}
-    model = registry.reparameterized_model(recipe["arch"], {**recipe["arch_kwargs"], **from_data}, recipe["reparam"])
+    model, data = recipes.build_model(recipe)
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         recipes.dump(recipe, run_dir / "recipe.yaml")
@@ -163,7 +159,7 @@ def run_train(args: argparse.Namespace) -> int:
         "arch", "dataset", "epochs", "top1", "top5", "test_loss", "params", "bits", "slice_sparsity",
         "unstructured_sparsity", "macs_dense", "macs_sparse")}}
     if args.json:
-        print(json.dumps(summary))
+        print_json(summary)
     else:
         kb = f"{summary['bits'] / 8192:.2f} KB" if summary["bits"] is not None else "n/a"
         print(f"{summary['arch']} on {summary['dataset']}: top-1 {summary['top1']:.4f}, latents {kb}, "
@@ -173,11 +169,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 # -- listings ----------------------------------------------------------------------------------------------
 
-def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    cells = [[str(r[c]) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    for row in [list(columns), *cells]:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    print_table([columns, *([r[c] for c in columns] for r in rows)])
 
 
 def run_archs(args: argparse.Namespace) -> int:
@@ -188,9 +181,9 @@ def run_archs(args: argparse.Namespace) -> int:
     rows = [{"name": s.name, "plugin": s.plugin, "input_size": list(s.input_size), "num_classes": s.num_classes,
              "tags": list(s.tags), "description": s.description} for s in specs]
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
     elif rows:
-        _print_table([{**r, "input_size": "x".join(map(str, r["input_size"]))} for r in rows],
+        _print_rows([{**r, "input_size": "x".join(map(str, r["input_size"]))} for r in rows],
                      ("name", "plugin", "input_size", "num_classes", "description"))
     else:
         print(f"no architecture matches {args.pattern!r}")
@@ -201,16 +194,16 @@ def run_datasets(args: argparse.Namespace) -> int:
     specs = [registry.get_registry().dataset(n) for n in registry.list_datasets()]
     rows = [{"name": s.name, "plugin": s.plugin, "description": s.description} for s in specs]
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
     else:
-        _print_table(rows, ("name", "plugin", "description"))
+        _print_rows(rows, ("name", "plugin", "description"))
     return 0
 
 
 def run_plugins(args: argparse.Namespace) -> int:
     rows = list_plugins()
     if args.json:
-        print(json.dumps(rows))
+        print_json(rows)
     else:
-        _print_table([{**r, "hooks": ", ".join(r["hooks"])} for r in rows], ("name", "source", "hooks"))
+        _print_rows([{**r, "hooks": ", ".join(r["hooks"])} for r in rows], ("name", "source", "hooks"))
     return 0

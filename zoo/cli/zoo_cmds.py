@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
+from zoo.cli.output import print_json, print_table
 from zoo.model_card import to_markdown, to_text
 from zoo.service import Zoo
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _list(args: argparse.Namespace) -> int:
     rows = Zoo.from_env().list(args.pattern, dataset=args.dataset, max_bytes=args.max_bytes,
                                min_accuracy=args.min_accuracy, min_slice_sparsity=args.min_slice_sparsity)
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     if not rows:
         print("no zoo entries match (add one with `lilnetx zoo add FILE.lnx --tag DATASET-...`)")
@@ -29,18 +24,14 @@ def _list(args: argparse.Namespace) -> int:
     table += [(r["name"], r["dataset"], f"{r['bytes']:,}",
                "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f}%",
                f"{r['compression_ratio']:.1f}x", f"{100 * r['slice_sparsity']:.1f}%") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        pairs = enumerate(zip(row, widths, strict=True))
-        cells = (cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in pairs)
-        print("  ".join(cells).rstrip())
+    print_table(table, right_align_from=2)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     card = Zoo.from_env().card(args.name)
     if args.json:
-        _print_json(card)
+        print_json(card)
     else:
         print(to_markdown(card) if args.markdown else to_text(card))
     return 0
@@ -76,7 +67,7 @@ def _remove(args: argparse.Namespace) -> int:
 def _reindex(args: argparse.Namespace) -> int:
     report = Zoo.from_env().reindex()
     if args.json:
-        _print_json(vars(report))
+        print_json(vars(report))
     else:
         print(f"reindexed: {len(report.added)} added, {len(report.removed)} removed, "
               f"{len(report.skipped)} skipped (artifact missing, undecodable or not what its name says: see the "
