@@ -75,13 +75,13 @@ def ratio(zero: int, total: int) -> float:
 
 
 @torch.no_grad()
-def stats(model: nn.Module, input_size: tuple[int, ...] | None = None) -> dict[str, Any]:
+def stats(model: nn.Module, input_size: tuple[int, ...] | None = None, *, macs: bool = True) -> dict[str, Any]:
     """Bits, sparsity (on rounded latents and decoded weights) and MACs, overall and per layer.
 
     ``input_size`` (C, H, W) defaults to ``model.pretrained_cfg["input_size"]`` (timm's convention);
-    without either, MACs are ``None``.
+    without either, or with ``macs=False`` (no forward pass), MACs are ``None``.
     """
-    input_size = input_size or _input_size(model)
+    input_size = (input_size or _input_size(model)) if macs else None
     positions = _output_numel(model, input_size)
     latents = {t.name: t for t in latent_tensors(model)}
     layers: dict[str, dict[str, Any]] = {}

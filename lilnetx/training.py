@@ -321,7 +321,7 @@ class Trainer:
         return record
 
     def _size_metrics(self) -> dict[str, float]:
-        summary = stats(self.model)
+        summary = stats(self.model, macs=False)  # no forward pass: input size unknown here
         return {"est_bytes": summary["bits"] / 8, "slice_sparsity": summary["slice_sparsity"]}
 
     def _log(self, record: dict[str, Any]) -> None:

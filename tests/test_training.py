@@ -99,6 +99,13 @@ def test_bad_training_options_are_clear_errors(options, message):
         TrainConfig.from_dict(options)
 
 
+def test_epoch_metrics_need_no_forward_pass_at_a_default_input_size(data):
+    model = digits_net()
+    model.pretrained_cfg = {"input_size": (3, 224, 224)}  # a timm default that does not fit the data
+    result = Trainer(model, data.train, None, TrainConfig.from_dict({**FAST, "epochs": 1}), progress=False).fit()
+    assert result["est_bytes"] > 0
+
+
 def test_training_requires_a_reparameterised_model(data):
     with pytest.raises(ConfigError, match="reparameterize"):
         Trainer(nn.Linear(64, 10), data.train, None, TrainConfig(), progress=False)
