@@ -187,7 +187,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress and _rank() == 0
         seed_everything(config.seed)
-        self.train_loader = self._loader(train_set, shuffle=True)
+        self.train_loader = self._train_loader(train_set)
         self.test_loader = (DataLoader(test_set, batch_size=config.batch_size, num_workers=config.workers)
                             if test_set is not None else None)  # every rank evaluates the whole test set
         self.net: nn.Module = model
@@ -195,6 +195,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         groups, density = parameter_groups(model, config)
+        self.decoders = groups[1]["params"]
         self.opt_model = torch.optim.Adam(groups)
         self.opt_density = torch.optim.Adam(density, lr=config.density_lr)
         steps = len(self.train_loader)
@@ -203,11 +204,10 @@ class Trainer:
                            for o in (self.opt_model, self.opt_density)]
         self.epoch = 0
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _train_loader(self, dataset: Dataset) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed)  # re-seeded every epoch: exact resume
-        sampler = (DistributedSampler(dataset, shuffle=shuffle, seed=self.config.seed)
-                   if dist.is_initialized() else None)
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
+        sampler = DistributedSampler(dataset, seed=self.config.seed) if dist.is_initialized() else None
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=sampler is None,
                           sampler=sampler, num_workers=self.config.workers, generator=generator,
                           drop_last=False, persistent_workers=self.config.workers > 0)
 
@@ -295,7 +295,7 @@ class Trainer:
         """Round decoders to ``config.decoder_dtype`` so the artifact stores them exactly at that width."""
         if self.config.decoder_dtype:
             dtype = getattr(torch, self.config.decoder_dtype)
-            for p in self.opt_model.param_groups[1]["params"]:
+            for p in self.decoders:
                 p.copy_(p.to(dtype))
 
     def fit(self, resume: str | Path | None = None, stop_epoch: int | None = None) -> dict[str, Any]:
