@@ -18,6 +18,7 @@ from zoo_helpers import isolate, local_zoo, make_artifact, put_fake
 
 import lilnetx
 from zoo.catalog import engine as catalog_engine
+from zoo.catalog import queries
 from zoo.catalog.engine import database_url, get_engine, session_scope
 from zoo.errors import CatalogError, CatalogLockedError, InvalidNameError
 from zoo.seed import seed
@@ -42,7 +43,7 @@ def test_default_url_is_registry_db_in_the_working_folder(tmp_path: Path,
     with session_scope(engine) as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
-        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 def test_bad_url_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,6 +89,48 @@ def test_migration_0002_keeps_rows_and_trusts_only_locally_described_ones(tmp_pa
         entries = session.execute(text("SELECT name FROM entries")).scalars().all()
     assert [(sha[0], bool(verified)) for sha, verified in rows] == [("a", True), ("b", False)]
     assert entries == ["tiny.mnist-a"]
+
+
+def test_migration_0003_keeps_rows_claims_and_dense_benchmarks(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    config = Config()
+    config.set_main_option("script_location", str(catalog_engine.MIGRATIONS))
+    with create_engine(f"sqlite:///{db}").begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO artifacts (id, sha256, size_bytes, uri, format_version, arch, arch_kwargs, "
+                     "header, added_at, verified) VALUES (1, ?, 10, ?, 1, 'tiny', '{}', '{}', "
+                     "'2026-01-01 00:00:00', 1)", ("a" * 64, "store:" + "a" * 64))
+        conn.execute("INSERT INTO metrics (artifact_id, top1, top5, size_bytes, fp32_bytes, size_parts, params, "
+                     "slice_sparsity, unstructured_sparsity) VALUES (1, 0.97, 0.99, 10, 40, '{}', 10, 0, 0)")
+        conn.execute("INSERT INTO benchmarks (artifact_id, machine, device, threads, batch, slim, latencies_ms, "
+                     "mean_ms, p50_ms, p90_ms, measured_at) VALUES (1, 'ci', 'cpu', 1, 1, 0, '[1.0]', 1, 1, 1, "
+                     "'2026-01-01 00:00:00')")
+    with session_scope(get_engine(f"sqlite:///{db}")) as session:
+        metrics = session.execute(text("SELECT top1, top5, measured_top1, measured_dataset, measured_images "
+                                       "FROM metrics")).one()
+        bench = session.execute(text("SELECT variant, machine_info, slim FROM benchmarks")).one()
+    assert tuple(metrics) == (0.97, 0.99, None, None, None)  # the old figures stay, as claims
+    assert tuple(bench) == ("dense", None, 0)
+
+
+def test_benchmark_rows_carry_variant_and_machine_info(env: Path) -> None:
+    z = local_zoo(env)
+    put_fake(z, "tiny.mnist-a", b"a")
+    info = {"cpu": "Test CPU", "isa": ["avx2"], "torch": torch.__version__}
+    with session_scope(z.engine, write=True) as session:
+        queries.add_benchmark(session, "tiny.mnist-a", machine="ci", device="cpu", threads=1, batch=1,
+                              latencies_ms=[1.0], variant="sparse", machine_info=info)
+        queries.add_benchmark(session, "tiny.mnist-a", machine="ci", device="cpu", threads=1, batch=1,
+                              latencies_ms=[2.0])
+        with pytest.raises(ValueError, match="unknown benchmark variant 'fast'"):
+            queries.add_benchmark(session, "tiny.mnist-a", machine="ci", device="cpu", threads=1, batch=1,
+                                  latencies_ms=[1.0], variant="fast")
+    with session_scope(z.engine) as session:
+        rows = sorted(queries.benchmarks(session, "tiny.mnist-a"), key=lambda b: b.mean_ms)
+        assert [(b.variant, b.slim, b.machine_info) for b in rows] == [("sparse", True, info),
+                                                                     ("dense", False, None)]
 
 
 def test_catalog_from_a_newer_version_is_refused(tmp_path: Path) -> None:

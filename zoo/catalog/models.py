@@ -82,13 +82,23 @@ class ZooEntry(Base):
 
 
 class Metrics(Base):
-    """Accuracy, size, sparsity and MACs of an artifact's decoded model."""
+    """Accuracy, size, sparsity and MACs of an artifact's decoded model.
+
+    ``top1`` / ``top5`` are what the artifact's header CLAIMS; ``measured_*`` are what this installation
+    measured by running the decoded model over ``measured_images`` test images of ``measured_dataset``
+    (all ``None`` until measured: ``zoo add``, the first pull of a remote entry, ``lilnetx zoo verify``).
+    """
 
     __tablename__ = "metrics"
 
     artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"), primary_key=True)
-    top1: Mapped[float | None]
-    top5: Mapped[float | None]
+    top1: Mapped[float | None]  # claimed (header)
+    top5: Mapped[float | None]  # claimed (header)
+    measured_top1: Mapped[float | None]
+    measured_top5: Mapped[float | None]
+    measured_dataset: Mapped[str | None] = mapped_column(String(64))
+    measured_images: Mapped[int | None]
+    measured_at: Mapped[datetime | None]
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     # an fp32 checkpoint of the decoded model: 4 bytes per floating-point value of its state_dict
     fp32_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -141,7 +151,11 @@ class TrainingRun(Base):
 
 
 class BenchmarkResult(Base):
-    """One latency measurement of an artifact's model on one machine."""
+    """One latency measurement of an artifact's model on one machine.
+
+    ``variant`` is how the model ran ("dense", "slim", "sparse", "onnxruntime"); ``machine_info`` holds the
+    CPU model, ISA flags and library versions of the machine (``None`` for rows from before revision 0003).
+    """
 
     __tablename__ = "benchmarks"
 
@@ -152,6 +166,8 @@ class BenchmarkResult(Base):
     threads: Mapped[int]
     batch: Mapped[int]
     slim: Mapped[bool]
+    variant: Mapped[str] = mapped_column(String(32), server_default="dense")
+    machine_info: Mapped[dict[str, Any] | None]
     latencies_ms: Mapped[list[Any]]
     mean_ms: Mapped[float]
     p50_ms: Mapped[float]

@@ -7,6 +7,7 @@ import fnmatch
 import logging
 import math
 import statistics
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -164,15 +165,26 @@ def remove_entry(session: Session, name: str) -> None:
     session.delete(require_entry(session, name))
 
 
+BENCHMARK_VARIANTS = ("dense", "slim", "sparse", "onnxruntime")
+
+
 def add_benchmark(session: Session, name: str, *, machine: str, device: str, threads: int, batch: int,
-                  latencies_ms: list[float], slim: bool = False) -> BenchmarkResult:
-    """Record latencies (milliseconds per batch) of entry ``name``'s model on one machine."""
+                  latencies_ms: list[float], variant: str = "dense", machine_info: dict[str, Any] | None = None,
+                  slim: bool | None = None) -> BenchmarkResult:
+    """Record latencies (milliseconds per batch) of entry ``name``'s model run as ``variant`` on one machine.
+
+    ``variant`` is one of :data:`BENCHMARK_VARIANTS`; ``machine_info`` describes the machine (CPU model, ISA
+    flags, library versions); ``slim`` defaults to ``variant != "dense"``.
+    """
     if not latencies_ms:
         raise ValueError("latencies_ms is empty: record at least one timed run")
+    if variant not in BENCHMARK_VARIANTS:
+        raise ValueError(f"unknown benchmark variant {variant!r}: use one of {', '.join(BENCHMARK_VARIANTS)}")
     ordered = sorted(latencies_ms)
     result = BenchmarkResult(
         artifact=require_entry(session, name).artifact, machine=machine, device=device, threads=threads,
-        batch=batch, slim=slim, latencies_ms=list(latencies_ms),
+        batch=batch, slim=variant != "dense" if slim is None else slim, variant=variant,
+        machine_info=machine_info, latencies_ms=list(latencies_ms),
         mean_ms=statistics.fmean(ordered), p50_ms=statistics.median(ordered),
         p90_ms=ordered[math.ceil(0.9 * len(ordered)) - 1],
     )
