@@ -2,8 +2,7 @@
 
 Training life: ``bits(x)`` gives the differentiable self-information of each value under the learned CDF
 ``F``: ``P(x) = F(x + 1/2) - F(x - 1/2)``. Deployment life: ``likelihood`` at the integers is frozen once into
-integer frequency tables by ``lilnetx.entropy_coding.choose_table`` (called by ``lilnetx.artifact.save``), so
-decoding needs no floating point at all.
+integer frequency tables by ``freeze`` (called by ``lilnetx.save``), so decoding needs no floating point at all.
 """
 
 from __future__ import annotations
@@ -11,9 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lilnetx import entropy_coding as ec
 
 LIKELIHOOD_FLOOR = 1e-9
 GRID_RESOLUTION = 32  # grid points per unit for the interpolated training rate
@@ -93,6 +95,26 @@ class FactorizedDensity(nn.Module):
         hi = math.ceil(bounds[:, 1].max().item()) + 1
         table = self.bits_grid(lo, hi, resolution)
         return sum(_InterpolatedSum.apply(p, table, float(lo), resolution, noise) for p in parts)
+
+    @torch.no_grad()
+    def integer_pmfs(self, lo: Sequence[int], hi: Sequence[int]) -> list[np.ndarray]:
+        """Probabilities (float64) of the integers ``lo[c]..hi[c]`` of each channel ``c``, unquantised.
+        One likelihood call: column ``c`` repeats ``hi[c]`` past its end."""
+        param = self.matrices[0]
+        low, high = (torch.as_tensor(np.asarray(v), dtype=param.dtype, device=param.device) for v in (lo, hi))
+        steps = torch.arange(int((high - low).max()) + 1, dtype=param.dtype, device=param.device)[:, None]
+        pmf = self.likelihood(torch.minimum(low + steps, high)).double().cpu().numpy()
+        return [pmf[:int(hi[c] - lo[c]) + 1, c] for c in range(self.channels)]
+
+    def freeze(self, lo: Sequence[int], counts: Sequence[np.ndarray], *, histogram: bool = False) -> list[ec.Table]:
+        """The integer frequency tables the entropy coder codes with (CompressAI's ``update()``): channel
+        ``c``'s table over the symbols ``lo[c] .. lo[c] + len(counts[c]) - 1``, the learned probabilities
+        quantised once, at the resolution that codes ``counts[c]`` (the symbols' histogram) in the fewest bits
+        including the table. ``histogram=True`` lets each channel take its histogram's table instead when
+        that is smaller."""
+        hi = [int(low) + len(c) - 1 for low, c in zip(lo, counts, strict=True)]
+        learned = self.integer_pmfs(lo, hi)
+        return [ec.choose_table(int(lo[c]), counts[c], learned[c], histogram=histogram) for c in range(self.channels)]
 
 
 class _InterpolatedSum(torch.autograd.Function):

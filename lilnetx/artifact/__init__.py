@@ -1,0 +1,49 @@
+"""The ``.lnx`` artifact: one self-describing, verified, entropy-coded file per LilNetX model.
+
+Sections (byte lengths in the header, layout in ``format``): ``tables``, one bit stream of per-channel
+integer frequency tables (``lilnetx.entropy_coding``, frozen from each group's density by
+``FactorizedDensity.freeze``), groups in header order; ``decoders``, each group's ``width x width`` decoder,
+raw little-endian; ``float_params``, every state-dict entry that is not a latent (BatchNorm, biases and layers
+left uncompressed, buffers), raw little-endian, dtype and shape in the header; ``coded_latents``, one ANS
+stream of every latent tensor (layer order, then channel order); each layer's share of it in bits is the
+header's ``coded_bits``, which the decoder checks as it goes. ``load`` compares the architecture's tensor
+names and shapes with the header (on the meta device) before decoding anything. Nothing is pickled.
+
+Modules: ``format`` (constants, framing, bytes), ``errors``, ``validation`` (header and model checks),
+``writer`` (``save``), ``reader`` (``read_artifact``, ``read_header``, ``verify``), ``rebuild`` (``load``).
+"""
+
+from lilnetx.artifact.errors import (
+    ArtifactError,
+    BadMagicError,
+    ChecksumMismatchError,
+    CorruptHeaderError,
+    TruncatedArtifactError,
+    UnknownArchitectureError,
+    UnsupportedVersionError,
+)
+from lilnetx.artifact.format import (
+    DIGEST_SIZE,
+    DTYPES,
+    FLOAT_DTYPES,
+    FORMAT_VERSION,
+    MAGIC,
+    SECTIONS,
+    Artifact,
+    ArtifactInfo,
+)
+from lilnetx.artifact.format import assemble as _assemble  # noqa: F401  (tests re-sign edited headers)
+from lilnetx.artifact.reader import parse as _parse  # noqa: F401
+from lilnetx.artifact.reader import read_artifact, read_header, verify
+from lilnetx.artifact.rebuild import BUILDER_GROUP, Builder, from_artifact, load
+from lilnetx.artifact.writer import (
+    _learned_pmfs,  # noqa: F401
+    save,
+)
+
+__all__ = [
+    "BUILDER_GROUP", "DIGEST_SIZE", "DTYPES", "FLOAT_DTYPES", "FORMAT_VERSION", "MAGIC", "SECTIONS",
+    "Artifact", "ArtifactError", "ArtifactInfo", "BadMagicError", "Builder", "ChecksumMismatchError",
+    "CorruptHeaderError", "TruncatedArtifactError", "UnknownArchitectureError", "UnsupportedVersionError",
+    "from_artifact", "load", "read_artifact", "read_header", "save", "verify",
+]

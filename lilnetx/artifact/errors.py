@@ -1,0 +1,45 @@
+"""The errors a ``.lnx`` file can raise; every message says what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ArtifactError(ValueError):
+    """Base class: a ``.lnx`` file that cannot be written, read or rebuilt. The message says what to do."""
+
+
+class TruncatedArtifactError(ArtifactError):
+    """The file is shorter than its header says: an interrupted download or copy. Fetch it again."""
+
+
+class ChecksumMismatchError(ArtifactError):
+    """The sha256 stored in the file does not match its bytes: the file is damaged. Fetch it again."""
+
+
+class BadMagicError(ArtifactError):
+    """The file does not start with the ``.lnx`` magic bytes: it is not a LilNetX artifact."""
+
+
+class UnsupportedVersionError(ArtifactError):
+    """The file uses a format version this lilnetx cannot read (usually newer): upgrade lilnetx."""
+
+
+class CorruptHeaderError(ArtifactError):
+    """The checksum matches but the content is inconsistent: the header disagrees with the data, with itself
+    or with the architecture the builder builds. The file was edited or written by a broken writer."""
+
+
+class UnknownArchitectureError(ArtifactError):
+    """No model builder can build the file's architecture: install the plugin providing it or pass builder=."""
+
+
+def corrupt(source: str, what: str) -> CorruptHeaderError:
+    return CorruptHeaderError(f"{source}: {what}. The checksum matches, so the file was edited or written by a "
+                              "broken writer; export the model again")
+
+
+def mismatch(source: str, what: str, recorded: Any, built: Any, arch: str) -> CorruptHeaderError:
+    return CorruptHeaderError(
+        f"{source}: {what}: the file says {recorded} but architecture {arch!r} as built here has {built}. The "
+        "file does not match this architecture: it was edited, or the architecture's code changed since export")

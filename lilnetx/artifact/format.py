@@ -1,0 +1,247 @@
+"""Format 1 of the ``.lnx`` file: constants, framing, varints, the compressed header and raw tensor bytes.
+
+Layout (varints are unsigned LEB128)::
+
+    magic b"\\x89LNX" | format version (1 byte) | file size (varint) | header length (varint)
+    | header: raw-deflate JSON (fixed preset dictionary ``ZDICT``)
+    | tables | decoders | float_params | coded_latents        (byte lengths in header["sections"])
+    | sha256 of every byte before it (32 bytes)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lilnetx.artifact.errors import (
+    ArtifactError,
+    BadMagicError,
+    ChecksumMismatchError,
+    CorruptHeaderError,
+    TruncatedArtifactError,
+    UnsupportedVersionError,
+    corrupt,
+)
+
+MAGIC = b"\x89LNX"
+
+FORMAT_VERSION = 1
+
+DIGEST_SIZE = 32
+
+SECTIONS = ("tables", "decoders", "float_params", "coded_latents")
+
+MAX_HEADER_BYTES = 1 << 24  # decompressed JSON header
+
+MAX_ELEMENTS = 1 << 28  # latents per file
+
+MAX_WIDTH = 1 << 12  # values per latent row (kernel positions)
+
+MAX_NDIM = 8
+
+# name -> (little-endian numpy dtype of the stored bytes, torch dtype)
+DTYPES: dict[str, tuple[str, torch.dtype]] = {
+    "float32": ("<f4", torch.float32), "float64": ("<f8", torch.float64), "float16": ("<f2", torch.float16),
+    "bfloat16": ("<i2", torch.bfloat16), "int64": ("<i8", torch.int64), "int32": ("<i4", torch.int32),
+    "int16": ("<i2", torch.int16), "int8": ("i1", torch.int8), "uint8": ("u1", torch.uint8),
+    "bool": ("?", torch.bool),
+}
+
+
+FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+# Preset dictionary of the header's deflate stream: a typical header with placeholder values. Part of
+# format 1: changing it changes every file, so it needs a new format version.
+ZDICT = (
+    b'{"format_version":1,"arch":"resnet20","arch_kwargs":{"num_classes":10,"in_chans":3,"input_size":[3,3'
+    b'2,32],"mean":[0.4914,0.4822,0.4465],"std":[0.247,0.2435,0.2616]},"input_size":[3,224,224],"mean":[0.'
+    b'485,0.456,0.406],"std":[0.229,0.224,0.225],"num_classes":1000,"dataset":"cifar10","metrics":{"top1":'
+    b'0.9,"top5":0.99,"test_loss":0.3},"recipe":{"arch":"lenet5_caffe","arch_kwargs":{},"dataset":"mnist",'
+    b'"dataset_kwargs":{"root":""},"reparam":{"init":"scratch","structure":"slice","compress_bias":true,"e'
+    b'xclude":[],"density_filters":[3,3,3],"latent_bound":3},"train":{"epochs":20,"batch_size":128,"lr":0.'
+    b'01,"density_lr":0.0001,"lambda_rate":0.0001,"lambda_l2":1e-06,"lambda_slice":1e-06,"warmup_epochs":5'
+    b',"grad_clip":null,"label_smoothing":0.0,"seed":0,"workers":0,"device":"auto","eval_every":1,"extra":'
+    b'{}}},"metadata":{"run":{"epochs":20}},"versions":{"lilnetx":"0.1.0","torch":"2.","constriction":"0.5'
+    b'.0"},"reparam":{"init":"scratch","structure":"slice","compress_bias":true,"exclude":[],"density_filt'
+    b'ers":[3,3,3]},"groups":[{"name":"conv3x3","width":9,"shared":false,"dtype":"float32"},{"name":"conv1'
+    b'x1","width":1,"shared":true,"dtype":"float32"},{"name":"conv5x5","width":25,"shared":false,"dtype":"'
+    b'float16"},{"name":"bias","width":1,"shared":false,"dtype":"float32"},{"name":"dense","width":1,"shar'
+    b'ed":true,"dtype":"float32"}],"layers":[{"name":"layer1.0.conv1.weight","group":"conv3x3","shape":[16'
+    b',16,3,3],"range":[-1,1],"est_bits":0.0,"ideal_bits":0.0,"coded_bits":0,"zeros":0,"zero_slices":0},{"'
+    b'name":"fc.bias","group":"bias","shape":[10],"range":[0,0],"est_bits":0.0,"ideal_bits":0.0,"coded_bit'
+    b's":0,"zeros":10,"zero_slices":10}],"float_params":[{"name":"bn1.weight","dtype":"float32","shape":[1'
+    b'6]},{"name":"bn1.bias","dtype":"float32","shape":[16]},{"name":"bn1.running_mean","dtype":"float32",'
+    b'"shape":[16]},{"name":"bn1.running_var","dtype":"float32","shape":[16]},{"name":"bn1.num_batches_tra'
+    b'cked","dtype":"int64","shape":[]}],"sections":{"tables":0,"decoders":0,"float_params":0,"coded_laten'
+    b'ts":0}}'
+)
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """Summary of a written or verified artifact. ``sha256`` is the whole file's (as ``sha256sum`` prints)."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    arch: str
+    parts: dict[str, int]
+    estimated_bits: float
+    coded_latent_bytes: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified, fully decoded artifact (no model built)."""
+
+    header: dict[str, Any]
+    sha256: str
+    size_bytes: int
+    parts: dict[str, int]
+    latents: dict[str, np.ndarray]  # integer latents (int32) by tensor name, in the tensor's shape
+    decoders: dict[str, np.ndarray]  # group name -> (width, width) matrix
+    float_params: dict[str, torch.Tensor]  # state-dict name -> tensor
+
+    def info(self, path: str | Path) -> ArtifactInfo:
+        return make_info(Path(path), self.header, self.sha256, self.size_bytes, self.parts)
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def read_varint(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """(value, position after it), or ``None`` when the varint runs past ``end`` or over 10 bytes."""
+    value = 0
+    for i in range(10):
+        if pos + i >= end:
+            return None
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos + i + 1
+    return None
+
+
+def compress_header(header: dict[str, Any]) -> bytes:
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=ZDICT)
+    return deflate.compress(text) + deflate.flush()
+
+
+def decompress_header(blob: bytes, source: str) -> dict[str, Any]:
+    inflate = zlib.decompressobj(-15, zdict=ZDICT)
+    try:
+        text = inflate.decompress(blob, MAX_HEADER_BYTES)
+    except zlib.error as exc:
+        raise corrupt(source, f"the header cannot be decompressed ({exc})") from exc
+    if inflate.unconsumed_tail or inflate.unused_data or not inflate.eof:
+        raise corrupt(source, f"the header is incomplete, followed by junk or over {MAX_HEADER_BYTES} bytes")
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise corrupt(source, f"the header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise corrupt(source, "the header is not a JSON object")
+    return header
+
+
+def assemble(header: dict[str, Any], sections: list[bytes]) -> bytes:
+    """Frame header and sections, fill in the file size, append the digest."""
+    blob = compress_header(header)
+    body = varint(len(blob)) + blob + b"".join(sections)
+    rest = len(MAGIC) + 1 + len(body) + DIGEST_SIZE
+    width = 1
+    while len(varint(rest + width)) != width:  # the file size counts its own varint
+        width += 1
+    content = MAGIC + bytes([FORMAT_VERSION]) + varint(rest + width) + body
+    return content + hashlib.sha256(content).digest()
+
+
+def check_framing(data: bytes, source: str) -> int:
+    """Magic, version, file size and checksum; returns the position after the size field."""
+    prefix = data[:len(MAGIC)]
+    if prefix != MAGIC:
+        if MAGIC.startswith(prefix):
+            raise TruncatedArtifactError(f"{source} is only {len(data)} bytes long: the file is truncated; "
+                                         "download or copy it again")
+        raise BadMagicError(f"{source} is not a LilNetX .lnx artifact: it starts with {prefix!r}, not {MAGIC!r}")
+    if len(data) == len(MAGIC):
+        raise TruncatedArtifactError(f"{source} ends after its magic bytes: the file is truncated")
+    version = data[len(MAGIC)]
+    if version > FORMAT_VERSION:
+        raise UnsupportedVersionError(f"{source} uses .lnx format version {version}, newer than this lilnetx "
+                                      f"reads ({FORMAT_VERSION}); upgrade lilnetx")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersionError(f"{source} claims .lnx format version {version}, which never existed "
+                                      f"(this lilnetx reads {FORMAT_VERSION}); the file is damaged")
+    field = read_varint(data, len(MAGIC) + 1, len(data))
+    if field is None:
+        raise TruncatedArtifactError(f"{source} ends inside its file-size field: the file is truncated")
+    size, pos = field
+    if size > len(data):
+        raise TruncatedArtifactError(f"{source} has {len(data)} bytes but its header says {size}: the file is "
+                                     "truncated (interrupted download or copy); fetch it again")
+    if size < len(data) or size < pos + DIGEST_SIZE:
+        raise CorruptHeaderError(f"{source} has {len(data)} bytes but its header says {size}: data was appended "
+                                 "or the size field is damaged; fetch the file again")
+    if hashlib.sha256(data[:-DIGEST_SIZE]).digest() != data[-DIGEST_SIZE:]:
+        raise ChecksumMismatchError(f"{source} is damaged: its sha256 checksum does not match its content; "
+                                    "fetch it again")
+    return pos
+
+
+def section_parts(header: dict[str, Any], size: int) -> dict[str, int]:
+    sections = header["sections"]
+    return {"header": size - sum(sections[name] for name in SECTIONS), **{n: sections[n] for n in SECTIONS}}
+
+
+def make_info(path: Path, header: dict[str, Any], sha256: str, size: int, parts: dict[str, int]) -> ArtifactInfo:
+    return ArtifactInfo(path=path, sha256=sha256, size_bytes=size, arch=header["arch"], parts=parts,
+                        estimated_bits=round(sum(layer["est_bits"] for layer in header["layers"]), 1),
+                        coded_latent_bytes=parts["coded_latents"])
+
+
+def is_latent_key(key: str) -> bool:
+    return key.startswith("parametrizations.") or ".parametrizations." in key
+
+
+def dtype_name(tensor: torch.Tensor, what: str) -> str:
+    for name, (_, dtype) in DTYPES.items():
+        if tensor.dtype == dtype:
+            return name
+    raise ArtifactError(f"cannot store {what}: dtype {tensor.dtype} is not one of {', '.join(DTYPES)}")
+
+
+def raw_bytes(tensor: torch.Tensor) -> bytes:
+    t = tensor.detach().cpu().contiguous()
+    np_dtype, _ = DTYPES[dtype_name(t, "tensor")]
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().astype(np_dtype, copy=False).tobytes()
+
+
+def split_tensors(data: bytes, entries: list[tuple[str, str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Raw little-endian tensors laid end to end (sizes already checked against the header)."""
+    out, pos = {}, 0
+    for name, dtype, shape in entries:
+        np_dtype = np.dtype(DTYPES[dtype][0])
+        count = math.prod(shape)
+        array = np.frombuffer(data, np_dtype, count, pos).astype(np_dtype.newbyteorder("="))
+        pos += count * np_dtype.itemsize
+        tensor = torch.from_numpy(array)
+        out[name] = (tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor).reshape(shape)
+    return out

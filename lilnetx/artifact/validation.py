@@ -1,0 +1,126 @@
+"""Checks of a parsed header (types, names, shapes, section sizes) and of a built model against it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lilnetx.artifact.errors import corrupt, mismatch
+from lilnetx.artifact.format import (
+    DTYPES,
+    FLOAT_DTYPES,
+    FORMAT_VERSION,
+    MAX_ELEMENTS,
+    MAX_NDIM,
+    MAX_WIDTH,
+    SECTIONS,
+)
+
+REPARAM_CHECKS: dict[str, Callable[[Any], bool]] = {  # reparameterize options a header may hold
+    "init": lambda v: isinstance(v, str), "structure": lambda v: isinstance(v, str),
+    "compress_bias": lambda v: isinstance(v, bool),
+    "exclude": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+    "density_filters": lambda v: isinstance(v, list) and len(v) <= 8 and all(is_int(f, 1, 64) for f in v),
+}
+
+
+def is_int(value: Any, lo: int = 0, hi: int = 1 << 40) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def is_shape(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_NDIM and all(is_int(d) for d in value)
+
+
+def check_entries(entries: Any, source: str, what: str, fields: dict[str, Callable[[Any], bool]]) -> None:
+    """``entries`` is a list of objects with uniquely named ``fields`` that pass their checks."""
+    if not isinstance(entries, list):
+        raise corrupt(source, f"header[{what!r}] is not a list")
+    names = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise corrupt(source, f"header[{what!r}][{i}] is not an object")
+        for key, check in fields.items():
+            if not check(entry.get(key)):
+                raise corrupt(source, f"header[{what!r}][{i}][{key!r}] is missing or invalid: {entry.get(key)!r}")
+        if entry["name"] in names:
+            raise corrupt(source, f"header[{what!r}] names {entry['name']!r} twice")
+        names.add(entry["name"])
+
+
+def check_header(h: dict[str, Any], source: str) -> None:
+    """Everything decoding and rebuilding rely on: types, names, shapes, sizes of the sections."""
+    if h.get("format_version") != FORMAT_VERSION:
+        raise corrupt(source, f"header format_version {h.get('format_version')!r} != {FORMAT_VERSION}")
+    for key, kind in (("arch", str), ("arch_kwargs", dict), ("reparam", dict), ("sections", dict)):
+        if not isinstance(h.get(key), kind):
+            raise corrupt(source, f"header[{key!r}] is missing or not a {kind.__name__}")
+    for key, value in h["reparam"].items():
+        if key not in REPARAM_CHECKS or not REPARAM_CHECKS[key](value):
+            raise corrupt(source, f"header['reparam'][{key!r}] is unknown or invalid: {value!r}")
+    sections = h["sections"]
+    if sorted(sections) != sorted(SECTIONS) or not all(is_int(v) for v in sections.values()):
+        raise corrupt(source, f"header['sections'] must give the byte length of {', '.join(SECTIONS)}")
+    is_name = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
+    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    check_entries(h.get("groups"), source, "groups", {
+        "name": is_name, "width": lambda v: is_int(v, 1, MAX_WIDTH),
+        "dtype": lambda v: isinstance(v, str) and v in FLOAT_DTYPES,
+        "shared": lambda v: isinstance(v, bool)})
+    widths = {g["name"]: g["width"] for g in h["groups"]}
+    check_entries(h.get("layers"), source, "layers", {
+        "name": is_name, "group": lambda v: isinstance(v, str) and v in widths, "shape": is_shape,
+        "range": lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(x, -(1 << 24), 1 << 24) for x in v),
+        "coded_bits": is_int,  # the decoder checks the stream against each layer's share
+        **{key: is_number for key in ("est_bits", "ideal_bits", "zeros", "zero_slices")}})
+    check_entries(h.get("float_params"), source, "float_params", {
+        "name": is_name, "dtype": lambda v: isinstance(v, str) and v in DTYPES, "shape": is_shape})
+    both = sorted({layer["name"] for layer in h["layers"]} & {p["name"] for p in h["float_params"]})
+    if both:
+        raise corrupt(source, f"header names {both[0]!r} both as a compressed layer and as a float parameter")
+    total = 0
+    for layer in h["layers"]:
+        numel = math.prod(layer["shape"])
+        if numel % widths[layer["group"]]:
+            raise corrupt(source, f"layer {layer['name']!r} of shape {layer['shape']} does not split into rows "
+                                   f"of its group's width {widths[layer['group']]}")
+        total += numel
+    if total > MAX_ELEMENTS:
+        raise corrupt(source, f"the layers claim {total} latents, more than the limit of {MAX_ELEMENTS}")
+    for section, entries in (("decoders", [(g["dtype"], [g["width"]] * 2) for g in h["groups"]]),
+                             ("float_params", [(p["dtype"], p["shape"]) for p in h["float_params"]])):
+        size = sum(math.prod(shape) * np.dtype(DTYPES[dtype][0]).itemsize for dtype, shape in entries)
+        if size != sections[section]:
+            raise corrupt(source, f"the {section} described in the header take {size} bytes, "
+                                   f"but the section holds {sections[section]}")
+
+
+TensorSpecs = dict[str, tuple[list[int], torch.dtype]]  # state-dict name -> (shape, dtype)
+
+
+def tensor_specs(model: nn.Module) -> TensorSpecs:
+    return {name: (list(value.shape), value.dtype) for name, value in model.state_dict().items()}
+
+
+def check_tensors(header: dict[str, Any], built: TensorSpecs, source: str) -> None:
+    """The header's layers and float parameters are exactly the built model's tensors, with the same shapes
+    (and dtypes, for float parameters)."""
+    arch = header["arch"]
+    recorded = {e["name"]: (e["shape"], None) for e in header["layers"]}
+    recorded |= {e["name"]: (e["shape"], DTYPES[e["dtype"]][1]) for e in header["float_params"]}
+    if recorded.keys() != built.keys():
+        only_file = sorted(recorded.keys() - built.keys())[:5]
+        only_model = sorted(built.keys() - recorded.keys())[:5]
+        raise mismatch(source, "the tensors", f"{only_file} that the model lacks",
+                        f"{only_model} that the file lacks", arch)
+    for name, (shape, dtype) in recorded.items():
+        built_shape, built_dtype = built[name]
+        if shape != built_shape:
+            raise mismatch(source, f"the shape of {name!r}", shape, built_shape, arch)
+        if dtype is not None and dtype != built_dtype:
+            raise mismatch(source, f"the dtype of {name!r}", dtype, built_dtype, arch)

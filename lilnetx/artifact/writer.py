@@ -1,0 +1,223 @@
+"""Writing a ``.lnx`` file: integer tables from each group's density, one ANS stream, an atomic write."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from lilnetx import entropy_coding as ec
+from lilnetx.artifact.errors import ArtifactError
+from lilnetx.artifact.format import (
+    DTYPES,
+    FLOAT_DTYPES,
+    FORMAT_VERSION,
+    SECTIONS,
+    ArtifactInfo,
+    assemble,
+    dtype_name,
+    is_latent_key,
+    make_info,
+    raw_bytes,
+    section_parts,
+)
+from lilnetx.artifact.validation import REPARAM_CHECKS
+from lilnetx.reparam import LatentTensor, latent_groups, latent_tensors
+
+
+def save(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    tables: Literal["best", "learned"] = "best",
+    decoder_dtype: str | None = None,
+) -> ArtifactInfo:
+    """Write the reparameterised ``model`` to ``path`` atomically; same model, same bytes.
+
+    ``arch`` / ``arch_kwargs`` default to ``model.lilnetx_arch`` (set by ``zoo.create_model``); input size,
+    mean, std and classes come from ``model.pretrained_cfg``. ``metadata`` is free JSON; its ``dataset``,
+    ``metrics`` and ``recipe`` keys become header fields. ``tables="best"`` lets each channel's table follow
+    the learned density or the latents' histogram, whichever makes the file smaller; ``"learned"`` always
+    follows the learned density. Each decoder is stored in the narrowest float type that holds it exactly;
+    ``decoder_dtype`` (``"float16"``, ``"bfloat16"``) forces a type: a smaller file whose weights differ
+    slightly from ``model``'s (lossy).
+    """
+    tensors = latent_tensors(model)
+    if not tensors:
+        raise ArtifactError("model is not reparameterised: call lilnetx.reparameterize(model) and train it "
+                            "before saving; a plain model has no latents to code")
+    if tables not in ("best", "learned"):
+        raise ArtifactError(f"tables must be 'best' or 'learned', not {tables!r}")
+    if decoder_dtype not in (None, *FLOAT_DTYPES):
+        raise ArtifactError(f"decoder_dtype must be one of {FLOAT_DTYPES}, not {decoder_dtype!r}")
+    arch, arch_kwargs = _arch(model, arch, arch_kwargs)
+    sections, groups, layers = _encode_latents(model, tensors, tables, decoder_dtype)
+    float_meta, sections["float_params"] = _encode_float_params(model)
+    header = {
+        "format_version": FORMAT_VERSION, "arch": arch, "arch_kwargs": arch_kwargs,
+        **_input_cfg(model), **_split_metadata(metadata or {}), "versions": _versions(model),
+        "reparam": {k: v for k, v in getattr(model, "lilnetx_config", {}).items() if k in REPARAM_CHECKS},
+        "groups": groups, "layers": layers, "float_params": float_meta,
+        "sections": {name: len(sections[name]) for name in SECTIONS},
+    }
+    data = assemble(header, [sections[name] for name in SECTIONS])
+    _atomic_write(Path(path), data)
+    return make_info(Path(path), header, hashlib.sha256(data).hexdigest(), len(data), section_parts(header, len(data)))
+
+
+def _arch(model: nn.Module, arch: str | None, kwargs: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    recorded = getattr(model, "lilnetx_arch", None) or {}
+    name = arch or recorded.get("name")
+    if not name:
+        raise ArtifactError("unknown architecture: pass arch= (and arch_kwargs=) to save, or build the model "
+                            "with zoo.create_model, which records model.lilnetx_arch")
+    if kwargs is None:
+        kwargs = recorded.get("kwargs", {}) if name == recorded.get("name") else {}
+    return str(name), _jsonable(dict(kwargs), "arch_kwargs")
+
+
+def _jsonable(value: Any, what: str) -> Any:
+    """``value`` as plain JSON types (tuples become lists); a clear error for anything else."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{what} must be JSON data with finite numbers ({exc})") from exc
+
+
+def _input_cfg(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {key: _jsonable(cfg.get(key), key) for key in ("input_size", "mean", "std", "num_classes")}
+
+
+def _split_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(_jsonable(metadata, "metadata"))
+    fields = {key: meta.pop(key, None) for key in ("dataset", "metrics", "recipe")}
+    return {**fields, "metadata": meta}
+
+
+def _versions(model: nn.Module) -> dict[str, str]:
+    """Package versions, plus the plugin that provided the architecture and its version when
+    ``model.pretrained_cfg`` names them (``zoo.create_model`` does)."""
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    versions = {"lilnetx": version("lilnetx-zoo"), "torch": torch.__version__,
+                "constriction": version("constriction")}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("plugin"):
+        versions |= {"plugin": str(cfg["plugin"]), "plugin_version": str(cfg.get("plugin_version") or "unknown")}
+    return versions
+
+
+@torch.no_grad()
+def _encode_latents(model: nn.Module, tensors: list[LatentTensor], tables: str,
+                    decoder_dtype: str | None) -> tuple[dict[str, bytes], list, list]:
+    """Sections ``tables``, ``decoders``, ``coded_latents`` and the header's ``groups`` and ``layers``."""
+    rows = {t.name: torch.round(t.rows().detach()).cpu().numpy().astype(np.int32) for t in tensors}
+    group_meta, tensor_tables, table_list, decoders = [], {}, [], []
+    for name, group in latent_groups(model).items():
+        members = [t.name for t in tensors if t.group is group]
+        shared = _fit_tables(group, np.concatenate([rows[m] for m in members]), tables)
+        separate = [_fit_tables(group, rows[m], tables) for m in members]
+        is_shared = len(members) == 1 or (_cost([shared] * len(members), [rows[m] for m in members])
+                                          <= _cost(separate, [rows[m] for m in members]))
+        for member, own in zip(members, separate, strict=True):
+            tensor_tables[member] = shared if is_shared else own
+        table_list += shared if is_shared else [t for own in separate for t in own]
+        dtype = decoder_dtype or _narrowest_exact(group.decoder.detach(), f"decoder of {name}")
+        decoders.append(raw_bytes(group.decoder.detach().to(DTYPES[dtype][1])))
+        group_meta.append({"name": name, "width": group.width, "shared": is_shared, "dtype": dtype})
+    coded, shares = ec.encode([(rows[t.name], tensor_tables[t.name]) for t in tensors])
+    layers = [_layer_entry(t, rows[t.name], tensor_tables[t.name], bits)
+              for t, bits in zip(tensors, shares, strict=True)]
+    sections = {"tables": ec.write_tables(table_list), "decoders": b"".join(decoders), "coded_latents": coded}
+    return sections, group_meta, layers
+
+
+def _fit_tables(group: nn.Module, rows: np.ndarray, tables: str) -> list[ec.Table]:
+    """One table per channel over the channel's symbol range ``[min, max]`` in ``rows``."""
+    lo, hi = rows.min(axis=0), rows.max(axis=0)
+    if int((hi - lo).max()) >= ec.MAX_SYMBOLS:
+        raise ArtifactError(f"latents of group {group.name!r} span {int((hi - lo).max()) + 1} values; at most "
+                            f"{ec.MAX_SYMBOLS} per channel can be coded (train with a rate penalty)")
+    counts = [_counts(rows[:, c], int(lo[c]), int(hi[c])) for c in range(group.width)]
+    return group.density.freeze(lo, counts, histogram=tables == "best")
+
+
+def _learned_pmfs(group: nn.Module, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
+    """The group density's unquantised probabilities of ``lo[c]..hi[c]`` (kept for the tests)."""
+    return group.density.integer_pmfs(lo, hi)
+
+
+def _narrowest_exact(tensor: torch.Tensor, what: str) -> str:
+    """The smallest float dtype that holds every value of ``tensor`` exactly (e.g. float16 for dyadic values)."""
+    for name in ("float16", "bfloat16"):
+        dtype = DTYPES[name][1]
+        if dtype.itemsize < tensor.dtype.itemsize and torch.equal(tensor.to(dtype).to(tensor.dtype), tensor):
+            return name
+    return dtype_name(tensor, what)
+
+
+def _counts(column: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.bincount(column - lo, minlength=hi - lo + 1)
+
+
+def _ideal_bits(tables: list[ec.Table], rows: np.ndarray) -> float:
+    """Bits of ``rows`` under ``tables`` (one per column) with an ideal coder."""
+    return sum(ec.ideal_bits(t.freq, _counts(rows[:, c], t.lo, t.hi)) for c, t in enumerate(tables))
+
+
+def _cost(tables: list[list[ec.Table]], rows: list[np.ndarray]) -> float:
+    """Bits of distinct tables plus the bits of each ``rows`` under its tables."""
+    distinct = {id(t): t for ts in tables for t in ts}.values()
+    return sum(t.cost() for t in distinct) + sum(_ideal_bits(ts, r) for ts, r in zip(tables, rows, strict=True))
+
+
+def _layer_entry(t: LatentTensor, rows: np.ndarray, tables: list[ec.Table], coded_bits: int) -> dict[str, Any]:
+    """The header's per-layer row: shape, symbol range, bits (estimated, ideal, coded) and zeros."""
+    est = float(t.group.density.total_bits(torch.as_tensor(rows, dtype=t.latent.dtype, device=t.latent.device),
+                                            resolution=1))
+    ideal = _ideal_bits(tables, rows)
+    return {"name": t.name, "group": t.group.name, "shape": list(t.latent.shape),
+            "range": [int(rows.min()), int(rows.max())],
+            "est_bits": round(est, 1), "ideal_bits": round(ideal, 1), "coded_bits": int(coded_bits),
+            "zeros": int((rows == 0).sum()), "zero_slices": int((rows == 0).all(axis=1).sum())}
+
+
+def _encode_float_params(model: nn.Module) -> tuple[list[dict[str, Any]], bytes]:
+    meta, chunks = [], []
+    for key, value in model.state_dict().items():
+        if is_latent_key(key):
+            continue
+        meta.append({"name": key, "dtype": dtype_name(value, key), "shape": list(value.shape)})
+        chunks.append(raw_bytes(value))
+    return meta, b"".join(chunks)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename over it: never a partial file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
