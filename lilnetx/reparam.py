@@ -1,8 +1,9 @@
 """Reparameterise any ``nn.Module``: every conv / linear weight becomes ``decode(round_ste(Z))``.
 
 Layers are grouped by kernel shape (``conv3x3``, ``conv1x1``, ``dense``, ``bias``...). Each group owns one
-linear decoder (a ``width x width`` matrix, ``width = K*K``; a scalar for 1x1 convs, dense layers and biases)
-and one factorised density with ``width`` channels. There is no shift term, so a zero latent slice decodes to
+linear decoder (by default a ``width x width`` matrix, ``width = K*K``; a scalar for 1x1 convs, dense layers
+and biases; ``decoder_forms`` may make a K x K group's decoder diagonal or scalar, which costs fewer bytes
+of side information) and one factorised density with ``width`` channels. There is no shift term, so a zero latent slice decodes to
 an exactly zero weight slice. The weights are ``torch.nn.utils.parametrize`` parametrizations, so the model
 keeps its own class and ``forward``.
 """
@@ -22,6 +23,7 @@ from lilnetx.density import FactorizedDensity
 
 STRUCTURES = ("slice", "channel", "filter")
 INITS = ("scratch", "fit")
+DECODER_FORMS = ("full", "diagonal", "scalar")  # width x width matrix, one scale per kernel position, one scale
 LATENT_BOUND_B = 3  # b of METHOD.md: latents of the widest layer start in about [-b, b]
 FIT_LEVELS_PER_STD = 16  # init="fit": quantisation step = RMS of the group's weights / this
 
@@ -50,21 +52,46 @@ def round_ste(z: Tensor) -> Tensor:
 class LatentGroup(nn.Module):
     """Decoder and density shared by every tensor of one kernel shape."""
 
-    def __init__(self, name: str, width: int, density_filters: tuple[int, ...] = (3, 3, 3)):
+    def __init__(self, name: str, width: int, density_filters: tuple[int, ...] = (3, 3, 3), form: str = "full"):
         super().__init__()
+        if form not in DECODER_FORMS:
+            raise ReparamError(f"unknown decoder form {form!r} for group {name!r}; choose one of {DECODER_FORMS}")
         self.name = name
         self.width = width
-        self.decoder = nn.Parameter(torch.eye(width))
+        self.form = "full" if width == 1 else form  # a 1-wide decoder is a scalar whatever the form
+        self.decoder = nn.Parameter(torch.ones(decoder_shape(self.form, width)))
+        with torch.no_grad():
+            self.set_scaled_identity(1.0)
         self.density = FactorizedDensity(width, density_filters)
 
     def decode(self, rows: Tensor) -> Tensor:
-        """``rows`` of shape ``(N, width)`` -> decoded rows ``rows @ decoder`` (no shift)."""
-        if self.width == 1:
-            return rows * self.decoder[0, 0]
+        """``rows`` of shape ``(N, width)`` -> decoded rows ``rows @ matrix()`` (no shift)."""
+        if self.width == 1 or self.form != "full":
+            return rows * self.decoder  # (1, width) or (1, 1) scales broadcast over the rows
         return rows @ self.decoder
 
+    def matrix(self) -> Tensor:
+        """The decoder as a ``width x width`` matrix, whatever its stored form."""
+        if self.form == "full":
+            return self.decoder
+        return torch.eye(self.width, dtype=self.decoder.dtype, device=self.decoder.device) * self.decoder
+
+    def set_scaled_identity(self, scale: float) -> None:
+        """Decoder = ``scale`` times the identity, in the group's form (call under ``torch.no_grad``)."""
+        if self.form == "full":
+            self.decoder.copy_(torch.eye(self.width) * scale)
+        else:
+            self.decoder.fill_(scale)
+
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, width={self.width}"
+        return f"name={self.name!r}, width={self.width}, form={self.form!r}"
+
+
+def decoder_shape(form: str, width: int) -> tuple[int, int]:
+    """Shape of a decoder stored in ``form``: ``(width, width)``, ``(1, width)`` or ``(1, 1)``."""
+    if width == 1 or form == "scalar":
+        return (1, 1)
+    return (width, width) if form == "full" else (1, width)
 
 
 class LatentWeight(nn.Module):
@@ -79,7 +106,7 @@ class LatentWeight(nn.Module):
 
     def right_inverse(self, w: Tensor) -> Tensor:
         """Continuous latents whose decoding is ``w`` (before rounding)."""
-        inverse = torch.linalg.inv(self.group.decoder.detach().double()).to(w.dtype)
+        inverse = torch.linalg.inv(self.group.matrix().detach().double()).to(w.dtype)
         return (w.detach().reshape(-1, self.group.width) @ inverse).reshape(w.shape)
 
 
@@ -178,6 +205,7 @@ def reparameterize(
     layer_policy: LayerPolicy | None = None,
     density_filters: tuple[int, ...] = (3, 3, 3),
     latent_bound: float = LATENT_BOUND_B,
+    decoder_forms: dict[str, str] | None = None,
 ) -> nn.Module:
     """Turn ``model`` into a LilNetX model in place and return it.
 
@@ -189,6 +217,10 @@ def reparameterize(
     density instead of sharing ``dense`` with the large hidden layers). ``layer_policy(name, module)``
     may return ``False`` (leave the layer alone), a group name, or ``None`` (default grouping).
     ``structure`` picks the structured prior's unit: ``slice`` (K x K kernel), ``channel`` or ``filter``.
+    ``latent_bound`` is b of METHOD.md: the widest layer's latents start in about [-b, b] (keep it >= ~0.5:
+    below that every latent rounds to zero and no gradient reaches the weights). ``decoder_forms`` maps
+    group names to a decoder form, ``full`` (default), ``diagonal`` or ``scalar``, e.g.
+    ``{"conv5x5": "diagonal"}``: 25 stored values instead of 625.
     """
     if init not in INITS:
         raise ReparamError(f"unknown init {init!r}; choose one of {INITS}")
@@ -197,15 +229,22 @@ def reparameterize(
     if is_reparameterized(model):
         raise ReparamError("model is already reparameterised; build a fresh model to reparameterise again")
     group_overrides = dict(group_overrides or {})
+    decoder_forms = dict(decoder_forms or {})
     layers = _select_layers(model, exclude, group_overrides, layer_policy)
     if not layers:
         raise ReparamError("no Conv or Linear layer left to compress (check `exclude` and the layer policy)")
+    unknown = sorted(set(decoder_forms) - {g for _, _, g in layers} - ({"bias"} if compress_bias else set()))
+    if unknown:
+        raise ReparamError(f"decoder_forms names group(s) {unknown} that this model does not have; its groups: "
+                           f"{sorted({g for _, _, g in layers})}")
 
     groups: dict[str, LatentGroup] = {}
     members: dict[str, list[tuple[nn.Module, str]]] = {}
     for name, module, group_name in layers:
         width = _slice_width(module)
-        group = groups.setdefault(group_name, LatentGroup(group_name, width, density_filters))
+        if group_name not in groups:
+            groups[group_name] = LatentGroup(group_name, width, density_filters, decoder_forms.get(group_name, "full"))
+        group = groups[group_name]
         if group.width != width:
             raise ReparamError(
                 f"layer {name!r} has slices of {width} values but group {group_name!r} has {group.width}; "
@@ -237,6 +276,8 @@ def reparameterize(
     config = {"init": init, "structure": structure, "compress_bias": compress_bias,
               "exclude": list(exclude), "group_overrides": group_overrides,
               "density_filters": list(density_filters)}
+    if decoder_forms:
+        config["decoder_forms"] = decoder_forms
     if init == "fit":
         config["fit_error"] = max(fit_errors)
     model.lilnetx_config = config
@@ -251,8 +292,8 @@ def _init_scratch_decoder(group: LatentGroup, tensors: list[Tensor], b: float) -
             return
         fan_ref = max(_fan_out(t) for t in tensors)
         var = 24 / (fan_ref * group.width * ((2 * b + 1) ** 2 - 1))
-        if group.width == 1:
-            group.decoder.fill_(math.sqrt(var))
+        if group.width == 1 or group.form != "full":  # one scale per output: the gain of a full column
+            group.decoder.fill_(math.sqrt(var * group.width))
         else:
             group.decoder.normal_(0.0, math.sqrt(var))
 
@@ -261,8 +302,8 @@ def _scratch_latent(group: LatentGroup, latent: Tensor, tensor_name: str, b: flo
     """Latents ~ U(-B, B) with B chosen so the decoded weights have He (fan-out) variance."""
     if tensor_name == "bias":
         return torch.zeros_like(latent)
-    var = group.decoder.detach().pow(2).mean().item()
-    bound = (math.sqrt(24 / (var * group.width * _fan_out(latent)) + 1) - 1) / 2
+    gain = group.matrix().detach().pow(2).sum(0).mean().item()  # variance of a decoded weight per unit latent
+    bound = (math.sqrt(24 / (gain * _fan_out(latent)) + 1) - 1) / 2
     return torch.empty_like(latent).uniform_(-bound, bound)
 
 
@@ -270,7 +311,7 @@ def _init_fit_decoder(group: LatentGroup, tensors: list[Tensor]) -> None:
     """Decoder = step * I, with the step a fixed fraction of the group's weight RMS."""
     rms = torch.sqrt(torch.mean(torch.cat([t.detach().flatten() for t in tensors]).pow(2))).item()
     with torch.no_grad():
-        group.decoder.copy_(torch.eye(group.width) * ((rms or 1.0) / FIT_LEVELS_PER_STD))
+        group.set_scaled_identity((rms or 1.0) / FIT_LEVELS_PER_STD)
 
 
 def _relative_error(decoded: Tensor, target: Tensor) -> float:

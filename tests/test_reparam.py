@@ -18,7 +18,7 @@ from lilnetx.reparam import ReparamError
 def _decode_oracle(t: lilnetx.LatentTensor) -> np.ndarray:
     """Weights recomputed outside torch's parametrization: round(Z) rows times the decoder, in numpy."""
     rows = np.round(t.latent.detach().double().numpy()).reshape(-1, t.group.width)
-    return (rows @ t.group.decoder.detach().double().numpy()).reshape(t.latent.shape)
+    return (rows @ t.group.matrix().detach().double().numpy()).reshape(t.latent.shape)
 
 
 def test_groups_follow_kernel_shapes(convnet):
@@ -173,3 +173,54 @@ def test_reparameterising_twice_is_an_error(convnet):
 def test_one_group_holds_one_kernel_shape(convnet):
     with pytest.raises(ReparamError, match="one kernel shape"):
         lilnetx.reparameterize(convnet, layer_policy=lambda name, module: "everything")
+
+
+@pytest.mark.parametrize("form, shape", [("full", (25, 25)), ("diagonal", (1, 25)), ("scalar", (1, 1))])
+def test_decoder_forms_store_fewer_values_and_decode_like_their_matrix(convnet, form, shape):
+    lilnetx.reparameterize(convnet, decoder_forms={"conv5x5": form})
+    group = lilnetx.latent_groups(convnet)["conv5x5"]
+    assert group.form == form and tuple(group.decoder.shape) == shape
+    assert convnet.lilnetx_config["decoder_forms"] == {"conv5x5": form}
+    matrix = group.matrix().detach()
+    assert torch.equal(matrix, torch.diag(torch.diagonal(matrix))) or form == "full"
+    t = lilnetx.latent_tensors(convnet)[0]
+    with torch.no_grad():
+        t.latent.normal_(0, 3)
+        t.latent[0, 0] = 0.2  # a slice that rounds to zero decodes to zeros in every form
+    np.testing.assert_allclose(convnet[0].weight.detach().double().numpy(), _decode_oracle(t), rtol=1e-5, atol=1e-7)
+    assert torch.equal(convnet[0].weight[0, 0], torch.zeros(5, 5))
+    out = convnet(torch.randn(2, 1, 12, 12))
+    lilnetx.objective(convnet, out.logsumexp(1).mean())["total"].backward()
+    assert group.decoder.grad is not None and group.decoder.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("form", ["diagonal", "scalar"])
+def test_compact_decoder_forms_keep_he_variance_and_fit(form):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Conv2d(64, 256, 3))
+    lilnetx.reparameterize(model, decoder_forms={"conv3x3": form})
+    for layer in model:
+        ratio = layer.weight.detach().var().item() / (2 / (layer.weight.shape[0] * 9))
+        assert 0.6 < ratio < 1.6, (layer, ratio)
+    trained = nn.Sequential(nn.Conv2d(4, 8, 3))
+    weight = trained[0].weight.detach().clone()
+    lilnetx.reparameterize(trained, init="fit", decoder_forms={"conv3x3": form})
+    assert (trained[0].weight - weight).norm() / weight.norm() < 0.05
+
+
+@pytest.mark.parametrize("forms, message", [
+    ({"conv5x5": "lowrank"}, "unknown decoder form"),
+    ({"conv7x7": "diagonal"}, "does not have"),
+])
+def test_bad_decoder_forms_are_clear_errors(convnet, forms, message):
+    with pytest.raises(ReparamError, match=message):
+        lilnetx.reparameterize(convnet, decoder_forms=forms)
+
+
+@pytest.mark.parametrize("bound", [1.0, 3.0])
+def test_latent_bound_sets_the_widest_layers_initial_range(bound):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(20, 50, 5), nn.Conv2d(50, 50, 5))
+    lilnetx.reparameterize(model, latent_bound=bound)
+    widest = model[1].parametrizations.weight.original
+    assert widest.abs().max().item() == pytest.approx(bound, rel=0.1)
