@@ -224,3 +224,23 @@ def test_latent_bound_sets_the_widest_layers_initial_range(bound):
     lilnetx.reparameterize(model, latent_bound=bound)
     widest = model[1].parametrizations.weight.original
     assert widest.abs().max().item() == pytest.approx(bound, rel=0.1)
+
+
+def test_compact_decoders_round_trip_through_the_artifact(tmp_path):
+    """Format 2 stores a diagonal decoder as 1 x width and a scalar one as 1 x 1; loading gives the same weights."""
+    from golden import make_golden as golden  # tests/ is on sys.path
+
+    torch.manual_seed(0)
+    forms = {"conv5x5": "diagonal", "conv3x3": "scalar"}
+    model = lilnetx.reparameterize(golden.build(), density_filters=(2, 2), decoder_forms=forms)
+    with torch.no_grad():
+        for group in lilnetx.latent_groups(model).values():
+            group.decoder.copy_(group.decoder.half().float())
+    info = lilnetx.save(model.eval(), tmp_path / "m.lnx", arch=golden.ARCH, arch_kwargs=golden.KWARGS)
+    art = lilnetx.read_artifact(tmp_path / "m.lnx")
+    assert art.header["format_version"] == 2 and art.header["reparam"]["decoder_forms"] == forms
+    assert tuple(art.decoders["conv5x5"].shape) == (1, 25) and tuple(art.decoders["conv3x3"].shape) == (1, 1)
+    assert info.parts["decoders"] == 2 * (25 + 1 + 1 + 1 + 1)  # float16: conv5x5, conv3x3, conv1x1, dense, bias
+    loaded = lilnetx.load(tmp_path / "m.lnx", builder=golden.builder)
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -1,4 +1,6 @@
-"""Format 1 of the ``.lnx`` file: constants, framing, varints, the compressed header and raw tensor bytes.
+"""Format 2 of the ``.lnx`` file (reads 1 too): constants, framing, varints, the compressed header and raw
+tensor bytes. Format 2 adds ``reparam.decoder_forms``: a group's decoder may be stored as ``1 x width``
+(diagonal) or ``1 x 1`` (scalar) instead of ``width x width``; format 1 files are read unchanged.
 
 Layout (varints are unsigned LEB128)::
 
@@ -30,10 +32,13 @@ from lilnetx.artifact.errors import (
     UnsupportedVersionError,
     corrupt,
 )
+from lilnetx.reparam import decoder_shape
 
 MAGIC = b"\x89LNX"
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+READABLE_VERSIONS = (1, 2)
 
 DIGEST_SIZE = 32
 
@@ -107,7 +112,7 @@ class Artifact:
     size_bytes: int
     parts: dict[str, int]
     latents: dict[str, np.ndarray]  # integer latents (int32) by tensor name, in the tensor's shape
-    decoders: dict[str, np.ndarray]  # group name -> (width, width) matrix
+    decoders: dict[str, np.ndarray]  # group name -> decoder as stored: (width, width), (1, width) or (1, 1)
     float_params: dict[str, torch.Tensor]  # state-dict name -> tensor
 
     def info(self, path: str | Path) -> ArtifactInfo:
@@ -185,7 +190,7 @@ def check_framing(data: bytes, source: str) -> int:
     if version > FORMAT_VERSION:
         raise UnsupportedVersionError(f"{source} uses .lnx format version {version}, newer than this lilnetx "
                                       f"reads ({FORMAT_VERSION}); upgrade lilnetx")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UnsupportedVersionError(f"{source} claims .lnx format version {version}, which never existed "
                                       f"(this lilnetx reads {FORMAT_VERSION}); the file is damaged")
     field = read_varint(data, len(MAGIC) + 1, len(data))
@@ -202,6 +207,12 @@ def check_framing(data: bytes, source: str) -> int:
         raise ChecksumMismatchError(f"{source} is damaged: its sha256 checksum does not match its content; "
                                     "fetch it again")
     return pos
+
+
+def decoder_shapes(header: dict[str, Any]) -> dict[str, list[int]]:
+    """Stored shape of each group's decoder: ``width x width`` unless ``reparam.decoder_forms`` says otherwise."""
+    forms = header["reparam"].get("decoder_forms", {})
+    return {g["name"]: list(decoder_shape(forms.get(g["name"], "full"), g["width"])) for g in header["groups"]}
 
 
 def section_parts(header: dict[str, Any], size: int) -> dict[str, int]:

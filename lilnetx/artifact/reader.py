@@ -21,6 +21,7 @@ from lilnetx.artifact.format import (
     Artifact,
     ArtifactInfo,
     check_framing,
+    decoder_shapes,
     decompress_header,
     read_varint,
     section_parts,
@@ -68,8 +69,8 @@ def parse(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], source: str) -> Artifact:
     latents = _decode_latents(header, sections, source)
-    decoders = split_tensors(sections["decoders"],
-                              [(g["name"], g["dtype"], [g["width"], g["width"]]) for g in header["groups"]])
+    shapes = decoder_shapes(header)
+    decoders = split_tensors(sections["decoders"], [(g["name"], g["dtype"], shapes[g["name"]]) for g in header["groups"]])
     params = split_tensors(sections["float_params"],
                             [(p["name"], p["dtype"], p["shape"]) for p in header["float_params"]])
     return Artifact(header=header, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),

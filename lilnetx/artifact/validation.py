@@ -14,18 +14,21 @@ from lilnetx.artifact.errors import corrupt, mismatch
 from lilnetx.artifact.format import (
     DTYPES,
     FLOAT_DTYPES,
-    FORMAT_VERSION,
     MAX_ELEMENTS,
     MAX_NDIM,
     MAX_WIDTH,
+    READABLE_VERSIONS,
     SECTIONS,
+    decoder_shapes,
 )
+from lilnetx.reparam import DECODER_FORMS
 
 REPARAM_CHECKS: dict[str, Callable[[Any], bool]] = {  # reparameterize options a header may hold
     "init": lambda v: isinstance(v, str), "structure": lambda v: isinstance(v, str),
     "compress_bias": lambda v: isinstance(v, bool),
     "exclude": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     "density_filters": lambda v: isinstance(v, list) and len(v) <= 8 and all(is_int(f, 1, 64) for f in v),
+    "decoder_forms": lambda v: isinstance(v, dict) and all(f in DECODER_FORMS for f in v.values()),  # format 2
 }
 
 
@@ -55,13 +58,14 @@ def check_entries(entries: Any, source: str, what: str, fields: dict[str, Callab
 
 def check_header(h: dict[str, Any], source: str) -> None:
     """Everything decoding and rebuilding rely on: types, names, shapes, sizes of the sections."""
-    if h.get("format_version") != FORMAT_VERSION:
-        raise corrupt(source, f"header format_version {h.get('format_version')!r} != {FORMAT_VERSION}")
+    if h.get("format_version") not in READABLE_VERSIONS:
+        raise corrupt(source, f"header format_version {h.get('format_version')!r} is not one of {READABLE_VERSIONS}")
     for key, kind in (("arch", str), ("arch_kwargs", dict), ("reparam", dict), ("sections", dict)):
         if not isinstance(h.get(key), kind):
             raise corrupt(source, f"header[{key!r}] is missing or not a {kind.__name__}")
     for key, value in h["reparam"].items():
-        if key not in REPARAM_CHECKS or not REPARAM_CHECKS[key](value):
+        if key not in REPARAM_CHECKS or not REPARAM_CHECKS[key](value) or (key == "decoder_forms"
+                                                                             and h["format_version"] < 2):
             raise corrupt(source, f"header['reparam'][{key!r}] is unknown or invalid: {value!r}")
     sections = h["sections"]
     if sorted(sections) != sorted(SECTIONS) or not all(is_int(v) for v in sections.values()):
@@ -92,7 +96,8 @@ def check_header(h: dict[str, Any], source: str) -> None:
         total += numel
     if total > MAX_ELEMENTS:
         raise corrupt(source, f"the layers claim {total} latents, more than the limit of {MAX_ELEMENTS}")
-    for section, entries in (("decoders", [(g["dtype"], [g["width"]] * 2) for g in h["groups"]]),
+    shapes = decoder_shapes(h)
+    for section, entries in (("decoders", [(g["dtype"], shapes[g["name"]]) for g in h["groups"]]),
                              ("float_params", [(p["dtype"], p["shape"]) for p in h["float_params"]])):
         size = sum(math.prod(shape) * np.dtype(DTYPES[dtype][0]).itemsize for dtype, shape in entries)
         if size != sections[section]:

@@ -28,6 +28,7 @@ ARCH = "golden_tiny"
 KWARGS = {"num_classes": 3}
 ARTIFACT = HERE / f"tiny_v{FORMAT_VERSION}.lnx"
 EXPECTED = HERE / f"tiny_v{FORMAT_VERSION}.json"
+DECODER_FORMS = {"conv5x5": "diagonal", "conv3x3": "scalar"}  # format 2: compact decoders (format 1: all full)
 
 
 def build(num_classes: int = 3) -> nn.Module:
@@ -49,7 +50,7 @@ def builder(name: str, kwargs: dict[str, Any]) -> nn.Module:
 def golden_model() -> nn.Module:
     """The reparameterised model with integer latents (some zero slices) and dyadic decoders / BN values."""
     torch.manual_seed(0)
-    model = lilnetx.reparameterize(build(**KWARGS), density_filters=(2, 2))
+    model = lilnetx.reparameterize(build(**KWARGS), density_filters=(2, 2), decoder_forms=DECODER_FORMS)
     rng = np.random.default_rng(20240601)
     for t in lilnetx.latent_tensors(model):
         values = np.clip(np.round(rng.laplace(0.0, 1.5, t.latent.shape)), -12, 12) + 0.0  # no -0.0
