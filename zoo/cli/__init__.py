@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "zoo.cli.train_cmds",
     "zoo.cli.artifact_cmds",
     "zoo.cli.zoo_cmds",
+    "zoo.cli.dashboard_cmds",
 )
 
 

@@ -1,0 +1,45 @@
+"""``lilnetx dashboard``: start the Streamlit dashboard on the catalog and print its URL."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+
+
+def streamlit_command(host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line for the dashboard: headless, on ``host:port``, no telemetry,
+    no error details (tracebacks) in the browser."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless=true",
+            f"--server.address={host}", f"--server.port={port}", "--browser.gatherUsageStats=false",
+            "--client.showErrorDetails=none", "--client.toolbarMode=minimal", "--server.fileWatcherType=none",
+            "--theme.base=light"]
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    if not APP.is_file():
+        raise FileNotFoundError(f"the dashboard is missing ({APP}); reinstall lilnetx-zoo from its repository")
+    env = dict(os.environ)
+    if args.db:
+        env["LILNETX_DB"] = args.db
+    shown = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+    print(f"LilNetX Zoo dashboard: http://{shown}:{args.port}  (Ctrl+C stops it)", flush=True)
+    try:
+        return subprocess.call(streamlit_command(args.host, args.port), env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dashboard", help="browse, compare, download and benchmark the zoo in a browser",
+                                   description="Start the web dashboard on the catalog (LILNETX_DB).")
+    parser.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    parser.add_argument("--db", help="catalog URL, e.g. sqlite:///registry.db (default: LILNETX_DB or "
+                                     "registry.db in the working folder)")
+    parser.set_defaults(func=run_dashboard)
