@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 import lilnetx
 from lilnetx.artifact import DTYPES, FLOAT_DTYPES, ArtifactInfo
+from lilnetx.dead_paths import remove_dead_paths
 from zoo import recipe as recipes
 from zoo.cli import CLIError
 from zoo.cli.output import format_table, print_json
@@ -34,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--decoder-dtype", choices=FLOAT_DTYPES,
                    help="store decoders at this precision (default: the narrowest exact one); when that "
                         "changes the weights, the artifact is re-evaluated on the dataset's test split")
+    p.add_argument("--keep-dead-paths", action="store_true",
+                   help="store weights on dead paths too (by default they are zeroed: lossless, smaller)")
     p.add_argument("--json", action="store_true", help="print the artifact summary as JSON")
     p.set_defaults(func=run_export)
 
@@ -75,8 +78,11 @@ def _changes_weights(model: nn.Module, decoder_dtype: str | None) -> bool:
                for g in lilnetx.latent_groups(model).values())
 
 
-def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None) -> ArtifactInfo:
+def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None,
+               dead_paths: bool = True) -> ArtifactInfo:
     """Write the model of training run ``run_dir`` to ``output`` with its dataset, metrics and recipe.
+
+    ``dead_paths`` zeroes the weights that cannot change any output first (``lilnetx.dead_paths``: lossless).
 
     The metrics are the run's, unless ``decoder_dtype`` rounds the decoders: then they are measured on the
     decoded artifact itself, on the dataset's test split.
@@ -87,6 +93,8 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         raise CLIError(f"the checkpoint in {run_dir} does not fit the model its recipe builds: {exc}") from exc
+    if dead_paths:
+        remove_dead_paths(model)
     metadata = {"dataset": recipe.get("dataset"), "metrics": {k: stats[k] for k in METRIC_KEYS if k in stats},
                 "recipe": recipe, "run": {"epochs": stats.get("epochs", checkpoint.get("epoch"))}}
     if _changes_weights(model, decoder_dtype):
@@ -99,7 +107,8 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
 
 
 def run_export(args: argparse.Namespace) -> int:
-    info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype)
+    info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype,
+                      dead_paths=not args.keep_dead_paths)
     if args.json:
         print_json({**dataclasses.asdict(info), "path": str(info.path)})
     else:
