@@ -53,6 +53,7 @@ class TrainConfig:
     decoder_lr: float | None = None  # None: lr / 10
     decoder_dtype: str | None = "float16"  # keep decoders exactly representable: half the bytes in the file
     density_lr: float = 1e-4
+    density_schedule: str = "cosine"  # "constant": the density keeps density_lr (the reference code)
     lambda_rate: float = 1e-4
     lambda_l2: float = 1e-6
     lambda_slice: float = 1e-6
@@ -88,6 +89,7 @@ class TrainConfig:
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "decoder_dtype": self.decoder_dtype in (None, "float16", "bfloat16", "float32"),
+            "density_schedule": self.density_schedule in ("cosine", "constant"),
         }
         for name, ok in checks.items():
             if not ok:
@@ -141,8 +143,17 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> tuple[list[dict],
     return [{"params": rest, "lr": config.lr}, {"params": decoders, "lr": decoder_lr}], density
 
 
+MAX_WARMUP_FRACTION = 0.2  # a short run still gets most of its steps at the full learning rate
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up, then cosine decay to zero."""
+    """Learning-rate factor: linear warm-up, then cosine decay to zero.
+
+    The warm-up is capped at ``MAX_WARMUP_FRACTION`` of the run: 3 epochs with 5 warm-up epochs would
+    otherwise end still warming up (15.6 % on MNIST instead of 98 %).
+    """
+    warmup_steps = min(warmup_steps, int(total_steps * MAX_WARMUP_FRACTION))
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -200,8 +211,9 @@ class Trainer:
         self.opt_density = torch.optim.Adam(density, lr=config.density_lr)
         steps = len(self.train_loader)
         schedule = warmup_cosine(config.epochs * steps, int(config.warmup_epochs * steps))
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule)
-                           for o in (self.opt_model, self.opt_density)]
+        density_schedule = schedule if config.density_schedule == "cosine" else (lambda step: 1.0)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(self.opt_model, schedule),
+                           torch.optim.lr_scheduler.LambdaLR(self.opt_density, density_schedule)]
         self.epoch = 0
 
     def _train_loader(self, dataset: Dataset) -> DataLoader:

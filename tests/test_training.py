@@ -10,7 +10,7 @@ from torch import nn
 
 import lilnetx
 from lilnetx.data import digits
-from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer
+from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, warmup_cosine
 
 FAST = {"batch_size": 64, "warmup_epochs": 0, "density_lr": 1e-2}
 
@@ -109,3 +109,22 @@ def test_epoch_metrics_need_no_forward_pass_at_a_default_input_size(data):
 def test_training_requires_a_reparameterised_model(data):
     with pytest.raises(ConfigError, match="reparameterize"):
         Trainer(nn.Linear(64, 10), data.train, None, TrainConfig(), progress=False)
+
+
+def test_warmup_longer_than_the_run_is_capped():
+    """3 epochs with 5 warm-up epochs: most steps still run at the full rate, and it decays to zero."""
+    factor = warmup_cosine(total_steps=300, warmup_steps=500)
+    assert factor(59) == pytest.approx(1.0) and factor(100) > 0.8 and factor(299) < 1e-3
+    assert warmup_cosine(1000, 100)(49) == pytest.approx(0.5)  # a warm-up within the cap is kept
+
+
+@pytest.mark.parametrize("schedule, constant", [("constant", True), ("cosine", False)])
+def test_density_schedule(data, schedule, constant):
+    config = TrainConfig.from_dict({**FAST, "epochs": 1, "density_schedule": schedule})
+    trainer = Trainer(digits_net(), data.train, None, config, progress=False)
+    trainer.fit()
+    density_lr = trainer.opt_density.param_groups[0]["lr"]
+    assert (density_lr == config.density_lr) is constant
+    assert trainer.opt_model.param_groups[0]["lr"] < 1e-4 * config.lr  # the model's cosine reached zero
+    with pytest.raises(ConfigError, match="density_schedule"):
+        TrainConfig.from_dict({"density_schedule": "step"})
