@@ -17,11 +17,12 @@ from sqlalchemy import create_engine, text
 from zoo_helpers import isolate, local_zoo, make_artifact, put_fake
 
 import lilnetx
+from zoo import service
 from zoo.catalog import engine as catalog_engine
 from zoo.catalog import queries
 from zoo.catalog.engine import database_url, get_engine, session_scope
 from zoo.errors import CatalogError, CatalogLockedError, InvalidNameError
-from zoo.seed import seed
+from zoo.seed import seed, seed_shipped
 from zoo.service import Zoo
 
 
@@ -163,7 +164,8 @@ def test_add_describes_the_artifact_from_the_file(env: Path) -> None:
     assert card["size"]["bytes"] == path.stat().st_size == sum(card["size"]["parts"].values())
     assert card["parameters"] == n_params and card["size"]["fp32_bytes"] == 4 * n_params
     assert card["sparsity"]["slice"] == pytest.approx(zeros) and 0.85 < zeros < 0.95
-    assert card["accuracy"] == {"top1": 0.97, "top5": 0.99} and card["dataset"] == "mnist"
+    assert card["accuracy"] == {"top1": 0.97, "top5": 0.99, "measured": False} and card["dataset"] == "mnist"
+    assert card["claimed_accuracy"] == {"top1": 0.97, "top5": 0.99} and card["measured_on"] is None
     assert card["input"] == {"size": [1, 28, 28], "mean": [0.1307], "std": [0.3081]}
     assert card["macs"]["dense"] == sum(w.numel() for w in weights) > card["macs"]["sparse"]
     assert [x["name"] for x in card["layers"]] == ["fc1", "fc2", "fc3"]
@@ -219,24 +221,79 @@ def test_reindex_rebuilds_a_lost_catalog_from_the_store(env: Path) -> None:
     assert [e["name"] for e in fresh.list()] == sorted(before)
 
 
-def test_seeding_from_shipped_artifacts_is_idempotent(env: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_seeding_is_explicit_and_saves_the_fingerprint_only_when_complete(
+        env: Path, caplog: pytest.LogCaptureFixture) -> None:
     shipped = env / "shipped"
     shipped.mkdir()
     make_artifact(shipped / "lenet_300_100.mnist-a.lnx", seed=0)
     make_artifact(shipped / "lenet_300_100.mnist-b.lnx", seed=1)
     (shipped / "not a name.lnx").write_bytes(b"ignored")
     (shipped / "lenet_300_100.mnist-junk.lnx").write_bytes(b"not an artifact")
+    z = Zoo.from_env()
+    assert z.list() == []  # building the zoo and reading it seed nothing
     with caplog.at_level(logging.WARNING):
-        z = Zoo.from_env()
+        report = seed_shipped(z)
     assert "not seeding not a name.lnx" in caplog.text
     assert "not seeding lenet_300_100.mnist-junk.lnx" in caplog.text
-    assert [e["name"] for e in z.list()] == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
+    assert report.names == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
+    assert sorted(report.skipped) == ["lenet_300_100.mnist-junk.lnx", "not a name.lnx"]
+    assert not seed_shipped(z).up_to_date  # files were skipped: no fingerprint, the next seeding tries again
+    for junk in ("not a name.lnx", "lenet_300_100.mnist-junk.lnx"):
+        (shipped / junk).unlink()
+    assert seed_shipped(z).skipped == {} and seed_shipped(z).up_to_date
     z.remove("lenet_300_100.mnist-b")
-    # the folder did not change: no re-seeding
+    assert seed_shipped(z).up_to_date  # the folder did not change: no re-seeding
     assert [e["name"] for e in Zoo.from_env().list()] == ["lenet_300_100.mnist-a"]
-    assert seed(z, shipped) == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
-    assert seed(z, shipped) == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
+    assert seed_shipped(z, force=True).names == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
+    assert seed(z, shipped).names == ["lenet_300_100.mnist-a", "lenet_300_100.mnist-b"]
     assert len(z.list()) == 2
+
+
+def test_an_empty_catalog_is_seeded_once_on_first_use(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import zoo
+
+    shipped = env / "shipped"
+    shipped.mkdir()
+    make_artifact(shipped / "lenet_300_100.mnist-a.lnx")
+    assert zoo.list_models() == ["lenet_300_100.mnist-a"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "first use of this catalog: seeding it with the 1 models shipped" in err
+    Zoo.from_env().remove("lenet_300_100.mnist-a")
+    assert zoo.list_models() == [] and capsys.readouterr().err == ""  # once only: never a write on a read
+
+
+def test_a_read_only_catalog_lists_and_reads_write_nothing(env: Path, caplog: pytest.LogCaptureFixture) -> None:
+    z = Zoo.from_env()
+    put_fake(z, "tiny.mnist-a", b"a")
+    site = env / "site"
+    z.publish(str(site))
+    put_fake(z, "tiny.mnist-b", b"b")
+    z.engine.dispose()
+    db = env / "registry.db"
+    before = db.read_bytes()
+    readonly = Zoo(get_engine(f"sqlite:///file:{db}?mode=ro&uri=true"), z.store, remote_url=site.as_uri(),
+                   measure_timeout_s=0)
+    with caplog.at_level(logging.WARNING):
+        assert [e["name"] for e in readonly.list()] == ["tiny.mnist-a", "tiny.mnist-b"]  # nothing new to sync
+    assert caplog.text == ""
+    assert readonly.card("tiny.mnist-a")["name"] == "tiny.mnist-a"
+    put_fake(local_zoo(env, "publisher"), "tiny.cifar10-c", b"c")
+    local_zoo(env, "publisher").publish(str(site))
+    service._synced.clear()  # a new process: the index is read again
+    readonly = Zoo(readonly.engine, z.store, remote_url=site.as_uri(), measure_timeout_s=0)
+    with caplog.at_level(logging.WARNING):
+        assert [e["name"] for e in readonly.list()] == ["tiny.mnist-a", "tiny.mnist-b"]
+    assert "the remote zoo's new entries are not listed: the catalog cannot record them" in caplog.text
+    z.engine.dispose()
+    assert db.read_bytes() == before
+
+
+def test_seed_and_service_import_without_a_cycle() -> None:
+    import subprocess
+    import sys
+
+    code = "import zoo.service, sys; assert 'zoo.seed' not in sys.modules, 'service imports seed'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_timm_artifacts_enter_the_zoo_and_ship_under_escaped_file_names(
@@ -245,8 +302,9 @@ def test_timm_artifacts_enter_the_zoo_and_ship_under_escaped_file_names(
     shipped.mkdir()
     shutil.copy(timm_lnx, shipped / "timm%2Fmobilenetv3_small_050.digits-a.lnx")
     shutil.copy(timm_lnx, shipped / "timm%2fmobilenetv3_small_050.digits-b.lnx")  # not the canonical escape
+    z = Zoo.from_env()
     with caplog.at_level(logging.WARNING):
-        z = Zoo.from_env()
+        seed_shipped(z)
     assert "rename it 'timm%2Fmobilenetv3_small_050.digits-b'" in caplog.text
     name = "timm/mobilenetv3_small_050.digits-a"
     assert [e["name"] for e in z.list()] == [name] and z.list()[0]["verified"]
@@ -254,5 +312,5 @@ def test_timm_artifacts_enter_the_zoo_and_ship_under_escaped_file_names(
     refs = env / "home" / "store" / "refs"
     assert [p.name for p in refs.iterdir()] == ["timm%2Fmobilenetv3_small_050.digits-a"]
     assert z.pull(name, env / "out") == env / "out" / "timm%2Fmobilenetv3_small_050.digits-a.lnx"
-    assert seed(z, env / "out") == [name]  # what `pull -o` writes seeds back to the same entry
-    assert Zoo(get_engine(f"sqlite:///{env / 'lost.db'}"), z.store).reindex().added == [name]
+    assert seed(z, env / "out").names == [name]  # what `pull -o` writes seeds back to the same entry
+    assert Zoo(get_engine(f"sqlite:///{env / 'lost.db'}"), z.store, measure_timeout_s=0).reindex().added == [name]

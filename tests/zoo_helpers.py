@@ -22,8 +22,14 @@ from zoo.store import Store
 
 
 def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point every zoo setting at ``tmp_path`` (catalog, store, shipped artifacts; no remote, online)."""
+    """Point every zoo setting at ``tmp_path`` (catalog, store, shipped artifacts; no remote, online).
+
+    Accuracy measuring is off (``LILNETX_MEASURE_TIMEOUT=0``): the artifacts of these tests have random
+    weights; the measuring tests turn it on.
+    """
     monkeypatch.setenv("LILNETX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LILNETX_MEASURE_TIMEOUT", "0")
+    monkeypatch.delenv("LILNETX_DATA_ROOT", raising=False)
     monkeypatch.setenv("LILNETX_DB", f"sqlite:///{tmp_path / 'registry.db'}")
     monkeypatch.delenv("LILNETX_ZOO_URL", raising=False)
     monkeypatch.delenv("LILNETX_OFFLINE", raising=False)
@@ -31,10 +37,10 @@ def isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def local_zoo(tmp_path: Path, name: str = "local", remote_url: str | None = None,
-              offline: bool = False) -> Zoo:
-    """A zoo with its own SQLite catalog and store under ``tmp_path/name``."""
+              offline: bool = False, measure_timeout_s: float = 0) -> Zoo:
+    """A zoo with its own SQLite catalog and store under ``tmp_path/name`` (measuring off unless asked)."""
     return Zoo(get_engine(f"sqlite:///{tmp_path / name / 'registry.db'}"), Store(tmp_path / name / "store"),
-               remote_url, offline)
+               remote_url, offline, measure_timeout_s=measure_timeout_s)
 
 
 def fake_record(sha256: str, size: int, *, arch: str = "tiny", dataset: str = "mnist", top1: float = 0.9,

@@ -1,7 +1,8 @@
 """The zoo's Python API: ``list_models``, ``pull`` and ``load`` (re-exported as ``zoo.list_models``...).
 
 Configured by the environment: ``LILNETX_DB`` (catalog URL), ``LILNETX_HOME`` (cache and store),
-``LILNETX_ZOO_URL`` (a remote static zoo) and ``LILNETX_OFFLINE=1`` (cache only).
+``LILNETX_ZOO_URL`` (a remote static zoo) and ``LILNETX_OFFLINE=1`` (cache only). A catalog that is empty
+and was never seeded is seeded once with the shipped models on first use (``zoo.seed.seed_on_first_use``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zoo.seed import seed_on_first_use
 from zoo.service import Zoo
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+def _zoo() -> Zoo:
+    zoo = Zoo.from_env()
+    seed_on_first_use(zoo)
+    return zoo
 
 
 def list_models(pattern: str = "*", *, dataset: str | None = None, max_bytes: int | None = None,
@@ -22,7 +30,7 @@ def list_models(pattern: str = "*", *, dataset: str | None = None, max_bytes: in
     ``min_accuracy`` (top-1) and ``min_slice_sparsity`` are fractions in [0, 1]; ``max_bytes`` bounds the
     artifact's file size.
     """
-    entries = Zoo.from_env().list(pattern, dataset=dataset, max_bytes=max_bytes, min_accuracy=min_accuracy,
+    entries = _zoo().list(pattern, dataset=dataset, max_bytes=max_bytes, min_accuracy=min_accuracy,
                                   min_slice_sparsity=min_slice_sparsity)
     return [e["name"] for e in entries]
 
@@ -32,7 +40,7 @@ def pull(name: str, dest: str | Path | None = None) -> Path:
 
     With ``dest`` (a folder, or a path ending in ``.lnx``) a copy is written there.
     """
-    return Zoo.from_env().pull(name, dest)
+    return _zoo().pull(name, dest)
 
 
 def load(name: str, *, slim: bool = False) -> nn.Module:

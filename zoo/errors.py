@@ -41,3 +41,7 @@ class CatalogError(ZooError):
 
 class CatalogLockedError(CatalogError):
     """Another process holds the catalog database's write lock for too long."""
+
+
+class MeasurementUnavailable(ZooError):
+    """An artifact's accuracy cannot be measured here (dataset not available offline, time limit, mismatch)."""

@@ -1,12 +1,16 @@
 """Describe an artifact for the catalog: verify it, read its header, decode it and measure the model.
 
-Every number of the resulting :class:`ArtifactRecord` is computed from the file itself.
+Every number of the resulting :class:`ArtifactRecord` is computed from the file itself, which is read,
+verified and parsed once (``lilnetx.read_artifact``) and decoded once (``lilnetx.from_artifact``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 import lilnetx
 from lilnetx.metrics import ratio
@@ -34,16 +38,28 @@ def _layers(stats: dict[str, Any], header_layers: list[dict[str, Any]]) -> list[
     return records
 
 
-def describe(path: Path) -> ArtifactRecord:
-    """Verify the ``.lnx`` file at ``path`` and describe it; raises ``lilnetx.ArtifactError`` if invalid."""
-    info = lilnetx.verify(path)
-    header = lilnetx.read_header(path)
-    model = lilnetx.load(path)
+@dataclass(frozen=True)
+class Described:
+    """An artifact read once: its record for the catalog, its decoded model and its verified header."""
+
+    record: ArtifactRecord
+    model: nn.Module
+    header: dict[str, Any]
+
+
+def describe(path: Path) -> Described:
+    """Verify the ``.lnx`` file at ``path``, decode it and describe it, reading and parsing it once.
+
+    Raises ``lilnetx.ArtifactError`` (a ``ValueError``) when it is not a valid artifact.
+    """
+    artifact = lilnetx.read_artifact(path)
+    model = lilnetx.from_artifact(artifact, source=str(path))
+    info, header = artifact.info(path), artifact.header
     input_size = header.get("input_size")
     stats = lilnetx.stats(model, tuple(input_size) if input_size else None)
     state = model.state_dict().values()
     metrics = header.get("metrics") or {}
-    return ArtifactRecord(
+    record = ArtifactRecord(
         sha256=info.sha256, size_bytes=info.size_bytes, format_version=int(header["format_version"]),
         arch=info.arch, arch_kwargs=dict(header.get("arch_kwargs") or {}), dataset=header.get("dataset"),
         num_classes=header.get("num_classes"), input_size=input_size, mean=header.get("mean"),
@@ -60,3 +76,4 @@ def describe(path: Path) -> ArtifactRecord:
         recipe=dict(header.get("recipe") or {}), versions=dict(header.get("versions") or {}),
         layers=_layers(stats, header.get("layers") or []), header=header,
     )
+    return Described(record, model, header)

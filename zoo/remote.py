@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import posixpath
 from collections.abc import Callable, Iterator
@@ -22,9 +23,9 @@ import aiohttp
 import fsspec
 from fsspec.core import url_to_fs
 
-from zoo.catalog.records import ArtifactRecord
+from zoo.catalog.records import ArtifactRecord, RecordError
 from zoo.errors import InvalidNameError, RemoteZooError
-from zoo.names import check_sha256, split_name
+from zoo.names import check_sha256, check_tag_dataset, split_name
 from zoo.store import Store, read_chunks
 
 INDEX = "index.json"
@@ -34,6 +35,7 @@ HTTP_TIMEOUT_S = 30
 _TRANSPORT_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError, ImportError, ValueError,
                      NotImplementedError)
 READ_FIX = "check LILNETX_ZOO_URL and the network, or set LILNETX_OFFLINE=1 to use only the local cache"
+log = logging.getLogger(__name__)
 PUBLISH_FIX = ("publish to a writable folder or object store (s3:// needs s3fs; http(s):// is read-only: "
                "publish into the folder your web server serves)")
 
@@ -104,27 +106,67 @@ def _open_read(url: str) -> Iterator[IO[bytes]]:
 
 
 def fetch_index(base: str) -> list[IndexEntry]:
-    """The entries of the zoo at ``base``; :class:`RemoteZooError` when unreachable or malformed."""
+    """The valid entries of the zoo at ``base``; :class:`RemoteZooError` when unreachable or not an index.
+
+    Every field of every entry is type- and range-checked (:meth:`ArtifactRecord.from_dict`); an entry that
+    fails is skipped with a warning naming it and the field, and the others are returned.
+    """
     url = f"{base.rstrip('/')}/{INDEX}"
     with _remote("read the zoo index", url), _open_read(url) as f:
         raw = b"".join(read_chunks(f, MAX_INDEX_BYTES, url))
+    return parse_index(raw, url)
+
+
+def parse_index(raw: bytes, url: str) -> list[IndexEntry]:
+    """The valid entries of the index bytes ``raw`` read from ``url`` (see :func:`fetch_index`)."""
+    fix = "republish it with `lilnetx zoo publish`"
     try:
         data = json.loads(raw)
-        if data.get("format") != INDEX_FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, expected {INDEX_FORMAT!r}")
-        entries = [_index_entry(item) for item in data["entries"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RemoteZooError(f"malformed zoo index {url}: {exc}; republish it with `lilnetx zoo publish`") \
-            from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RemoteZooError(f"malformed zoo index {url}: not JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise RemoteZooError(f"malformed zoo index {url}: format {found!r}, expected {INDEX_FORMAT!r}; {fix}")
+    items = data.get("entries")
+    if not isinstance(items, list):
+        raise RemoteZooError(f"malformed zoo index {url}: 'entries' is not a list; {fix}")
+    entries, seen = [], set()
+    for position, item in enumerate(items):
+        label = item.get("name") if isinstance(item, dict) and isinstance(item.get("name"), str) else None
+        label = repr(label[:140]) if label is not None else f"#{position}"
+        try:
+            entry = _index_entry(item)
+            if entry.name in seen:
+                raise ValueError("field name: the index lists this name twice")
+        except ValueError as exc:  # RecordError, InvalidNameError
+            log.warning("skipping remote entry %s of %s: %s", label, url, exc)
+            continue
+        seen.add(entry.name)
+        entries.append(entry)
     return entries
 
 
-def _index_entry(item: dict[str, Any]) -> IndexEntry:
-    arch, _ = split_name(item["name"])
-    record = ArtifactRecord.from_dict(item["artifact"])
-    if record.arch != arch:
-        raise ValueError(f"entry {item['name']!r} names architecture {arch!r}, its artifact {record.arch!r}")
-    return IndexEntry(name=item["name"], dataset=str(item["dataset"]), artifact=record)
+def _index_entry(item: Any) -> IndexEntry:
+    if not isinstance(item, dict):
+        raise RecordError("entry", "a JSON object", item)
+    for key in item:
+        if key not in ("name", "dataset", "artifact"):
+            raise RecordError(key, "no such field", item[key])
+    name, dataset = item.get("name"), item.get("dataset")
+    if not isinstance(name, str):
+        raise RecordError("name", "an entry name ARCH.TAG", name)
+    try:
+        arch, tag = split_name(name)
+        if not isinstance(dataset, str):
+            raise RecordError("dataset", "a string", dataset)
+        record = ArtifactRecord.from_dict(item.get("artifact"))
+        if record.arch != arch:
+            raise RecordError("artifact.arch", f"the name's architecture {arch!r}", record.arch)
+        if check_tag_dataset(tag, record.dataset) != dataset:
+            raise RecordError("dataset", f"the tag's dataset {tag.split('-')[0]!r}", dataset)
+    except InvalidNameError as exc:
+        raise ValueError(f"field name: {exc}") from None
+    return IndexEntry(name=name, dataset=dataset, artifact=record)
 
 
 def fetch_artifact(url: str, sha256: str, size: int, store: Store, *,

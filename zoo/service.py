@@ -1,7 +1,15 @@
 """The zoo as one object: a catalog engine, an artifact store and, optionally, a remote static zoo.
 
-``Zoo.from_env()`` reads ``LILNETX_DB``, ``LILNETX_HOME``, ``LILNETX_ZOO_URL`` and ``LILNETX_OFFLINE``;
-the functions of ``zoo.api`` and the ``lilnetx zoo`` commands are thin wrappers around its methods.
+``Zoo.from_env()`` reads ``LILNETX_DB``, ``LILNETX_HOME``, ``LILNETX_ZOO_URL``, ``LILNETX_OFFLINE``,
+``LILNETX_DATA_ROOT`` and ``LILNETX_MEASURE_TIMEOUT`` and does nothing else: no seeding (``zoo.seed``), no
+network, no write. The remote zoo's index is read on the first read that needs it (once per process); its
+new entries are catalogued only when there are any and the catalog is writable (a read-only catalog lists
+what it holds, with a warning). The functions of ``zoo.api`` and the ``lilnetx zoo`` commands are thin
+wrappers around its methods.
+
+Accuracy: the catalog keeps what an artifact's header CLAIMS and what this installation MEASURED
+(``zoo.measure``): ``add`` and the first pull of a remote entry measure when the dataset is available
+offline, within ``measure_timeout_s``; ``verify`` measures on demand.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -20,18 +28,24 @@ from zoo import remote
 from zoo.catalog import queries
 from zoo.catalog.engine import get_engine, run_write, session_scope
 from zoo.catalog.models import ZooEntry
-from zoo.catalog.records import ArtifactRecord, disagreements
+from zoo.catalog.records import ArtifactRecord, Measurement, disagreements
 from zoo.errors import (
+    CatalogError,
     ChecksumError,
     EntryNotFoundError,
     InvalidNameError,
+    MeasurementUnavailable,
     OfflineError,
     RemoteZooError,
     UnverifiedArtifactError,
 )
-from zoo.model_card import model_card
+from zoo.measure import DEFAULT_TIMEOUT_S, check_claim, data_root_from_env, timeout_from_env
+from zoo.model_card import accuracy_fields, model_card
 from zoo.names import check_tag_dataset, make_name, split_name, to_filename
 from zoo.store import Store, copy_file_atomic
+
+if TYPE_CHECKING:
+    from zoo.ingest import Described
 
 log = logging.getLogger(__name__)
 _synced: set[tuple[str, str]] = set()  # (catalog URL, zoo URL) pairs already synced by this process
@@ -46,22 +60,26 @@ def _check_fraction(value: float | None, what: str) -> None:
         raise ValueError(f"{what}={value} is out of range: give a fraction in [0, 1], e.g. 0.98 for 98 %")
 
 
-def _check_claims(name: str, claimed: ArtifactRecord, uri: str, path: Path) -> ArtifactRecord:
+def _rejection_fix(where: str) -> str:
+    return (f"it was rejected and nothing was stored. The index of {where} is wrong or was tampered with: ask "
+            "its publisher to republish it (`lilnetx zoo publish`), or unset LILNETX_ZOO_URL")
+
+
+def _check_claims(name: str, claimed: ArtifactRecord, uri: str, path: Path) -> Described:
     """Describe the artifact at ``path``; :class:`UnverifiedArtifactError` unless it is what ``claimed`` says."""
     from zoo.ingest import describe  # imports torch and lilnetx: only when checking
 
     where = f"the zoo at {remote.zoo_url(uri, claimed.sha256)}"
-    fix = (f"it was rejected and nothing was stored. The index of {where} is wrong or was tampered with: ask "
-           "its publisher to republish it (`lilnetx zoo publish`), or unset LILNETX_ZOO_URL")
     try:
-        actual = describe(path)
+        described = describe(path)
     except ValueError as exc:  # lilnetx.ArtifactError: not a valid artifact, or its plugin is not installed
         raise UnverifiedArtifactError(f"cannot check {name} (sha256 {claimed.sha256[:12]}) from {where}: "
-                                      f"{exc}; {fix}") from None
-    if found := disagreements(claimed, actual):
+                                      f"{exc}; {_rejection_fix(where)}") from None
+    if found := disagreements(claimed, described.record):
         raise UnverifiedArtifactError(f"{name}: the index of {where} does not describe its artifact "
-                                      f"(sha256 {claimed.sha256[:12]}): {'; '.join(found)}; {fix}")
-    return actual
+                                      f"(sha256 {claimed.sha256[:12]}): {'; '.join(found)}; "
+                                      f"{_rejection_fix(where)}")
+    return described
 
 
 @dataclass
@@ -75,49 +93,54 @@ class ReindexReport:
 
 @dataclass
 class Zoo:
-    """Catalog + store (+ remote zoo). Build one with :meth:`from_env` or explicitly in tests."""
+    """Catalog + store (+ remote zoo). Build one with :meth:`from_env` or explicitly in tests.
+
+    ``data_root`` is where datasets read from files are found for measuring (see ``zoo.measure``);
+    ``measure_timeout_s`` bounds each measurement (0: never measure on add / pull).
+    """
 
     engine: Engine
     store: Store
     remote_url: str | None = None
     offline: bool = False
     remote_error: RemoteZooError | None = None
+    data_root: Path | None = None
+    measure_timeout_s: float = DEFAULT_TIMEOUT_S
 
     @classmethod
     def from_env(cls) -> Zoo:
-        """The zoo the environment describes, seeded from the shipped artifacts and synced with the remote."""
-        zoo = cls(get_engine(), Store(), os.environ.get("LILNETX_ZOO_URL") or None, _offline_from_env())
-        from zoo.seed import seed_shipped  # seed needs Zoo: imported here to avoid an import cycle
-
-        seed_shipped(zoo)
-        key = (str(zoo.engine.url), zoo.remote_url or "")
-        if zoo.remote_url and not zoo.offline and key not in _synced:
-            try:
-                zoo.sync_remote()
-                _synced.add(key)
-            except RemoteZooError as exc:
-                zoo.remote_error = exc
-                log.warning("lilnetx: using the local catalog only: %s", exc)
-        return zoo
+        """The zoo the environment describes; builds the object and nothing else (see the module doc)."""
+        return cls(get_engine(), Store(), os.environ.get("LILNETX_ZOO_URL") or None, _offline_from_env(),
+                   data_root=data_root_from_env(), measure_timeout_s=timeout_from_env())
 
     # -- reading -----------------------------------------------------------------------------------------
 
     def list(self, pattern: str = "*", *, dataset: str | None = None, max_bytes: int | None = None,
              min_accuracy: float | None = None,
              min_slice_sparsity: float | None = None) -> list[dict[str, Any]]:
-        """Summaries (name, dataset, bytes, accuracy, sparsity, ...) of the matching entries, by name."""
+        """Summaries (name, dataset, bytes, accuracy, sparsity, ...) of the matching entries, by name.
+
+        ``min_accuracy`` applies to the accuracy shown: measured when it was, else the header's claim.
+        """
         _check_fraction(min_accuracy, "min_accuracy")
         _check_fraction(min_slice_sparsity, "min_slice_sparsity")
+        self._sync_once()
         with session_scope(self.engine) as session:
             entries = queries.find_entries(session, pattern, dataset=dataset, max_bytes=max_bytes,
                                            min_accuracy=min_accuracy, min_slice_sparsity=min_slice_sparsity)
             return [self._summary(e) for e in entries]
 
     def _summary(self, entry: ZooEntry) -> dict[str, Any]:
-        """``verified`` is False for an entry copied from a remote index that no pull has checked yet."""
+        """``verified`` is False for an entry copied from a remote index that no pull has checked yet.
+
+        ``accuracy`` / ``claimed_accuracy`` / ``measured_on`` as on a model card; ``top1`` / ``top5`` repeat
+        ``accuracy`` (the figure shown).
+        """
         a, m = entry.artifact, entry.artifact.metrics
-        return {"name": entry.name, "dataset": entry.dataset, "bytes": a.size_bytes, "top1": m.top1,
-                "top5": m.top5, "compression_ratio": m.fp32_bytes / a.size_bytes, "params": m.params,
+        accuracy = accuracy_fields(m.top1, m.top5, queries.measurement(a))
+        return {"name": entry.name, "dataset": entry.dataset, "bytes": a.size_bytes,
+                "top1": accuracy["accuracy"]["top1"], "top5": accuracy["accuracy"]["top5"], **accuracy,
+                "compression_ratio": m.fp32_bytes / a.size_bytes, "params": m.params,
                 "slice_sparsity": m.slice_sparsity, "macs_sparse": m.macs_sparse, "sha256": a.sha256,
                 "cached": self.store.object_path(a.sha256).is_file(), "verified": a.verified}
 
@@ -125,7 +148,8 @@ class Zoo:
         """The model card of entry ``name`` (see ``zoo.model_card``)."""
         with session_scope(self.engine) as session:
             entry = self._require(session, name)
-            return model_card(entry.name, entry.dataset, queries.artifact_record(entry.artifact))
+            return model_card(entry.name, entry.dataset, queries.artifact_record(entry.artifact),
+                              queries.measurement(entry.artifact))
 
     def _require(self, session: Session, name: str) -> ZooEntry:
         try:
@@ -139,32 +163,84 @@ class Zoo:
                                          "not consulted)") from None
             raise
 
+    def _lookup(self, name: str) -> tuple[ArtifactRecord, str, bool]:
+        """The catalogued record, uri and verified flag of ``name`` (syncing the remote zoo first if needed)."""
+        split_name(name)
+        with session_scope(self.engine) as session:
+            entry = queries.get_entry(session, name)
+        if entry is None:
+            self._sync_once()
+        with session_scope(self.engine) as session:
+            artifact = self._require(session, name).artifact
+            return queries.artifact_record(artifact), artifact.uri, artifact.verified
+
+    # -- measuring ---------------------------------------------------------------------------------------
+
+    def _measure(self, name: str, described: Described, timeout_s: float | None = None) -> Measurement | None:
+        """Measure ``described``'s accuracy; ``None`` (with a warning, unless measuring is off) if it cannot be."""
+        from zoo.measure import measure  # imports torch: only when measuring
+
+        try:
+            return measure(described.model, described.header, data_root=self.data_root,
+                           timeout_s=self.measure_timeout_s if timeout_s is None else timeout_s)
+        except MeasurementUnavailable as exc:
+            if (self.measure_timeout_s if timeout_s is None else timeout_s) > 0:
+                log.warning("lilnetx: %s keeps only the accuracy its header claims: %s", name, exc)
+            return None
+
+    def verify(self, name: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Pull entry ``name``, measure its accuracy now, record it and return the card's accuracy fields.
+
+        ``timeout_s`` defaults to ``measure_timeout_s`` (or :data:`~zoo.measure.DEFAULT_TIMEOUT_S` when that
+        is 0). The result also holds ``claim_error``: why the header's top-1 is not believable (more than 0.5
+        points above the measured one), or ``None``. Raises :class:`MeasurementUnavailable` when the accuracy
+        cannot be measured here.
+        """
+        from zoo.ingest import describe
+        from zoo.measure import measure
+
+        path = self.pull(name)
+        described = describe(path)
+        limit = timeout_s if timeout_s is not None else self.measure_timeout_s or DEFAULT_TIMEOUT_S
+        measured = measure(described.model, described.header, data_root=self.data_root, timeout_s=limit)
+        run_write(self.engine, lambda session: queries.set_measurement(session, described.record.sha256,
+                                                                         measured))
+        card = self.card(name)
+        return {"name": name, "accuracy": card["accuracy"], "claimed_accuracy": card["claimed_accuracy"],
+                "measured_on": card["measured_on"],
+                "claim_error": check_claim(name, described.record.metrics.top1, measured)}
+
     # -- pulling -----------------------------------------------------------------------------------------
 
     def pull(self, name: str, dest: str | Path | None = None) -> Path:
         """The verified artifact of ``name``: from the store, else fetched from the remote zoo.
 
-        An entry copied from a remote zoo's index is first checked against the artifact itself (decoded and
-        measured): a file that is not what the index claims raises :class:`UnverifiedArtifactError` and is
-        not stored. ``dest`` (a folder, or a path ending in ``.lnx``) receives a copy; otherwise the store's
-        read-only file is returned.
+        The file is hashed once (while downloading, or when the store re-checks its copy). An entry copied
+        from a remote zoo's index is first checked against the artifact itself (decoded, described and, when
+        its dataset is available offline, measured): a file that is not what the index claims, or whose
+        measured top-1 is more than 0.5 points below the claimed one, raises :class:`UnverifiedArtifactError`
+        and is not stored. ``dest`` (a folder, or a path ending in ``.lnx``) receives a copy; otherwise the
+        store's read-only file is returned.
         """
-        with session_scope(self.engine) as session:
-            artifact = self._require(session, name).artifact
-            claimed, uri, verified = queries.artifact_record(artifact), artifact.uri, artifact.verified
+        claimed, uri, verified = self._lookup(name)
         sha = claimed.sha256
-        checked: list[ArtifactRecord] = []
+        checked: list[tuple[ArtifactRecord, Measurement | None]] = []
 
         def check(path: Path) -> None:
-            checked.append(_check_claims(name, claimed, uri, path))
+            described = _check_claims(name, claimed, uri, path)
+            measured = self._measure(name, described)
+            if measured is not None and (why := check_claim(name, claimed.metrics.top1, measured)):
+                where = f"the zoo at {remote.zoo_url(uri, sha)}"
+                raise UnverifiedArtifactError(f"{name}: the index of {where} does not describe its artifact "
+                                              f"(sha256 {sha[:12]}): {why}; {_rejection_fix(where)}")
+            checked.append((described.record, measured))
 
         path = self.store.get(sha) or self._fetch(name, sha, claimed.size_bytes, uri,
                                                   None if verified else check)
         if not verified:
             if not checked:  # the store already held the bytes (fetched for another catalog, or concurrently)
                 check(path)
-            run_write(self.engine, lambda session: queries.upsert_artifact(session, checked[0], uri,
-                                                                           verified=True))
+            self._record_checked(name, uri, *checked[0])
         if self.store.ref(name) != sha:
             self.store.set_ref(name, sha)
         if dest is None:
@@ -173,6 +249,19 @@ class Zoo:
         target = dest if dest.suffix == ".lnx" else dest / f"{to_filename(name)}.lnx"
         copy_file_atomic(path, target)
         return target
+
+    def _record_checked(self, name: str, uri: str, record: ArtifactRecord, measured: Measurement | None) -> None:
+        """Mark a pulled remote artifact verified (and measured); a read-only catalog keeps it unverified."""
+
+        def work(session: Session) -> None:
+            queries.upsert_artifact(session, record, uri, verified=True)
+            if measured is not None:
+                queries.set_measurement(session, record.sha256, measured)
+
+        try:
+            run_write(self.engine, work)
+        except CatalogError as exc:
+            log.warning("lilnetx: %s was checked, but the catalog cannot record it (%s)", name, exc)
 
     def _fetch(self, name: str, sha: str, size: int, uri: str, check: Callable[[Path], None] | None) -> Path:
         if self.offline:
@@ -198,27 +287,34 @@ class Zoo:
     # -- writing -----------------------------------------------------------------------------------------
 
     def add(self, path: str | Path, tag: str, *, replace: bool = False) -> str:
-        """Verify the artifact at ``path``, store it and catalogue it as ``ARCH.TAG``; return the name.
+        """Verify the artifact at ``path``, measure it, store it and catalogue it as ``ARCH.TAG``; return the name.
 
-        Nothing is added when verification fails.
+        The file is parsed once; its accuracy is measured when its dataset is available offline (else the
+        entry keeps the header's claim, with a warning). Nothing is added when verification fails.
         """
         from zoo.ingest import describe  # imports torch and lilnetx: only when adding
 
-        record = describe(Path(path))
+        path = Path(path)
+        described = describe(path)
+        record = described.record
         name = make_name(record.arch, tag)
         dataset = check_tag_dataset(tag, record.dataset)
-        sha, _ = self.store.put_file(Path(path))
-        if sha != record.sha256:
-            raise ChecksumError(f"{path} changed while it was being added; add it again")
-        self.catalogue(name, dataset, record, f"{queries.STORE_URI}{sha}", replace=replace)
+        measured = self._measure(name, described)
+        if measured is not None and (why := check_claim(name, record.metrics.top1, measured)):
+            log.warning("lilnetx: %s: %s; the zoo shows the measured figure", name, why)
+        self.store.put_file(path, sha256=record.sha256)
+        self.catalogue(name, dataset, record, f"{queries.STORE_URI}{record.sha256}", replace=replace,
+                       measured=measured)
         return name
 
     def catalogue(self, name: str, dataset: str, record: ArtifactRecord, uri: str, *,
-                  replace: bool = False) -> None:
+                  replace: bool = False, measured: Measurement | None = None) -> None:
         """Catalogue an already described artifact as ``name`` and point the store's ref at it."""
 
         def work(session: Session) -> None:
             queries.add_entry(session, name, dataset, record, uri, verified=True, replace=replace)
+            if measured is not None:
+                queries.set_measurement(session, record.sha256, measured)
             self.store.set_ref(name, record.sha256)  # under the write lock; the refs let reindex rebuild
 
         run_write(self.engine, work)
@@ -254,7 +350,8 @@ class Zoo:
                 log.warning("ref %s points at artifact %s, missing from the store; skipped", name, sha[:12])
                 continue
             try:
-                record = describe(path)
+                described = describe(path)
+                record = described.record
                 arch, tag = split_name(name)
                 if arch != record.arch:
                     raise InvalidNameError(f"the artifact holds architecture {record.arch!r}, not {arch!r}")
@@ -263,7 +360,8 @@ class Zoo:
                 report.skipped.append(name)
                 log.warning("cannot reindex %s: %s", name, exc)
                 continue
-            self.catalogue(name, dataset, record, f"{queries.STORE_URI}{sha}", replace=True)
+            self.catalogue(name, dataset, record, f"{queries.STORE_URI}{sha}", replace=True,
+                           measured=self._measure(name, described))
             report.added.append(name)
 
         def drop_stale(session: Session) -> None:
@@ -280,40 +378,65 @@ class Zoo:
         run_write(self.engine, drop_stale)
         return report
 
+    def _sync_once(self) -> None:
+        """Sync the remote zoo on the first read that needs it (once per process and catalog)."""
+        if not self.remote_url or self.offline or self.remote_error is not None:
+            return
+        key = (str(self.engine.url), self.remote_url)
+        if key in _synced:
+            return
+        try:
+            self.sync_remote()
+        except RemoteZooError as exc:
+            self.remote_error = exc
+            log.warning("lilnetx: using the local catalog only: %s", exc)
+            return
+        except CatalogError as exc:  # e.g. a read-only catalog file
+            log.warning("lilnetx: the remote zoo's new entries are not listed: the catalog cannot record them "
+                        "(%s)", exc)
+        _synced.add(key)
+
     def sync_remote(self) -> int:
         """Catalogue the remote zoo's entries that the local catalog lacks; return how many were added.
 
         Local entries shadow remote ones of the same name; artifacts are only downloaded (and the index's
-        description of them checked) when pulled.
+        description of them checked) when pulled. Reads the catalog first and writes only when the index
+        holds something new.
         """
         if not self.remote_url:
             raise RemoteZooError("no remote zoo: set LILNETX_ZOO_URL (file://, http(s)://, s3://...)")
         base = self.remote_url
         entries = remote.fetch_index(base)
+        with session_scope(self.engine) as session:
+            todo = [item for item in entries if self._is_new(session, item, warn=True)]
+        if not todo:
+            return 0
 
         def work(session: Session) -> int:
             added = 0
-            for item in entries:
-                existing = queries.get_entry(session, item.name)
-                if existing is not None and existing.artifact.sha256 != item.artifact.sha256:
+            for item in todo:
+                if not self._is_new(session, item, warn=False):  # changed since the read above
                     continue
-                try:
-                    dataset = check_tag_dataset(split_name(item.name)[1], item.artifact.dataset)
-                except InvalidNameError as exc:
-                    log.warning("skipping remote entry %s: %s", item.name, exc)
-                    continue
-                known = queries.get_artifact(session, item.artifact.sha256)
-                if known is not None and known.verified and (
-                        found := disagreements(item.artifact, queries.artifact_record(known))):
-                    log.warning("skipping remote entry %s: the index does not describe its artifact: %s",
-                                item.name, "; ".join(found))
-                    continue
-                queries.add_entry(session, item.name, dataset, item.artifact,
+                added += queries.get_entry(session, item.name) is None
+                queries.add_entry(session, item.name, item.dataset, item.artifact,
                                   remote.artifact_url(base, item.artifact.sha256), verified=False)
-                added += existing is None
             return added
 
         return run_write(self.engine, work)
+
+    @staticmethod
+    def _is_new(session: Session, item: remote.IndexEntry, *, warn: bool) -> bool:
+        """Whether catalogging remote entry ``item`` would change the catalog (and is allowed to)."""
+        if queries.get_entry(session, item.name) is not None:  # a local entry of that name wins (or is it)
+            return False
+        known = queries.get_artifact(session, item.artifact.sha256)
+        if known is not None and known.verified and (
+                found := disagreements(item.artifact, queries.artifact_record(known))):
+            if warn:
+                log.warning("skipping remote entry %s: the index does not describe its artifact: %s",
+                            item.name, "; ".join(found))
+            return False
+        return True
 
     def publish(self, dest: str) -> tuple[str, int]:
         """Write every catalogued entry as a static zoo at ``dest`` (fetching missing artifacts first)."""

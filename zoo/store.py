@@ -118,9 +118,14 @@ class Store:
                           check=check)
         return final
 
-    def put_file(self, path: Path) -> tuple[str, Path]:
-        """Store a local file; return its sha256 and the object's path."""
-        sha256 = sha256_file(path)
+    def put_file(self, path: Path, sha256: str | None = None) -> tuple[str, Path]:
+        """Store a local file; return its sha256 and the object's path.
+
+        With ``sha256`` (known already, e.g. from reading the artifact) the file is hashed only while it is
+        copied in, and bytes hashing to anything else (the file changed meanwhile) raise :class:`ChecksumError`.
+        """
+        if sha256 is None:
+            sha256 = sha256_file(path)
         with open(path, "rb") as f:
             return sha256, self.put_stream(sha256, f, source=str(path))
 

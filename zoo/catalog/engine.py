@@ -1,5 +1,7 @@
 """Catalog engines: ``LILNETX_DB`` (any SQLAlchemy URL) or ``sqlite:///registry.db`` in the working folder.
 
+``sqlite:///file:/path/registry.db?mode=ro&uri=true`` opens a catalog read-only (it lists; it cannot be added to).
+
 SQLite runs in WAL mode with a busy timeout, and write transactions start with ``BEGIN IMMEDIATE`` so two
 writers queue instead of failing. The schema is brought to the newest Alembic revision on first use.
 The caller owns transactions: ``with session_scope(engine, write=True) as session: ...``.
@@ -45,7 +47,8 @@ def database_url(url: str | None = None) -> str:
     except ArgumentError as exc:
         raise CatalogError(
             f"LILNETX_DB={raw!r} is not a SQLAlchemy URL (e.g. sqlite:///registry.db): {exc}") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+    uri = parsed.query.get("uri") in ("true", "1")  # sqlite:///file:PATH?mode=ro&uri=true: a read-only catalog
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not uri:
         parsed = parsed.set(database=str(Path(parsed.database).expanduser().resolve()))
     return parsed.render_as_string(hide_password=False)
 
@@ -74,7 +77,7 @@ def _create_engine(url: str) -> Engine:
         except ModuleNotFoundError as exc:
             raise CatalogError(f"no database driver for {describe_url(url)}: {exc}; install it, e.g. "
                                "`pip install 'psycopg[binary]'` for postgresql+psycopg://") from None
-    if parsed.database:
+    if parsed.database and parsed.query.get("uri") not in ("true", "1"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
 

@@ -7,9 +7,10 @@ import fnmatch
 import logging
 import math
 import statistics
+from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from zoo.catalog.models import (
@@ -22,7 +23,7 @@ from zoo.catalog.models import (
     TrainingRun,
     ZooEntry,
 )
-from zoo.catalog.records import ArtifactRecord, LayerRecord, MetricsRecord, disagreements
+from zoo.catalog.records import ArtifactRecord, LayerRecord, Measurement, MetricsRecord, disagreements
 from zoo.errors import EntryExistsError, EntryNotFoundError
 from zoo.names import split_name
 
@@ -56,15 +57,16 @@ def find_entries(
 ) -> list[ZooEntry]:
     """Entries whose name matches the fnmatch ``pattern`` and every given filter, sorted by name.
 
-    ``min_accuracy`` is top-1 as a fraction; entries without a recorded accuracy never pass it.
+    ``min_accuracy`` is top-1 as a fraction, measured when it was, else claimed; entries with neither never
+    pass it.
     """
     query = select(ZooEntry).join(ZooEntry.artifact).join(Artifact.metrics).order_by(ZooEntry.name)
     if dataset is not None:
         query = query.where(ZooEntry.dataset == dataset)
     if max_bytes is not None:
         query = query.where(Artifact.size_bytes <= max_bytes)
-    if min_accuracy is not None:
-        query = query.where(Metrics.top1 >= min_accuracy)
+    if min_accuracy is not None:  # the figure shown: measured when measured, else the header's claim
+        query = query.where(func.coalesce(Metrics.measured_top1, Metrics.top1) >= min_accuracy)
     if min_slice_sparsity is not None:
         query = query.where(Metrics.slice_sparsity >= min_slice_sparsity)
     return [e for e in session.scalars(query) if fnmatch.fnmatchcase(e.name, pattern)]
@@ -221,6 +223,27 @@ def artifact_record(artifact: Artifact) -> ArtifactRecord:
                 for layer in artifact.layers],
         header=artifact.header,
     )
+
+
+def set_measurement(session: Session, sha256: str, measured: Measurement) -> None:
+    """Record what this installation measured for artifact ``sha256`` (replacing an older measurement)."""
+    artifact = get_artifact(session, sha256)
+    if artifact is None:
+        raise LookupError(f"no catalogued artifact {sha256[:12]}")
+    m = artifact.metrics
+    m.measured_top1, m.measured_top5 = measured.top1, measured.top5
+    m.measured_dataset, m.measured_images, m.measured_at = measured.dataset, measured.images, measured.measured_at
+
+
+def measurement(artifact: Artifact) -> Measurement | None:
+    """What this installation measured for ``artifact``, or ``None`` when it only has the header's claim."""
+    m = artifact.metrics
+    if m.measured_top1 is None or m.measured_dataset is None or m.measured_images is None \
+            or m.measured_at is None:
+        return None
+    at = m.measured_at if m.measured_at.tzinfo else m.measured_at.replace(tzinfo=UTC)  # SQLite drops the zone
+    return Measurement(top1=m.measured_top1, top5=m.measured_top5, dataset=m.measured_dataset,
+                       images=m.measured_images, measured_at=at)
 
 
 def get_state(session: Session, key: str) -> str | None:

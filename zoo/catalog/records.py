@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from zoo.errors import InvalidNameError
@@ -80,23 +82,127 @@ class ArtifactRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ArtifactRecord:
-        """Rebuild a record (e.g. from a static zoo's ``index.json``); ``ValueError`` when malformed."""
-        try:
-            fields = dict(data)
-            fields["metrics"] = MetricsRecord(**fields["metrics"])
-            fields["layers"] = [LayerRecord(**layer) for layer in fields.get("layers", [])]
-            record = cls(**fields)
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"malformed artifact record: {exc}") from None
-        try:
-            check_sha256(record.sha256)
-            check_arch(record.arch)
-        except InvalidNameError as exc:
-            raise ValueError(str(exc)) from None
-        if not isinstance(record.size_bytes, int) or record.size_bytes <= 0:
-            raise ValueError(f"malformed artifact record: size_bytes={record.size_bytes!r}")
-        return record
+    def from_dict(cls, data: Any) -> ArtifactRecord:
+        """Rebuild a record (e.g. from a static zoo's ``index.json``), every field type- and range-checked.
+
+        Raises :class:`RecordError` naming the first bad field (``metrics.fp32_bytes``, ``layers[2].shape``).
+        """
+        fields = _fields(cls, data, "")
+        fields["metrics"] = MetricsRecord(**_fields(MetricsRecord, fields["metrics"], "metrics."))
+        layers = fields.get("layers", [])
+        if not isinstance(layers, list):
+            raise RecordError("layers", "a list", layers)
+        fields["layers"] = [LayerRecord(**_fields(LayerRecord, layer, f"layers[{i}].")) for i, layer in
+                            enumerate(layers)]
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Accuracy this installation measured by running the decoded model over a dataset's test split."""
+
+    top1: float
+    top5: float | None
+    dataset: str
+    images: int
+    measured_at: datetime
+
+
+class RecordError(ValueError):
+    """A field of a record (a remote index entry) with the wrong type or out of range."""
+
+    def __init__(self, field_name: str, expected: str, value: Any):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
+        super().__init__(f"field {field_name}: expected {expected}, got {shown}")
+        self.field = field_name
+
+
+_BIG = 1 << 62  # larger counts cannot be stored (BigInteger) nor be true
+
+
+def _int(lo: int = 0, hi: int = _BIG) -> tuple[str, Callable[[Any], bool]]:
+    return (f"an integer in [{lo}, {hi}]" if hi < _BIG else f"an integer >= {lo}",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e300
+
+
+_FRACTION = ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1)
+_NONNEG = ("a finite number >= 0", lambda v: _number(v) and v >= 0)
+_STR = ("a string of 1 to 512 characters", lambda v: isinstance(v, str) and 0 < len(v) <= 512)
+_DICT = ("a JSON object with string keys", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v))
+_SHAPE = ("a list of at most 8 integers >= 0",
+          lambda v: isinstance(v, list) and len(v) <= 8 and all(_int()[1](d) for d in v))
+_INPUT = ("a list of 1 to 4 integers in [1, 100000]",
+          lambda v: isinstance(v, list) and 1 <= len(v) <= 4 and all(_int(1, 100_000)[1](d) for d in v))
+_CHANNELS = ("a list of 1 to 64 finite numbers",
+             lambda v: isinstance(v, list) and 1 <= len(v) <= 64 and all(_number(x) for x in v))
+_PARTS = ("a JSON object of integers >= 0",
+          lambda v: _DICT[1](v) and all(_int()[1](n) for n in v.values()))
+_DATASET = ("a string of 1 to 64 characters", lambda v: isinstance(v, str) and 0 < len(v) <= 64)
+_HEX = ("a sha256 (64 lowercase hex digits)", lambda v: isinstance(v, str) and _valid(check_sha256, v))
+_ARCH = ("an architecture name (e.g. timm/resnet18)", lambda v: isinstance(v, str) and _valid(check_arch, v))
+_ANY = ("anything", lambda v: True)
+
+# (check, may be null) for every field of each record type; "metrics" and "layers" are checked separately
+_SCHEMA: dict[type, dict[str, tuple[tuple[str, Callable[[Any], bool]], bool]]] = {
+    LayerRecord: {
+        "name": (("a string of at most 512 characters", lambda v: isinstance(v, str) and len(v) <= 512), False),
+        "latent_group": (_STR, True), "shape": (_SHAPE, False), "params": (_int(), False),
+        "coded_bits": (_int(), True), "estimated_bits": (_NONNEG, True), "slice_sparsity": (_FRACTION, False),
+        "unstructured_sparsity": (_FRACTION, False), "macs_dense": (_int(), True), "macs_sparse": (_int(), True),
+    },
+    MetricsRecord: {
+        "top1": (_FRACTION, True), "top5": (_FRACTION, True), "fp32_bytes": (_int(), False),
+        "size_parts": (_PARTS, False), "params": (_int(), False), "estimated_bits": (_NONNEG, True),
+        "coded_latent_bytes": (_int(), True), "slice_sparsity": (_FRACTION, False),
+        "unstructured_sparsity": (_FRACTION, False), "macs_dense": (_int(), True), "macs_sparse": (_int(), True),
+    },
+    ArtifactRecord: {
+        "sha256": (_HEX, False), "size_bytes": (_int(1, 1 << 40), False), "format_version": (_int(1, 1000), False),
+        "arch": (_ARCH, False), "arch_kwargs": (_DICT, False), "dataset": (_DATASET, True),
+        "num_classes": (_int(1, 10_000_000), True), "input_size": (_INPUT, True), "mean": (_CHANNELS, True),
+        "std": (_CHANNELS, True), "metrics": (_DICT, False), "recipe": (_DICT, False),
+        "versions": (_DICT, False), "layers": (_ANY, False), "header": (_DICT, False),
+    },
+}
+
+
+def _valid(check: Callable[[str], str], value: str) -> bool:
+    try:
+        check(value)
+    except InvalidNameError:
+        return False
+    return True
+
+
+def _fields(kind: type, data: Any, prefix: str) -> dict[str, Any]:
+    """``data``'s fields for a ``kind`` record, each checked (floats given as integers become floats)."""
+    where = prefix.rstrip(".") or "artifact"
+    if not isinstance(data, dict):
+        raise RecordError(where, "a JSON object", data)
+    schema = _SCHEMA[kind]
+    required = {f.name for f in dataclasses.fields(kind)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    for key in data:
+        if key not in schema:
+            raise RecordError(f"{prefix}{key}", "no such field", data[key])
+    fields = {}
+    for key, ((expected, ok), nullable) in schema.items():
+        if key not in data:
+            if key in required:
+                raise RecordError(f"{prefix}{key}", expected, "(missing)")
+            continue
+        value = data[key]
+        if not ((value is None and nullable) or (value is not None and ok(value))):
+            raise RecordError(f"{prefix}{key}", expected + (" or null" if nullable else ""), value)
+        if expected in (_FRACTION[0], _NONNEG[0]) and isinstance(value, int):
+            value = float(value)
+        fields[key] = value
+    return fields
 
 
 def _same(claimed: Any, actual: Any) -> bool:

@@ -1,18 +1,41 @@
-"""``lilnetx zoo ...``: list, show, pull, add, remove, reindex and publish zoo entries."""
+"""``lilnetx zoo ...``: list, show, pull, add, verify, seed, remove, reindex and publish zoo entries."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from zoo.cli.output import print_json, print_table
-from zoo.model_card import to_markdown, to_text
+from zoo.model_card import accuracy_text, to_markdown, to_text
+from zoo.seed import seed_on_first_use, seed_shipped
 from zoo.service import Zoo
 
 
+def _zoo(args: argparse.Namespace, *, first_use: bool = False) -> Zoo:
+    """The environment's zoo with this command's ``--data-root`` / ``--measure-timeout``; ``first_use`` seeds
+    an empty, never seeded catalog once (``zoo.seed.seed_on_first_use``)."""
+    zoo = Zoo.from_env()
+    if getattr(args, "data_root", None):
+        zoo.data_root = Path(args.data_root)
+    if getattr(args, "measure_timeout", None) is not None:
+        zoo.measure_timeout_s = args.measure_timeout
+    if first_use:
+        seed_on_first_use(zoo)
+    return zoo
+
+
+def _top1(row: dict[str, Any]) -> str:
+    top1 = row["accuracy"]["top1"]
+    if top1 is None:
+        return "n/a"
+    return f"{100 * top1:.2f}%" + ("" if row["accuracy"]["measured"] else " (claimed)")
+
+
 def _list(args: argparse.Namespace) -> int:
-    rows = Zoo.from_env().list(args.pattern, dataset=args.dataset, max_bytes=args.max_bytes,
+    rows = _zoo(args, first_use=True).list(args.pattern, dataset=args.dataset, max_bytes=args.max_bytes,
                                min_accuracy=args.min_accuracy, min_slice_sparsity=args.min_slice_sparsity)
     if args.json:
         print_json(rows)
@@ -21,15 +44,17 @@ def _list(args: argparse.Namespace) -> int:
         print("no zoo entries match (add one with `lilnetx zoo add FILE.lnx --tag DATASET-...`)")
         return 0
     table = [("NAME", "DATASET", "BYTES", "TOP-1", "VS FP32", "SLICE SPARSITY")]
-    table += [(r["name"], r["dataset"], f"{r['bytes']:,}",
-               "n/a" if r["top1"] is None else f"{100 * r['top1']:.2f}%",
+    table += [(r["name"], r["dataset"], f"{r['bytes']:,}", _top1(r),
                f"{r['compression_ratio']:.1f}x", f"{100 * r['slice_sparsity']:.1f}%") for r in rows]
     print_table(table, right_align_from=2)
+    if any(not r["accuracy"]["measured"] and r["top1"] is not None for r in rows):
+        print("(claimed): top-1 from the artifact's header, not measured here; `lilnetx zoo verify NAME` "
+              "measures it")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    card = Zoo.from_env().card(args.name)
+    card = _zoo(args, first_use=True).card(args.name)
     if args.json:
         print_json(card)
     else:
@@ -38,12 +63,12 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    print(Zoo.from_env().pull(args.name, args.output))
+    print(_zoo(args, first_use=True).pull(args.name, args.output))
     return 0
 
 
 def _add(args: argparse.Namespace) -> int:
-    source, zoo = Path(args.source), Zoo.from_env()
+    source, zoo = Path(args.source), _zoo(args)
     if source.is_dir():  # a `lilnetx train` run folder: export it first
         from zoo.cli.artifact_cmds import export_run
 
@@ -54,18 +79,44 @@ def _add(args: argparse.Namespace) -> int:
         name = zoo.add(source, args.tag, replace=args.replace)
     else:
         raise FileNotFoundError(f"{source} does not exist: give an .lnx file or a `lilnetx train` run folder")
-    print(f"added {name}")
+    card = zoo.card(name)
+    print(f"added {name}" + (f": top-1 / top-5 {accuracy_text(card)}" if card["accuracy"]["measured"] else ""))
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    result = _zoo(args, first_use=True).verify(args.name, timeout_s=args.measure_timeout)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{args.name}: top-1 / top-5 {accuracy_text(result)}")
+    if result["claim_error"]:
+        print(f"lilnetx: {args.name}: the header's claim is not believable: {result['claim_error']}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    report = seed_shipped(_zoo(args), force=args.force)
+    if args.json:
+        print_json(vars(report))
+    elif report.up_to_date:
+        print("the catalog is already seeded from the shipped models (--force seeds again)")
+    else:
+        print(f"seeded {len(report.names)} shipped models" + (f", skipped {len(report.skipped)} (see the "
+                                                                "warnings)" if report.skipped else ""))
+    return 1 if report.skipped else 0
+
+
 def _remove(args: argparse.Namespace) -> int:
-    Zoo.from_env().remove(args.name)
+    _zoo(args).remove(args.name)
     print(f"removed {args.name} (its artifact stays in the cache)")
     return 0
 
 
 def _reindex(args: argparse.Namespace) -> int:
-    report = Zoo.from_env().reindex()
+    report = _zoo(args).reindex()
     if args.json:
         print_json(vars(report))
     else:
@@ -76,9 +127,17 @@ def _reindex(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    index, count = Zoo.from_env().publish(args.dest)
+    index, count = _zoo(args).publish(args.dest)
     print(f"published {count} entries; index at {index}")
     return 0
+
+
+def _measure_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder of a dataset read from files (or holding one sub-folder per "
+                                       "dataset), for measuring accuracy (default: $LILNETX_DATA_ROOT)")
+    p.add_argument("--measure-timeout", type=float, metavar="SECONDS",
+                   help="time limit for measuring accuracy; 0 skips it (default: $LILNETX_MEASURE_TIMEOUT or "
+                        "300)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,13 +166,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pull", help="download (or find in the cache) and verify an entry's artifact")
     p.add_argument("name", help="ARCH.TAG")
     p.add_argument("-o", "--output", help="copy the .lnx into this folder (or to this .lnx path)")
+    _measure_options(p)
     p.set_defaults(func=_pull)
 
     p = sub.add_parser("add", help="verify an artifact (or export a run) and add it to the zoo as ARCH.TAG")
     p.add_argument("source", metavar="RUN_DIR|FILE.lnx", help="an .lnx file or a `lilnetx train` run folder")
     p.add_argument("--tag", required=True, help="the tag, starting with the dataset, e.g. mnist-lam1e-3")
     p.add_argument("--replace", action="store_true", help="point an existing entry at this artifact")
+    _measure_options(p)
     p.set_defaults(func=_add)
+
+    p = sub.add_parser("verify", help="measure an entry's accuracy on its test set now (exit 1 if its header "
+                                      "claims more than 0.5 points above it)")
+    p.add_argument("name", help="ARCH.TAG")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _measure_options(p)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("seed", help="add (and measure) the models shipped in zoo_artifacts/")
+    p.add_argument("--force", action="store_true", help="seed even if the shipped folder did not change")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _measure_options(p)
+    p.set_defaults(func=_seed)
 
     p = sub.add_parser("remove", help="remove an entry from the catalog (the artifact stays cached)")
     p.add_argument("name", help="ARCH.TAG")
