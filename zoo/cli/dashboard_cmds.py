@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ def streamlit_command(host: str, port: int) -> list[str]:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    """Replace this process with the Streamlit server (it never returns on success)."""
     if not APP.is_file():
         raise FileNotFoundError(f"the dashboard is missing ({APP}); reinstall lilnetx-zoo from its repository")
     env = dict(os.environ)
@@ -28,10 +28,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
         env["LILNETX_DB"] = args.db
     shown = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
     print(f"LilNetX Zoo dashboard: http://{shown}:{args.port}  (Ctrl+C stops it)", flush=True)
-    try:
-        return subprocess.call(streamlit_command(args.host, args.port), env=env)
-    except KeyboardInterrupt:
-        return 0
+    command = streamlit_command(args.host, args.port)
+    os.execve(command[0], command, env)  # this process becomes the server: signals reach it directly
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

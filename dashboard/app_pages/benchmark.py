@@ -1,0 +1,96 @@
+"""Benchmark: time dense vs slimmed vs slice-sparse inference live, in a worker process, and keep the results."""
+
+import streamlit as st
+
+from dashboard import benchmark_worker as bw
+from dashboard import charts, state
+
+st.title("Live benchmark")
+st.caption("Times each model on this server's CPU: dense (the decoded model as stored), slim (zero filters and "
+           "channels removed) and sparse (zero K×K slices skipped). It runs in its own process, so this page "
+           "and other users stay responsive; results are stored in the catalog.")
+
+if not bw.available():
+    st.warning("Live benchmarks are unavailable in this installation: the benchmark functions "
+               "(`zoo.benchmarks`) are not installed. Update lilnetx-zoo to enable them.", icon=":material/speed:")
+    st.stop()
+
+frame = state.table()
+if frame.empty:
+    state.empty_catalog_help()
+    st.stop()
+
+job = st.session_state.get("bench_job")
+names = frame["name"].tolist()
+with st.form("bench_form", border=True):
+    chosen = st.multiselect("Entries", names, default=names[:1], max_selections=4, key="bench_names")
+    c1, c2, c3 = st.columns(3)
+    batches = c1.multiselect("Batch sizes", [1, 8, 32, 128], default=[1, 32], key="bench_batches")
+    threads = c2.multiselect("Threads", [1, 2, 4], default=[1], key="bench_threads")
+    variants = c3.multiselect("Variants", list(bw.VARIANTS), default=["dense", "slim", "sparse"], key="bench_variants")
+    runs = st.slider("Timed runs per setting", 5, 50, 10, key="bench_runs",
+                     help="each run is one forward pass of one batch; the median and 90th percentile are shown")
+    start = st.form_submit_button("Run benchmark", type="primary", icon=":material/play_arrow:",
+                                  disabled=job is not None and not job.done)
+
+if start:
+    if not (chosen and batches and threads and variants):
+        st.error("Choose at least one entry, batch size, thread count and variant.")
+    else:
+        options = {"batch_sizes": tuple(sorted(batches)), "threads": tuple(sorted(threads)),
+                   "variants": tuple(v for v in bw.VARIANTS if v in variants), "warmup": 3, "runs": runs}
+        st.session_state["bench_job"] = job = bw.BenchmarkJob(chosen, options)
+
+
+@st.fragment(run_every=0.5 if job is not None and not job.done else None)
+def progress_panel() -> None:
+    """Polls the worker twice a second while it runs; reruns the page once when it finishes."""
+    current = st.session_state.get("bench_job")
+    if current is None:
+        return
+    was_done = current.done
+    current.poll()
+    if not current.done:
+        left, right = st.columns([5, 1])
+        left.progress(current.fraction, text=current.message)
+        if right.button("Cancel", key="bench_cancel"):
+            current.cancel()
+            st.rerun()
+    elif not was_done:
+        state.refresh()
+        st.rerun(scope="app")
+
+
+progress_panel()
+
+if job is not None and job.done:
+    if job.error:
+        st.error(f"**The benchmark did not finish.** {job.error}", icon=":material/error:")
+    results = bw.results_frame(job.results)
+    if not results.empty:
+        st.success(f"Benchmarked {len(job.results)} entr{'y' if len(job.results) == 1 else 'ies'}; "
+                   f"{job.stored} result rows stored in the catalog.", icon=":material/check_circle:")
+        st.plotly_chart(charts.benchmark_bars(results), key="bench_chart")
+        st.dataframe(results, hide_index=True, key="bench_results", column_config={
+            "name": "Entry", "variant": "Variant", "batch": "Batch", "threads": "Threads",
+            "median_ms": st.column_config.NumberColumn("Median (ms per batch)", format="%.3f"),
+            "p90_ms": st.column_config.NumberColumn("p90 (ms)", format="%.3f"),
+            "throughput_per_s": st.column_config.NumberColumn("Throughput (images/s)", format="%.0f"),
+            "speedup_vs_dense": st.column_config.NumberColumn("Speed-up vs dense (×)", format="%.2f×")})
+    for line in bw.skipped(job.results):
+        st.caption(f":material/skip_next: skipped {line}")
+
+st.header("Earlier results")
+with state.friendly_errors("read earlier benchmark results"):
+    from zoo.benchmarks import list_results
+
+    entry = st.selectbox("Entry", names, key="bench_history_entry")
+    history = bw.history_frame(list_results(state.zoo(), entry))
+    if history.empty:
+        st.info(f"No benchmark of {entry} has been stored yet.", icon=":material/history:")
+    else:
+        st.dataframe(history, hide_index=True, key="bench_history", column_config={
+            "measured_at": st.column_config.DatetimeColumn("Measured (UTC)", format="YYYY-MM-DD HH:mm"),
+            "variant": "Variant", "batch": "Batch", "threads": "Threads",
+            "median_ms": st.column_config.NumberColumn("Median (ms per batch)", format="%.3f"),
+            "p90_ms": st.column_config.NumberColumn("p90 (ms)", format="%.3f"), "machine": "Machine"})

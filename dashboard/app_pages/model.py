@@ -1,0 +1,117 @@
+"""Model: one entry's card, per-layer charts, zero-slice maps, file parts, recipe, download and how to load."""
+
+import hashlib
+
+import streamlit as st
+import yaml
+
+from dashboard import charts, data, state
+from zoo.names import to_filename
+
+frame = state.table()
+if frame.empty:
+    st.title("Model")
+    state.empty_catalog_help()
+    st.stop()
+
+names = frame["name"].tolist()
+wanted = st.query_params.get("model")
+name = st.selectbox("Zoo entry", names, index=names.index(wanted) if wanted in names else 0, key="model_name")
+st.query_params["model"] = name
+if wanted and wanted not in names:
+    st.warning(f"No zoo entry named `{wanted}`; showing `{name}` instead.")
+
+card = state.card(name)
+acc = data.accuracy_of(card)
+st.title(name)
+st.caption(f"{card['architecture']} · {card['dataset']} ({card['num_classes']} classes) · "
+           f"input {card['input']['size']} · format v{card['format_version']}")
+
+m = st.columns(5)
+m[0].metric(f"Top-1 ({acc.source})", "n/a" if acc.top1 is None else f"{100 * acc.top1:.2f} %",
+            help="measured on this installation" if acc.measured else
+            "claimed by the file's header; not measured on this installation")
+m[1].metric("File size", f"{card['size']['bytes'] / data.KB:,.2f} KB", help=f"{card['size']['bytes']:,} bytes")
+m[2].metric("vs fp32", f"{card['size']['compression_ratio']:,.0f}×",
+            help=f"fp32 checkpoint: {card['size']['fp32_bytes']:,} bytes")
+m[3].metric("Slice sparsity", f"{100 * card['sparsity']['slice']:.1f} %", help="share of K×K kernels that are zero")
+macs = card["macs"]
+if macs.get("dense"):
+    m[4].metric("Sparse MACs (MMACs)", f"{macs['sparse'] / data.MMAC:,.3f}",
+                delta=f"-{100 * (1 - macs['sparse'] / macs['dense']):.1f} % vs dense", delta_color="inverse",
+                help=f"multiply-accumulates per image with zero slices skipped; dense: {macs['dense']:,}")
+if not acc.measured:
+    st.caption(":material/info: Accuracy is the figure the file claims; it was not measured on this installation.")
+
+# -- download and load ---------------------------------------------------------------------------------
+with st.container(border=True):
+    left, right = st.columns([1, 2])
+    with left:
+        st.subheader("Download")
+        with state.friendly_errors("fetch the artifact"):
+            blob = state.artifact_bytes(name, card["sha256"])
+            digest = hashlib.sha256(blob).hexdigest()
+            if digest != card["sha256"]:
+                st.error("The stored file does not match the catalog's sha256: run `lilnetx zoo reindex`.")
+            else:
+                st.download_button(f"Download .lnx ({len(blob):,} bytes)", blob, file_name=f"{to_filename(name)}.lnx",
+                                   mime="application/octet-stream", on_click="ignore", type="primary",
+                                   icon=":material/download:", key="download")
+                st.caption("sha256")
+                st.code(digest, language=None, wrap_lines=True)
+    with right:
+        st.subheader("Load it")
+        st.code(card["how_to_load"]["python"], language="python", wrap_lines=True)
+        st.code(f"{card['how_to_load']['cli']}\nlilnetx inspect {to_filename(name)}.lnx", language="bash",
+                wrap_lines=True)
+
+# -- layers -----------------------------------------------------------------------------------------------
+st.header("Layers")
+layers = data.layer_frame(card)
+if layers.empty:
+    st.info("The catalog holds no per-layer figures for this model.")
+else:
+    st.plotly_chart(charts.layer_bars(layers), key="layer_bars")
+    with st.expander("Per-layer table"):
+        st.dataframe(layers.rename(columns=data.LAYER_COLUMNS), hide_index=True,
+                     column_config={data.LAYER_COLUMNS[c]: st.column_config.NumberColumn(format="%.2f")
+                                    for c in ("coded_bytes", "estimated_bytes", "slice_sparsity_pct",
+                                              "unstructured_sparsity_pct")})
+
+st.subheader("Zero K×K slices per conv layer")
+with state.friendly_errors("decode the model for its slice maps"):
+    maps = state.slice_maps(name, card["sha256"])
+    if not maps:
+        st.info("This model has no convolutions with K×K kernels (K > 1): there are no slices to map.")
+    else:
+        biggest = max(range(len(maps)), key=lambda i: list(maps.values())[i].size)
+        layer = st.selectbox("Conv layer", list(maps), index=biggest, key="slice_layer")
+        st.plotly_chart(charts.slice_heatmap(maps[layer], layer), key="slice_heatmap")
+
+# -- the file -----------------------------------------------------------------------------------------------
+st.header("Inside the file")
+parts = data.parts_frame(card)
+st.plotly_chart(charts.parts_bar(parts), key="parts_bar")
+size = card["size"]
+if size.get("estimated_bits") is not None and size.get("coded_latent_bytes") is not None:
+    st.caption(f"Coded latents: {size['coded_latent_bytes']:,} bytes; the learned density estimated "
+               f"{size['estimated_bits'] / 8:,.0f} bytes.")
+
+st.header("Training")
+history = data.training_history(card)
+if history.empty:
+    st.info("No training curves were recorded in the catalog for this model (it holds the recipe and the "
+            "final metrics).", icon=":material/show_chart:")
+else:
+    st.plotly_chart(charts.history_lines(history), key="history")
+recipe_col, versions_col = st.columns([2, 1])
+with recipe_col:
+    st.subheader("Recipe")
+    if card["recipe"]:
+        st.code(yaml.safe_dump(card["recipe"], sort_keys=False, default_flow_style=None, width=100),
+                language="yaml")
+    else:
+        st.caption("No recipe was recorded in the file.")
+with versions_col:
+    st.subheader("Versions")
+    st.json(card["versions"], expanded=True)

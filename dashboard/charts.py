@@ -1,0 +1,157 @@
+"""Plotly figures for the dashboard. Each takes a frame (from ``dashboard.data``) and returns a Figure
+whose axes carry their units."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from dashboard.references import Reference
+
+FONT = dict(family="Inter, system-ui, sans-serif", size=13)
+REFERENCE_COLOUR = "#444444"
+ZERO_COLOUR, KEPT_COLOUR = "#eef1f5", "#1f4e8c"
+
+
+PALETTE = px.colors.qualitative.D3
+
+
+def _layout(fig: go.Figure, *, height: int = 420, legend_below: bool = True) -> go.Figure:
+    """Common look; the legend sits under the axis titles (in the figure's bottom margin)."""
+    fig.update_layout(height=height, font=FONT, margin=dict(l=10, r=10, t=50, b=100 if legend_below else 10),
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.01, x=0,
+                                  title_text="") if legend_below else None)
+    return fig
+
+
+def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Reference] = (),
+           front: pd.DataFrame | None = None, title: str = "") -> go.Figure:
+    """Accuracy (y, %) against ``x`` on a log axis, one colour per architecture, the frontier as a line
+    and published (claimed) points as hollow stars."""
+    points = frame.dropna(subset=[x, "top1_pct"])
+    fig = px.scatter(points, x=x, y="top1_pct", color="arch", log_x=True, symbol="accuracy_source",
+                     color_discrete_sequence=PALETTE,
+                     symbol_map={"measured": "circle", "claimed": "circle-open"},
+                     hover_name="name", title=title,
+                     hover_data={"arch": False, "dataset": True, "accuracy_source": True, x: ":.3f",
+                                 "top1_pct": ":.2f"},
+                     labels={x: x_title, "top1_pct": "Top-1 accuracy (%)", "arch": "Architecture",
+                             "accuracy_source": "accuracy"})
+    fig.update_traces(marker=dict(size=11, line=dict(width=1.5)))
+    if front is not None and len(front) > 1:
+        fig.add_trace(go.Scatter(x=front[x], y=front["top1_pct"], mode="lines", name="frontier (zoo)",
+                                 line=dict(color="#888", dash="dot", shape="hv"), hoverinfo="skip"))
+    for ref in references:
+        fig.add_trace(go.Scatter(
+            x=[ref.size_kb], y=[ref.top1_pct], mode="markers+text", name=ref.label,
+            text=[f"{ref.method} {ref.arch}"], textposition="top center", textfont=dict(size=11),
+            marker=dict(symbol="star-open", size=15, color=REFERENCE_COLOUR, line=dict(width=2)),
+            hovertemplate=(f"<b>{ref.label}</b><br>%{{x:.2f}} KB at %{{y:.1f}} %<br>source: {ref.source}"
+                           "<extra></extra>")))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title="Top-1 accuracy (%)")
+    return _layout(fig, height=480)
+
+
+def layer_bars(layers: pd.DataFrame) -> go.Figure:
+    """Per layer: coded bytes (left) and slice / weight sparsity in % (right)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Coded size per layer", "Sparsity per layer"),
+                        horizontal_spacing=0.18)
+    names = layers["layer"]
+    fig.add_trace(go.Bar(y=names, x=layers["coded_bytes"], orientation="h", name="coded (bytes)",
+                         marker_color="#1f4e8c", hovertemplate="%{y}: %{x:,.0f} bytes<extra></extra>"), 1, 1)
+    fig.add_trace(go.Bar(y=names, x=layers["estimated_bytes"], orientation="h", name="estimated (bytes)",
+                         marker_color="#9db7dd", hovertemplate="%{y}: %{x:,.0f} bytes (estimated)<extra></extra>"),
+                  1, 1)
+    fig.add_trace(go.Bar(y=names, x=layers["slice_sparsity_pct"], orientation="h", name="zero K×K slices (%)",
+                         marker_color="#d9822b", hovertemplate="%{y}: %{x:.1f} % of slices zero<extra></extra>"),
+                  1, 2)
+    fig.add_trace(go.Bar(y=names, x=layers["unstructured_sparsity_pct"], orientation="h",
+                         name="zero weights (%)", marker_color="#f2c18d",
+                         hovertemplate="%{y}: %{x:.1f} % of weights zero<extra></extra>"), 1, 2)
+    fig.update_xaxes(title_text="bytes", row=1, col=1)
+    fig.update_xaxes(title_text="% zero", range=[0, 100], row=1, col=2)
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return _layout(fig, height=max(320, 150 + 44 * len(layers)))
+
+
+def layer_comparison(layers: pd.DataFrame) -> go.Figure:
+    """Coded bytes and slice sparsity (%) per layer, one bar colour per entry (long frame from
+    ``dashboard.data.compare_layers``)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Coded size per layer", "Zero K×K slices per layer"),
+                        horizontal_spacing=0.12)
+    for (entry, rows), colour in zip(layers.groupby("entry", sort=False), PALETTE, strict=False):
+        fig.add_trace(go.Bar(x=rows["layer"], y=rows["coded_bytes"], name=entry, marker_color=colour,
+                             legendgroup=entry, hovertemplate=f"{entry}<br>%{{x}}: %{{y:,.0f}} bytes<extra></extra>"),
+                      1, 1)
+        fig.add_trace(go.Bar(x=rows["layer"], y=rows["slice_sparsity_pct"], name=entry, marker_color=colour,
+                             legendgroup=entry, showlegend=False,
+                             hovertemplate=f"{entry}<br>%{{x}}: %{{y:.1f}} % zero<extra></extra>"), 1, 2)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(title_text="coded (bytes)", row=1, col=1)
+    fig.update_yaxes(title_text="zero slices (%)", range=[0, 100], row=1, col=2)
+    fig.update_xaxes(title_text="layer")
+    return _layout(fig, height=440)
+
+
+def slice_heatmap(mask: np.ndarray, layer: str) -> go.Figure:
+    """Which K×K slices of a conv are zero: filters (rows) × input channels (columns)."""
+    filters, channels = mask.shape
+    fig = go.Figure(go.Heatmap(
+        z=(~mask).astype(int), x=list(range(channels)), y=list(range(filters)), zmin=0, zmax=1, colorscale=[[0, ZERO_COLOUR], [1, KEPT_COLOUR]],
+        showscale=False, xgap=1, ygap=1,
+        customdata=np.where(mask, "zero (skipped)", "non-zero"),
+        hovertemplate="filter %{y}, input channel %{x}: %{customdata}<extra></extra>"))
+    zero = int(mask.sum())
+    fig.update_layout(title=f"{layer}: {zero:,} of {mask.size:,} slices zero ({100 * zero / mask.size:.1f} %) "
+                            "— dark = kept")
+    fig.update_xaxes(title="input channel", showgrid=False, zeroline=False, dtick=max(1, channels // 25))
+    fig.update_yaxes(title="filter (output channel)", autorange="reversed", showgrid=False, zeroline=False,
+                     dtick=max(1, filters // 25))
+    return _layout(fig, height=min(640, max(260, 90 + 14 * filters)), legend_below=False)
+
+
+def parts_bar(parts: pd.DataFrame) -> go.Figure:
+    """The file's parts as one stacked horizontal bar, in bytes, each labelled with its share."""
+    fig = go.Figure()
+    for row, colour in zip(parts.itertuples(), PALETTE, strict=False):
+        fig.add_trace(go.Bar(y=["file"], x=[row.bytes], orientation="h", name=f"{row.part}: {row.bytes:,} B",
+                             marker_color=colour, text=[f"{row.share_pct:.0f} %" if row.share_pct >= 4 else ""],
+                             textposition="inside",
+                             hovertemplate=f"{row.part}: {row.bytes:,} bytes ({row.share_pct:.1f} %)<extra></extra>"))
+    fig.update_layout(barmode="stack", legend_traceorder="normal")
+    fig.update_xaxes(title="bytes")
+    fig.update_yaxes(showticklabels=False)
+    return _layout(fig, height=260)
+
+
+def history_lines(history: pd.DataFrame) -> go.Figure:
+    """Training curves: top-1 (%) and estimated size (KB) per epoch, when recorded."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Test top-1", "Estimated latent size"))
+    if "top1" in history:
+        fig.add_trace(go.Scatter(x=history["epoch"], y=100 * history["top1"], name="top-1 (%)"), 1, 1)
+    if "est_bytes" in history:
+        fig.add_trace(go.Scatter(x=history["epoch"], y=history["est_bytes"] / 1000, name="estimated (KB)"), 1, 2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="top-1 (%)", row=1, col=1)
+    fig.update_yaxes(title_text="KB", row=1, col=2)
+    return _layout(fig, height=340)
+
+
+def benchmark_bars(results: pd.DataFrame) -> go.Figure:
+    """Median latency (ms per batch) per variant, grouped by batch × threads, one panel per entry."""
+    frame = results.assign(setting=lambda f: "batch " + f["batch"].astype(str) + " · "
+                           + f["threads"].astype(str) + " thr")
+    fig = px.bar(frame, x="setting", y="median_ms", color="variant", barmode="group", facet_col="name",
+                 error_y=frame["p90_ms"] - frame["median_ms"] if "p90_ms" in frame else None,
+                 labels={"median_ms": "median latency (ms per batch)", "setting": "batch size · threads",
+                         "variant": "variant", "name": ""},
+                 category_orders={"variant": ["dense", "slim", "sparse", "onnxruntime"]})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_yaxes(rangemode="tozero")
+    return _layout(fig, height=420)

@@ -1,0 +1,233 @@
+"""Data for the dashboard: frames built from the catalog, model cards and decoded models.
+
+Plain functions over plain data (no Streamlit): they take catalog rows, card dicts or models and return
+``pandas`` frames, lists and numbers. Units are in the column names' labels (:data:`COLUMNS`):
+sizes in KB (1 KB = 1,000 bytes), accuracy and sparsity in %, MACs in MMACs (10⁶ multiply-accumulates).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+KB = 1000.0
+MMAC = 1e6
+
+# internal column -> label shown to people (with its unit)
+COLUMNS: dict[str, str] = {
+    "name": "Name",
+    "arch": "Architecture",
+    "dataset": "Dataset",
+    "top1_pct": "Top-1 (%)",
+    "accuracy_source": "Accuracy",
+    "size_kb": "File size (KB)",
+    "compression": "vs fp32 (×)",
+    "slice_sparsity_pct": "Slice sparsity (%)",
+    "macs_saved_pct": "MACs saved (%)",
+    "macs_sparse_m": "MACs, zero slices skipped (MMACs)",
+    "plugin": "Plugin",
+    "added": "Added (UTC)",
+}
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-1 / top-5 as fractions, and whether this installation measured them (else the file claims them)."""
+
+    top1: float | None
+    top5: float | None
+    measured: bool
+
+    @property
+    def source(self) -> str:
+        return "measured" if self.measured else "claimed"
+
+
+def accuracy_of(item: Mapping[str, Any]) -> Accuracy:
+    """The accuracy a catalog row or model card shows: measured when the catalog has it, else claimed.
+
+    Reads ``item["accuracy"] = {"top1", "top5", "measured"}``; rows and cards from catalogs without
+    measured figures (a flat ``top1`` / ``top5``, or an ``accuracy`` dict without ``measured``) are claims.
+    """
+    acc = item.get("accuracy")
+    if isinstance(acc, Mapping):
+        return Accuracy(acc.get("top1"), acc.get("top5"), bool(acc.get("measured", False)))
+    return Accuracy(item.get("top1"), item.get("top5"), False)
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def catalog_frame(rows: Iterable[Mapping[str, Any]], plugin_of: Callable[[str], str] | None = None
+                  ) -> pd.DataFrame:
+    """One row per zoo entry with the columns of :data:`COLUMNS` (plus ``sha256``), sorted by name.
+
+    ``rows`` are catalog rows (``name``, ``arch``, ``dataset``, ``bytes``, ``fp32_bytes``, accuracy as read
+    by :func:`accuracy_of`, ``slice_sparsity``, ``macs_dense``, ``macs_sparse``, ``added_at``, ``sha256``);
+    ``plugin_of(arch)`` names the installed plugin that provides an architecture.
+    """
+    plugins: dict[str, str] = {}
+    records = []
+    for row in rows:
+        acc = accuracy_of(row)
+        arch = row["arch"]
+        if plugin_of is not None and arch not in plugins:
+            plugins[arch] = plugin_of(arch)
+        dense, sparse = row.get("macs_dense"), row.get("macs_sparse")
+        records.append({
+            "name": row["name"], "arch": arch, "dataset": row["dataset"],
+            "top1_pct": _pct(acc.top1), "accuracy_source": acc.source,
+            "size_kb": row["bytes"] / KB,
+            "compression": row["fp32_bytes"] / row["bytes"] if row.get("fp32_bytes") else None,
+            "slice_sparsity_pct": _pct(row.get("slice_sparsity")),
+            "macs_saved_pct": 100.0 * (1 - sparse / dense) if dense and sparse is not None else None,
+            "macs_sparse_m": None if sparse is None else sparse / MMAC,
+            "plugin": plugins.get(arch, ""), "added": row.get("added_at"), "sha256": row["sha256"],
+        })
+    frame = pd.DataFrame.from_records(records, columns=[*COLUMNS, "sha256"])
+    for column in ("top1_pct", "size_kb", "compression", "slice_sparsity_pct", "macs_saved_pct", "macs_sparse_m"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame["added"] = pd.to_datetime(frame["added"], utc=True)
+    return frame.sort_values("name", kind="stable").reset_index(drop=True)
+
+
+def name_pattern(text: str) -> str:
+    """A search box's text as an fnmatch pattern: wildcards as typed, plain text matches anywhere."""
+    text = text.strip().lower()
+    if not text:
+        return "*"
+    return text if any(c in text for c in "*?[") else f"*{text}*"
+
+
+def filter_frame(frame: pd.DataFrame, *, search: str = "", datasets: Sequence[str] = (),
+                 archs: Sequence[str] = (), min_top1_pct: float | None = None, max_size_kb: float | None = None,
+                 min_slice_sparsity_pct: float | None = None) -> pd.DataFrame:
+    """The rows of ``frame`` passing every filter (the filters of ``zoo.list_models``, in display units).
+
+    ``search`` is a name pattern (see :func:`name_pattern`, case-insensitive); empty selections and
+    ``None`` bounds do not filter. Entries without an accuracy never pass ``min_top1_pct``.
+    """
+    pattern = name_pattern(search)
+    keep = frame["name"].str.lower().map(lambda n: fnmatch.fnmatchcase(n, pattern)).astype(bool)
+    if datasets:
+        keep &= frame["dataset"].isin(list(datasets))
+    if archs:
+        keep &= frame["arch"].isin(list(archs))
+    if min_top1_pct is not None and min_top1_pct > 0:
+        keep &= frame["top1_pct"].fillna(-1.0) >= min_top1_pct
+    if max_size_kb is not None:
+        keep &= frame["size_kb"] <= max_size_kb
+    if min_slice_sparsity_pct is not None and min_slice_sparsity_pct > 0:
+        keep &= frame["slice_sparsity_pct"] >= min_slice_sparsity_pct
+    return frame[keep].reset_index(drop=True)
+
+
+def pareto_front(frame: pd.DataFrame, x: str, y: str = "top1_pct") -> pd.DataFrame:
+    """The rows no other row beats (smaller or equal ``x`` and higher ``y``), sorted by ``x``."""
+    points = frame.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False], kind="stable")
+    best = -np.inf
+    keep = []
+    for index, value in points[y].items():
+        if value > best:
+            keep.append(index)
+            best = value
+    return points.loc[keep]
+
+
+# -- one model ------------------------------------------------------------------------------------------
+
+
+def layer_frame(card: Mapping[str, Any]) -> pd.DataFrame:
+    """Per conv / linear layer of a card: shape, parameters, coded bytes, sparsity (%) and MACs (MMACs)."""
+    rows = []
+    for layer in card.get("layers", []):
+        coded, est = layer.get("coded_bits"), layer.get("estimated_bits")
+        dense, sparse = layer.get("macs_dense"), layer.get("macs_sparse")
+        rows.append({
+            "layer": layer["name"] or "(model)", "group": layer.get("latent_group") or "uncompressed",
+            "shape": "×".join(str(s) for s in layer["shape"]), "params": layer["params"],
+            "coded_bytes": None if coded is None else coded / 8,
+            "estimated_bytes": None if est is None else est / 8,
+            "slice_sparsity_pct": 100.0 * layer["slice_sparsity"],
+            "unstructured_sparsity_pct": 100.0 * layer["unstructured_sparsity"],
+            "macs_dense_m": None if dense is None else dense / MMAC,
+            "macs_sparse_m": None if sparse is None else sparse / MMAC,
+        })
+    columns = ["layer", "group", "shape", "params", "coded_bytes", "estimated_bytes", "slice_sparsity_pct",
+               "unstructured_sparsity_pct", "macs_dense_m", "macs_sparse_m"]
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+LAYER_COLUMNS: dict[str, str] = {
+    "layer": "Layer", "group": "Latent group", "shape": "Weight shape", "params": "Parameters",
+    "coded_bytes": "Coded (bytes)", "estimated_bytes": "Estimated (bytes)",
+    "slice_sparsity_pct": "Slice sparsity (%)", "unstructured_sparsity_pct": "Zero weights (%)",
+    "macs_dense_m": "MACs dense (MMACs)", "macs_sparse_m": "MACs sparse (MMACs)",
+}
+
+PART_LABELS = {"header": "Header (JSON)", "tables": "Probability tables", "decoders": "Decoders",
+               "float_params": "Float params (BN, biases, uncompressed)", "coded_latents": "Coded latents"}
+
+
+def parts_frame(card: Mapping[str, Any]) -> pd.DataFrame:
+    """The parts of the ``.lnx`` file (bytes and share of the file in %), in file order."""
+    parts = card["size"]["parts"]
+    total = sum(parts.values()) or 1
+    return pd.DataFrame([{"part": PART_LABELS.get(k, k), "bytes": v, "share_pct": 100.0 * v / total}
+                         for k, v in parts.items()], columns=["part", "bytes", "share_pct"])
+
+
+def zero_slice_maps(model: nn.Module) -> dict[str, np.ndarray]:
+    """For each conv with K×K kernels (K > 1): a filters × input-channels bool map, True where the slice is 0."""
+    maps = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.weight.shape[2] * module.weight.shape[3] > 1:
+            w = module.weight.detach()
+            maps[name] = (w.abs().sum((2, 3)) == 0).cpu().numpy()
+    return maps
+
+
+def training_history(card: Mapping[str, Any]) -> pd.DataFrame:
+    """Epoch records of the run that trained the model, when the catalog holds them; else an empty frame.
+
+    Read from ``card["training"]["history"]`` (a list of per-epoch metric dicts, as ``metrics.jsonl``).
+    """
+    history = (card.get("training") or {}).get("history") or []
+    return pd.DataFrame.from_records([h for h in history if isinstance(h, Mapping) and "epoch" in h])
+
+
+def compare_layers(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (entry, layer): coded bytes and slice sparsity (%), entries in the given order."""
+    frames = [layer_frame(card)[["layer", "coded_bytes", "slice_sparsity_pct"]].assign(entry=card["name"])
+              for card in cards]
+    columns = ["entry", "layer", "coded_bytes", "slice_sparsity_pct"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def summary_frame(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The headline figures of several cards side by side (one text column per entry)."""
+
+    def num(value: float | None, digits: int, suffix: str = "") -> str:
+        return "n/a" if value is None else f"{value:,.{digits}f}{suffix}"
+
+    rows: dict[str, dict[str, str]] = {}
+    for card in cards:
+        acc = accuracy_of(card)
+        macs = card.get("macs") or {}
+        rows[card["name"]] = {
+            "Architecture": card["architecture"], "Dataset": card["dataset"],
+            "Top-1 (%)": f"{num(_pct(acc.top1), 2)} ({acc.source})",
+            "File size (KB)": num(card["size"]["bytes"] / KB, 2),
+            "vs fp32 (×)": num(card["size"]["compression_ratio"], 1),
+            "Slice sparsity (%)": num(_pct(card["sparsity"]["slice"]), 2),
+            "MACs dense (MMACs)": num(None if macs.get("dense") is None else macs["dense"] / MMAC, 4),
+            "MACs sparse (MMACs)": num(None if macs.get("sparse") is None else macs["sparse"] / MMAC, 4),
+        }
+    return pd.DataFrame(rows)

@@ -1,0 +1,303 @@
+"""The dashboard: its data, chart and upload modules, and every page through Streamlit's AppTest."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import zoo.seed
+from dashboard import catalog, charts, data, upload
+from dashboard.references import PUBLISHED, references_for
+from zoo.catalog.engine import get_engine
+from zoo.cli.dashboard_cmds import streamlit_command
+from zoo.service import Zoo
+from zoo.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "dashboard" / "app.py"
+SHIPPED = ROOT / "zoo_artifacts"
+SEEDED = ("lenet5_caffe.mnist-lam20", "lenet5_caffe.mnist-lam5", "lenet_300_100.mnist-lam2")
+
+streamlit_testing = pytest.importorskip("streamlit.testing.v1")
+
+
+def _zoo(root: Path) -> Zoo:
+    return Zoo(get_engine(f"sqlite:///{root / 'registry.db'}"), Store(root / "home" / "store"))
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A catalog holding three shipped models (module-wide: adding decodes each file once)."""
+    root = tmp_path_factory.mktemp("dashboard")
+    z = _zoo(root)
+    for name in SEEDED:
+        z.add(SHIPPED / f"{name}.lnx", name.split(".", 1)[1])
+    return root
+
+
+def _point_env_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LILNETX_DB", f"sqlite:///{root / 'registry.db'}")
+    monkeypatch.setenv("LILNETX_HOME", str(root / "home"))
+    monkeypatch.delenv("LILNETX_ZOO_URL", raising=False)
+    monkeypatch.delenv("LILNETX_OFFLINE", raising=False)
+    monkeypatch.setattr(zoo.seed, "SHIPPED_DIR", root / "no-shipped-models")  # no seeding behind our back
+
+
+@pytest.fixture
+def env(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    _point_env_at(seeded, monkeypatch)
+    return seeded
+
+
+def _app(page: str | None = None, **query: str) -> streamlit_testing.AppTest:
+    at = streamlit_testing.AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params.update(query)
+    at.run()
+    if page:
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _errors(at: streamlit_testing.AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+
+def _row(name: str, *, dataset: str = "mnist", top1: float | None = 0.98, measured: bool | None = None,
+         size: int = 5000, sparsity: float = 0.9) -> dict:
+    row = {"name": name, "arch": name.split(".")[0], "dataset": dataset, "bytes": size, "fp32_bytes": 100 * size,
+           "slice_sparsity": sparsity, "macs_dense": 1_000_000, "macs_sparse": 250_000,
+           "added_at": datetime(2026, 1, 2, tzinfo=UTC), "sha256": "0" * 64}
+    if measured is None:
+        row.update(top1=top1, top5=None)  # a catalog row from before measured accuracy
+    else:
+        row["accuracy"] = {"top1": top1, "top5": None, "measured": measured}
+    return row
+
+
+def test_accuracy_accessor_reads_new_and_old_shapes() -> None:
+    assert data.accuracy_of({"accuracy": {"top1": 0.99, "top5": 1.0, "measured": True}}) == \
+        data.Accuracy(0.99, 1.0, True)
+    assert data.accuracy_of({"top1": 0.97, "top5": 0.99}) == data.Accuracy(0.97, 0.99, False)
+    old_card = {"accuracy": {"top1": 0.9, "top5": None}}
+    assert data.accuracy_of(old_card).source == "claimed"
+
+
+def test_catalog_frame_units_and_filters() -> None:
+    rows = [_row("lenet5_caffe.mnist-a", top1=0.99, measured=True, size=2_840, sparsity=0.99),
+            _row("lenet5_caffe.mnist-b", top1=0.97, size=12_000, sparsity=0.5),
+            _row("resnet20.cifar10-a", dataset="cifar10", top1=None, measured=False, size=60_000)]
+    frame = data.catalog_frame(rows, plugin_of=lambda arch: f"plugin-of-{arch}")
+    first = frame.iloc[0]
+    assert first["size_kb"] == pytest.approx(2.84) and first["top1_pct"] == pytest.approx(99.0)
+    assert first["accuracy_source"] == "measured" and frame.iloc[1]["accuracy_source"] == "claimed"
+    assert first["macs_saved_pct"] == pytest.approx(75.0) and first["compression"] == pytest.approx(100.0)
+    assert first["plugin"] == "plugin-of-lenet5_caffe"
+    names = lambda f: f["name"].tolist()  # noqa: E731
+    assert names(data.filter_frame(frame, search="mnist-b")) == ["lenet5_caffe.mnist-b"]  # plain text: anywhere
+    assert names(data.filter_frame(frame, search="LENET5*")) == ["lenet5_caffe.mnist-a", "lenet5_caffe.mnist-b"]
+    assert names(data.filter_frame(frame, search="*-a")) == ["lenet5_caffe.mnist-a", "resnet20.cifar10-a"]
+    assert names(data.filter_frame(frame, datasets=["cifar10"])) == ["resnet20.cifar10-a"]
+    assert names(data.filter_frame(frame, min_top1_pct=98.0)) == ["lenet5_caffe.mnist-a"]  # None never passes
+    assert names(data.filter_frame(frame, max_size_kb=12.0)) == ["lenet5_caffe.mnist-a", "lenet5_caffe.mnist-b"]
+    assert names(data.filter_frame(frame, min_slice_sparsity_pct=95)) == ["lenet5_caffe.mnist-a"]
+    assert data.filter_frame(frame, search="nothing*").empty
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    frame = pd.DataFrame({"name": list("abcd"), "size_kb": [1.0, 2.0, 3.0, 4.0], "top1_pct": [90, 95, 94, 99]})
+    assert data.pareto_front(frame, "size_kb")["name"].tolist() == ["a", "b", "d"]
+
+
+def test_zero_slice_maps_match_zeroed_slices() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        model[0].weight[1, 2] = 0
+        model[0].weight[3, 0] = 0
+    maps = data.zero_slice_maps(model)
+    assert list(maps) == ["0"]  # 1x1 convs have no K×K slices
+    expected = np.zeros((4, 3), dtype=bool)
+    expected[1, 2] = expected[3, 0] = True
+    np.testing.assert_array_equal(maps["0"], expected)
+
+
+def test_training_history_only_when_recorded() -> None:
+    assert data.training_history({"recipe": {}}).empty
+    history = data.training_history({"training": {"history": [{"epoch": 1, "top1": 0.5}, {"epoch": 2, "top1": 0.7}]}})
+    assert history["epoch"].tolist() == [1, 2]
+    assert charts.history_lines(history).layout.xaxis.title.text == "epoch"
+
+
+def test_published_points_are_the_method_notes() -> None:
+    assert {(r.arch, r.size_kb, r.top1_pct) for r in PUBLISHED} == {("lenet5_caffe", 2.84, 99.0),
+                                                                   ("lenet_300_100", 8.56, 98.1)}
+    assert references_for({"cifar10"}) == []
+    assert all("METHOD.md" in r.source and "claimed" in r.label for r in PUBLISHED)
+
+
+# -- the seeded catalog -------------------------------------------------------------------------------------
+
+
+def test_entry_rows_is_one_query_that_agrees_with_zoo_list(seeded: Path) -> None:
+    z = _zoo(seeded)
+    rows = catalog.entry_rows(z.engine)
+    listed = {r["name"]: r for r in z.list()}
+    assert [r["name"] for r in rows] == sorted(listed) == sorted(SEEDED)
+    for row in rows:
+        assert row["bytes"] == listed[row["name"]]["bytes"]
+        assert data.accuracy_of(row).top1 == pytest.approx(data.accuracy_of(listed[row["name"]]).top1)
+    assert catalog.plugin_of("lenet5_caffe") == "plugins.paper_models"
+    assert catalog.plugin_of("no_such_arch") == "not installed"
+
+
+def test_model_card_frames_and_charts(seeded: Path) -> None:
+    card = _zoo(seeded).card("lenet5_caffe.mnist-lam20")
+    layers = data.layer_frame(card)
+    assert layers["layer"].tolist() == ["conv1", "conv2", "fc1", "fc2"]
+    assert layers["coded_bytes"].sum() <= card["size"]["parts"]["coded_latents"]
+    parts = data.parts_frame(card)
+    assert parts["bytes"].sum() == card["size"]["bytes"] and parts["share_pct"].sum() == pytest.approx(100)
+    fig = charts.layer_bars(layers)
+    assert fig.layout.xaxis.title.text == "bytes" and fig.layout.xaxis2.title.text == "% zero"
+    assert charts.parts_bar(parts).layout.xaxis.title.text == "bytes"
+    table = data.catalog_frame(catalog.entry_rows(_zoo(seeded).engine))
+    pareto = charts.pareto(table, "size_kb", "file size (KB, log scale)", references=PUBLISHED,
+                           front=data.pareto_front(table, "size_kb"))
+    assert pareto.layout.xaxis.type == "log" and "KB" in pareto.layout.xaxis.title.text
+    assert "%" in pareto.layout.yaxis.title.text
+    assert sum("published, claimed" in (t.name or "") for t in pareto.data) == len(PUBLISHED)
+    assert any(t.name == "frontier (zoo)" for t in pareto.data)
+    side = data.compare_layers([card, _zoo(seeded).card("lenet5_caffe.mnist-lam5")])
+    assert len(side) == 8 and set(side["entry"]) == {"lenet5_caffe.mnist-lam20", "lenet5_caffe.mnist-lam5"}
+    assert set(data.summary_frame([card]).index) >= {"Top-1 (%)", "File size (KB)", "MACs sparse (MMACs)"}
+
+
+# -- upload -------------------------------------------------------------------------------------------------
+
+
+def _shipped_bytes(name: str = "lenet5_caffe.mnist-lam1") -> bytes:
+    return (SHIPPED / f"{name}.lnx").read_bytes()
+
+
+@pytest.mark.parametrize("mangle, expected", [
+    (lambda b: b[: len(b) // 2], "model.lnx has .* bytes but its header says .*truncated"),
+    (lambda b: b[:100] + bytes([b[100] ^ 0xFF]) + b[101:], "sha256"),
+    (lambda b: b"PK\x03\x04 not a model at all", "not a valid .lnx"),
+    (lambda b: b"", "empty"),
+])
+def test_check_upload_refuses_bad_files(mangle, expected: str) -> None:
+    with pytest.raises(upload.UploadError, match=expected):
+        upload.check_upload(mangle(_shipped_bytes()), filename="model.lnx")
+
+
+def test_check_upload_size_limit_and_tags() -> None:
+    blob = _shipped_bytes()
+    with pytest.raises(upload.UploadError, match="over the dashboard's limit"):
+        upload.check_upload(blob, max_bytes=len(blob) - 1)
+    checked = upload.check_upload(blob)
+    assert checked.sha256 == hashlib.sha256(blob).hexdigest() and checked.arch == "lenet5_caffe"
+    assert upload.entry_name(checked, upload.suggested_tag(checked)).startswith("lenet5_caffe.mnist-upload-")
+    with pytest.raises(upload.UploadError, match="must start with the artifact's dataset"):
+        upload.entry_name(checked, "cifar10-x")
+
+
+def test_add_upload_adds_once(tmp_path: Path) -> None:
+    z = _zoo(tmp_path)
+    assert upload.add_upload(z, _shipped_bytes(), "mnist-up") == "lenet5_caffe.mnist-up"
+    assert [r["name"] for r in z.list()] == ["lenet5_caffe.mnist-up"]
+    with pytest.raises(upload.UploadError, match="choose another tag"):
+        upload.add_upload(z, _shipped_bytes("lenet5_caffe.mnist-lam20"), "mnist-up")
+
+
+# -- CLI ----------------------------------------------------------------------------------------------------
+
+
+def test_dashboard_command_line() -> None:
+    command = streamlit_command("127.0.0.1", 8765)
+    assert command[:4] == [sys.executable, "-m", "streamlit", "run"] and Path(command[4]) == APP
+    assert "--server.port=8765" in command and "--server.address=127.0.0.1" in command
+    assert "--server.headless=true" in command and "--client.showErrorDetails=none" in command
+
+
+# -- pages (AppTest) ----------------------------------------------------------------------------------------
+
+
+def test_browse_filters_change_the_table(env: Path) -> None:
+    at = _app()
+    assert at.title[0].value == "Browse the zoo" and not _errors(at)
+    assert f"**{len(SEEDED)}** entries" in at.caption[0].value and "registry.db" in at.caption[0].value
+    assert at.dataframe[0].value["name"].tolist() == sorted(SEEDED)
+    at.text_input(key="search").input("lam20").run()
+    assert at.dataframe[0].value["name"].tolist() == ["lenet5_caffe.mnist-lam20"]
+    at.text_input(key="search").input("lenet5*").run()
+    at.slider(key="min_top1").set_value(98.0).run()
+    assert at.dataframe[0].value["name"].tolist() == ["lenet5_caffe.mnist-lam5"]
+    at.slider(key="min_top1").set_value(99.9).run()
+    assert at.dataframe[0].value.empty and "No entry matches" in at.info[0].value
+
+
+def test_compare_page_draws_pareto_charts_and_side_by_side(env: Path) -> None:
+    at = _app("compare")
+    assert not _errors(at)
+    assert len(at.get("plotly_chart")) == 3  # size and MACs Pareto views + per-layer comparison
+    assert at.multiselect(key="cmp_entries").value  # frontier entries chosen by default
+
+
+def test_model_page_renders_card_charts_and_download(env: Path) -> None:
+    name = "lenet5_caffe.mnist-lam20"
+    at = _app("model", model=name)
+    assert at.title[0].value == name and not _errors(at)
+    assert len(at.get("plotly_chart")) >= 3  # layer bars, slice heatmap, file parts
+    download = at.get("download_button")[0]
+    assert f"{(SHIPPED / f'{name}.lnx').stat().st_size:,} bytes" in download.proto.label
+    assert hashlib.sha256((SHIPPED / f"{name}.lnx").read_bytes()).hexdigest() in [c.value for c in at.code]
+    assert any("No training curves" in i.value for i in at.info)
+
+
+def test_plugins_page_lists_plugins_and_architectures(env: Path) -> None:
+    at = _app("plugins")
+    plugins, archs = at.dataframe[0].value, at.dataframe[1].value
+    assert "plugins.paper_models" in plugins["Plugin"].tolist()
+    assert {"lenet5_caffe", "lenet_300_100"} <= set(archs["Architecture"])
+
+
+def test_upload_of_corrupt_file_is_refused_and_changes_nothing(env: Path) -> None:
+    before = catalog.entry_rows(_zoo(env).engine)
+    at = _app("upload")
+    blob = bytearray(_shipped_bytes())
+    blob[200] ^= 0x01
+    at.get("file_uploader")[0].upload("broken.lnx", bytes(blob)).run()
+    assert any("was not added" in e and "sha256" in e for e in _errors(at))
+    assert not at.button  # nothing to confirm
+    assert catalog.entry_rows(_zoo(env).engine) == before
+
+
+def test_upload_of_valid_file_adds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _point_env_at(tmp_path, monkeypatch)
+    at = _app("upload")
+    at.get("file_uploader")[0].upload("lam1.lnx", _shipped_bytes()).run()
+    assert not _errors(at) and at.success
+    at.text_input(key="upload_tag").input("mnist-mine").run()
+    at.button(key="upload_add").click().run()
+    assert not _errors(at)
+    assert [r["name"] for r in _zoo(tmp_path).list()] == ["lenet5_caffe.mnist-mine"]
+
+
+def test_empty_catalog_says_how_to_add_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _point_env_at(tmp_path, monkeypatch)
+    for page in (None, "compare", "model"):
+        at = _app(page)
+        assert any("catalog is empty" in i.value for i in at.info), page
+        assert not _errors(at)
