@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint venv system-deps clean
+.PHONY: run demo test lint venv system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,17 +16,28 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The dashboard on registry.db, seeded (and measured) from zoo_artifacts/; it prints its URL. PORT=8502 make run
+PORT ?= 8501
 run: $(STAMP)
+	$(BIN)/lilnetx zoo seed
+	$(BIN)/lilnetx dashboard --port $(PORT)
+
+# The terminal demo: measure every entry on real data, then train, export and add a small model.
+demo: $(STAMP)
 	$(BIN)/python -m zoo.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check lilnetx zoo plugins dashboard tests benchmarks
 
-# Test-only system services: a PostgreSQL server for the catalog tests (they skip, saying why, without it).
+# Test-only system services: a PostgreSQL server for the catalog tests and Debian's chromium for the browser
+# test (each skips, saying why, without it).
 system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 		|| echo "note: PostgreSQL not installed; its tests will be skipped"; }
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: chromium not installed; the browser test will be skipped"; }
 
 test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest -q -n 2 tests

@@ -30,7 +30,9 @@ streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 
 
 def _zoo(root: Path) -> Zoo:
-    return Zoo(get_engine(f"sqlite:///{root / 'registry.db'}"), Store(root / "home" / "store"))
+    """The catalog under ``root``; adding does not measure accuracy (the tests need no MNIST pass)."""
+    return Zoo(get_engine(f"sqlite:///{root / 'registry.db'}"), Store(root / "home" / "store"),
+               measure_timeout_s=0)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,7 @@ def _point_env_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LILNETX_HOME", str(root / "home"))
     monkeypatch.delenv("LILNETX_ZOO_URL", raising=False)
     monkeypatch.delenv("LILNETX_OFFLINE", raising=False)
+    monkeypatch.setenv("LILNETX_MEASURE_TIMEOUT", "0")
     monkeypatch.setattr(zoo.seed, "SHIPPED_DIR", root / "no-shipped-models")  # no seeding behind our back
 
 

@@ -1,4 +1,7 @@
-"""``lilnetx dashboard``: start the Streamlit dashboard on the catalog and print its URL."""
+"""``lilnetx dashboard``: start the Streamlit dashboard on the catalog and print its URL.
+
+An empty catalog that was never seeded first gets the shipped models (``zoo.seed.seed_on_first_use``).
+"""
 
 from __future__ import annotations
 
@@ -23,13 +26,16 @@ def run_dashboard(args: argparse.Namespace) -> int:
     """Replace this process with the Streamlit server (it never returns on success)."""
     if not APP.is_file():
         raise FileNotFoundError(f"the dashboard is missing ({APP}); reinstall lilnetx-zoo from its repository")
-    env = dict(os.environ)
     if args.db:
-        env["LILNETX_DB"] = args.db
-    shown = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+        os.environ["LILNETX_DB"] = args.db
+    from zoo.seed import seed_on_first_use
+    from zoo.service import Zoo
+
+    seed_on_first_use(Zoo.from_env())  # like every `lilnetx zoo` command: an empty, new catalog gets the shipped models
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"LilNetX Zoo dashboard: http://{shown}:{args.port}  (Ctrl+C stops it)", flush=True)
     command = streamlit_command(args.host, args.port)
-    os.execve(command[0], command, env)  # this process becomes the server: signals reach it directly
+    os.execve(command[0], command, os.environ)  # this process becomes the server: signals reach it directly
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
