@@ -16,13 +16,14 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.datasets import ImageFolder
+
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
 
 __all__ = [
     "DATASETS",
@@ -387,6 +388,8 @@ def _cifar(
     batches = {f: _find_file(folder, f, expected, fix) for f in train_files + test_files}
     train = _cifar_batches([batches[f] for f in train_files], label_key, num_classes)
     test = _cifar_batches([batches[f] for f in test_files], label_key, num_classes)
+    from torchvision import transforms  # imported by the loaders that use it: importing lilnetx stays light
+
     crop_flip = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()])
     return DatasetBundle(
         train=TensorImageDataset(*train, mean, std, augment=crop_flip if augment else None),
@@ -447,6 +450,8 @@ def image_folder(root: str | Path, *, image_size: int = 224, augment: bool = Tru
     fix = "Arrange the images in one sub-folder per class under train/ and val/."
     _require_dir(root, expected, fix)
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), root / "val")
+    from torchvision import transforms
+
     normalize = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train_tf = (
         [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
@@ -476,6 +481,8 @@ def image_folder(root: str | Path, *, image_size: int = 224, augment: bool = Tru
 
 def _image_folder_split(folder: Path, transform: Callable, expected: str, fix: str) -> ImageFolder:
     _require_dir(folder, expected, fix)
+    from torchvision.datasets import ImageFolder
+
     try:
         return ImageFolder(str(folder), transform=transform)
     except FileNotFoundError as e:

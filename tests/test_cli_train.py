@@ -71,7 +71,8 @@ def test_run_folder_keeps_the_exact_full_recipe(straight_run: tuple[Path, dict])
     config = TrainConfig.from_dict(recipe["train"])  # every key, valid
     assert config == TrainConfig(**{**FAST_RECIPE["train"], "lambda_rate": 1e-3, "warmup_epochs": 0.0})
     assert recipe["reparam"] == {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],
-                                 "group_overrides": None, "density_filters": [3, 3, 3], "latent_bound": 3}
+                                 "group_overrides": None, "density_filters": [3, 3, 3], "latent_bound": 3,
+                                 "decoder_forms": None}
 
 
 def test_resume_continues_an_interrupted_run_exactly(straight_run: tuple[Path, dict], recipe_file: Path,

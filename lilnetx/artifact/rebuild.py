@@ -14,7 +14,7 @@ from lilnetx.artifact.errors import CorruptHeaderError, UnknownArchitectureError
 from lilnetx.artifact.format import Artifact, is_latent_key
 from lilnetx.artifact.reader import decode, parse
 from lilnetx.artifact.validation import TensorSpecs, check_tensors, tensor_specs
-from lilnetx.reparam import ReparamError, latent_groups, latent_tensors, reparameterize, strip
+from lilnetx.reparam import ReparamError, latent_groups, latent_tensors, reparameterize
 
 BUILDER_GROUP = "lilnetx.model_builders"
 
@@ -26,42 +26,82 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
 
     ``builder(arch_name, arch_kwargs) -> nn.Module`` rebuilds the architecture; by default the builders
     installed under the entry-point group ``lilnetx.model_builders`` are tried in name order. The
-    architecture's tensor names and shapes are checked against the header before any latent is decoded.
-    ``reparameterized=True`` keeps the latent parametrisation (integer latents and decoders; the learned
-    density itself is not stored, the header holds the bits).
+    architecture is built once (on the meta device when its builder allows, then materialised), its tensor
+    names and shapes are checked against the header before any latent is decoded, and each compressed
+    weight is decoded straight into it: ``round(Z) @ decoder`` (``round(Z) * decoder`` for a diagonal or
+    scalar decoder). ``reparameterized=True`` keeps the latent parametrisation instead (integer latents and
+    decoders; the learned density itself is not stored, the header holds the bits).
     """
     data = Path(path).read_bytes()
     header, sections = parse(data, str(path))
-    model = _rebuild(header, builder, str(path))
-    return _finish(model, decode(data, header, sections, str(path)), reparameterized, str(path))
+    if reparameterized:
+        model = _rebuild(header, builder, str(path))
+        return _finish(model, decode(data, header, sections, str(path)), str(path))
+    model = _build(header, builder, str(path))
+    return _load_plain(model, decode(data, header, sections, str(path)), str(path))
 
 
 def from_artifact(artifact: Artifact, *, builder: Builder | None = None, reparameterized: bool = False,
                   source: str = "artifact") -> nn.Module:
     """``load`` for an already read ``Artifact``."""
-    return _finish(_rebuild(artifact.header, builder, source), artifact, reparameterized, source)
+    if reparameterized:
+        return _finish(_rebuild(artifact.header, builder, source), artifact, source)
+    return _load_plain(_build(artifact.header, builder, source), artifact, source)
 
 
-def _rebuild(header: dict[str, Any], builder: Builder | None, source: str) -> nn.Module:
-    """The header's architecture, checked against the header and reparameterised like it; latents not filled."""
-    with torch.random.fork_rng(devices=[]):  # building and reparameterising must not move the global RNG
-        model = _build(header, builder, source)
-        _reparameterize_like(model, header, source)
-    return model
-
-
-def _finish(model: nn.Module, artifact: Artifact, reparameterized: bool, source: str) -> nn.Module:
-    """Fill ``model`` with the decoded artifact, record its config, strip it unless ``reparameterized``."""
+def decoded_state(artifact: Artifact, specs: TensorSpecs) -> dict[str, torch.Tensor]:
+    """Every state-dict tensor of the artifact's model: the compressed ones decoded from their integer
+    latents and their group's decoder, in the dtype ``specs`` gives them, and the stored float parameters."""
     header = artifact.header
-    _fill(model, artifact, source)
+    widths = {g["name"]: g["width"] for g in header["groups"]}
+    state = dict(artifact.float_params)
+    for layer in header["layers"]:
+        name, group = layer["name"], layer["group"]
+        dtype = specs[name][1]
+        rows = torch.from_numpy(artifact.latents[name]).to(dtype).reshape(-1, widths[group])
+        decoder = torch.as_tensor(artifact.decoders[group]).to(dtype)
+        # LatentGroup.decode: a matrix multiplies the rows, a (1, width) or (1, 1) decoder scales them
+        decoded = rows @ decoder if decoder.shape[0] > 1 else rows * decoder
+        state[name] = decoded.reshape(layer["shape"])
+    return state
+
+
+@torch.no_grad()
+def _load_plain(model: nn.Module, artifact: Artifact, source: str) -> nn.Module:
+    """Decode the artifact into the built plain ``model`` (already checked against the header)."""
+    specs = tensor_specs(model)
+    try:
+        model.load_state_dict(decoded_state(artifact, specs))
+    except RuntimeError as exc:  # names and shapes were checked: only a builder that changed underfoot
+        raise mismatch(source, "the state dict", "its tensors", str(exc), artifact.header["arch"]) from exc
+    return _record(model, artifact.header).eval()
+
+
+def _record(model: nn.Module, header: dict[str, Any]) -> nn.Module:
+    """Record the header's architecture and input config on ``model`` (as ``zoo.create_model`` does)."""
     model.lilnetx_arch = {"name": header["arch"], "kwargs": header["arch_kwargs"]}
     model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), "architecture": header["arch"],
                             **{k: header[k] for k in ("input_size", "mean", "std", "num_classes")
                                if header.get(k) is not None}}
-    if reparameterized:
-        model.lilnetx_config = dict(header["reparam"])
-    else:
-        strip(model)
+    return model
+
+
+def _rebuild(header: dict[str, Any], builder: Builder | None, source: str) -> nn.Module:
+    """The header's architecture, checked against the header and reparameterised like it; latents not filled."""
+    model = _build(header, builder, source)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():  # defined values (the build may leave memory uninitialised)
+            tensor.zero_()
+    with torch.random.fork_rng(devices=[]):  # reparameterising must not move the global RNG
+        _reparameterize_like(model, header, source)
+    return model
+
+
+def _finish(model: nn.Module, artifact: Artifact, source: str) -> nn.Module:
+    """Fill the reparameterised ``model`` with the decoded artifact and record its config."""
+    _fill(model, artifact, source)
+    _record(model, artifact.header)
+    model.lilnetx_config = dict(artifact.header["reparam"])
     return model.eval()
 
 
@@ -71,8 +111,13 @@ def _installed_builders() -> list[tuple[str, Callable[[], Builder]]]:
 
 
 def _build(header: dict[str, Any], builder: Builder | None, source: str) -> nn.Module:
-    """Build the header's architecture. Its tensors are checked against the header first on a meta-device
-    copy (no memory), so a header that lies about shapes fails before anything is allocated or decoded."""
+    """Build the header's architecture once, checked against the header before any memory is used.
+
+    The builder runs on the meta device, the tensors are checked there (so a header that lies about shapes
+    fails before anything is allocated or decoded), then the model is materialised uninitialised: every
+    tensor in its state dict is overwritten by the artifact. Builders that cannot build on the meta device,
+    and models holding tensors outside their state dict (non-persistent buffers), are built directly.
+    """
     arch, kwargs = header["arch"], header["arch_kwargs"]
     candidates = [("builder", lambda: builder)] if builder is not None else _installed_builders()
     if not candidates:
@@ -83,18 +128,18 @@ def _build(header: dict[str, Any], builder: Builder | None, source: str) -> nn.M
     for name, get in candidates:
         try:
             fn = get()
-            probe = _meta_specs(fn, arch, kwargs)
-            if probe is not None:
-                check_tensors(header, probe, source)
-            model = fn(arch, dict(kwargs))
+            with torch.random.fork_rng(devices=[]):  # building must not move the global RNG
+                model = _build_on_meta(fn, arch, kwargs, header, source)
+                if model is None:
+                    model = fn(arch, dict(kwargs))
+                    if isinstance(model, nn.Module):
+                        check_tensors(header, tensor_specs(model), source)
         except CorruptHeaderError:
             raise
         except Exception as exc:  # any builder failure means "cannot build it here"
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
         if isinstance(model, nn.Module):
-            if probe is None:
-                check_tensors(header, tensor_specs(model), source)
             return model
         failures.append(f"{name}: returned {type(model).__name__}, not an nn.Module")
     raise UnknownArchitectureError(
@@ -102,13 +147,31 @@ def _build(header: dict[str, Any], builder: Builder | None, source: str) -> nn.M
         "provides it, or pass builder=")
 
 
-def _meta_specs(fn: Builder, arch: str, kwargs: dict[str, Any]) -> TensorSpecs | None:
-    """Tensors of ``fn``'s model built on the meta device; ``None`` if it cannot be built there."""
+def _build_on_meta(fn: Builder, arch: str, kwargs: dict[str, Any], header: dict[str, Any],
+                   source: str) -> nn.Module | None:
+    """``fn``'s model built on the meta device, checked against the header, then given uninitialised CPU
+    memory; ``None`` when it cannot be built there or holds tensors its state dict does not cover."""
     try:
         with torch.device("meta"):
-            return tensor_specs(fn(arch, dict(kwargs)))
+            model = fn(arch, dict(kwargs))
     except Exception:  # builders that do real work at build time are built directly
         return None
+    if not isinstance(model, nn.Module):
+        return None
+    check_tensors(header, tensor_specs(model), source)
+    state = model.state_dict(keep_vars=True)
+    covered = {id(t) for t in state.values()}
+    if any(id(t) not in covered for t in _all_tensors(model)):
+        return None  # e.g. a non-persistent buffer: its build-time value is needed, so build for real
+    # Module.to_empty would do, but its empty_like on meta tensors imports sympy (about a second)
+    return model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype))
+
+
+def _all_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """Parameters, buffers and plain tensor attributes of every module of ``model``."""
+    return [value for module in model.modules() for value in
+            (*module._parameters.values(), *module._buffers.values(), *vars(module).values())
+            if isinstance(value, torch.Tensor)]
 
 
 def _reparameterize_like(model: nn.Module, header: dict[str, Any], source: str) -> None:

@@ -21,10 +21,10 @@ from lilnetx.artifact.format import (
     SECTIONS,
     decoder_shapes,
 )
-from lilnetx.reparam import DECODER_FORMS
+from lilnetx.reparam import DECODER_FORMS, INITS, STRUCTURES
 
 REPARAM_CHECKS: dict[str, Callable[[Any], bool]] = {  # reparameterize options a header may hold
-    "init": lambda v: isinstance(v, str), "structure": lambda v: isinstance(v, str),
+    "init": lambda v: v in INITS, "structure": lambda v: v in STRUCTURES,
     "compress_bias": lambda v: isinstance(v, bool),
     "exclude": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
     "density_filters": lambda v: isinstance(v, list) and len(v) <= 8 and all(is_int(f, 1, 64) for f in v),

@@ -72,9 +72,9 @@ def golden_model() -> nn.Module:
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """Checksum of a plain model's state dict: names, dtypes, shapes and little-endian bytes."""
+    """Checksum of a plain model's state dict: names, dtypes, shapes and little-endian bytes, by name."""
     digest = hashlib.sha256()
-    for name, value in model.state_dict().items():
+    for name, value in sorted(model.state_dict().items()):
         array = value.detach().cpu().numpy()
         digest.update(f"{name}:{array.dtype.str}:{list(array.shape)};".encode())
         digest.update(array.astype(array.dtype.newbyteorder("<")).tobytes())
