@@ -5,15 +5,19 @@ by subclassing :class:`CatalogContract` and providing a ``url`` fixture (a fresh
 from __future__ import annotations
 
 import multiprocessing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import MetaData, create_engine
 from zoo_helpers import put_fake
 
 from zoo.catalog import queries
-from zoo.catalog.engine import get_engine, session_scope, upgrade
+from zoo.catalog.engine import MIGRATIONS, get_engine, session_scope, upgrade
 from zoo.catalog.models import Base
 from zoo.errors import EntryExistsError, EntryNotFoundError
 from zoo.service import Zoo
@@ -38,6 +42,39 @@ class CatalogContract:
         with z.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         upgrade(z.engine)  # at head: a no-op
+
+    def test_migration_0003_keeps_existing_rows(self, url: str) -> None:
+        """Upgrade a catalog that holds an entry, metrics and a benchmark from 0002 to the newest schema."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        old = create_engine(url)
+        with old.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002")
+        with old.begin() as conn:
+            tables = MetaData()
+            tables.reflect(conn)
+            t = tables.tables
+            now = datetime(2026, 1, 1, tzinfo=UTC)
+            conn.execute(t["artifacts"].insert().values(
+                id=1, sha256="a" * 64, size_bytes=10, uri="store:" + "a" * 64, format_version=1, arch="tiny",
+                arch_kwargs={}, header={}, added_at=now, verified=True))
+            conn.execute(t["architectures"].insert().values(id=1, name="tiny"))
+            conn.execute(t["entries"].insert().values(name="tiny.mnist-a", tag="mnist-a", dataset="mnist",
+                                                      architecture_id=1, artifact_id=1, added_at=now))
+            conn.execute(t["metrics"].insert().values(
+                artifact_id=1, top1=0.97, top5=0.99, size_bytes=10, fp32_bytes=40, size_parts={}, params=10,
+                slice_sparsity=0.0, unstructured_sparsity=0.0))
+            conn.execute(t["benchmarks"].insert().values(
+                artifact_id=1, machine="ci", device="cpu", threads=1, batch=1, slim=False, latencies_ms=[1.0],
+                mean_ms=1.0, p50_ms=1.0, p90_ms=1.0, measured_at=now))
+        old.dispose()
+        z = Zoo(get_engine(url), Store("unused"), measure_timeout_s=0)
+        card = z.card("tiny.mnist-a")
+        assert card["accuracy"] == {"top1": 0.97, "top5": 0.99, "measured": False}  # old figures: claims
+        with session_scope(z.engine) as session:
+            (bench,) = queries.benchmarks(session, "tiny.mnist-a")
+            assert (bench.variant, bench.machine_info, bench.slim) == ("dense", None, False)
 
     def test_list_filters(self, z: Zoo) -> None:
         put_fake(z, "tiny.mnist-a", b"a", top1=0.99, slice_sparsity=0.8)

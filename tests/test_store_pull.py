@@ -354,3 +354,45 @@ def test_public_api_list_pull_load(env: Path) -> None:
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
     with pytest.raises(NotImplementedError, match="later feature"):
         zoo.load("lenet_300_100.mnist-a", slim=True)
+
+
+def test_add_parses_the_file_once_and_a_cached_pull_hashes_it_once(env: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from lilnetx.artifact import reader
+
+    path = make_artifact(env / "a.lnx")
+    data = path.read_bytes()
+    hashes: list[int] = []
+    parses: list[int] = []
+    real_sha256, real_parse = hashlib.sha256, reader.parse
+
+    class CountingSha256:
+        """sha256 that counts how often the whole artifact goes through it."""
+
+        def __init__(self, initial: bytes = b"") -> None:
+            self._digest = real_sha256()
+            self.update(initial)
+
+        def update(self, chunk: bytes) -> None:
+            hashes.extend([1] if chunk == data else [])
+            self._digest.update(chunk)
+
+        def hexdigest(self) -> str:
+            return self._digest.hexdigest()
+
+        def digest(self) -> bytes:
+            return self._digest.digest()
+
+    def counting_parse(raw: bytes, source: str):  # type: ignore[no-untyped-def]
+        parses.append(1)
+        return real_parse(raw, source)
+
+    monkeypatch.setattr(hashlib, "sha256", CountingSha256)
+    monkeypatch.setattr(reader, "parse", counting_parse)
+    z = Zoo.from_env()
+    z.add(path, "mnist-a")
+    assert len(parses) == 1  # read, verified and decoded once; hashed by the reader and by the store's copy
+    assert len(hashes) == 2
+    hashes.clear()
+    assert z.pull("lenet_300_100.mnist-a").read_bytes() == data
+    assert len(hashes) == 1

@@ -152,6 +152,11 @@ def _index_entry(item: Any) -> IndexEntry:
     for key in item:
         if key not in ("name", "dataset", "artifact"):
             raise RecordError(key, "no such field", item[key])
+    try:
+        json.dumps(item, ensure_ascii=False).encode()
+    except (UnicodeEncodeError, RecursionError):  # a lone surrogate ("\ud800"), or nesting no database stores
+        raise RecordError("entry", "valid Unicode text (no lone surrogates), nested at most a few hundred deep",
+                          item.get("name")) from None
     name, dataset = item.get("name"), item.get("dataset")
     if not isinstance(name, str):
         raise RecordError("name", "an entry name ARCH.TAG", name)
