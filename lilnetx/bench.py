@@ -1,0 +1,163 @@
+"""``benchmark(model, input_size)``: dense vs slimmed vs slice-sparse vs onnxruntime latency, in one process.
+
+Variants are timed interleaved (one call of each per round) so that a noisy machine slows them alike, and
+every speedup is a ratio against dense measured in the same rounds.
+
+- ``dense``: the model as given (PyTorch, NCHW);
+- ``slim``: ``lilnetx.slim(model)`` (BatchNorm folded, zero channels removed);
+- ``sparse``: ``lilnetx.slim(model, sparse=True)`` (plus the slice-sparse kernel where the cost model says
+  it beats dense);
+- ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the peer a user would pick).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lilnetx.metrics import stats
+from lilnetx.reparam import is_reparameterized, strip
+from lilnetx.slim import slim
+
+VARIANTS = ("dense", "slim", "sparse", "onnxruntime")
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
+             "neon", "asimd")
+Progress = Callable[[float, str], None]
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, ISA flags, core count and library versions."""
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu in ("", platform.machine(), platform.processor()):
+                cpu = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "onnxruntime", "numpy", "timm"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": cpu, "isa": [f for f in ISA_FLAGS if f in flags], "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "versions": versions}
+
+
+def _summary(variant: str, batch: int, threads: int, latencies: list[float], dense_median: float | None
+             ) -> dict[str, Any]:
+    median = statistics.median(latencies)
+    return {"variant": variant, "batch": batch, "threads": threads, "median_ms": median,
+            "p90_ms": float(np.percentile(latencies, 90)), "latencies_ms": latencies,
+            "throughput_per_s": batch / (median / 1e3),
+            "speedup_vs_dense": dense_median / median if dense_median else None}
+
+
+def _build(model: nn.Module, input_size: tuple[int, ...], variants: Sequence[str]
+           ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Callables ``f(x: Tensor)`` per variant (onnxruntime: its model bytes), and skipped variants' reasons."""
+    built: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    example = torch.zeros(1, *input_size)
+    slimmed = slim(model, example_input=example) if {"slim", "onnxruntime"} & set(variants) else None
+    for variant in variants:
+        if variant == "dense":
+            built[variant] = model
+        elif variant == "slim":
+            built[variant] = slimmed
+        elif variant == "sparse":
+            from lilnetx.sparse_conv import load_extension, sparsify
+
+            if load_extension() is None:
+                skipped[variant] = "the sparse kernel could not be built (no C++ compiler?)"
+                continue
+            sparse = copy.deepcopy(slimmed) if slimmed is not None else slim(model, example_input=example)
+            sparsify(sparse)
+            built[variant] = sparse
+        elif variant == "onnxruntime":
+            try:
+                from lilnetx.onnx_export import require_onnxruntime, to_onnx
+
+                require_onnxruntime()
+                built[variant] = to_onnx(slimmed, input_size)
+            except Exception as exc:  # not installed, or an op the exporter cannot write
+                skipped[variant] = f"{type(exc).__name__}: {exc}"
+        else:
+            raise ValueError(f"unknown benchmark variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    return built, skipped
+
+
+@torch.no_grad()
+def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Sequence[int] = (1,),
+              threads: Sequence[int] = (1,), warmup: int = 3, runs: int = 10,
+              variants: Sequence[str] = VARIANTS, progress: Progress | None = None) -> dict[str, Any]:
+    """Latency of each variant of ``model`` at each batch size and thread count (fp32, CPU).
+
+    Returns ``{"machine", "input_size", "macs_dense", "macs_sparse", "mac_reduction", "results": [{"variant",
+    "batch", "threads", "median_ms", "p90_ms", "latencies_ms", "throughput_per_s", "speedup_vs_dense"}],
+    "skipped": {variant: reason}}``. MACs are per image; ``mac_reduction`` (dense / with zero slices skipped)
+    is the ideal speedup. ``speedup_vs_dense`` is ``None`` when dense is not among the variants.
+    """
+    if warmup < 0 or runs < 1 or not batch_sizes or not threads:
+        raise ValueError("benchmark needs runs >= 1, warmup >= 0 and at least one batch size and thread count")
+    report = progress or (lambda fraction, message: None)
+    input_size = tuple(int(v) for v in input_size)
+    model = (strip(model) if is_reparameterized(model) else model).eval()
+    report(0.0, "building variants")
+    built, skipped = _build(model, input_size, variants)
+    counts = stats(model, input_size)
+    previous_threads = torch.get_num_threads()
+    results: list[dict[str, Any]] = []
+    configs = [(b, t) for b in batch_sizes for t in threads]
+    try:
+        for k, (batch, n_threads) in enumerate(configs):
+            report(0.05 + 0.95 * k / len(configs), f"batch {batch}, {n_threads} thread(s)")
+            torch.set_num_threads(n_threads)
+            x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
+            calls = _calls(built, x, n_threads)
+            latencies: dict[str, list[float]] = {name: [] for name in calls}
+            for _ in range(warmup):
+                for fn in calls.values():
+                    fn()
+            for _ in range(runs):
+                for name, fn in calls.items():
+                    start = time.perf_counter()
+                    fn()
+                    latencies[name].append((time.perf_counter() - start) * 1e3)
+            dense = statistics.median(latencies["dense"]) if "dense" in latencies else None
+            results += [_summary(name, batch, n_threads, lat, dense) for name, lat in latencies.items()]
+    finally:
+        torch.set_num_threads(previous_threads)
+    report(1.0, "done")
+    dense_macs, sparse_macs = counts["macs_dense"], counts["macs_sparse"]
+    return {"machine": {**machine_info(), "threads": list(threads)}, "input_size": list(input_size),
+            "macs_dense": dense_macs, "macs_sparse": sparse_macs,
+            "mac_reduction": dense_macs / sparse_macs if sparse_macs else None,
+            "results": results, "skipped": skipped}
+
+
+def _calls(built: dict[str, Any], x: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:
+    calls: dict[str, Callable[[], Any]] = {}
+    for name, target in built.items():
+        if name == "onnxruntime":
+            from lilnetx.onnx_export import session
+
+            sess, feed = session(target, threads), {"input": x.numpy()}
+            calls[name] = lambda s=sess, f=feed: s.run(None, f)
+        else:
+            calls[name] = lambda m=target: m(x)
+    return calls
