@@ -288,6 +288,43 @@ def test_a_read_only_catalog_lists_and_reads_write_nothing(env: Path, caplog: py
     assert db.read_bytes() == before
 
 
+def test_a_catalog_sqlite_cannot_open_in_wal_mode_is_read_immutable(env: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only file in a read-only folder (root ignores permissions: SQLite's refusal is simulated)."""
+    z = Zoo.from_env()
+    put_fake(z, "tiny.mnist-a", b"a")
+    z.engine.dispose()
+    catalog_engine._engines.clear()
+    opened: list[str] = []
+    real_connect = sqlite3.connect
+
+    class NoWal:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn = conn
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            if sql == "PRAGMA journal_mode=WAL":
+                raise sqlite3.OperationalError("attempt to write a readonly database")
+            return self._conn.execute(sql)
+
+        def close(self) -> None:
+            self._conn.close()
+
+    def connect(target: str, *args: object, uri: bool = False, **kwargs: object) -> object:
+        conn = real_connect(target, *args, uri=uri, **kwargs)
+        opened.append(target)
+        return conn if uri else NoWal(conn)
+
+    monkeypatch.setattr(catalog_engine.sqlite3, "connect", connect)
+    readonly = Zoo.from_env()
+    assert [e["name"] for e in readonly.list()] == ["tiny.mnist-a"]
+    assert opened[-1].endswith("registry.db?immutable=1")
+    with pytest.raises(CatalogError, match="attempt to write a readonly database"):
+        put_fake(readonly, "tiny.mnist-b", b"b")
+    readonly.engine.dispose()
+    catalog_engine._engines.clear()
+
+
 def test_seed_and_service_import_without_a_cycle() -> None:
     import subprocess
     import sys

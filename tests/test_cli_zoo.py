@@ -170,3 +170,29 @@ def test_entry_point_runs(env: Path) -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_a_failing_demo_step_stops_the_demo_with_a_non_zero_exit(env: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.demo import DemoFailed, step
+
+    step(["zoo", "list"])  # exit 0: nothing raised
+    with pytest.raises(SystemExit) as stopped:
+        step(["zoo", "show", "nope.mnist-a"])
+    assert isinstance(stopped.value, DemoFailed)
+    assert str(stopped.value) == "demo step failed with exit code 2: lilnetx zoo show nope.mnist-a"
+    assert "no zoo entry named 'nope.mnist-a'" in capsys.readouterr().err
+
+
+def test_seed_and_verify_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = env / "shipped"
+    shipped.mkdir()
+    make_artifact(shipped / "lenet_300_100.mnist-a.lnx")
+    assert run(capsys, "zoo", "seed")[1] == "seeded 1 shipped models\n"
+    assert "already seeded" in run(capsys, "zoo", "seed")[1]
+    (shipped / "lenet_300_100.mnist-junk.lnx").write_bytes(b"junk")
+    code, out, _ = run(capsys, "zoo", "seed", "--json")
+    assert code == 1 and list(json.loads(out)["skipped"]) == ["lenet_300_100.mnist-junk.lnx"]
+    code, _, err = run(capsys, "zoo", "verify", "lenet_300_100.mnist-a", "--data-root", str(env),
+                       "--measure-timeout", "1e-9")
+    assert code == 2 and "took longer than 1e-09 s" in err

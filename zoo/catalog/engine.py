@@ -10,6 +10,7 @@ The caller owns transactions: ``with session_scope(engine, write=True) as sessio
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -77,15 +78,22 @@ def _create_engine(url: str) -> Engine:
         except ModuleNotFoundError as exc:
             raise CatalogError(f"no database driver for {describe_url(url)}: {exc}; install it, e.g. "
                                "`pip install 'psycopg[binary]'` for postgresql+psycopg://") from None
-    if parsed.database and parsed.query.get("uri") not in ("true", "1"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
+    if parsed.database and parsed.database != ":memory:" and parsed.query.get("uri") not in ("true", "1"):
+        path = parsed.database
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, creator=lambda: _connect_file(path))
+    else:
+        engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:  # an immutable, read-only connection (see _connect_file)
+            if "readonly" not in str(exc):
+                raise
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -96,6 +104,25 @@ def _create_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _connect_file(path: str) -> sqlite3.Connection:
+    """A connection to the SQLite catalog file ``path``, in WAL mode.
+
+    A catalog file that cannot be written, in a folder that cannot be written either, cannot be read in
+    WAL mode (SQLite cannot create its ``-shm`` index): it is opened ``immutable`` instead, read-only, so
+    that it still lists; writing to it raises :class:`CatalogError`.
+    """
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "readonly" not in str(exc) or not Path(path).is_file():
+            raise
+        conn = sqlite3.connect(f"{Path(path).as_uri()}?immutable=1", uri=True, timeout=BUSY_TIMEOUT_S,
+                               check_same_thread=False)
+    return conn
 
 
 @contextmanager
