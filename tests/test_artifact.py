@@ -528,10 +528,11 @@ RUN_STATS = {"top1": 0.123, "top5": 0.456, "epochs": 3, "params": 123}  # never 
 
 @pytest.fixture
 def run(model, tmp_path, monkeypatch) -> tuple[Path, DatasetBundle, list[dict]]:
-    """A training-run folder of ``model`` whose recipe builds (through ``zoo.recipe.build_model``) the
-    golden architecture on a synthetic dataset; installed builders rebuild it too. Also returns the dataset
-    and the recipes ``build_model`` was called with."""
+    """A training-run folder of ``model`` (recipe, stored architecture spec, stats, checkpoint). Export rebuilds
+    it through ``zoo.recipe.model_from_spec`` (the golden architecture), the dataset only for a lossy export;
+    installed builders rebuild it too. Also returns the dataset and the specs the model was rebuilt from."""
     from zoo import recipe as recipes
+    from zoo import registry
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -539,6 +540,7 @@ def run(model, tmp_path, monkeypatch) -> tuple[Path, DatasetBundle, list[dict]]:
     recipe = {"arch": golden.ARCH, "arch_kwargs": {}, "dataset": "synthetic", "dataset_kwargs": {},
               "reparam": {"density_filters": [2, 2]}, "train": {"epochs": 3}}
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "arch.json").write_text(json.dumps({"name": golden.ARCH, "kwargs": golden.KWARGS}))
     (folder / "stats.json").write_text(json.dumps(RUN_STATS))
     generator = torch.Generator().manual_seed(1)
     test = TensorDataset(torch.randn(200, 1, 8, 8, generator=generator), torch.randint(0, 3, (200,), generator=generator))
@@ -546,11 +548,14 @@ def run(model, tmp_path, monkeypatch) -> tuple[Path, DatasetBundle, list[dict]]:
                            name="synthetic")
     built: list[dict] = []
 
-    def build_model(recipe: dict) -> tuple[nn.Module, DatasetBundle]:
-        built.append(recipe)
-        new = lilnetx.reparameterize(golden.build(), **recipe["reparam"])
-        new.lilnetx_arch = {"name": golden.ARCH, "kwargs": golden.KWARGS}
-        return new, bundle
+    def model_from_spec(spec: dict, reparam: dict) -> nn.Module:
+        built.append(spec)
+        new = lilnetx.reparameterize(golden.build(**spec["kwargs"]), **reparam)
+        new.lilnetx_arch = dict(spec)
+        return new
+
+    def build_model(recipe: dict) -> tuple[nn.Module, DatasetBundle]:  # only runs without arch.json get here
+        return model_from_spec({"name": golden.ARCH, "kwargs": golden.KWARGS}, recipe["reparam"]), bundle
 
     class EntryPoint:
         name, value = "golden", "make_golden:builder"
@@ -558,18 +563,24 @@ def run(model, tmp_path, monkeypatch) -> tuple[Path, DatasetBundle, list[dict]]:
         def load(self):
             return golden.builder
 
+    monkeypatch.setattr(recipes, "model_from_spec", model_from_spec)
     monkeypatch.setattr(recipes, "build_model", build_model)
+    monkeypatch.setattr(registry, "get_dataset", lambda name, **kwargs: bundle)
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group: [EntryPoint()] if group == artifact.BUILDER_GROUP else [])
     return folder, bundle, built
 
 
-def test_cli_export_a_training_run(cli, run, tmp_path, capsys):
+def test_cli_export_a_training_run(cli, run, tmp_path, capsys, monkeypatch):
+    from zoo import registry
+
     folder, _, built = run
+    monkeypatch.setattr(registry, "get_dataset", lambda *a, **k: pytest.fail("export loaded the dataset"))
     assert cli(["export", str(folder), "-o", str(tmp_path / "m.lnx"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
-    assert summary["size_bytes"] == (tmp_path / "m.lnx").stat().st_size and built == [recipe]
+    assert summary["size_bytes"] == (tmp_path / "m.lnx").stat().st_size
+    assert built == [{"name": golden.ARCH, "kwargs": golden.KWARGS}]
     header = lilnetx.read_header(tmp_path / "m.lnx")
     assert header["metrics"] == {"top1": 0.123, "top5": 0.456} and header["recipe"] == recipe
     assert header["dataset"] == "synthetic" and header["metadata"] == {"run": {"epochs": 3}}
@@ -577,6 +588,27 @@ def test_cli_export_a_training_run(cli, run, tmp_path, capsys):
     assert (tmp_path / "c.lnx").read_bytes() == (tmp_path / "m.lnx").read_bytes()
     assert cli(["export", str(tmp_path), "-o", str(tmp_path / "x.lnx")]) == 2
     assert "checkpoint.pt is missing" in capsys.readouterr().err
+
+
+def test_published_header_holds_no_machine_path(cli, run, tmp_path):
+    folder, _, _ = run
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    recipe["dataset_kwargs"] = {"root": str(tmp_path / "secret" / "data"), "augment": False, "home": "~/data"}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert cli(["export", str(folder), "-o", str(tmp_path / "m.lnx")]) == 0
+    header = lilnetx.read_header(tmp_path / "m.lnx")
+    assert header["recipe"]["dataset_kwargs"] == {"augment": False}
+    assert "secret" not in json.dumps(header)
+
+
+def test_runs_without_a_stored_spec_export_through_the_dataset(cli, run, tmp_path):
+    folder, _, _ = run
+    (folder / "arch.json").unlink()
+    with pytest.warns(UserWarning, match="no arch.json.*loading dataset 'synthetic'"):
+        assert cli(["export", str(folder), "-o", str(tmp_path / "old.lnx")]) == 0
+    assert lilnetx.verify(tmp_path / "old.lnx").arch == golden.ARCH
+    (folder / "arch.json").write_text(json.dumps({"name": "another_arch", "kwargs": {}}))
+    assert cli(["export", str(folder), "-o", str(tmp_path / "bad.lnx")]) == 2
 
 
 def test_cli_lossy_export_measures_the_decoded_artifact(cli, run, model, tmp_path):

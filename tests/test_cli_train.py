@@ -54,7 +54,8 @@ def straight_run(recipe_file: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_train_writes_the_run_folder(straight_run: tuple[Path, dict]):
     run, summary = straight_run
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "recipe.yaml", "stats.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["arch.json", "checkpoint.pt", "metrics.jsonl", "recipe.yaml",
+                                                    "stats.json"]
     assert (summary["arch"], summary["dataset"], summary["epochs"]) == ("lenet_300_100", "digits", 4)
     assert summary["top1"] > 0.9 and summary["bits"] > 0 and summary["macs_sparse"] <= summary["macs_dense"]
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -73,6 +74,30 @@ def test_run_folder_keeps_the_exact_full_recipe(straight_run: tuple[Path, dict])
     assert recipe["reparam"] == {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],
                                  "group_overrides": None, "density_filters": [3, 3, 3], "latent_bound": 3,
                                  "decoder_forms": None}
+
+
+def test_export_rebuilds_the_stored_spec_without_the_dataset(straight_run: tuple[Path, dict], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """arch.json holds what the dataset decided; export needs nothing else, and loses nothing."""
+    from torch.utils.data import DataLoader
+
+    from zoo import registry
+
+    run, summary = straight_run
+    spec = json.loads((run / "arch.json").read_text())
+    digits = registry.get_dataset("digits")
+    assert spec["name"] == "lenet_300_100"
+    assert {k: spec["kwargs"][k] for k in ("num_classes", "in_chans", "input_size", "mean", "std")} == {
+        "num_classes": 10, "in_chans": 1, "input_size": [1, 8, 8], "mean": list(digits.mean),
+        "std": list(digits.std)}
+    with monkeypatch.context() as m:
+        m.setattr(registry, "get_dataset", lambda *a, **k: pytest.fail("export loaded the dataset"))
+        assert run_cli("export", str(run), "-o", str(tmp_path / "m.lnx"))[0] == 0
+    header = lilnetx.read_header(tmp_path / "m.lnx")
+    assert (header["input_size"], header["mean"], header["num_classes"]) == ([1, 8, 8], list(digits.mean), 10)
+    loaded = lilnetx.load(tmp_path / "m.lnx")
+    measured = lilnetx.evaluate(loaded, DataLoader(digits.test, batch_size=256))
+    assert measured["top1"] == pytest.approx(summary["top1"], abs=1e-9)
 
 
 def test_resume_continues_an_interrupted_run_exactly(straight_run: tuple[Path, dict], recipe_file: Path,

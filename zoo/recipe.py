@@ -3,7 +3,8 @@
 Sections: ``arch`` and ``arch_kwargs`` (builder options), ``dataset`` and ``dataset_kwargs`` (loader
 options, e.g. ``root``), ``reparam`` (``lilnetx.reparameterize`` options) and ``train`` (``TrainConfig``).
 Layers merge left to right: defaults, a recipe file, command-line flags. ``build_model`` builds a recipe's
-model the one way training and export both use.
+model and dataset for training; ``model_from_spec`` rebuilds the same model from the resolved architecture
+spec a run folder stores, for export.
 """
 
 from __future__ import annotations
@@ -144,12 +145,28 @@ def check_arch_kwargs(recipe: dict[str, Any]) -> None:
         raise RecipeError(f"arch_kwargs {', '.join(clash)} come from the dataset; change the dataset options instead")
 
 
+def published(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` without machine paths, for headers others read: dataset options holding an absolute or
+    home-relative path (``root`` from ``--data-root``) are dropped; whoever reruns it passes their own."""
+    clean = copy.deepcopy(recipe)
+    kwargs = clean.get("dataset_kwargs") or {}
+    clean["dataset_kwargs"] = {k: v for k, v in kwargs.items()
+                               if not (isinstance(v, str) and (Path(v).is_absolute() or v.startswith("~")))}
+    return clean
+
+
+def model_from_spec(spec: dict[str, Any], reparam: dict[str, Any]) -> nn.Module:
+    """The reparameterised (untrained) model of a resolved architecture spec (``model.lilnetx_arch``, stored
+    in a run folder as ``arch.json``): no dataset needed."""
+    return registry.reparameterized_model(spec["name"], spec["kwargs"], reparam)
+
+
 def build_model(recipe: dict[str, Any]) -> tuple[nn.Module, DatasetBundle]:
     """The recipe's reparameterised (untrained) model and its dataset.
 
     The dataset decides the model's classes, input size, mean and std; the plugins' layer policy and the
-    recipe's ``reparam`` options decide what is compressed. ``lilnetx train`` and ``lilnetx export`` both
-    build through here, so an exported checkpoint always fits the model it is loaded into.
+    recipe's ``reparam`` options decide what is compressed. ``lilnetx train`` builds through here and stores
+    ``model.lilnetx_arch``, from which ``model_from_spec`` rebuilds it for export.
     """
     check_arch_kwargs(recipe)
     data = registry.get_dataset(recipe["dataset"], **(recipe.get("dataset_kwargs") or {}))

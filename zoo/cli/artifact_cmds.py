@@ -6,24 +6,12 @@ import argparse
 import dataclasses
 import json
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
-from torch import nn
-from torch.utils.data import DataLoader
-
 import lilnetx
-from lilnetx.artifact import DTYPES, FLOAT_DTYPES, ArtifactInfo
-from lilnetx.dead_paths import remove_dead_paths
-from zoo import recipe as recipes
-from zoo.cli import CLIError
+from lilnetx.artifact import FLOAT_DTYPES
 from zoo.cli.output import format_table, print_json
-
-METRIC_KEYS = ("top1", "top5", "test_loss")
-EVAL_BATCH_SIZE = 256
+from zoo.pipeline import export_run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,60 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- export ------------------------------------------------------------------------------------------------
-
-def _read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(recipe, stats, checkpoint) of a run folder, with errors that say what is missing."""
-    for name in ("checkpoint.pt", "recipe.yaml"):
-        if not (run_dir / name).is_file():
-            raise CLIError(f"{run_dir} is not a training run: {name} is missing "
-                           "(train one with `lilnetx train ARCH --dataset NAME --out RUN_DIR`)")
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-    if not isinstance(recipe, dict) or not recipe.get("arch"):
-        raise CLIError(f"{run_dir / 'recipe.yaml'} names no arch; it was not written by `lilnetx train`")
-    stats_path = run_dir / "stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise CLIError(f"{run_dir / 'checkpoint.pt'} is not a LilNetX training checkpoint")
-    return recipe, stats, checkpoint
-
-
-def _changes_weights(model: nn.Module, decoder_dtype: str | None) -> bool:
-    """Whether storing ``model``'s decoders as ``decoder_dtype`` rounds any of them (a lossy export)."""
-    if decoder_dtype is None:
-        return False
-    dtype = DTYPES[decoder_dtype][1]
-    return any(not torch.equal(g.decoder.detach().to(dtype).to(g.decoder.dtype), g.decoder.detach())
-               for g in lilnetx.latent_groups(model).values())
-
-
-def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None,
-               dead_paths: bool = True) -> ArtifactInfo:
-    """Write the model of training run ``run_dir`` to ``output`` with its dataset, metrics and recipe.
-
-    ``dead_paths`` zeroes the weights that cannot change any output first (``lilnetx.dead_paths``: lossless).
-
-    The metrics are the run's, unless ``decoder_dtype`` rounds the decoders: then they are measured on the
-    decoded artifact itself, on the dataset's test split.
-    """
-    recipe, stats, checkpoint = _read_run(Path(run_dir))
-    model, data = recipes.build_model(recipe)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
-        raise CLIError(f"the checkpoint in {run_dir} does not fit the model its recipe builds: {exc}") from exc
-    if dead_paths:
-        remove_dead_paths(model)
-    metadata = {"dataset": recipe.get("dataset"), "metrics": {k: stats[k] for k in METRIC_KEYS if k in stats},
-                "recipe": recipe, "run": {"epochs": stats.get("epochs", checkpoint.get("epoch"))}}
-    if _changes_weights(model, decoder_dtype):
-        with tempfile.TemporaryDirectory() as tmp:
-            lilnetx.save(model, Path(tmp) / "lossy.lnx", decoder_dtype=decoder_dtype)
-            decoded = lilnetx.load(Path(tmp) / "lossy.lnx")
-        measured = lilnetx.evaluate(decoded, DataLoader(data.test, batch_size=EVAL_BATCH_SIZE), torch.device("cpu"))
-        metadata["metrics"] = {k: measured[k] for k in METRIC_KEYS}
-    return lilnetx.save(model, output, metadata=metadata, decoder_dtype=decoder_dtype)
-
 
 def run_export(args: argparse.Namespace) -> int:
     info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype,

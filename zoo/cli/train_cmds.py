@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 import yaml
-from torch.utils.data import DataLoader
 
 import lilnetx
-from lilnetx.training import Trainer, evaluate, seed_everything
+from zoo import pipeline, registry
 from zoo import recipe as recipes
-from zoo import registry
 from zoo.cli import CLIError
 from zoo.cli.output import print_json, print_table
 from zoo.plugins import list_plugins
@@ -108,51 +101,12 @@ def build_recipe(args: argparse.Namespace) -> dict[str, Any]:
     return merged
 
 
-@contextlib.contextmanager
-def process_group(device: str) -> Iterator[None]:
-    """Initialise torch.distributed when launched by torchrun with WORLD_SIZE > 1 (nccl on GPUs, else gloo)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        yield
-        return
-    cuda = torch.cuda.is_available() and device in ("auto", "cuda") or device.startswith("cuda:")
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def train_run(recipe: dict[str, Any], run_dir: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
-    """Train the recipe's model into ``run_dir``; returns (and on rank 0 writes) the final stats."""
-    config = recipes.train_config(recipe)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    if not resume and (run_dir / "checkpoint.pt").exists():
-        raise CLIError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    registry.get_architecture(recipe["arch"])  # fail on a misspelt name before loading any data
-    seed_everything(config.seed)
-    model, data = recipes.build_model(recipe)
-    if rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        recipes.dump(recipe, run_dir / "recipe.yaml")
-    trainer = Trainer(model, data.train, data.test, config, run_dir=run_dir, progress=progress)
-    trainer.fit(resume=run_dir / "checkpoint.pt" if resume else None)
-    # Every rank evaluates the whole test set (the Trainer's test loader is sharded under DDP).
-    final = evaluate(model, DataLoader(data.test, batch_size=config.batch_size), trainer.device)
-    result = {"arch": recipe["arch"], "dataset": recipe["dataset"], "epochs": trainer.epoch,
-              "world_size": dist.get_world_size() if dist.is_initialized() else 1, **final, **lilnetx.stats(model)}
-    if rank0:
-        (run_dir / "stats.json").write_text(json.dumps(result, indent=1))
-    return result
-
-
 def run_train(args: argparse.Namespace) -> int:
     recipe = build_recipe(args)
     config = recipes.train_config(recipe)
-    with process_group(config.device):
-        result = train_run(recipe, Path(args.out), resume=args.resume,
-                           progress=not (args.json or args.no_progress))
+    with pipeline.process_group(config.device):
+        result = pipeline.train_run(recipe, Path(args.out), resume=args.resume,
+                                    progress=not (args.json or args.no_progress))
         if dist.is_initialized() and dist.get_rank() != 0:
             return 0
     summary = {"run_dir": str(args.out), **{k: result[k] for k in (
