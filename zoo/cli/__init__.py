@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "zoo.cli.artifact_cmds",
     "zoo.cli.zoo_cmds",
     "zoo.cli.dashboard_cmds",
+    "zoo.cli.bench_cmds",
 )
 
 
