@@ -5,14 +5,14 @@ Public API: ``reparameterize``, ``objective``, ``train`` / ``TrainConfig``, ``st
 """
 
 from lilnetx.artifact import (
-    Artifact,
+    ArchitectureBuildError,
     ArtifactError,
     ArtifactInfo,
     BadMagicError,
     ChecksumMismatchError,
     CorruptHeaderError,
+    DecodedArtifact,
     TruncatedArtifactError,
-    UnknownArchitectureError,
     UnsupportedVersionError,
     from_artifact,
     load,
@@ -22,6 +22,7 @@ from lilnetx.artifact import (
     verify,
 )
 from lilnetx.density import FactorizedDensity
+from lilnetx.errors import LilnetxError
 from lilnetx.metrics import stats
 from lilnetx.objective import Lambdas, objective, rate_bits
 from lilnetx.reparam import (
@@ -35,13 +36,15 @@ from lilnetx.reparam import (
     round_ste,
     strip,
 )
+from lilnetx.slim import slim
 from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, evaluate, train
 
 __all__ = [
-    "Artifact", "ArtifactError", "ArtifactInfo", "BadMagicError", "ChecksumMismatchError", "CorruptHeaderError",
-    "TruncatedArtifactError", "UnknownArchitectureError", "UnsupportedVersionError", "from_artifact", "load",
-    "read_artifact", "read_header", "save", "verify",
+    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "BadMagicError", "ChecksumMismatchError",
+    "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError", "from_artifact",
+    "load", "read_artifact", "read_header", "save", "verify",
+    "LilnetxError",
     "CheckpointError", "ConfigError", "FactorizedDensity", "Lambdas", "LatentGroup", "LatentTensor",
     "ReparamError", "TrainConfig", "Trainer", "evaluate", "is_reparameterized", "latent_groups",
-    "latent_tensors", "objective", "rate_bits", "reparameterize", "round_ste", "stats", "strip", "train",
+    "latent_tensors", "objective", "rate_bits", "reparameterize", "round_ste", "slim", "stats", "strip", "train",
 ]

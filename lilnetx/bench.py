@@ -116,7 +116,7 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
         raise ValueError("benchmark needs runs >= 1, warmup >= 0 and at least one batch size and thread count")
     report = progress or (lambda fraction, message: None)
     input_size = tuple(int(v) for v in input_size)
-    model = (strip(model) if is_reparameterized(model) else model).eval()
+    model = (strip(copy.deepcopy(model)) if is_reparameterized(model) else model).eval()
     report(0.0, "building variants")
     built, skipped = _build(model, input_size, variants)
     counts = stats(model, input_size)

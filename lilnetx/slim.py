@@ -64,7 +64,7 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
     beats dense. ``example_input`` (a batch) gives the shapes, and with ``sparse=True`` the per-layer timing;
     it defaults to one zero image of ``model.pretrained_cfg["input_size"]``. The input model is not changed.
     """
-    source = strip(model) if is_reparameterized(model) else model
+    source = strip(copy.deepcopy(model)) if is_reparameterized(model) else model
     slimmed = copy.deepcopy(source).eval()
     probe = example_input if example_input is not None else _default_input(slimmed)
     traced = _trace(slimmed)

@@ -352,8 +352,10 @@ def test_public_api_list_pull_load(env: Path) -> None:
     assert not model.training and not lilnetx.is_reparameterized(model)
     expected = lilnetx.load(path).state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
-    with pytest.raises(NotImplementedError, match="later feature"):
-        zoo.load("lenet_300_100.mnist-a", slim=True)
+    slimmed = zoo.load("lenet_300_100.mnist-a", slim=True)  # same outputs (tests/test_slim.py checks more)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(slimmed(x), model(x), atol=1e-5)
 
 
 def test_add_parses_the_file_once_and_a_cached_pull_hashes_it_once(env: Path,

@@ -44,12 +44,11 @@ def pull(name: str, dest: str | Path | None = None) -> Path:
 
 
 def load(name: str, *, slim: bool = False) -> nn.Module:
-    """Pull entry ``name`` and decode it: an eval-mode plain PyTorch module with ordinary weights."""
-    if slim:
-        raise NotImplementedError(
-            "zoo.load(..., slim=True) (physically slimmed, slice-sparse models) is a later feature; "
-            "use slim=False for now: the decoded model computes the same outputs"
-        )
+    """Pull entry ``name`` and decode it: an eval-mode plain PyTorch module with ordinary weights.
+
+    ``slim=True``: the slimmed model (``lilnetx.slim(model, sparse=True)``): BatchNorm folded, zero channels
+    removed and slice-sparse convolutions where they beat dense, with the same outputs.
+    """
     import lilnetx
 
-    return lilnetx.load(pull(name))
+    return lilnetx.load(pull(name), slim=slim)

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lilnetx.artifact.errors import CorruptHeaderError, UnknownArchitectureError, corrupt, mismatch
-from lilnetx.artifact.format import Artifact, is_latent_key
+from lilnetx.artifact.errors import ArchitectureBuildError, CorruptHeaderError, corrupt, mismatch
+from lilnetx.artifact.format import DecodedArtifact, is_latent_key
 from lilnetx.artifact.reader import decode, parse
 from lilnetx.artifact.validation import TensorSpecs, check_tensors, tensor_specs
 from lilnetx.reparam import ReparamError, latent_groups, latent_tensors, reparameterize
@@ -21,7 +21,8 @@ BUILDER_GROUP = "lilnetx.model_builders"
 Builder = Callable[[str, dict[str, Any]], nn.Module]
 
 
-def load(path: str | Path, *, builder: Builder | None = None, reparameterized: bool = False) -> nn.Module:
+def load(path: str | Path, *, builder: Builder | None = None, reparameterized: bool = False,
+         slim: bool = False) -> nn.Module:
     """Rebuild the model stored in ``path``: a plain PyTorch module with the decoded weights, in eval mode.
 
     ``builder(arch_name, arch_kwargs) -> nn.Module`` rebuilds the architecture; by default the builders
@@ -30,8 +31,17 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
     names and shapes are checked against the header before any latent is decoded, and each compressed
     weight is decoded straight into it: ``round(Z) @ decoder`` (``round(Z) * decoder`` for a diagonal or
     scalar decoder). ``reparameterized=True`` keeps the latent parametrisation instead (integer latents and
-    decoders; the learned density itself is not stored, the header holds the bits).
+    decoders; the learned density itself is not stored, the header holds the bits). ``slim=True`` returns
+    ``lilnetx.slim(model, sparse=True)``: BatchNorm folded, zero channels removed, slice-sparse convolutions
+    where they beat dense (same outputs).
     """
+    if slim and reparameterized:
+        raise ValueError("load(slim=True) returns a plain slimmed model; it cannot keep the latents "
+                         "(reparameterized=True)")
+    if slim:
+        from lilnetx.slim import slim as slim_model
+
+        return slim_model(load(path, builder=builder), sparse=True)
     data = Path(path).read_bytes()
     header, sections = parse(data, str(path))
     if reparameterized:
@@ -41,15 +51,15 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
     return _load_plain(model, decode(data, header, sections, str(path)), str(path))
 
 
-def from_artifact(artifact: Artifact, *, builder: Builder | None = None, reparameterized: bool = False,
+def from_artifact(artifact: DecodedArtifact, *, builder: Builder | None = None, reparameterized: bool = False,
                   source: str = "artifact") -> nn.Module:
-    """``load`` for an already read ``Artifact``."""
+    """``load`` for an already read ``DecodedArtifact``."""
     if reparameterized:
         return _finish(_rebuild(artifact.header, builder, source), artifact, source)
     return _load_plain(_build(artifact.header, builder, source), artifact, source)
 
 
-def decoded_state(artifact: Artifact, specs: TensorSpecs) -> dict[str, torch.Tensor]:
+def decoded_state(artifact: DecodedArtifact, specs: TensorSpecs) -> dict[str, torch.Tensor]:
     """Every state-dict tensor of the artifact's model: the compressed ones decoded from their integer
     latents and their group's decoder, in the dtype ``specs`` gives them, and the stored float parameters."""
     header = artifact.header
@@ -67,7 +77,7 @@ def decoded_state(artifact: Artifact, specs: TensorSpecs) -> dict[str, torch.Ten
 
 
 @torch.no_grad()
-def _load_plain(model: nn.Module, artifact: Artifact, source: str) -> nn.Module:
+def _load_plain(model: nn.Module, artifact: DecodedArtifact, source: str) -> nn.Module:
     """Decode the artifact into the built plain ``model`` (already checked against the header)."""
     specs = tensor_specs(model)
     try:
@@ -97,7 +107,7 @@ def _rebuild(header: dict[str, Any], builder: Builder | None, source: str) -> nn
     return model
 
 
-def _finish(model: nn.Module, artifact: Artifact, source: str) -> nn.Module:
+def _finish(model: nn.Module, artifact: DecodedArtifact, source: str) -> nn.Module:
     """Fill the reparameterised ``model`` with the decoded artifact and record its config."""
     _fill(model, artifact, source)
     _record(model, artifact.header)
@@ -121,7 +131,7 @@ def _build(header: dict[str, Any], builder: Builder | None, source: str) -> nn.M
     arch, kwargs = header["arch"], header["arch_kwargs"]
     candidates = [("builder", lambda: builder)] if builder is not None else _installed_builders()
     if not candidates:
-        raise UnknownArchitectureError(
+        raise ArchitectureBuildError(
             f"cannot build architecture {arch!r}: no model builder is installed (entry-point group "
             f"{BUILDER_GROUP!r}); install lilnetx-zoo or the plugin providing it, or pass builder=")
     failures = []
@@ -142,7 +152,7 @@ def _build(header: dict[str, Any], builder: Builder | None, source: str) -> nn.M
         if isinstance(model, nn.Module):
             return model
         failures.append(f"{name}: returned {type(model).__name__}, not an nn.Module")
-    raise UnknownArchitectureError(
+    raise ArchitectureBuildError(
         f"cannot build architecture {arch!r} with {kwargs}: {'; '.join(failures)}. Install the plugin that "
         "provides it, or pass builder=")
 
@@ -192,7 +202,7 @@ def _reparameterize_like(model: nn.Module, header: dict[str, Any], source: str) 
 
 
 @torch.no_grad()
-def _fill(model: nn.Module, artifact: Artifact, source: str) -> None:
+def _fill(model: nn.Module, artifact: DecodedArtifact, source: str) -> None:
     """Check every name and shape against the header, then copy latents, decoders and float params in."""
     header, arch = artifact.header, artifact.header["arch"]
     tensors = latent_tensors(model)

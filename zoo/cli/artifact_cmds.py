@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "changes the weights, the artifact is re-evaluated on the dataset's test split")
     p.add_argument("--keep-dead-paths", action="store_true",
                    help="store weights on dead paths too (by default they are zeroed: lossless, smaller)")
+    p.add_argument("--onnx", metavar="FILE.onnx",
+                   help="also write the slimmed model as ONNX, checked with onnxruntime against PyTorch "
+                        "(needs the `onnx` extra)")
     p.add_argument("--json", action="store_true", help="print the artifact summary as JSON")
     p.set_defaults(func=run_export)
 
@@ -41,14 +44,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- export ------------------------------------------------------------------------------------------------
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.onnx:
+        from lilnetx.onnx_export import require_onnxruntime
+        from zoo.cli import CLIError
+
+        try:
+            require_onnxruntime()
+        except RuntimeError as exc:
+            raise CLIError(str(exc)) from None
     info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype,
                       dead_paths=not args.keep_dead_paths)
+    onnx = _export_onnx(str(info.path), args.onnx) if args.onnx else None
     if args.json:
-        print_json({**dataclasses.asdict(info), "path": str(info.path)})
+        print_json({**dataclasses.asdict(info), "path": str(info.path), **({"onnx": onnx} if onnx else {})})
     else:
         parts = ", ".join(f"{name} {size:,}" for name, size in info.parts.items())
         print(f"wrote {info.path}: {info.size_bytes:,} bytes ({parts}); sha256 {info.sha256}")
+        if onnx:
+            print(f"wrote {onnx['path']}: {onnx['bytes']:,} bytes, the slimmed model; onnxruntime matches "
+                  f"PyTorch to {onnx['max_abs_diff']:.2g}")
     return 0
+
+
+def _export_onnx(artifact: str, output: str) -> dict[str, Any]:
+    """The slimmed model of ``artifact`` written as ONNX to ``output`` (checked with onnxruntime)."""
+    import torch
+
+    from lilnetx.onnx_export import export_onnx
+
+    model = lilnetx.load(artifact)
+    input_size = tuple(model.pretrained_cfg["input_size"])
+    return export_onnx(lilnetx.slim(model, example_input=torch.zeros(1, *input_size)), output, input_size)
 
 
 # -- inspect / verify --------------------------------------------------------------------------------------
@@ -57,7 +83,7 @@ def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}" if whole else "-"
 
 
-def describe(header: dict[str, Any], parts: dict[str, int]) -> list[str]:
+def header_lines(header: dict[str, Any], parts: dict[str, int]) -> list[str]:
     """Human-readable lines: identity, parts, per-layer sizes and sparsity, totals."""
     size = sum(parts.values())
     metrics = header.get("metrics") or {}
@@ -96,7 +122,7 @@ def run_inspect(args: argparse.Namespace) -> int:
                     "parts": artifact.parts, "header": artifact.header})
     else:
         print("\n".join([f"{args.path}: {artifact.size_bytes:,} bytes, sha256 {artifact.sha256}",
-                         *describe(artifact.header, artifact.parts)]))
+                         *header_lines(artifact.header, artifact.parts)]))
     return 0
 
 
