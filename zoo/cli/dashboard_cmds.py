@@ -13,10 +13,10 @@ from pathlib import Path
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
 
-def streamlit_command(host: str, port: int) -> list[str]:
-    """The ``streamlit run`` command line for the dashboard: headless, on ``host:port``, no telemetry,
-    no error details (tracebacks) in the browser."""
-    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless=true",
+def streamlit_command(host: str, port: int, app: Path = APP) -> list[str]:
+    """The ``streamlit run`` command line for the dashboard (or another ``app``): headless, on ``host:port``,
+    no telemetry, no error details (tracebacks) in the browser."""
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless=true",
             f"--server.address={host}", f"--server.port={port}", "--browser.gatherUsageStats=false",
             "--client.showErrorDetails=none", "--client.toolbarMode=minimal", "--server.fileWatcherType=none",
             "--theme.base=light"]
