@@ -1,7 +1,7 @@
 """What the dashboard reads from the catalog, in few queries (no Streamlit here).
 
-``entry_rows`` lists every entry in ONE joined query (``Zoo.list`` loads each entry's artifact and
-metrics lazily: two queries per entry), and ``fingerprint`` is a cheap key that changes whenever an entry
+``entry_rows`` lists every entry in ONE joined query (``queries.entry_table``; ``Zoo.list`` builds
+each row from ORM objects and lacks the architecture, dense MACs and dates), and ``fingerprint`` is a cheap key that changes whenever an entry
 is added, removed or re-pointed, so cached frames are rebuilt exactly when the catalog changed.
 """
 
@@ -9,22 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
+from zoo.catalog import queries
 from zoo.catalog.engine import describe_url, session_scope
-from zoo.catalog.models import Architecture, Artifact, Metrics, ZooEntry
 
 
 def entry_rows(engine: Engine) -> list[dict[str, Any]]:
-    """Every zoo entry as a plain dict (the fields ``dashboard.data.catalog_frame`` reads), by name."""
-    columns = [ZooEntry.name, ZooEntry.dataset, ZooEntry.added_at, Architecture.name.label("arch"),
-               Artifact.sha256, Artifact.size_bytes, Artifact.verified, Metrics.top1, Metrics.top5,
-               Metrics.fp32_bytes, Metrics.params, Metrics.slice_sparsity, Metrics.macs_dense,
-               Metrics.macs_sparse, Metrics.measured_top1, Metrics.measured_top5]
-    query = (select(*columns).join(ZooEntry.architecture).join(ZooEntry.artifact).join(Artifact.metrics)
-             .order_by(ZooEntry.name))
+    """Every zoo entry as a plain dict shaped like a ``Zoo.list()`` row (``accuracy``, ``claimed_accuracy``,
+    ``bytes``) plus ``arch``, ``fp32_bytes``, ``macs_dense`` and ``added_at``, by name."""
     with session_scope(engine) as session:
-        rows = [row._asdict() for row in session.execute(query)]
+        rows = queries.entry_table(session)
     for row in rows:
         measured_top1, measured_top5 = row.pop("measured_top1"), row.pop("measured_top5")
         claimed = {"top1": row["top1"], "top5": row["top5"]}
@@ -38,13 +33,10 @@ def entry_rows(engine: Engine) -> list[dict[str, Any]]:
     return rows
 
 
-def fingerprint(engine: Engine) -> tuple[Any, ...]:
-    """Changes when entries are added, removed or point at another artifact (a cache key, not a hash)."""
-    query = (select(func.count(ZooEntry.id), func.max(ZooEntry.added_at), func.sum(ZooEntry.artifact_id),
-                    func.max(ZooEntry.id), func.max(Metrics.measured_at))
-             .select_from(ZooEntry).outerjoin(Metrics, Metrics.artifact_id == ZooEntry.artifact_id))
+def fingerprint(engine: Engine) -> tuple[str, ...]:
+    """Changes when entries are added, removed or re-pointed, or measured (a cache key, not a hash)."""
     with session_scope(engine) as session:
-        return tuple(str(v) for v in session.execute(query).one())
+        return queries.catalog_fingerprint(session)
 
 
 def catalog_url(engine: Engine) -> str:

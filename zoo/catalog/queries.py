@@ -246,6 +246,26 @@ def measurement(artifact: Artifact) -> Measurement | None:
                        images=m.measured_images, measured_at=at)
 
 
+def entry_table(session: Session) -> list[dict[str, Any]]:
+    """Every entry's listing columns (name, arch, dataset, sizes, claimed and measured accuracy, sparsity,
+    MACs, sha256, dates) as plain dicts, by name, in ONE joined query (for views of thousands of entries)."""
+    columns = [ZooEntry.name, ZooEntry.dataset, ZooEntry.added_at, Architecture.name.label("arch"),
+               Artifact.sha256, Artifact.size_bytes, Artifact.verified, Metrics.top1, Metrics.top5,
+               Metrics.measured_top1, Metrics.measured_top5, Metrics.fp32_bytes, Metrics.params,
+               Metrics.slice_sparsity, Metrics.macs_dense, Metrics.macs_sparse]
+    query = (select(*columns).join(ZooEntry.architecture).join(ZooEntry.artifact).join(Artifact.metrics)
+             .order_by(ZooEntry.name))
+    return [row._asdict() for row in session.execute(query)]
+
+
+def catalog_fingerprint(session: Session) -> tuple[str, ...]:
+    """A cheap key that changes when entries are added, removed or re-pointed, or an artifact is measured."""
+    query = (select(func.count(ZooEntry.id), func.max(ZooEntry.added_at), func.sum(ZooEntry.artifact_id),
+                    func.max(ZooEntry.id), func.max(Metrics.measured_at))
+             .select_from(ZooEntry).outerjoin(Metrics, Metrics.artifact_id == ZooEntry.artifact_id))
+    return tuple(str(v) for v in session.execute(query).one())
+
+
 def get_state(session: Session, key: str) -> str | None:
     row = session.get(CatalogState, key)
     return row.value if row else None
