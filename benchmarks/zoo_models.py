@@ -1,10 +1,11 @@
 """Build the zoo's shipped artifacts from the recipes and measure each one from its file.
 
-    .venv/bin/python benchmarks/zoo_models.py [--train]   # --train runs `lilnetx train` for missing runs
+    .venv/bin/python benchmarks/zoo_models.py [--export] [--train]
 
-For every ``recipes/ARCH.TAG.yaml``: (train into ``runs/ARCH.TAG``), export to ``zoo_artifacts/ARCH.TAG.lnx``
-(a ``/`` in ARCH is written ``%2F`` in these file names: ``zoo.names.to_filename``),
-then decode that file and evaluate it on the dataset's real test split. Writes
+For every ``recipes/ARCH.TAG.yaml``: with ``--export``, (``--train``: train into ``runs/ARCH.TAG`` when that
+run is missing) and export the run to ``zoo_artifacts/ARCH.TAG.lnx`` (a ``/`` in ARCH is written ``%2F`` in
+these file names: ``zoo.names.to_filename``); then decode the shipped file and evaluate it on the dataset's
+real test split (entries without a file are skipped). Writes
 ``benchmarks/results/zoo_models.json`` and prints the README table; figures come from the artifacts only.
 """
 
@@ -20,8 +21,8 @@ from torch.utils.data import DataLoader
 
 import lilnetx
 from zoo import registry
-from zoo.cli.artifact_cmds import export_run
 from zoo.names import from_filename, split_name, to_filename
+from zoo.pipeline import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {  # METHOD.md §6: whole-model sizes of the prior work on the same data and architecture
@@ -46,20 +47,22 @@ def measure(name: str, path: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", action="store_true", help="train runs that are missing")
+    parser.add_argument("--export", action="store_true", help="re-export the shipped files from their runs")
+    parser.add_argument("--train", action="store_true", help="with --export: train runs that are missing")
     args = parser.parse_args()
     rows = []
     for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
         name, run = from_filename(recipe.stem), ROOT / "runs" / recipe.stem
-        if not (run / "stats.json").is_file():
-            if not args.train:
-                print(f"skipping {name}: no finished run in {run} (use --train)", file=sys.stderr)
-                continue
+        artifact = ROOT / "zoo_artifacts" / f"{to_filename(name)}.lnx"
+        if args.export and not (run / "stats.json").is_file() and args.train:
             subprocess.run([sys.executable, "-m", "zoo.cli", "train", "--recipe", str(recipe), "--out", str(run),
                             "--no-progress"], check=True)
-        artifact = ROOT / "zoo_artifacts" / f"{to_filename(name)}.lnx"
-        artifact.parent.mkdir(exist_ok=True)
-        export_run(run, artifact)
+        if args.export and (run / "stats.json").is_file():
+            artifact.parent.mkdir(exist_ok=True)
+            export_run(run, artifact)
+        if not artifact.is_file():
+            print(f"skipping {name}: no {artifact} (use --export, with --train for a missing run)", file=sys.stderr)
+            continue
         rows.append(measure(name, artifact))
     out = ROOT / "benchmarks" / "results" / "zoo_models.json"
     out.write_text(json.dumps(rows, indent=2) + "\n")
