@@ -192,3 +192,14 @@ def test_fuzz_zoo_list_never_crashes(env: Path, monkeypatch: pytest.MonkeyPatch,
 def main_list_json(capsys: pytest.CaptureFixture[str]) -> list[str]:
     assert main(["zoo", "list", "--json"]) == 0
     return [row["name"] for row in json.loads(capsys.readouterr().out)]
+
+
+def test_publishing_over_an_index_with_a_bad_entry_keeps_the_good_ones(env: Path) -> None:
+    bad = _entry("tiny.mnist-bad")
+    bad["artifact"]["metrics"]["params"] = "many"
+    _write(env / "site", [bad, _entry("tiny.mnist-kept", "cd" * 32)])
+    z = Zoo.from_env()
+    put_fake(z, "local.mnist-a", b"local bytes")
+    z.publish(str(env / "site"))
+    names = [e.name for e in remote.fetch_index((env / "site").as_uri())]
+    assert names == ["local.mnist-a", "tiny.mnist-kept"]

@@ -195,8 +195,8 @@ def publish(entries: list[tuple[IndexEntry, Path]], dest: str) -> str:
     index_path = posixpath.join(root, INDEX)
     with _remote("publish to", dest, PUBLISH_FIX):
         existing: dict[str, dict[str, Any]] = {}
-        if fs.exists(index_path):
-            existing = {item["name"]: item for item in json.loads(fs.cat_file(index_path))["entries"]}
+        if fs.exists(index_path):  # its valid entries are kept; invalid ones are dropped, with a warning
+            existing = {e.name: e.to_dict() for e in parse_index(fs.cat_file(index_path), index_path)}
         for entry, local in entries:
             sha = entry.artifact.sha256
             target = posixpath.join(root, "artifacts", sha[:2], f"{sha}.lnx")

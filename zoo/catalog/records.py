@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from zoo.errors import InvalidNameError
+from zoo.errors import InvalidNameError, ZooError
 from zoo.names import check_arch, check_sha256
 
 # what the catalog lists, filters on and shows on a card, besides the sha256 the bytes were checked against
@@ -108,7 +108,7 @@ class Measurement:
     measured_at: datetime
 
 
-class RecordError(ValueError):
+class RecordError(ZooError, ValueError):
     """A field of a record (a remote index entry) with the wrong type or out of range."""
 
     def __init__(self, field_name: str, expected: str, value: Any):
