@@ -9,7 +9,6 @@ to the training split only.
 from __future__ import annotations
 
 import codecs
-import difflib
 import gzip
 import importlib.util
 import pickle
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lilnetx.errors import LilnetxError
+
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
 
@@ -33,7 +34,6 @@ __all__ = [
     "cifar10",
     "cifar100",
     "digits",
-    "get_dataset",
     "image_folder",
     "mnist",
     "mnist_idx",
@@ -73,7 +73,7 @@ _PICKLE_ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(LilnetxError, ValueError):
     """A dataset is missing or malformed; the message names the path, what was expected and the fix."""
 
 
@@ -106,7 +106,7 @@ class TensorImageDataset(Dataset):
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(
+            raise DatasetError(
                 f"need images (N, C, H, W) and N labels, got {tuple(images.shape)} and {len(labels)}"
             )
         self.images, self.labels = images, labels.long()
@@ -501,13 +501,3 @@ DATASETS: dict[str, Callable[..., DatasetBundle]] = {
     "cifar100": cifar100,
     "imagenet-folder": image_folder,
 }
-
-
-def get_dataset(name: str, **kwargs: Any) -> DatasetBundle:
-    """Load the dataset registered as ``name`` (case and ``_``/``-`` insensitive) with loader options."""
-    key = name.lower().replace("_", "-")
-    if key not in DATASETS:
-        close = difflib.get_close_matches(key, DATASETS, n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.{hint}")
-    return DATASETS[key](**kwargs)

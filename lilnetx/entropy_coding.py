@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 
+from lilnetx.errors import LilnetxError
+
 PRECISION = 16
 TOTAL = 1 << PRECISION
 MAX_SYMBOLS = 1 << 14  # symbols per channel table
@@ -28,7 +30,7 @@ MAX_PREFIX_ZEROS = 40  # longest Exp-Golomb prefix a valid table holds
 DECODE_CHUNK = 1 << 16  # symbols decoded per call between consistency checks
 
 
-class CodingError(ValueError):
+class CodingError(LilnetxError, ValueError):
     """Coded tables or latents that cannot be decoded (malformed, or not matching their description)."""
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from lilnetx.density import FactorizedDensity
+from lilnetx.errors import LilnetxError
 
 STRUCTURES = ("slice", "channel", "filter")
 INITS = ("scratch", "fit")
@@ -30,7 +31,7 @@ FIT_LEVELS_PER_STD = 16  # init="fit": quantisation step = RMS of the group's we
 LayerPolicy = Callable[[str, nn.Module], "str | bool | None"]
 
 
-class ReparamError(ValueError):
+class ReparamError(LilnetxError, ValueError):
     """A model or option that cannot be reparameterised."""
 
 

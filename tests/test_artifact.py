@@ -24,12 +24,12 @@ import lilnetx
 from lilnetx import artifact
 from lilnetx import entropy_coding as ec
 from lilnetx.artifact import (
+    ArchitectureBuildError,
     ArtifactError,
     BadMagicError,
     ChecksumMismatchError,
     CorruptHeaderError,
     TruncatedArtifactError,
-    UnknownArchitectureError,
     UnsupportedVersionError,
 )
 from lilnetx.data import DatasetBundle
@@ -70,9 +70,9 @@ def saved(model, tmp_path) -> Path:
 
 def _resign(path: Path, edit) -> None:
     """Rewrite ``path`` with ``edit(header)`` applied and a correct size and checksum (a lying file)."""
-    header, sections = artifact._parse(path.read_bytes(), str(path))
+    header, sections = artifact.reader.parse(path.read_bytes(), str(path))
     edit(header)
-    path.write_bytes(artifact._assemble(header, [sections[name] for name in artifact.SECTIONS]))
+    path.write_bytes(artifact.format.assemble(header, [sections[name] for name in artifact.SECTIONS]))
 
 
 def _decoded_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -206,7 +206,7 @@ def test_learned_pmfs_are_the_density_at_each_integer(model):
     """Oracle: the density's likelihood of each symbol, evaluated one channel at a time."""
     group = lilnetx.latent_groups(model)["conv5x5"]
     lo, hi = np.arange(-3, -3 + group.width), np.arange(-3, -3 + group.width) + np.arange(group.width) % 4
-    pmfs = artifact._learned_pmfs(group, lo, hi)
+    pmfs = group.density.integer_pmfs(lo, hi)
     for c in range(group.width):
         rows = torch.zeros(hi[c] - lo[c] + 1, group.width)
         rows[:, c] = torch.arange(lo[c], hi[c] + 1)
@@ -342,12 +342,12 @@ def test_unknown_architecture(saved, monkeypatch):
     def no_such_model(name, kwargs):
         raise KeyError(f"unknown model {name!r}")
 
-    with pytest.raises(UnknownArchitectureError, match="golden_tiny.*unknown model.*pass builder="):
+    with pytest.raises(ArchitectureBuildError, match="golden_tiny.*unknown model.*pass builder="):
         lilnetx.load(saved, builder=no_such_model)
-    with pytest.raises(UnknownArchitectureError, match="not an nn.Module"):
+    with pytest.raises(ArchitectureBuildError, match="not an nn.Module"):
         lilnetx.load(saved, builder=lambda name, kwargs: "a string")
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
-    with pytest.raises(UnknownArchitectureError, match="no model builder is installed"):
+    with pytest.raises(ArchitectureBuildError, match="no model builder is installed"):
         lilnetx.load(saved)
 
 
@@ -554,7 +554,7 @@ def run(model, tmp_path, monkeypatch) -> tuple[Path, DatasetBundle, list[dict]]:
         new.lilnetx_arch = dict(spec)
         return new
 
-    def build_model(recipe: dict) -> tuple[nn.Module, DatasetBundle]:  # only runs without arch.json get here
+    def model_and_data(recipe: dict) -> tuple[nn.Module, DatasetBundle]:  # only runs without arch.json get here
         return model_from_spec({"name": golden.ARCH, "kwargs": golden.KWARGS}, recipe["reparam"]), bundle
 
     class EntryPoint:
@@ -564,7 +564,7 @@ def run(model, tmp_path, monkeypatch) -> tuple[Path, DatasetBundle, list[dict]]:
             return golden.builder
 
     monkeypatch.setattr(recipes, "model_from_spec", model_from_spec)
-    monkeypatch.setattr(recipes, "build_model", build_model)
+    monkeypatch.setattr(recipes, "model_and_data", model_and_data)
     monkeypatch.setattr(registry, "get_dataset", lambda name, **kwargs: bundle)
     monkeypatch.setattr(importlib.metadata, "entry_points",
                         lambda group: [EntryPoint()] if group == artifact.BUILDER_GROUP else [])

@@ -97,13 +97,13 @@ def _mutate(header: dict, rng: np.random.Generator) -> dict:
 
 def test_resigned_header_edits_raise_or_load_the_same_model(original, reference, tmp_path):
     """Past the checksum (a deliberately edited and re-signed header), nothing may go unnoticed."""
-    header, sections = artifact._parse(original, "golden")
+    header, sections = artifact.reader.parse(original, "golden")
     body = [sections[name] for name in artifact.SECTIONS]
     rng = np.random.default_rng(3)
     path = tmp_path / "edited.lnx"
     outcomes = {"error": 0, "same": 0}
     for _ in range(200):
-        path.write_bytes(artifact._assemble(_mutate(header, rng), body))
+        path.write_bytes(artifact.format.assemble(_mutate(header, rng), body))
         try:
             model = lilnetx.load(path, builder=golden.builder)
         except ArtifactError:

@@ -133,24 +133,24 @@ def test_bad_recipe_is_one_clear_line(recipe: dict, message: str, tmp_path: Path
     assert err.startswith("lilnetx: error: ") and err.count("\n") == 1 and message in err
 
 
-def test_build_model_takes_classes_and_input_from_the_dataset():
-    model, data = recipes.build_model({**FAST_RECIPE, "reparam": {"density_filters": [2]}})
+def test_model_and_data_takes_classes_and_input_from_the_dataset():
+    model, data = recipes.model_and_data({**FAST_RECIPE, "reparam": {"density_filters": [2]}})
     cfg = model.pretrained_cfg
     assert (cfg["num_classes"], cfg["input_size"], cfg["mean"]) == (data.num_classes, data.input_size, data.mean)
     assert data.name == "digits" and lilnetx.is_reparameterized(model)
     assert model.lilnetx_config["density_filters"] == [2]
 
 
-def test_train_builds_its_model_through_recipe_build_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_train_builds_its_model_through_recipe_model_and_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]):
-    """The one builder `lilnetx export` uses too (tests/test_artifact.py), so a checkpoint always fits."""
+    """It stores the model it built as arch.json, which `lilnetx export` rebuilds (tests/test_artifact.py)."""
     calls = []
 
-    def build_model(recipe: dict):
+    def model_and_data(recipe: dict):
         calls.append(recipe)
         raise RuntimeError("stop after building")
 
-    monkeypatch.setattr(recipes, "build_model", build_model)
+    monkeypatch.setattr(recipes, "model_and_data", model_and_data)
     assert main(["train", "lenet_300_100", "--dataset", "digits", "--out", str(tmp_path / "run")]) == 2
     assert "stop after building" in capsys.readouterr().err
     assert [(r["arch"], r["dataset"]) for r in calls] == [("lenet_300_100", "digits")]

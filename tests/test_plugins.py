@@ -314,7 +314,8 @@ def test_third_party_plugin_trains_and_compresses_through_the_cli(fake_plugin_si
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["arch"], summary["epochs"]) == ("tiny_cnn", 1)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "recipe.yaml", "stats.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["arch.json", "checkpoint.pt", "metrics.jsonl", "recipe.yaml",
+                                                    "stats.json"]
     layers = json.loads((run / "stats.json").read_text())["layers"]
     assert {name: layer["compressed"] for name, layer in layers.items()} == {"0": False, "3": True, "8": True}
 

@@ -67,7 +67,7 @@ def train_run(recipe: dict[str, Any], run_dir: str | Path, *, resume: bool = Fal
                              "--out")
     registry.get_architecture(recipe["arch"])  # fail on a misspelt name before loading any data
     seed_everything(config.seed)
-    model, data = recipes.build_model(recipe)
+    model, data = recipes.model_and_data(recipe)
     if rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         recipes.dump(recipe, run_dir / "recipe.yaml")
@@ -125,7 +125,7 @@ def _run_model(run_dir: Path, recipe: dict[str, Any], spec: dict[str, Any] | Non
     warnings.warn(f"{run_dir} has no {ARCH_FILE} (trained by an older lilnetx): loading dataset "
                   f"{recipe.get('dataset')!r} to learn the model's classes, input size, mean and std",
                   stacklevel=3)
-    return recipes.build_model(recipe)[0]
+    return recipes.model_and_data(recipe)[0]
 
 
 def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None,

@@ -2,8 +2,8 @@
 
 Sections: ``arch`` and ``arch_kwargs`` (builder options), ``dataset`` and ``dataset_kwargs`` (loader
 options, e.g. ``root``), ``reparam`` (``lilnetx.reparameterize`` options) and ``train`` (``TrainConfig``).
-Layers merge left to right: defaults, a recipe file, command-line flags. ``build_model`` builds a recipe's
-model and dataset for training; ``model_from_spec`` rebuilds the same model from the resolved architecture
+Layers merge left to right: defaults, a recipe file, command-line flags. ``model_and_data`` builds a
+recipe's model and dataset for training; ``model_from_spec`` rebuilds the same model from the resolved architecture
 spec a run folder stores, for export.
 """
 
@@ -23,13 +23,14 @@ import lilnetx
 from lilnetx import TrainConfig
 from lilnetx.data import DatasetBundle
 from zoo import registry
+from zoo.errors import ZooError
 
 FREE_FORM = ("arch_kwargs", "dataset_kwargs")  # checked against the builder / loader signature later
 FROM_DATASET = ("num_classes", "input_size", "mean", "std")  # architecture options the dataset decides
 TYPED = ("reparam", "train")
 
 
-class RecipeError(ValueError):
+class RecipeError(ZooError, ValueError):
     """A recipe key or value that cannot be used; the message names it and the fix."""
 
 
@@ -103,6 +104,8 @@ def merge(base: dict[str, Any], update: dict[str, Any], source: str) -> dict[str
                 raise RecipeError(f"{source}: {key!r} must be a mapping, got {value!r}")
             for sub, sub_value in value.items():
                 where = f"{source}: {key}.{sub}"
+                if (key, sub, sub_value) == ("train", "extra", {}):
+                    continue  # written by lilnetx 0.1 (TrainConfig.extra, never used): old runs still resume
                 if key in TYPED:
                     _check_key(sub, list(options[key]), f"{source}: {key}")
                     sub_value = _coerce(sub_value, options[key][sub][1], where)
@@ -161,7 +164,7 @@ def model_from_spec(spec: dict[str, Any], reparam: dict[str, Any]) -> nn.Module:
     return registry.reparameterized_model(spec["name"], spec["kwargs"], reparam)
 
 
-def build_model(recipe: dict[str, Any]) -> tuple[nn.Module, DatasetBundle]:
+def model_and_data(recipe: dict[str, Any]) -> tuple[nn.Module, DatasetBundle]:
     """The recipe's reparameterised (untrained) model and its dataset.
 
     The dataset decides the model's classes, input size, mean and std; the plugins' layer policy and the

@@ -20,13 +20,14 @@ from torch import nn
 import lilnetx
 from lilnetx.data import DatasetBundle
 from lilnetx.reparam import LayerPolicy
+from zoo.errors import ZooError
 from zoo.hookspecs import ArchitectureSpec, Builder, DatasetSpec
 from zoo.plugins import DISABLE_AUTOLOAD_ENV, PluginManager, get_plugin_manager
 
 BUILDER_ARGS = ("num_classes", "in_chans", "input_size")  # what every builder receives from create_model
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(ZooError, KeyError):
     """A name no plugin provides; the message lists close matches."""
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
@@ -41,8 +42,12 @@ class UnknownDatasetError(UnknownNameError):
     """No plugin provides a dataset of this name."""
 
 
-class RegistrationError(ValueError):
+class RegistrationError(ZooError, ValueError):
     """A plugin registered something invalid, or a name another plugin already holds."""
+
+
+class OptionError(ZooError, ValueError):
+    """An architecture or dataset option that the builder or loader does not take, or a bad input config."""
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> str:
@@ -52,7 +57,7 @@ def _unknown(kind: str, name: str, known: list[str]) -> str:
 
 
 def check_options(what: str, fn: Callable[..., Any], options: Iterable[str], reserved: Iterable[str] = ()) -> None:
-    """Raise ``ValueError`` naming the first of ``options`` that ``fn`` does not accept (unless it takes ``**kw``)."""
+    """Raise ``OptionError`` naming the first of ``options`` that ``fn`` does not accept (unless it takes ``**kw``)."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # no introspectable signature: let the call itself complain
@@ -65,7 +70,7 @@ def check_options(what: str, fn: Callable[..., Any], options: Iterable[str], res
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{what} takes no option {key!r}{hint}; its options: {', '.join(accepted) or 'none'}")
+            raise OptionError(f"{what} takes no option {key!r}{hint}; its options: {', '.join(accepted) or 'none'}")
 
 
 def _dataset_key(name: str) -> str:
@@ -181,7 +186,7 @@ def _per_channel(values: Any, in_chans: int, what: str, given: bool) -> list[flo
     if len(values) == in_chans:
         return values
     if given:
-        raise ValueError(f"{what} has {len(values)} values but the model has {in_chans} input channels")
+        raise OptionError(f"{what} has {len(values)} values but the model has {in_chans} input channels")
     return [sum(values) / len(values)] * in_chans  # architecture default, other channel count
 
 
@@ -204,7 +209,7 @@ def create_model(arch: str, **kwargs: Any) -> nn.Module:
         input_size = (in_chans, *spec.input_size[1:])
     input_size = tuple(int(v) for v in input_size)
     if len(input_size) != 3 or (in_chans is not None and int(in_chans) != input_size[0]):
-        raise ValueError(f"input_size {input_size} must be (C, H, W)"
+        raise OptionError(f"input_size {input_size} must be (C, H, W)"
                          + (f" with C = in_chans ({in_chans})" if in_chans is not None else ""))
     in_chans = input_size[0]
     mean = _per_channel(extra.pop("mean", spec.mean), in_chans, "mean", "mean" in kwargs)

@@ -14,12 +14,12 @@ Modules: ``format`` (constants, framing, bytes), ``errors``, ``validation`` (hea
 """
 
 from lilnetx.artifact.errors import (
+    ArchitectureBuildError,
     ArtifactError,
     BadMagicError,
     ChecksumMismatchError,
     CorruptHeaderError,
     TruncatedArtifactError,
-    UnknownArchitectureError,
     UnsupportedVersionError,
 )
 from lilnetx.artifact.format import (
@@ -29,21 +29,16 @@ from lilnetx.artifact.format import (
     FORMAT_VERSION,
     MAGIC,
     SECTIONS,
-    Artifact,
     ArtifactInfo,
+    DecodedArtifact,
 )
-from lilnetx.artifact.format import assemble as _assemble  # noqa: F401  (tests re-sign edited headers)
-from lilnetx.artifact.reader import parse as _parse  # noqa: F401
 from lilnetx.artifact.reader import read_artifact, read_header, verify
 from lilnetx.artifact.rebuild import BUILDER_GROUP, Builder, from_artifact, load
-from lilnetx.artifact.writer import (
-    _learned_pmfs,  # noqa: F401
-    save,
-)
+from lilnetx.artifact.writer import save
 
 __all__ = [
     "BUILDER_GROUP", "DIGEST_SIZE", "DTYPES", "FLOAT_DTYPES", "FORMAT_VERSION", "MAGIC", "SECTIONS",
-    "Artifact", "ArtifactError", "ArtifactInfo", "BadMagicError", "Builder", "ChecksumMismatchError",
-    "CorruptHeaderError", "TruncatedArtifactError", "UnknownArchitectureError", "UnsupportedVersionError",
+    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "BadMagicError", "Builder", "ChecksumMismatchError",
+    "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError",
     "from_artifact", "load", "read_artifact", "read_header", "save", "verify",
 ]

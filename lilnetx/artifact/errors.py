@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lilnetx.errors import LilnetxError
 
-class ArtifactError(ValueError):
+
+class ArtifactError(LilnetxError, ValueError):
     """Base class: a ``.lnx`` file that cannot be written, read or rebuilt. The message says what to do."""
 
 
@@ -30,7 +32,7 @@ class CorruptHeaderError(ArtifactError):
     or with the architecture the builder builds. The file was edited or written by a broken writer."""
 
 
-class UnknownArchitectureError(ArtifactError):
+class ArchitectureBuildError(ArtifactError):
     """No model builder can build the file's architecture: install the plugin providing it or pass builder=."""
 
 

@@ -104,7 +104,7 @@ class ArtifactInfo:
 
 
 @dataclass(frozen=True)
-class Artifact:
+class DecodedArtifact:
     """A verified, fully decoded artifact (no model built)."""
 
     header: dict[str, Any]

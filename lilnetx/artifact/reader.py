@@ -18,8 +18,8 @@ from lilnetx.artifact.errors import corrupt
 from lilnetx.artifact.format import (
     DIGEST_SIZE,
     SECTIONS,
-    Artifact,
     ArtifactInfo,
+    DecodedArtifact,
     check_framing,
     decoder_shapes,
     decompress_header,
@@ -30,7 +30,7 @@ from lilnetx.artifact.format import (
 from lilnetx.artifact.validation import check_header
 
 
-def read_artifact(path: str | Path) -> Artifact:
+def read_artifact(path: str | Path) -> DecodedArtifact:
     """Read, verify (magic, version, checksum, header consistency) and decode ``path``; builds no model."""
     data = Path(path).read_bytes()
     header, sections = parse(data, str(path))
@@ -67,13 +67,13 @@ def parse(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     return header, sections
 
 
-def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], source: str) -> Artifact:
+def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], source: str) -> DecodedArtifact:
     latents = _decode_latents(header, sections, source)
     shapes = decoder_shapes(header)
     decoders = split_tensors(sections["decoders"], [(g["name"], g["dtype"], shapes[g["name"]]) for g in header["groups"]])
     params = split_tensors(sections["float_params"],
                             [(p["name"], p["dtype"], p["shape"]) for p in header["float_params"]])
-    return Artifact(header=header, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
+    return DecodedArtifact(header=header, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
                     parts=section_parts(header, len(data)), latents=latents, decoders=decoders, float_params=params)
 
 

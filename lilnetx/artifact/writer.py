@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +28,7 @@ from lilnetx.artifact.format import (
     section_parts,
 )
 from lilnetx.artifact.validation import REPARAM_CHECKS
+from lilnetx.files import atomic_write
 from lilnetx.reparam import LatentTensor, latent_groups, latent_tensors
 
 
@@ -72,7 +71,7 @@ def save(
         "sections": {name: len(sections[name]) for name in SECTIONS},
     }
     data = assemble(header, [sections[name] for name in SECTIONS])
-    _atomic_write(Path(path), data)
+    atomic_write(path, data)
     return make_info(Path(path), header, hashlib.sha256(data).hexdigest(), len(data), section_parts(header, len(data)))
 
 
@@ -158,11 +157,6 @@ def _fit_tables(group: nn.Module, rows: np.ndarray, tables: str) -> list[ec.Tabl
     return group.density.freeze(lo, counts, histogram=tables == "best")
 
 
-def _learned_pmfs(group: nn.Module, lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:
-    """The group density's unquantised probabilities of ``lo[c]..hi[c]`` (kept for the tests)."""
-    return group.density.integer_pmfs(lo, hi)
-
-
 def _narrowest_exact(tensor: torch.Tensor, what: str) -> str:
     """The smallest float dtype that holds every value of ``tensor`` exactly (e.g. float16 for dyadic values)."""
     for name in ("float16", "bfloat16"):
@@ -206,18 +200,3 @@ def _encode_float_params(model: nn.Module) -> tuple[list[dict[str, Any]], bytes]
         meta.append({"name": key, "dtype": dtype_name(value, key), "shape": list(value.shape)})
         chunks.append(raw_bytes(value))
     return meta, b"".join(chunks)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename over it: never a partial file at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

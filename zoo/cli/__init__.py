@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from zoo.errors import ZooError
+
 COMMAND_MODULES = (
     "zoo.cli.train_cmds",
     "zoo.cli.artifact_cmds",
@@ -20,7 +22,7 @@ COMMAND_MODULES = (
 )
 
 
-class CLIError(Exception):
+class CLIError(ZooError):
     """An error for people: printed as one line, exit code 2."""
 
 
