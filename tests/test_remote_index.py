@@ -203,3 +203,9 @@ def test_publishing_over_an_index_with_a_bad_entry_keeps_the_good_ones(env: Path
     z.publish(str(env / "site"))
     names = [e.name for e in remote.fetch_index((env / "site").as_uri())]
     assert names == ["local.mnist-a", "tiny.mnist-kept"]
+
+
+def test_a_remote_entry_is_found_by_name_without_listing_first(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LILNETX_ZOO_URL", _write(env / "site", [_entry()]))
+    card = Zoo.from_env().card("tiny.mnist-r")
+    assert card["sha256"] == SHA and card["accuracy"] == {"top1": 0.9, "top5": 0.99, "measured": False}

@@ -146,6 +146,7 @@ class Zoo:
 
     def card(self, name: str) -> dict[str, Any]:
         """The model card of entry ``name`` (see ``zoo.model_card``)."""
+        self._sync_if_missing(name)
         with session_scope(self.engine) as session:
             entry = self._require(session, name)
             return model_card(entry.name, entry.dataset, queries.artifact_record(entry.artifact),
@@ -163,13 +164,18 @@ class Zoo:
                                          "not consulted)") from None
             raise
 
+    def _sync_if_missing(self, name: str) -> None:
+        """Read the remote zoo's index (once) when the catalog has no entry ``name``."""
+        split_name(name)
+        if self.remote_url and not self.offline:
+            with session_scope(self.engine) as session:
+                if queries.get_entry(session, name) is not None:
+                    return
+            self._sync_once()
+
     def _lookup(self, name: str) -> tuple[ArtifactRecord, str, bool]:
         """The catalogued record, uri and verified flag of ``name`` (syncing the remote zoo first if needed)."""
-        split_name(name)
-        with session_scope(self.engine) as session:
-            entry = queries.get_entry(session, name)
-        if entry is None:
-            self._sync_once()
+        self._sync_if_missing(name)
         with session_scope(self.engine) as session:
             artifact = self._require(session, name).artifact
             return queries.artifact_record(artifact), artifact.uri, artifact.verified

@@ -70,7 +70,7 @@ def _pull(args: argparse.Namespace) -> int:
 def _add(args: argparse.Namespace) -> int:
     source, zoo = Path(args.source), _zoo(args)
     if source.is_dir():  # a `lilnetx train` run folder: export it first
-        from zoo.cli.artifact_cmds import export_run
+        from zoo.pipeline import export_run
 
         with tempfile.TemporaryDirectory() as tmp:
             export_run(source, Path(tmp) / "model.lnx")
