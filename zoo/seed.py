@@ -94,9 +94,9 @@ def seed_on_first_use(zoo: Zoo) -> SeedReport | None:
         if (queries.get_state(session, _SEEDED_KEY) is not None or queries.get_state(session, _STATE_KEY)
                 is not None or session.scalar(select(ZooEntry.id).limit(1)) is not None):
             return None
-    if not SHIPPED_DIR.is_dir():
+    count = len(list(SHIPPED_DIR.glob("*.lnx"))) if SHIPPED_DIR.is_dir() else 0
+    if count == 0:
         return None
-    count = len(list(SHIPPED_DIR.glob("*.lnx")))
     print(f"lilnetx: first use of this catalog: seeding it with the {count} models shipped in {SHIPPED_DIR} "
           "(once; `lilnetx zoo seed` refreshes it)", file=sys.stderr)
     try:
