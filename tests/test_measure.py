@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 from zoo_helpers import isolate, local_zoo, make_artifact
@@ -132,6 +134,31 @@ def test_verify_measures_on_demand_and_fails_on_a_lying_claim(env: Path, monkeyp
     assert Zoo.from_env().card(NAME)["accuracy"] == result["accuracy"]
     code = main(["zoo", "verify", NAME, "--measure-timeout", "1e-9"])
     assert code == 2 and "took longer than" in capsys.readouterr().err
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An MNIST idx file of unsigned bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_datasets_read_from_files_are_found_under_the_data_root(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = env / "data" / "mnist-idx"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 7)):
+        _write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    path = make_artifact(env / "idx.lnx", top1=0.5, dataset="mnist-idx")
+    model, header = lilnetx.load(path), lilnetx.read_header(path)
+    monkeypatch.setenv("LILNETX_DATA_ROOT", str(env / "data"))  # a folder with one sub-folder per dataset
+    assert (measure(model, header).dataset, measure(model, header).images) == ("mnist-idx", 7)
+    monkeypatch.delenv("LILNETX_DATA_ROOT")
+    assert measure(model, header, data_root=folder).images == 7  # or the dataset's own folder
+    z = Zoo.from_env()
+    z.data_root = folder
+    z.add(path, "mnist-idx-a")
+    assert z.card("lenet_300_100.mnist-idx-a")["measured_on"]["images"] == 7
 
 
 def test_malformed_timeout_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
