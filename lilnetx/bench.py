@@ -5,8 +5,8 @@ every speedup is a ratio against dense measured in the same rounds.
 
 - ``dense``: the model as given (PyTorch, NCHW);
 - ``slim``: ``lilnetx.slim(model)`` (BatchNorm folded, zero channels removed);
-- ``sparse``: ``lilnetx.slim(model, sparse=True)`` (plus the slice-sparse kernel where the cost model says
-  it beats dense);
+- ``sparse``: ``lilnetx.slim(model, sparse=True)``: the slimmed model plus the slice-sparse kernel where
+  the cost model says it beats dense;
 - ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the peer a user would pick).
 """
 
@@ -86,7 +86,7 @@ def _build(model: nn.Module, input_size: tuple[int, ...], variants: Sequence[str
                 skipped[variant] = "the sparse kernel could not be built (no C++ compiler?)"
                 continue
             sparse = copy.deepcopy(slimmed) if slimmed is not None else slim(model, example_input=example)
-            sparsify(sparse)
+            sparsify(sparse, example_input=example, timed=False)  # cost model: deterministic
             built[variant] = sparse
         elif variant == "onnxruntime":
             try:

@@ -14,8 +14,8 @@
    and the types responsible are named in a warning when that left removable channels in place.
    Removal repeats until nothing changes (a removed filter can leave its own inputs unread).
 3. ``sparse=True`` then replaces each remaining convolution with zero kernel taps by a
-   ``lilnetx.sparse_conv.SparseConv2d`` where that is faster (measured on ``example_input`` when given,
-   else by a cost model), so the model is never knowingly slower than dense.
+   ``lilnetx.sparse_conv.SparseConv2d`` where that is faster (timed on ``example_input`` when one is given,
+   else by a cost model of tap density and output size), so the model is never knowingly slower than dense.
 
 Channel removal needs tensor shapes: they come from ``example_input`` or ``model.pretrained_cfg["input_size"]``;
 without either only BatchNorm is folded (with a warning). The slimmed model is checked against the
@@ -69,7 +69,7 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
     probe = example_input if example_input is not None else _default_input(slimmed)
     traced = _trace(slimmed)
     if traced is None:
-        return _finish(slimmed, sparse, example_input)
+        return _finish(slimmed, sparse, example_input, timed=example_input is not None)
     _fold_batchnorm(slimmed, traced)
     if probe is None:
         warnings.warn("slim: no example_input and no model.pretrained_cfg['input_size']: BatchNorm folded, "
@@ -87,14 +87,15 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
         warnings.warn("slim: the slimmed model's outputs differ from the original's; returning it unslimmed "
                       "(please report this model)", stacklevel=2)
         slimmed = copy.deepcopy(source).eval()
-    return _finish(slimmed, sparse, example_input)
+    return _finish(slimmed, sparse, example_input if example_input is not None else probe,
+                   timed=example_input is not None)
 
 
-def _finish(model: nn.Module, sparse: bool, example_input: Tensor | None) -> nn.Module:
+def _finish(model: nn.Module, sparse: bool, example_input: Tensor | None, *, timed: bool = False) -> nn.Module:
     if sparse:
         from lilnetx.sparse_conv import sparsify
 
-        sparsify(model, example_input=example_input)
+        sparsify(model, example_input=example_input, timed=timed)
     return model
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -124,9 +125,20 @@ def _eligible(module: nn.Module) -> bool:
             and bool(module.weight.detach().eq(0).any()))
 
 
-def modelled_faster(conv: nn.Conv2d) -> bool:
-    """The cost model: is the sparse kernel expected to beat dense ``conv2d`` on this layer?"""
+def _block_waste(out_h: int, out_w: int) -> float:
+    """Work of the kernel's register blocks (8 x 16 or 4 x 32 outputs) over the real outputs."""
+    rows, cols = (8, 16) if out_w <= 16 else (4, 32)
+    return (math.ceil(out_h / rows) * rows * math.ceil(out_w / cols) * cols) / (out_h * out_w)
+
+
+def modelled_faster(conv: nn.Conv2d, out_size: tuple[int, int] | None = None) -> bool:
+    """The cost model: is the sparse kernel expected to beat dense ``conv2d`` on this layer?
+
+    ``out_size`` (output height, width), when known, charges the kernel for its partly used blocks.
+    """
     density = float(conv.weight.detach().ne(0).float().mean())
+    if out_size is not None:
+        density *= _block_waste(*out_size)
     if conv.kernel_size == (1, 1):
         return density <= MAX_DENSITY["1x1"]
     if conv.stride != (1, 1):
@@ -153,11 +165,14 @@ def _timed_faster(dense: nn.Conv2d, sparse: SparseConv2d, x: Tensor) -> tuple[bo
 
 
 @torch.no_grad()
-def sparsify(model: nn.Module, *, example_input: Tensor | None = None) -> dict[str, dict[str, Any]]:
+def sparsify(model: nn.Module, *, example_input: Tensor | None = None, timed: bool = True
+             ) -> dict[str, dict[str, Any]]:
     """Replace, in place, each eligible ``nn.Conv2d`` by a ``SparseConv2d`` where that is faster.
 
-    Returns per considered layer ``{"density", "sparse", "decided_by"}`` (plus ``dense_ms`` / ``sparse_ms``
-    when timed on ``example_input``). Nothing changes where the extension cannot be built.
+    With ``example_input`` each layer is timed on its real input (``timed=False``: the input only gives
+    the output sizes the cost model needs). Returns per considered layer ``{"density", "sparse",
+    "decided_by"}`` (plus ``dense_ms`` / ``sparse_ms`` when timed). Nothing changes where the extension
+    cannot be built.
     """
     candidates = {name: m for name, m in model.named_modules() if _eligible(m)}
     if not candidates or load_extension() is None:
@@ -178,11 +193,12 @@ def sparsify(model: nn.Module, *, example_input: Tensor | None = None) -> dict[s
     for name, conv in candidates.items():
         sparse = SparseConv2d(conv)
         entry: dict[str, Any] = {"density": sparse.density}
-        if name in inputs:
+        if name in inputs and timed:
             wins, dense_ms, sparse_ms = _timed_faster(conv, sparse, inputs[name].float().contiguous())
             entry.update(decided_by="timed", dense_ms=dense_ms, sparse_ms=sparse_ms)
         else:
-            wins = modelled_faster(conv)
+            out_size = tuple(conv(inputs[name][:1]).shape[2:]) if name in inputs else None
+            wins = modelled_faster(conv, out_size)
             entry["decided_by"] = "model"
         entry["sparse"] = wins
         if wins:
