@@ -106,10 +106,10 @@ def _dataset(header: dict[str, Any], data_root: Path | None) -> tuple[str, Datas
                                           tuple(sorted(options.items())))
     except (ValueError, OSError, ImportError) as exc:  # lilnetx.data.DatasetError is a ValueError
         raise MeasurementUnavailable(f"cannot load dataset {spec.name!r} offline: {exc}") from None
+    expected_size = header.get("input_size")
     for what, theirs, ours in (("classes", header.get("num_classes"), classes),
-                               ("input size", header.get("input_size"), size)):
-        if theirs is not None and (list(theirs) if isinstance(theirs, list | tuple) else theirs) != \
-                (list(ours) if isinstance(ours, tuple) else ours):
+                               ("input size", None if expected_size is None else list(expected_size), list(size))):
+        if theirs is not None and theirs != ours:
             raise MeasurementUnavailable(f"the artifact expects {what} {theirs}, dataset {spec.name!r} has "
                                          f"{ours}")
     return spec.name, test
