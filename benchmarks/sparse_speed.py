@@ -136,23 +136,31 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], models: list[dict[str, Any]]) -> str:
-    lines = ["| layer | slice sparsity | ideal | batch | threads | dense NCHW ms | sparse ms | vs NCHW | "
-             "vs channels-last | chosen |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['channels']}→{r['channels']} {r['size']}×{r['size']} | {r['sparsity']:.0%} | "
-                     f"{r['mac_reduction']:.1f}× | {r['batch']} | {r['threads']} | {r['ms']['dense']:.2f} | "
-                     f"{r['ms']['sparse']:.2f} | {r['speedup_vs_nchw']:.2f}× | {r['speedup_vs_channels_last']:.2f}× | "
-                     f"{r['chosen']} {r['chosen_vs_nchw']:.2f}× |")
+    """Speedups of the sparse kernel over dense NCHW (and over channels-last) per layer, batch and threads."""
+    cells = [(b, t) for t in THREADS for b in BATCHES]
+    head = " | ".join(f"b{b} t{t}" for b, t in cells)
+    lines = [f"| layer | slice sparsity | ideal | {head} | b64 t1 vs channels-last | dense b64 t1 ms |",
+             "|---|---:|---:|" + "---:|" * (len(cells) + 2)]
+    by = {(r["channels"], r["sparsity"], r["batch"], r["threads"]): r for r in rows}
+    for channels, size in LAYERS:
+        for sparsity in SPARSITIES:
+            cell = [by.get((channels, sparsity, b, t)) for b, t in cells]
+            if None in cell:
+                continue
+            ref = by[(channels, sparsity, 64, 1)]
+            lines.append(f"| {channels}→{channels} {size}×{size} | {sparsity:.0%} | {ref['mac_reduction']:.0f}× | "
+                         + " | ".join(f"{c['speedup_vs_nchw']:.2f}×" + ("" if c["chosen"] == "sparse" else " (dense)")
+                                      for c in cell)
+                         + f" | {ref['speedup_vs_channels_last']:.2f}× | {ref['ms']['dense']:.1f} |")
     lines += ["", "| zoo model | ideal | batch | threads | dense ms | slim | sparse | onnxruntime |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m in models:
-        by = {(r["batch"], r["threads"], r["variant"]): r for r in m["results"]}
-        for batch in BATCHES:
-            for threads in THREADS:
-                cells = [by.get((batch, threads, v)) for v in ("slim", "sparse", "onnxruntime")]
-                lines.append(f"| `{m['name']}` | {m['mac_reduction']:.2f}× | {batch} | {threads} | "
-                             f"{by[(batch, threads, 'dense')]['median_ms']:.3f} | "
-                             + " | ".join(f"{c['speedup_vs_dense']:.2f}×" if c else "–" for c in cells) + " |")
+        res = {(r["batch"], r["threads"], r["variant"]): r for r in m["results"]}
+        for batch, threads in cells:
+            got = [res.get((batch, threads, v)) for v in ("slim", "sparse", "onnxruntime")]
+            lines.append(f"| `{m['name']}` | {m['mac_reduction']:.2f}× | {batch} | {threads} | "
+                         f"{res[(batch, threads, 'dense')]['median_ms']:.3f} | "
+                         + " | ".join(f"{c['speedup_vs_dense']:.2f}×" if c else "–" for c in got) + " |")
     return "\n".join(lines)
 
 
@@ -160,7 +168,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9, help="timed rounds per batch-64 cell (batch 1: 3x)")
     parser.add_argument("--quick", action="store_true", help="zoo models only (no synthetic layers)")
+    parser.add_argument("--table", action="store_true", help="print the tables of the stored results only")
     args = parser.parse_args()
+    if args.table:
+        stored = json.loads(OUT.read_text())
+        print(markdown(stored["synthetic"], stored["zoo_models"]))
+        return
     if load_extension() is None:
         raise SystemExit("the sparse kernel could not be built here (no C++ compiler?): nothing to measure")
     previous = torch.get_num_threads()
