@@ -47,6 +47,14 @@ def test_default_url_is_registry_db_in_the_working_folder(tmp_path: Path,
         assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
+def test_head_is_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(catalog_engine.MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [catalog_engine.HEAD]
+
+
 def test_bad_url_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LILNETX_DB", "not a url")
     with pytest.raises(CatalogError, match="LILNETX_DB='not a url' is not a SQLAlchemy URL"):

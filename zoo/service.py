@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from zoo import remote
 from zoo.catalog import queries
 from zoo.catalog.engine import get_engine, run_write, session_scope
 from zoo.catalog.models import ZooEntry
@@ -46,6 +45,7 @@ from zoo.store import Store, copy_file_atomic
 
 if TYPE_CHECKING:
     from zoo.ingest import Described
+    from zoo.remote import IndexEntry
 
 log = logging.getLogger(__name__)
 _synced: set[tuple[str, str]] = set()  # (catalog URL, zoo URL) pairs already synced by this process
@@ -67,6 +67,7 @@ def _rejection_fix(where: str) -> str:
 
 def _check_claims(name: str, claimed: ArtifactRecord, uri: str, path: Path) -> Described:
     """Describe the artifact at ``path``; :class:`UnverifiedArtifactError` unless it is what ``claimed`` says."""
+    from zoo import remote  # fsspec and aiohttp: imported only when a remote zoo is used
     from zoo.ingest import describe  # imports torch and lilnetx: only when checking
 
     where = f"the zoo at {remote.zoo_url(uri, claimed.sha256)}"
@@ -236,7 +237,9 @@ class Zoo:
             described = _check_claims(name, claimed, uri, path)
             measured = self._measure(name, described)
             if measured is not None and (why := check_claim(name, claimed.metrics.top1, measured)):
-                where = f"the zoo at {remote.zoo_url(uri, sha)}"
+                from zoo.remote import zoo_url
+
+                where = f"the zoo at {zoo_url(uri, sha)}"
                 raise UnverifiedArtifactError(f"{name}: the index of {where} does not describe its artifact "
                                               f"(sha256 {sha[:12]}): {why}; {_rejection_fix(where)}")
             checked.append((described.record, measured))
@@ -270,6 +273,8 @@ class Zoo:
             log.warning("lilnetx: %s was checked, but the catalog cannot record it (%s)", name, exc)
 
     def _fetch(self, name: str, sha: str, size: int, uri: str, check: Callable[[Path], None] | None) -> Path:
+        from zoo import remote
+
         if self.offline:
             raise OfflineError(f"{name} (sha256 {sha[:12]}) is not in the local cache {self.store.root} and "
                                "LILNETX_OFFLINE=1 forbids downloading it; unset LILNETX_OFFLINE to fetch it")
@@ -411,6 +416,8 @@ class Zoo:
         """
         if not self.remote_url:
             raise RemoteZooError("no remote zoo: set LILNETX_ZOO_URL (file://, http(s)://, s3://...)")
+        from zoo import remote
+
         base = self.remote_url
         entries = remote.fetch_index(base)
         with session_scope(self.engine) as session:
@@ -431,7 +438,7 @@ class Zoo:
         return run_write(self.engine, work)
 
     @staticmethod
-    def _is_new(session: Session, item: remote.IndexEntry, *, warn: bool) -> bool:
+    def _is_new(session: Session, item: IndexEntry, *, warn: bool) -> bool:
         """Whether catalogging remote entry ``item`` would change the catalog (and is allowed to)."""
         if queries.get_entry(session, item.name) is not None:  # a local entry of that name wins (or is it)
             return False
@@ -446,6 +453,8 @@ class Zoo:
 
     def publish(self, dest: str) -> tuple[str, int]:
         """Write every catalogued entry as a static zoo at ``dest`` (fetching missing artifacts first)."""
+        from zoo import remote
+
         with session_scope(self.engine) as session:
             items = [remote.IndexEntry(e.name, e.dataset, queries.artifact_record(e.artifact))
                      for e in queries.find_entries(session)]
