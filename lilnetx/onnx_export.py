@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from lilnetx.errors import LilnetxError
+
 OPSET = 17
 CHECK_RTOL = 1e-4  # of the output's largest magnitude
 
 
-class OnnxUnavailableError(RuntimeError):
+class OnnxUnavailableError(LilnetxError, RuntimeError):
     """onnx / onnxruntime are not installed."""
 
 

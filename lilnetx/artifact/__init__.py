@@ -23,11 +23,9 @@ from lilnetx.artifact.errors import (
     UnsupportedVersionError,
 )
 from lilnetx.artifact.format import (
-    DIGEST_SIZE,
     DTYPES,
     FLOAT_DTYPES,
     FORMAT_VERSION,
-    MAGIC,
     SECTIONS,
     ArtifactInfo,
     DecodedArtifact,
@@ -37,7 +35,7 @@ from lilnetx.artifact.rebuild import BUILDER_GROUP, Builder, from_artifact, load
 from lilnetx.artifact.writer import save
 
 __all__ = [
-    "BUILDER_GROUP", "DIGEST_SIZE", "DTYPES", "FLOAT_DTYPES", "FORMAT_VERSION", "MAGIC", "SECTIONS",
+    "BUILDER_GROUP", "DTYPES", "FLOAT_DTYPES", "FORMAT_VERSION", "SECTIONS",
     "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "BadMagicError", "Builder", "ChecksumMismatchError",
     "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError",
     "from_artifact", "load", "read_artifact", "read_header", "save", "verify",
