@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import lilnetx
 from zoo import registry
-from zoo.cli.artifact_cmds import export_run
+from zoo.pipeline import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "lenet5_caffe.mnist-lam20"
