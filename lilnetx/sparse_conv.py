@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 SOURCE = Path(__file__).parent / "csrc" / "sparse_conv.cpp"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
-# Cost model: the sparse kernel wins where at most this fraction of the taps is non-zero
-# (K x K kernels at stride 1; 1x1 and strided kernels are cheaper for dense conv2d).
-MAX_DENSITY = {"kxk": 0.35, "1x1": 0.1, "strided": 0.2}
+# Cost model: the sparse kernel wins where at most this fraction of the taps is non-zero (3x3 stride 1 has
+# the slice kernel; other K x K stride-1 kernels the per-tap one; 1x1 and strided kernels favour dense).
+MAX_DENSITY = {"3x3": 0.5, "kxk": 0.35, "1x1": 0.1, "strided": 0.2}
 TIMING_ROUNDS = 5
 MIN_GAIN = 1.05  # sparse must be this much faster than dense when timed
 
@@ -143,6 +143,8 @@ def modelled_faster(conv: nn.Conv2d, out_size: tuple[int, int] | None = None) ->
         return density <= MAX_DENSITY["1x1"]
     if conv.stride != (1, 1):
         return density <= MAX_DENSITY["strided"]
+    if conv.kernel_size == (3, 3) and conv.dilation == (1, 1):
+        return density <= MAX_DENSITY["3x3"]
     return density <= MAX_DENSITY["kxk"]
 
 
