@@ -55,3 +55,21 @@ def test_listing_architectures_does_not_import_timm():
     code = ("import sys, zoo; names = zoo.list_architectures('timm/*'); "
             "assert len(names) > 50 and 'timm/resnet18' in names and 'timm' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@pytest.mark.parametrize("arch, kwargs", [
+    ("lenet5_caffe", {}), ("resnet20", {}), ("timm/resnet18", {"input_size": (3, 32, 32)}),
+    ("timm/mobilenetv3_small_050", {"input_size": (3, 32, 32)}), ("timm/test_vit", {}),
+])
+def test_round_trip_through_the_installed_builders_is_exact(arch: str, kwargs: dict, tmp_path: Path):
+    """Paper and timm architectures (residuals, squeeze-excite, attention) decode to the very same outputs."""
+    from zoo import registry
+
+    torch.manual_seed(0)
+    model = registry.reparameterized_model(arch, {"num_classes": 10, **kwargs}).eval()
+    lilnetx.save(model, tmp_path / "m.lnx")
+    loaded = lilnetx.load(tmp_path / "m.lnx")
+    assert not lilnetx.is_reparameterized(loaded) and loaded.lilnetx_arch == model.lilnetx_arch
+    x = torch.randn(2, *model.pretrained_cfg["input_size"])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
