@@ -1,10 +1,13 @@
 """Time per training step: LilNetX vs plain training of the same model and batch, measured side by side.
 
-    .venv/bin/python benchmarks/train_overhead.py [--steps 60] [--out benchmarks/results/train_overhead.json]
+    .venv/bin/python benchmarks/train_overhead.py [--steps 40] [--no-compiled] [--out benchmarks/results/train_overhead.json]
 
-Plain: cross-entropy + one Adam. LilNetX: the full objective (rate, L2, group lasso) + the two Adam
-optimisers of the Trainer. Steps of the two are interleaved in blocks so drift of this noisy machine hits
-both alike; the ratio of medians is reported.
+Plain: cross-entropy + one Adam. LilNetX: ``Trainer.step`` (the fused objective, two Adam optimisers,
+decoder snapping, schedules), eager and with ``TrainConfig(compile=True)``. Steps of the variants are
+interleaved in blocks so drift of this shared machine hits all alike; ratios of medians are reported.
+Then a profile of each pass (median ms, forward + backward, on the model's own latents) and, for
+ResNet-20 width 4, the peak memory of a step (peak RSS of a fresh process above its RSS before the first
+step) for plain vs LilNetX.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,16 +26,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import lilnetx
 import zoo
-from lilnetx.training import TrainConfig, parameter_groups
+from lilnetx.objective import TrainingTerms, structured_norms, tensors_by_group
+from lilnetx.training import TrainConfig, Trainer
 
-CASES = (  # (architecture, kwargs, batch, input size)
-    ("lenet5_caffe", {}, 128, (1, 28, 28)),
-    ("resnet20", {}, 128, (3, 32, 32)),
-    ("resnet20", {"width": 4}, 128, (3, 32, 32)),
+CASES = (  # (architecture, kwargs, batch, input size, timed steps per variant)
+    ("lenet5_caffe", {}, 128, (1, 28, 28), 60),
+    ("resnet20", {}, 128, (3, 32, 32), 40),
+    ("resnet20", {"width": 4}, 128, (3, 32, 32), 10),
+    ("timm/mobilenetv2_050", {"num_classes": 10}, 64, (3, 64, 64), 40),
 )
+MEMORY_CASE = 2  # resnet20 width 4
+
+
+def batch_of(batch: int, input_size: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.randn(batch, *input_size), torch.randint(0, 10, (batch,))
 
 
 def plain_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -43,60 +58,209 @@ def plain_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
     return step
 
 
-def lilnetx_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def lilnetx_trainer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool) -> Trainer:
     lilnetx.reparameterize(model)
-    tensors = lilnetx.latent_tensors(model)
-    groups, density = parameter_groups(model, TrainConfig(lr=1e-3))
-    opt, opt_density = torch.optim.Adam(groups), torch.optim.Adam(density, lr=1e-4)
-
-    def step() -> None:
-        terms = lilnetx.objective(model, F.cross_entropy(model(x), y), tensors=tensors)
-        opt.zero_grad(set_to_none=True)
-        opt_density.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        opt.step()
-        opt_density.step()
-    return step
+    config = TrainConfig(lr=1e-3, batch_size=len(x), epochs=1000, compile=compiled, device="cpu")
+    return Trainer(model, TensorDataset(x, y), None, config, progress=False)
 
 
-def timed(step: Callable[[], None]) -> float:
+def timed(step: Callable[[], object]) -> float:
     start = time.perf_counter()
     step()
     return time.perf_counter() - start
 
 
-def measure(arch: str, kwargs: dict, batch: int, input_size: tuple, steps: int, block: int = 5) -> dict:
-    torch.manual_seed(0)
-    x, y = torch.randn(batch, *input_size), torch.randint(0, 10, (batch,))
-    plain = plain_step(zoo.create_model(arch, **kwargs), x, y)
-    lnx = lilnetx_step(zoo.create_model(arch, **kwargs), x, y)
-    for _ in range(3):  # warm-up
-        plain()
-        lnx()
-    times: dict[str, list[float]] = {"plain": [], "lilnetx": []}
+def median_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()
+    return 1000 * statistics.median(timed(fn) for _ in range(reps))
+
+
+def measure(arch: str, kwargs: dict, batch: int, input_size: tuple, steps: int, compiled: bool,
+            block: int = 5) -> dict:
+    x, y = batch_of(batch, input_size)
+    steps_by_name: dict[str, Callable[[], object]] = {"plain": plain_step(zoo.create_model(arch, **kwargs), x, y)}
+    trainers = {"lilnetx": lilnetx_trainer(zoo.create_model(arch, **kwargs), x, y, compiled=False)}
+    if compiled:
+        trainers["lilnetx_compiled"] = lilnetx_trainer(zoo.create_model(arch, **kwargs), x, y, compiled=True)
+    for name, trainer in trainers.items():
+        steps_by_name[name] = lambda t=trainer: t.step(x, y)
+    compile_s = {}
+    for name, step in steps_by_name.items():  # warm-up (and compilation)
+        compile_s[name] = timed(step)
+        for _ in range(2):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     while len(times["plain"]) < steps:
-        for name, step in (("plain", plain), ("lilnetx", lnx)):
-            times[name] += [timed(step) for _ in range(block)]
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"arch": arch, "kwargs": kwargs, "batch": batch, "steps": len(times["plain"]),
-            "plain_ms": 1000 * med["plain"], "lilnetx_ms": 1000 * med["lilnetx"],
-            "ratio": med["lilnetx"] / med["plain"]}
+        for name, step in steps_by_name.items():
+            times[name] += [timed(step) for _ in range(min(block, steps))]
+    med = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    row = {"arch": arch, "kwargs": kwargs, "batch": batch, "input_size": list(input_size),
+           "steps": len(times["plain"]), "plain_ms": med["plain"], "lilnetx_ms": med["lilnetx"],
+           "ratio": med["lilnetx"] / med["plain"]}
+    if compiled:
+        row.update(compiled_ms=med["lilnetx_compiled"], compiled_ratio=med["lilnetx_compiled"] / med["plain"],
+                   first_compiled_step_s=compile_s["lilnetx_compiled"])
+    row["profile_ms"] = profile(arch, kwargs, x, y, reps=max(5, steps // 2))
+    return row
+
+
+def _backward(outputs: list[torch.Tensor]) -> None:
+    torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
+
+
+def profile(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, reps: int) -> dict[str, float]:
+    """Median ms of each pass, forward + backward: the unfused per-tensor passes, the fused group pass, and
+    the phases of a plain and a LilNetX step."""
+    model = zoo.create_model(arch, **kwargs)
+    trainer = lilnetx_trainer(model, x, y, compiled=False)
+    tensors, groups = trainer.tensors, tensors_by_group(trainer.tensors)
+    structure = trainer.structure
+
+    def zero_grads() -> None:
+        trainer.opt_model.zero_grad(set_to_none=True)
+        trainer.opt_density.zero_grad(set_to_none=True)
+
+    def unfused_decode() -> None:
+        _backward([getattr(t.module, t.tensor_name) for t in tensors])
+
+    def noise() -> None:
+        for t in tensors:
+            torch.rand_like(t.latent)
+
+    def unfused_rate() -> None:
+        _backward([g.density.total_bits([t.rows() for t in m], noise=True) for g, m in groups.items()])
+
+    def unfused_l2() -> None:
+        _backward([t.latent.pow(2).sum() for t in tensors])
+
+    def unfused_lasso() -> None:
+        _backward([structured_norms(t, structure).sum() for t in tensors if t.is_weight])
+
+    def fused(compiled: bool) -> Callable[[], None]:
+        def run() -> None:
+            with TrainingTerms(tensors, structure=structure, compiled=compiled) as terms:
+                weights = [getattr(t.module, t.tensor_name) for t in tensors]
+            _backward([terms.bits, terms.l2, terms.lasso, *weights])
+        return run
+
+    result = {}
+    for name, fn in [("unfused decode", unfused_decode), ("unfused noise", noise),
+                     ("unfused interpolated rate (incl. noise, grid)", unfused_rate), ("unfused L2", unfused_l2),
+                     ("unfused group lasso", unfused_lasso), ("fused group pass (eager)", fused(False)),
+                     ("fused group pass (compiled)", fused(True))]:
+        result[name] = median_ms(lambda f=fn: (zero_grads(), f()), reps)
+    result.update(_step_phases(arch, kwargs, x, y, trainer, reps))
+    return result
+
+
+def _step_phases(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, trainer: Trainer,
+                 reps: int) -> dict[str, float]:
+    """Phases of ``Trainer.step`` (same calls, with clocks between) and of the plain step."""
+    plain = zoo.create_model(arch, **kwargs)
+    opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    phases: dict[str, list[float]] = {}
+
+    def clock(name: str, start: float) -> float:
+        now = time.perf_counter()
+        phases.setdefault(name, []).append(now - start)
+        return now
+
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        loss = F.cross_entropy(plain(x), y)
+        t = clock("plain: forward", t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t = clock("plain: backward", t)
+        opt.step()
+        t = clock("plain: optimiser", t)
+        with TrainingTerms(trainer.tensors, trainer.config.lambdas, trainer.structure) as pen:
+            t = clock("lilnetx: fused terms + decode", t)
+            task = F.cross_entropy(trainer.net(x), y)
+        t = clock("lilnetx: forward", t)
+        terms = pen.objective(task)
+        trainer.opt_model.zero_grad(set_to_none=True)
+        trainer.opt_density.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        t = clock("lilnetx: backward", t)
+        trainer.opt_model.step()
+        trainer._snap_decoders()
+        trainer.opt_density.step()
+        for s in trainer.schedulers:
+            s.step()
+        clock("lilnetx: optimisers + schedules", t)
+    return {k: 1000 * statistics.median(v[1:]) for k, v in phases.items()}
+
+
+def memory_probe(variant: str, case: int, steps: int = 2) -> dict[str, float]:
+    """Peak RSS (MiB) of ``steps`` training steps above the RSS before the first one, in this process."""
+    arch, kwargs, batch, input_size, _ = CASES[case]
+    x, y = batch_of(batch, input_size)
+    model = zoo.create_model(arch, **kwargs)
+    if variant == "plain":
+        step = plain_step(model, x, y)
+    else:
+        trainer = lilnetx_trainer(model, x, y, compiled=False)
+        step = lambda: trainer.step(x, y)  # noqa: E731
+    before = _rss_mib()
+    for _ in range(steps):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"before_mib": before, "peak_mib": peak, "step_peak_mib": peak - before}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def memory(case: int) -> dict:
+    """Peak step memory of plain and LilNetX, each in a fresh process."""
+    result = {}
+    for variant in ("plain", "lilnetx"):
+        out = subprocess.run([sys.executable, __file__, "--memory-probe", variant, str(case)], check=True,
+                             capture_output=True, text=True).stdout
+        result[variant] = json.loads(out.strip().splitlines()[-1])
+    result["ratio"] = result["lilnetx"]["step_peak_mib"] / result["plain"]["step_peak_mib"]
+    arch, kwargs, batch, *_ = CASES[case]
+    return {"arch": arch, "kwargs": kwargs, "batch": batch, **result}
+
+
+def _name(row: dict) -> str:
+    return row["arch"] + "".join(f" {k}={v}" for k, v in row["kwargs"].items())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: per case)")
+    parser.add_argument("--no-compiled", dest="compiled", action="store_false",
+                        help="skip the TrainConfig(compile=True) variant")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_overhead.json"))
+    parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    rows = [measure(*case, steps=args.steps) for case in CASES]
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.memory_probe[0], int(args.memory_probe[1]))))
+        return
+    rows = [measure(*case[:4], steps=args.steps or case[4], compiled=args.compiled) for case in CASES]
     result = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "rows": rows}
+              "torch": torch.__version__, "rows": rows, "memory": memory(MEMORY_CASE)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| model | batch | plain ms/step | LilNetX ms/step | ratio |\n|---|---|---|---|---|")
+    print("| model | batch | plain ms/step | LilNetX ms/step | ratio | compiled ms/step | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        name = r["arch"] + "".join(f" {k}={v}" for k, v in r["kwargs"].items())
-        print(f"| {name} | {r['batch']} | {r['plain_ms']:.1f} | {r['lilnetx_ms']:.1f} | {r['ratio']:.3f}× |")
+        compiled = f"{r['compiled_ms']:.1f} | {r['compiled_ratio']:.3f}×" if "compiled_ms" in r else "– | –"
+        print(f"| {_name(r)} | {r['batch']} | {r['plain_ms']:.1f} | {r['lilnetx_ms']:.1f} | {r['ratio']:.3f}× "
+              f"| {compiled} |")
+    print("\nProfile (median ms, forward + backward):\n")
+    print("| pass | " + " | ".join(_name(r) for r in rows) + " |\n|---|" + "---:|" * len(rows))
+    for key in rows[0]["profile_ms"]:
+        print(f"| {key} | " + " | ".join(f"{r['profile_ms'][key]:.2f}" for r in rows) + " |")
+    mem = result["memory"]
+    print(f"\nPeak step memory, {_name(mem)} batch {mem['batch']}: plain {mem['plain']['step_peak_mib']:.0f} MiB, "
+          f"LilNetX {mem['lilnetx']['step_peak_mib']:.0f} MiB ({mem['ratio']:.2f}×)")
 
 
 if __name__ == "__main__":

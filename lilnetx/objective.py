@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lilnetx.reparam import LatentGroup, LatentTensor, latent_tensors
+from lilnetx.fused import group_terms
+from lilnetx.reparam import LatentGroup, LatentTensor, LatentWeight, latent_tensors
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,10 @@ def tensors_by_group(tensors: list[LatentTensor]) -> dict[LatentGroup, list[Late
 
 
 def rate_bits(tensors: list[LatentTensor], *, training: bool) -> Tensor:
-    """Estimated bits of all latents: ``-log2 P(z + u)`` with uniform noise in training, ``P(round(z))`` else."""
+    """Estimated bits of all latents: ``-log2 P(z + u)`` with uniform noise in training, ``P(round(z))`` else.
+
+    Per tensor, unfused: the reference the fused training pass (:class:`TrainingTerms`) is tested against.
+    """
     total = torch.zeros(())
     for group, members in tensors_by_group(tensors).items():
         if training:
@@ -58,6 +62,67 @@ def num_slices(tensors: list[LatentTensor]) -> int:
     return sum(t.rows().shape[0] for t in tensors)
 
 
+def _terms(task_loss: Tensor, bits: Tensor, l2: Tensor, lasso: Tensor, slices: int,
+           lambdas: Lambdas) -> dict[str, Tensor]:
+    total = task_loss + lambdas.rate * bits / max(slices, 1) + lambdas.l2 * l2 + lambdas.slice * lasso
+    return {"total": total, "task": task_loss.detach(), "bits": bits.detach(),
+            "l2": l2.detach(), "group_lasso": lasso.detach()}
+
+
+def _group_rows(members: list[LatentTensor]) -> Tensor:
+    """A group's latents as one ``(N, width)`` tensor (a copy only when the group has several members)."""
+    if len(members) == 1:
+        return members[0].rows()
+    return torch.cat([t.latent.reshape(-1) for t in members]).view(-1, members[0].group.width)
+
+
+class TrainingTerms:
+    """The penalties of one training step, one fused pass per latent group (``lilnetx.fused``).
+
+    Entered as a context (``decode=True``), it also hands every layer its weight decoded with the group's
+    single decode, so the forward pass run inside reuses it::
+
+        with TrainingTerms(tensors, lambdas) as step:
+            loss = F.cross_entropy(model(x), y)
+        terms = step.objective(loss)
+
+    ``compiled=True`` runs the per-element work through ``torch.compile`` (same values; slow first step).
+    """
+
+    def __init__(self, tensors: list[LatentTensor], lambdas: Lambdas = Lambdas(), structure: str = "slice", *,
+                 decode: bool = True, compiled: bool = False):
+        self.lambdas = lambdas
+        self.slices = num_slices(tensors)
+        self.bits = self.l2 = self.lasso = torch.zeros(())
+        self._weights: list[tuple[LatentWeight, Tensor]] = []
+        for group, members in tensors_by_group(tensors).items():
+            fused_lasso = structure == "slice" and all(t.is_weight for t in members)
+            rounded, bits, l2, lasso = group_terms(_group_rows(members), group.density, lasso=fused_lasso,
+                                                   compiled=compiled)
+            self.bits, self.l2, self.lasso = self.bits + bits, self.l2 + l2, self.lasso + lasso
+            if not fused_lasso:
+                self.lasso = self.lasso + sum((structured_norms(t, structure).sum() for t in members
+                                               if t.is_weight), torch.zeros(()))
+            if decode:
+                decoded = group.decode(rounded).reshape(-1).split([t.latent.numel() for t in members])
+                self._weights += [(t.module.parametrizations[t.tensor_name][0], w.view(t.latent.shape))
+                                  for t, w in zip(members, decoded, strict=True)]
+
+    def __enter__(self) -> TrainingTerms:
+        for parametrization, weight in self._weights:
+            parametrization.step_weight = weight
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for parametrization, _ in self._weights:
+            parametrization.step_weight = None
+        self._weights = []  # the decoded weights belong to this step only
+
+    def objective(self, task_loss: Tensor) -> dict[str, Tensor]:
+        """Total loss and each term, as :func:`objective`."""
+        return _terms(task_loss, self.bits, self.l2, self.lasso, self.slices, self.lambdas)
+
+
 def objective(
     model: nn.Module,
     task_loss: Tensor,
@@ -66,13 +131,17 @@ def objective(
     training: bool = True,
     tensors: list[LatentTensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Total loss and each term: ``total``, ``task``, ``bits``, ``l2``, ``group_lasso``."""
+    """Total loss and each term: ``total``, ``task``, ``bits``, ``l2``, ``group_lasso``.
+
+    Training: the noisy rate and the priors in one fused pass per group (:class:`TrainingTerms`, which a
+    training step should use directly to share the decoded weights too); evaluation: the exact rate of the
+    rounded latents.
+    """
     tensors = latent_tensors(model) if tensors is None else tensors
     structure = getattr(model, "lilnetx_config", {}).get("structure", "slice")
-    bits = rate_bits(tensors, training=training)
+    if training:
+        return TrainingTerms(tensors, lambdas, structure, decode=False).objective(task_loss)
+    bits = rate_bits(tensors, training=False)
     l2 = sum((t.latent.pow(2).sum() for t in tensors), torch.zeros(()))
     lasso = sum((structured_norms(t, structure).sum() for t in tensors if t.is_weight), torch.zeros(()))
-    total = (task_loss + lambdas.rate * bits / max(num_slices(tensors), 1)
-             + lambdas.l2 * l2 + lambdas.slice * lasso)
-    return {"total": total, "task": task_loss.detach(), "bits": bits.detach(),
-            "l2": l2.detach(), "group_lasso": lasso.detach()}
+    return _terms(task_loss, bits, l2, lasso, num_slices(tensors), lambdas)

@@ -35,19 +35,14 @@ class ReparamError(LilnetxError, ValueError):
     """A model or option that cannot be reparameterised."""
 
 
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z: Tensor) -> Tensor:
-        return torch.round(z) + 0.0  # -0.0 -> +0.0: weights match the decoded artifact bit for bit
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return grad
-
-
 def round_ste(z: Tensor) -> Tensor:
-    """Round in the forward pass, identity gradient in the backward pass (straight-through)."""
-    return _RoundSTE.apply(z)
+    """Round in the forward pass, identity gradient in the backward pass (straight-through).
+
+    Scriptable (no custom autograd Function). ``z + (round(z) - z)`` is exactly ``round(z)``: the
+    difference is exact (Sterbenz) and the sum representable; a zero comes out as +0.0, never -0.0, so
+    weights match the decoded artifact bit for bit.
+    """
+    return z + (torch.round(z) - z).detach()
 
 
 class LatentGroup(nn.Module):
@@ -101,8 +96,12 @@ class LatentWeight(nn.Module):
     def __init__(self, group: LatentGroup):
         super().__init__()
         self.group = group
+        self.step_weight: Tensor | None = None  # set during a training step by lilnetx.objective.TrainingTerms
 
     def forward(self, z: Tensor) -> Tensor:
+        step_weight = self.step_weight
+        if step_weight is not None:  # decoded once for the whole group this step
+            return step_weight
         return self.group.decode(round_ste(z).reshape(-1, self.group.width)).reshape(z.shape)
 
     def right_inverse(self, w: Tensor) -> Tensor:
