@@ -2,7 +2,8 @@
 
 Synthetic layers (64->64 at 32x32, 128->128 at 16x16; 50 / 80 / 90 / 95 % zero K×K slices; batch 1 and 64;
 1 and 2 threads): dense ``conv2d`` in NCHW (what a PyTorch model runs by default) and in channels-last (the
-fastest dense layout) and the sparse kernel, timed interleaved, one call each per round; every speedup is a
+fastest dense layout), the sparse kernel and its per-tap loop (the kernel without the 3x3 slice path; with
+``F.unfold`` alone, im2col's first step, in the batch-64 one-thread cells at 50 %), timed interleaved, one call each per round; every speedup is a
 ratio of medians from the same rounds. "chosen" is the per-layer choice ``sparsify`` makes (the sparse kernel
 where the cost model predicts a win, else the very same dense call: 1x by construction). The MAC reduction
 (dense / non-zero taps) is the ideal.
@@ -83,22 +84,29 @@ def synthetic(runs: int) -> list[dict[str, Any]]:
                 assert torch.allclose(sparse(x), conv(x), atol=1e-4)
                 for threads in THREADS:
                     torch.set_num_threads(threads)
-                    ms = _interleaved({"dense": lambda c=conv, x=x: c(x),
-                                       "dense_cl": lambda x=x_cl, w=w_cl: F.conv2d(x, w, None, 1, 1),
-                                       "sparse": lambda s=sparse, x=x: s(x)},
-                                      warmup=2, runs=runs if batch > 1 else 5 * runs)
+                    calls = {"dense": lambda c=conv, x=x: c(x),
+                             "dense_cl": lambda x=x_cl, w=w_cl: F.conv2d(x, w, None, 1, 1),
+                             "sparse": lambda s=sparse, x=x: s(x),
+                             "sparse_per_tap": lambda s=sparse, x=x: s(x, slices=False)}
+                    if batch > 1 and threads == 1 and sparsity == SPARSITIES[0]:
+                        calls["unfold_only"] = lambda x=x: F.unfold(x, 3, padding=1)  # im2col alone
+                    ms = _interleaved(calls, warmup=2, runs=runs if batch > 1 else 5 * runs)
                     ms["chosen"] = ms["sparse"] if chosen is sparse else ms["dense"]  # dense: the same call
                     row = {"channels": channels, "size": size, "sparsity": sparsity, "batch": batch,
                            "threads": threads, "mac_reduction": 1 / sparse.density, "ms": ms,
                            "chosen": "sparse" if chosen is sparse else "dense",
                            "speedup_vs_nchw": ms["dense"] / ms["sparse"],
                            "speedup_vs_channels_last": ms["dense_cl"] / ms["sparse"],
+                           "per_tap_speedup_vs_nchw": ms["dense"] / ms["sparse_per_tap"],
                            "chosen_vs_nchw": ms["dense"] / ms["chosen"]}
                     rows.append(row)
                     print(f"{channels}->{channels} {size}x{size} {sparsity:.0%} b{batch} t{threads}: "
                           f"dense {ms['dense']:.2f} ms, channels-last {ms['dense_cl']:.2f}, sparse "
                           f"{ms['sparse']:.2f} ({row['speedup_vs_nchw']:.2f}x; {row['speedup_vs_channels_last']:.2f}x "
-                          f"vs channels-last), chosen {row['chosen']} {row['chosen_vs_nchw']:.2f}x", flush=True)
+                          f"vs channels-last), per-tap loop {row['per_tap_speedup_vs_nchw']:.2f}x, chosen "
+                          f"{row['chosen']} {row['chosen_vs_nchw']:.2f}x"
+                          + (f", F.unfold alone {ms['unfold_only']:.1f} ms" if "unfold_only" in ms else ""),
+                          flush=True)
     return rows
 
 
@@ -139,8 +147,8 @@ def markdown(rows: list[dict[str, Any]], models: list[dict[str, Any]]) -> str:
     """Speedups of the sparse kernel over dense NCHW (and over channels-last) per layer, batch and threads."""
     cells = [(b, t) for t in THREADS for b in BATCHES]
     head = " | ".join(f"b{b} t{t}" for b, t in cells)
-    lines = [f"| layer | slice sparsity | ideal | {head} | b64 t1 vs channels-last | dense b64 t1 ms |",
-             "|---|---:|---:|" + "---:|" * (len(cells) + 2)]
+    lines = [f"| layer | slice sparsity | ideal | {head} | b64 t1 vs channels-last | b64 t1 per-tap loop | "
+             "dense b64 t1 ms |", "|---|---:|---:|" + "---:|" * (len(cells) + 3)]
     by = {(r["channels"], r["sparsity"], r["batch"], r["threads"]): r for r in rows}
     for channels, size in LAYERS:
         for sparsity in SPARSITIES:
@@ -151,7 +159,12 @@ def markdown(rows: list[dict[str, Any]], models: list[dict[str, Any]]) -> str:
             lines.append(f"| {channels}→{channels} {size}×{size} | {sparsity:.0%} | {ref['mac_reduction']:.0f}× | "
                          + " | ".join(f"{c['speedup_vs_nchw']:.2f}×" + ("" if c["chosen"] == "sparse" else " (dense)")
                                       for c in cell)
-                         + f" | {ref['speedup_vs_channels_last']:.2f}× | {ref['ms']['dense']:.1f} |")
+                         + f" | {ref['speedup_vs_channels_last']:.2f}× | {ref['per_tap_speedup_vs_nchw']:.2f}× | "
+                         f"{ref['ms']['dense']:.1f} |")
+    unfold = [r for r in rows if "unfold_only" in r["ms"]]
+    lines += ["\nim2col alone (`F.unfold`, batch 64, 1 thread): " + "; ".join(
+        f"{r['channels']}→{r['channels']} {r['size']}×{r['size']} {r['ms']['unfold_only']:.1f} ms against dense "
+        f"conv2d {r['ms']['dense']:.1f} ms" for r in unfold)]
     lines += ["", "| zoo model | ideal | batch | threads | dense ms | slim | sparse | onnxruntime |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m in models:
@@ -166,7 +179,7 @@ def markdown(rows: list[dict[str, Any]], models: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=9, help="timed rounds per batch-64 cell (batch 1: 3x)")
+    parser.add_argument("--runs", type=int, default=9, help="timed rounds per batch-64 cell (batch 1: 5x)")
     parser.add_argument("--quick", action="store_true", help="zoo models only (no synthetic layers)")
     parser.add_argument("--table", action="store_true", help="print the tables of the stored results only")
     args = parser.parse_args()

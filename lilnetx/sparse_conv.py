@@ -108,7 +108,8 @@ class SparseConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, density={self.density:.3f}")
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, slices: bool = True) -> Tensor:
+        """``slices=False`` forces the per-tap loop on 3x3 stride-1 kernels (benchmarks compare the two)."""
         ext = load_extension()
         if ext is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 \
                 or (torch.is_grad_enabled() and x.requires_grad):
@@ -116,7 +117,7 @@ class SparseConv2d(nn.Module):
                             self.stride, self.padding, self.dilation, self.groups)
         bias = self.bias if self.bias is not None else torch.empty(0)
         return ext.sparse_conv2d(x, self.tap_ptr, self.tap_chan, self.tap_kh, self.tap_kw, self.tap_w, bias,
-                                 *self.kernel_size, *self.stride, *self.padding, *self.dilation)
+                                 *self.kernel_size, *self.stride, *self.padding, *self.dilation, slices)
 
 
 def _eligible(module: nn.Module) -> bool:

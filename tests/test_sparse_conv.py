@@ -35,8 +35,10 @@ CASES = [
 def test_sparse_conv_equals_dense(case: dict, size: tuple[int, int, int]) -> None:
     conv = _sparse_conv(**case)
     x = torch.randn(size[0], case["cin"], *size[1:])
+    sparse = sc.SparseConv2d(conv)
     with torch.no_grad():
-        assert torch.allclose(sc.SparseConv2d(conv)(x), conv(x), atol=1e-5)
+        assert torch.allclose(sparse(x), conv(x), atol=1e-5)
+        assert torch.allclose(sparse(x, slices=False), conv(x), atol=1e-5)  # the per-tap loop too
 
 
 def test_fallback_without_the_extension_is_dense(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,10 +137,11 @@ ChannelFn pick3x3(int64_t Wo) {
 
 // x: (N, C, H, W) fp32; tap_ptr: (O + 1) int64 CSR row pointers over taps; tap_chan/tap_kh/tap_kw: int64 input
 // channel and kernel position of each non-zero tap; tap_w: fp32 weight of each tap; bias: (O) fp32 or empty.
+// use_slices: 3x3 stride-1 kernels run the slice kernel (false: the per-tap loop, for comparison).
 torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tensor tap_chan, torch::Tensor tap_kh,
                             torch::Tensor tap_kw, torch::Tensor tap_w, torch::Tensor bias, int64_t KH, int64_t KW,
                             int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dil_h,
-                            int64_t dil_w) {
+                            int64_t dil_w, bool use_slices) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "sparse_conv2d: x must be a 4-D float32 tensor");
   x = x.contiguous();
   Geometry g;
@@ -168,7 +169,8 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   std::vector<int64_t> offs, ptr_v(g.O + 1);
   std::vector<float> w_v;
   ChannelFn fn;
-  const bool slices = KH == 3 && KW == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 && dil_w == 1;
+  const bool slices = use_slices && KH == 3 && KW == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 &&
+                      dil_w == 1;
   if (slices) {  // taps (sorted by output, input channel, kh, kw) grouped into 3x3 slices
     for (int64_t o = 0; o < g.O; ++o) {
       ptr_v[o] = static_cast<int64_t>(offs.size());
