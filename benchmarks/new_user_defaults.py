@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import lilnetx
-from lilnetx.data import digits
 from lilnetx.training import TrainConfig, Trainer, evaluate, seed_everything, warmup_cosine
+from plugins.datasets import digits
 
 OUT = Path(__file__).resolve().parent / "results" / "new_user_defaults.json"
 EPOCHS = 15

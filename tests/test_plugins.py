@@ -20,9 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import lilnetx
-from lilnetx.data import DatasetBundle, TensorImageDataset
+from plugins import datasets as builtin_datasets
 from zoo import hookspecs, plugins, registry
 from zoo.cli import main
+from zoo.datasets import DatasetBundle, TensorImageDataset
 from zoo.hookspecs import ArchitectureSpec, hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,7 +247,7 @@ def test_hook_lilnetx_register_datasets(use_plugins):
             register("Toy_Set", toy_data, description="six blank images")
 
     use_plugins({"toy": Toy()}, builtins=("plugins.datasets",))
-    assert registry.list_datasets() == sorted(["Toy_Set", *lilnetx.data.DATASETS])
+    assert registry.list_datasets() == sorted(["Toy_Set", *builtin_datasets.DATASETS])
     assert len(registry.get_dataset("toy-set", size=4).train) == 4
     with pytest.raises(ValueError, match="dataset 'Toy_Set' takes no option 'root'; its options: size"):
         registry.get_dataset("toy_set", root="/data")
@@ -325,6 +326,6 @@ def test_third_party_plugin_trains_and_compresses_through_the_cli(fake_plugin_si
     assert main(["export", str(run), "-o", str(tmp_path / "tiny.lnx")]) == 0
     model = lilnetx.load(tmp_path / "tiny.lnx")
     assert model.lilnetx_arch["name"] == "tiny_cnn"
-    test_set = lilnetx.data.digits().test
+    test_set = builtin_datasets.digits().test
     accuracy = lilnetx.evaluate(model, DataLoader(test_set, batch_size=256))["top1"]
     assert accuracy == pytest.approx(summary["top1"], abs=1 / len(test_set))

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import lilnetx
-from lilnetx.data import digits
 from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, warmup_cosine
+from plugins.datasets import digits
 
 FAST = {"batch_size": 64, "warmup_epochs": 0, "density_lr": 1e-2}
 

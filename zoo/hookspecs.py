@@ -47,7 +47,7 @@ class ArchitectureSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset a plugin contributes: ``loader(**kwargs)`` returns a ``lilnetx.data.DatasetBundle``."""
+    """A dataset a plugin contributes: ``loader(**kwargs)`` returns a ``zoo.datasets.DatasetBundle``."""
 
     name: str
     loader: Callable[..., Any]
@@ -88,7 +88,7 @@ def lilnetx_resolve_architecture(name: str) -> ArchitectureSpec | None:
 def lilnetx_register_datasets(register: DatasetRegistrar) -> None:
     """Register datasets by calling ``register(name, loader, description="")`` once per dataset.
 
-    ``loader(**kwargs)`` must return a ``lilnetx.data.DatasetBundle``; a ``root`` keyword receives the
+    ``loader(**kwargs)`` must return a ``zoo.datasets.DatasetBundle``; a ``root`` keyword receives the
     ``--data-root`` of ``lilnetx train``.
     """
 

@@ -21,8 +21,8 @@ from torch import nn
 
 import lilnetx
 from lilnetx import TrainConfig
-from lilnetx.data import DatasetBundle
 from zoo import registry
+from zoo.datasets import DatasetBundle
 from zoo.errors import ZooError
 
 FREE_FORM = ("arch_kwargs", "dataset_kwargs")  # checked against the builder / loader signature later

@@ -18,8 +18,8 @@ from typing import Any
 from torch import nn
 
 import lilnetx
-from lilnetx.data import DatasetBundle
 from lilnetx.reparam import LayerPolicy
+from zoo.datasets import DatasetBundle
 from zoo.errors import ZooError
 from zoo.hookspecs import ArchitectureSpec, Builder, DatasetSpec
 from zoo.plugins import DISABLE_AUTOLOAD_ENV, PluginManager, get_plugin_manager
