@@ -90,3 +90,28 @@ def test_cli_bench_bad_input_is_one_line_and_exit_2(tmp_path: Path, monkeypatch:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("lilnetx: error:") and "\n" not in err, err
+
+
+def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from lilnetx.onnx_export import export_onnx, session
+
+    model = _tiny()
+    info = export_onnx(model, tmp_path / "m.onnx", (3, 12, 12))
+    assert info["bytes"] == (tmp_path / "m.onnx").stat().st_size and info["max_abs_diff"] < 1e-4
+    x = torch.randn(5, 3, 12, 12)  # the batch dimension is dynamic
+    out = session((tmp_path / "m.onnx").read_bytes()).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-4)
+
+
+def test_export_onnx_of_a_shipped_artifact_is_the_slimmed_model(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from zoo.cli.artifact_cmds import _export_onnx
+
+    info = _export_onnx(str(SHIPPED), str(tmp_path / "lenet.onnx"))
+    graph = onnx.load(info["path"]).graph
+    conv_weights = [i for i in graph.initializer if len(i.dims) == 4]
+    assert len(conv_weights) == 2 and sum(i.dims[0] for i in conv_weights) < 20 + 50  # filters removed
