@@ -32,7 +32,7 @@ from zoo.pipeline import export_run
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "benchmarks" / "frontier_recipes"
 RESULTS = ROOT / "benchmarks" / "results"
-SHIPPED: tuple[str, ...] = ()  # recipes/ stems of the frontier points shipped in zoo_artifacts/
+SHIPPED: tuple[str, ...] = ("lenet5_caffe.mnist-lam1",)  # recipes/ stems of frontier points shipped in zoo_artifacts/
 PUBLISHED = [  # METHOD.md §6 and the issue: whole-model sizes on the same data and architecture
     {"arch": "lenet5_caffe", "method": "EPR (ICLR 2020)", "bytes": 2840, "top1": 0.990},
     {"arch": "lenet5_caffe", "method": "MIRACLE", "bytes": 1150, "top1": 0.9902},
@@ -93,6 +93,11 @@ def plot(rows: list[dict], path: Path) -> None:
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    zoo_file = RESULTS / "zoo_models.json"  # the other shipped files, for context
+    others = [r for r in (json.loads(zoo_file.read_text()) if zoo_file.is_file() else [])
+              if r["name"] not in {row["name"] for row in rows}]
 
     archs = ("lenet5_caffe", "lenet_300_100")
     fig, axes = plt.subplots(1, len(archs), figsize=(11, 4.2))
@@ -102,11 +107,17 @@ def plot(rows: list[dict], path: Path) -> None:
         for r in ours:
             ax.annotate(r["name"].split(".", 1)[-1], (r["bytes"], 100 * r["top1"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
+        for r in (r for r in others if r["name"].startswith(arch + ".")):
+            ax.scatter([r["bytes"]], [100 * r["top1"]], color="tab:gray")
+            ax.annotate(r["name"].split(".", 1)[-1], (r["bytes"], 100 * r["top1"]), fontsize=7, color="tab:gray",
+                        xytext=(3, 3), textcoords="offset points")
         for p in (p for p in PUBLISHED if p["arch"] == arch):
             ax.scatter([p["bytes"]], [100 * p["top1"]], marker="s", color="tab:red")
             ax.annotate(p["method"], (p["bytes"], 100 * p["top1"]), fontsize=7, color="tab:red",
                         xytext=(3, -9), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("whole .lnx file (bytes; published: whole model)")
         ax.set_ylabel("MNIST test top-1 (%)")
         ax.set_title(arch)
