@@ -71,8 +71,8 @@ class FactorizedDensity(nn.Module):
         runs it through ``torch.compile`` (same values).
         """
         param = self.matrices[0]
-        points = (hi - lo) * resolution + 1
-        edges = torch.arange(points + resolution, dtype=param.dtype, device=param.device) / resolution + (lo - 0.5)
+        steps = torch.arange((hi - lo) * resolution + 1 + resolution, dtype=param.dtype, device=param.device)
+        edges = (steps / resolution + (lo - 0.5)).expand(self.channels, -1)
         grid_bits = _compiled_grid_bits() if compiled else _grid_bits
         return grid_bits(edges, resolution, list(self.matrices), list(self.biases), list(self.factors))
 
@@ -131,8 +131,9 @@ def _cdf_logits(x: Tensor, matrices: list[Tensor], biases: list[Tensor], factors
 
 def _grid_bits(edges: Tensor, shift: int, matrices: list[Tensor], biases: list[Tensor],
                factors: list[Tensor]) -> Tensor:
-    """Bits of the intervals ``[edges[i], edges[i + shift]]`` for every channel: ``(channels, len - shift)``."""
-    logits = _cdf_logits(edges.view(1, 1, -1), matrices, biases, factors)
+    """Bits of the intervals ``[edges[:, i], edges[:, i + shift]]``; ``edges``: ``(channels, n)`` -> bits
+    ``(channels, n - shift)``."""
+    logits = _cdf_logits(edges.unsqueeze(1), matrices, biases, factors)
     lower, upper = logits[:, :, :-shift], logits[:, :, shift:]
     sign = -torch.sign(lower + upper).detach()
     p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lilnetx.density import GRID_RESOLUTION
+from lilnetx.density import GRID_RESOLUTION, FactorizedDensity
 
 
 def _positions(z: Tensor, draws: Tensor | None, lo: float, resolution: int) -> tuple[Tensor, Tensor]:
@@ -93,19 +93,31 @@ class _GroupTerms(torch.autograd.Function):
         return grad_z, (weights * g_bits).t(), None, None, None, None, None
 
 
-def group_terms(rows: Tensor, density, *, noise: bool = True, lasso: bool = True, compiled: bool = False,
-                resolution: int = GRID_RESOLUTION) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(round(rows), bits, ΣZ², Σ‖row‖₂)`` of one group's concatenated ``(N, w)`` latent rows.
-
-    The rate is ``density.total_bits(rows, noise=noise)`` (same grid, same interpolation, same draws of
-    the global generator); ``lasso=False`` gives a zero lasso term. Differentiable in ``rows`` and the
-    density; ``round(rows)`` has the straight-through gradient of ``round_ste``.
-    """
-    lo_hi = torch.aminmax(rows.detach())
-    lo, hi = lo_hi[0].item(), lo_hi[1].item()
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+def grid_ranges(rows: list[Tensor]) -> list[tuple[int, int]]:
+    """Integer grid range of each tensor, one unit to spare on both sides (one sync for all)."""
+    bounds = torch.stack([torch.stack(torch.aminmax(r.detach())) for r in rows]).tolist()
+    if not all(math.isfinite(v) for b in bounds for v in b):
         raise FloatingPointError("latents contain NaN or infinity: training diverged; lower the learning "
                                  "rate or enable gradient clipping (TrainConfig.grad_clip)")
-    lo, hi = math.floor(lo) - 1, math.ceil(hi) + 1
-    table = density.bits_grid(lo, hi, resolution, compiled=compiled)
+    return [(math.floor(lo) - 1, math.ceil(hi) + 1) for lo, hi in bounds]
+
+
+def grid_tables(densities: list[FactorizedDensity], rows: list[Tensor], *, resolution: int = GRID_RESOLUTION,
+                compiled: bool = False) -> list[tuple[Tensor, int]]:
+    """``(bits table, lo)`` of every group on its own range (as ``total_bits``: the same positions, hence the
+    same rate). Stacking the densities into one evaluation was measured: no faster, and table values that
+    move by an ulp turn into visibly different slopes where the density is flat."""
+    return [(d.bits_grid(lo, hi, resolution, compiled=compiled), lo)
+            for d, (lo, hi) in zip(densities, grid_ranges(rows), strict=True)]
+
+
+def group_terms(rows: Tensor, table: Tensor, lo: int, *, noise: bool = True, lasso: bool = True,
+                compiled: bool = False, resolution: int = GRID_RESOLUTION) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(round(rows), bits, ΣZ², Σ‖row‖₂)`` of one group's concatenated ``(N, w)`` latent rows.
+
+    ``table``: the group's density in bits on the grid ``lo, lo + 1/resolution, ...`` (:func:`grid_tables`).
+    The rate is ``density.total_bits(rows, noise=noise)`` (same interpolation, same draws of the global
+    generator); ``lasso=False`` gives a zero lasso term. Differentiable in ``rows`` and ``table``;
+    ``round(rows)`` has the straight-through gradient of ``round_ste``.
+    """
     return _GroupTerms.apply(rows, table, float(lo), resolution, noise, lasso, compiled)

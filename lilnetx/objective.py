@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lilnetx.fused import group_terms
+from lilnetx.fused import grid_tables, group_terms
 from lilnetx.reparam import LatentGroup, LatentTensor, LatentWeight, latent_tensors
 
 
@@ -95,10 +95,12 @@ class TrainingTerms:
         self.slices = num_slices(tensors)
         self.bits = self.l2 = self.lasso = torch.zeros(())
         self._weights: list[tuple[LatentWeight, Tensor]] = []
-        for group, members in tensors_by_group(tensors).items():
+        by_group = tensors_by_group(tensors)
+        rows = [_group_rows(members) for members in by_group.values()]
+        tables = grid_tables([g.density for g in by_group], rows, compiled=compiled)
+        for (group, members), group_rows, (table, lo) in zip(by_group.items(), rows, tables, strict=True):
             fused_lasso = structure == "slice" and all(t.is_weight for t in members)
-            rounded, bits, l2, lasso = group_terms(_group_rows(members), group.density, lasso=fused_lasso,
-                                                   compiled=compiled)
+            rounded, bits, l2, lasso = group_terms(group_rows, table, lo, lasso=fused_lasso, compiled=compiled)
             self.bits, self.l2, self.lasso = self.bits + bits, self.l2 + l2, self.lasso + lasso
             if not fused_lasso:
                 self.lasso = self.lasso + sum((structured_norms(t, structure).sum() for t in members

@@ -9,6 +9,7 @@ from conftest import small_convnet
 from torch import nn
 
 import lilnetx
+from lilnetx.fused import grid_tables, group_terms
 from lilnetx.objective import TrainingTerms, num_slices, rate_bits, structured_norms
 from lilnetx.reparam import latent_groups
 from lilnetx.training import TrainConfig, Trainer
@@ -75,9 +76,8 @@ def test_fused_rate_without_noise_is_the_interpolated_rate_of_the_values():
     model = _model()
     group = next(iter(latent_groups(model).values()))
     rows = lilnetx.latent_tensors(model)[0].rows().detach().requires_grad_(True)
-    from lilnetx.fused import group_terms
-
-    rounded, bits, _, _ = group_terms(rows, group.density, noise=False)
+    table, lo = grid_tables([group.density], [rows])[0]
+    rounded, bits, _, _ = group_terms(rows, table, lo, noise=False)
     assert torch.equal(rounded, torch.round(rows) + 0.0)
     assert bits.item() == pytest.approx(group.density.total_bits(rows).item(), rel=1e-5)
     assert bits.item() == pytest.approx(group.density.bits(rows).sum().item(), rel=1e-3)  # independent oracle
