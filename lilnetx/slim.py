@@ -78,7 +78,12 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
         blockers: dict[str, int] = {}
         for _ in range(MAX_ROUNDS):
             traced = _trace(slimmed)
-            if traced is None or not _remove_channels(slimmed, traced, probe, blockers):
+            try:
+                if traced is None or not _remove_channels(slimmed, traced, probe, blockers):
+                    break
+            except Exception as exc:  # a shape or op the analysis trips on: keep what is done, check below
+                warnings.warn(f"slim: channel analysis stopped ({type(exc).__name__}: {exc}); the remaining "
+                              "channels are kept", stacklevel=2)
                 break
         if blockers:
             names = ", ".join(f"{k} ({v} removable channels)" if v else k for k, v in sorted(blockers.items()))
@@ -102,13 +107,16 @@ def _finish(model: nn.Module, sparse: bool, example_input: Tensor | None, *, tim
 def _default_input(model: nn.Module) -> Tensor | None:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    return torch.zeros(1, *size) if size else None
+    param = next(model.parameters(), None)
+    if not size:
+        return None
+    return torch.zeros(1, *size) if param is None else torch.zeros(1, *size, dtype=param.dtype, device=param.device)
 
 
 @torch.no_grad()
 def _same_outputs(reference: nn.Module, slimmed: nn.Module, probe: Tensor) -> bool:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(probe.shape, generator=generator, dtype=probe.dtype)
+    x = torch.randn(probe.shape, generator=generator, dtype=probe.dtype).to(probe.device)
     was_training = reference.training
     reference.eval()
     try:
