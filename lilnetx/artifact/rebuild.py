@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lilnetx.artifact.errors import ArchitectureBuildError, CorruptHeaderError, corrupt, mismatch
+from lilnetx.artifact.errors import (
+    ArchitectureBuildError,
+    ArtifactError,
+    CorruptHeaderError,
+    corrupt,
+    mismatch,
+)
 from lilnetx.artifact.format import DecodedArtifact, is_latent_key
 from lilnetx.artifact.reader import decode, parse
 from lilnetx.artifact.validation import TensorSpecs, check_tensors, tensor_specs
@@ -36,7 +42,7 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
     where they beat dense (same outputs).
     """
     if slim and reparameterized:
-        raise ValueError("load(slim=True) returns a plain slimmed model; it cannot keep the latents "
+        raise ArtifactError("load(slim=True) returns a plain slimmed model; it cannot keep the latents "
                          "(reparameterized=True)")
     if slim:
         from lilnetx.slim import slim as slim_model
