@@ -1,23 +1,30 @@
-"""Live benchmarks off the page: each run is its own process, reporting progress through a queue.
+"""Live benchmarks off the page: each run is its own Python process, reporting progress line by line.
 
 The page starts a :class:`BenchmarkJob` and polls it from a fragment, so the page stays responsive and
-other sessions (each with its own job) are never blocked. The worker calls ``zoo.benchmarks.bench_entry``
-for each chosen entry and stores the results in the catalog with ``zoo.benchmarks.store_results``.
+other sessions (each with its own job) are never blocked. The worker (``python -m
+dashboard.benchmark_worker``, spec as JSON on stdin) calls ``zoo.benchmarks.bench_entry`` for each chosen
+entry, stores the results in the catalog with ``zoo.benchmarks.store_results`` and prints one JSON message
+per line (prefixed, so stray prints from libraries are ignored).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing as mp
+import json
 import os
 import queue as queue_module
+import subprocess
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import pandas as pd
 
-ENV_KEYS = ("LILNETX_DB", "LILNETX_HOME", "LILNETX_ZOO_URL", "LILNETX_OFFLINE", "LILNETX_DISABLE_PLUGIN_AUTOLOAD")
+ROOT = Path(__file__).resolve().parents[1]
+PREFIX = "@@lilnetx-bench "
 VARIANTS = ("dense", "slim", "sparse", "onnxruntime")
 
 
@@ -26,9 +33,12 @@ def available() -> bool:
     return importlib.util.find_spec("zoo.benchmarks") is not None
 
 
-def _work(names: Sequence[str], options: Mapping[str, Any], env: Mapping[str, str], out: Any) -> None:
-    """The worker process: benchmark each entry, store its rows, report progress / results / errors."""
-    os.environ.update(env)
+def _send(message: list[Any]) -> None:
+    print(PREFIX + json.dumps(message, default=str), flush=True)
+
+
+def work(names: Sequence[str], options: Mapping[str, Any]) -> None:
+    """The worker: benchmark each entry, store its rows, report progress / results / errors on stdout."""
     try:
         from zoo import benchmarks
         from zoo.service import Zoo
@@ -36,15 +46,21 @@ def _work(names: Sequence[str], options: Mapping[str, Any], env: Mapping[str, st
         zoo = Zoo.from_env()
         for i, name in enumerate(names):
             def progress(fraction: float, message: str, i: int = i, name: str = name) -> None:
-                out.put(("progress", (i + min(max(fraction, 0.0), 1.0)) / len(names), f"{name}: {message}"))
+                _send(["progress", (i + min(max(fraction, 0.0), 1.0)) / len(names), f"{name}: {message}"])
 
             progress(0.0, "loading the model")
             result = benchmarks.bench_entry(zoo, name, progress=progress, **options)
             stored = benchmarks.store_results(zoo, name, result)
-            out.put(("result", name, result, stored))
+            _send(["result", name, result, stored])
     except Exception as exc:  # reported on the page as st.error; the worker must not die silently
-        out.put(("error", f"{type(exc).__name__}: {exc}"))
-    out.put(("done",))
+        _send(["error", f"{type(exc).__name__}: {exc}"])
+    _send(["done"])
+
+
+def _pump(stream: IO[str], out: queue_module.Queue) -> None:
+    for line in stream:
+        if line.startswith(PREFIX):
+            out.put(json.loads(line[len(PREFIX):]))
 
 
 @dataclass
@@ -61,14 +77,18 @@ class BenchmarkJob:
     done: bool = False
 
     def __post_init__(self) -> None:
-        ctx = mp.get_context("spawn")  # a clean interpreter: no Streamlit threads or torch state inherited
-        self._queue = ctx.Queue()
-        env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
-        self._process = ctx.Process(target=_work, args=(self.names, self.options, env, self._queue), daemon=True)
-        self._process.start()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        self._process = subprocess.Popen([sys.executable, "-m", "dashboard.benchmark_worker"], env=env, text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._queue: queue_module.Queue = queue_module.Queue()
+        self._reader = threading.Thread(target=_pump, args=(self._process.stdout, self._queue), daemon=True)
+        self._reader.start()
+        self._process.stdin.write(json.dumps({"names": self.names, "options": self.options}))
+        self._process.stdin.close()
 
     def poll(self) -> None:
-        """Drain the progress queue; notice a worker that died without saying so."""
+        """Take in what the worker reported; notice a worker that died without saying so."""
+        finished = not self._reader.is_alive()  # the worker's output is all read (it exited or closed stdout)
         while True:
             try:
                 message = self._queue.get_nowait()
@@ -84,18 +104,17 @@ class BenchmarkJob:
                 self.error = message[1]
             elif kind == "done":
                 self.done, self.fraction = True, 1.0
-        if not self.done and not self._process.is_alive():
-            self._process.join(timeout=0)
-            if self._queue.empty():
-                self.done = True
-                self.error = self.error or (f"the benchmark process stopped unexpectedly (exit code "
-                                            f"{self._process.exitcode}); try fewer settings")
+        if finished and not self.done:
+            self._process.wait(timeout=10)
+            self.done = True
+            self.error = self.error or (f"the benchmark process stopped unexpectedly (exit code "
+                                        f"{self._process.returncode}); try fewer settings")
 
     def cancel(self) -> None:
-        """Stop the worker; nothing it had not stored yet is kept."""
-        if self._process.is_alive():
+        """Stop the worker; results it had not stored yet are lost."""
+        if self._process.poll() is None:
             self._process.terminate()
-            self._process.join(timeout=5)
+            self._process.wait(timeout=10)
         self.done, self.error = True, self.error or "cancelled"
 
 
@@ -122,4 +141,10 @@ def history_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records([{c: r.get(c, r.get("p50_ms") if c == "median_ms" else None)
                                         for c in columns} for r in rows], columns=columns)
     frame["machine"] = frame["machine"].astype(str)
+    frame["measured_at"] = pd.to_datetime(frame["measured_at"], utc=True)
     return frame
+
+
+if __name__ == "__main__":
+    spec = json.load(sys.stdin)
+    work(spec["names"], spec["options"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 import zoo.seed
-from dashboard import catalog, charts, data, upload
+from dashboard import benchmark_worker, catalog, charts, data, upload
 from dashboard.references import PUBLISHED, references_for
 from zoo.catalog.engine import get_engine
 from zoo.cli.dashboard_cmds import streamlit_command
@@ -304,3 +305,45 @@ def test_empty_catalog_says_how_to_add_a_model(tmp_path: Path, monkeypatch: pyte
         at = _app(page)
         assert any("catalog is empty" in i.value for i in at.info), page
         assert not _errors(at)
+
+
+# -- benchmark ----------------------------------------------------------------------------------------------
+
+
+def test_benchmark_frames_and_chart() -> None:
+    result = {"results": [
+        {"variant": "dense", "batch": 1, "threads": 1, "median_ms": 2.0, "p90_ms": 2.5, "throughput_per_s": 500.0,
+         "speedup_vs_dense": 1.0},
+        {"variant": "sparse", "batch": 1, "threads": 1, "median_ms": 1.0, "p90_ms": 1.2, "throughput_per_s": 1e3,
+         "speedup_vs_dense": 2.0}], "skipped": {"onnxruntime": "not installed"}}
+    frame = benchmark_worker.results_frame({"m.mnist-a": result})
+    assert frame["variant"].tolist() == ["dense", "sparse"] and frame["speedup_vs_dense"].tolist() == [1.0, 2.0]
+    assert benchmark_worker.skipped({"m.mnist-a": result}) == ["m.mnist-a: onnxruntime — not installed"]
+    fig = charts.benchmark_bars(frame)
+    assert fig.layout.yaxis.type == "log" and "ms" in fig.layout.yaxis.title.text
+    history = benchmark_worker.history_frame([{"variant": "dense", "batch": 1, "threads": 1, "median_ms": 2.0,
+                                              "p90_ms": 2.5, "machine": "cpu", "measured_at": "2026-01-01T00:00:00"}])
+    assert history["median_ms"].tolist() == [2.0]
+
+
+@pytest.mark.skipif(not benchmark_worker.available(), reason="zoo.benchmarks is not installed")
+def test_benchmark_page_runs_a_live_benchmark_in_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _point_env_at(tmp_path, monkeypatch)
+    _zoo(tmp_path).add(SHIPPED / "lenet5_caffe.mnist-lam20.lnx", "mnist-lam20")
+    at = _app("benchmark")
+    assert not _errors(at) and "No benchmark" in at.info[0].value
+    at.multiselect(key="bench_batches").set_value([1])
+    at.multiselect(key="bench_variants").set_value(["dense", "slim"])
+    at.slider(key="bench_runs").set_value(5)
+    at.button[0].click().run()  # the form's submit button
+    job = at.session_state["bench_job"]
+    deadline = time.monotonic() + 120
+    while not job.done and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job.poll()
+    at.run()
+    assert job.error is None and job.stored == 2, job.error
+    assert not _errors(at) and "2 result rows stored" in at.success[0].value
+    assert at.dataframe[0].value["variant"].tolist() == ["dense", "slim"]
+    history = at.dataframe[1].value
+    assert sorted(history["variant"]) == ["dense", "slim"]  # stored in the catalog, shown as earlier results

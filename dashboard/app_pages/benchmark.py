@@ -82,12 +82,18 @@ if job is not None and job.done:
 
 st.header("Earlier results")
 with state.friendly_errors("read earlier benchmark results"):
-    from zoo.benchmarks import list_results
+    from lilnetx.bench import machine_info
+    from zoo.benchmarks import list_results, machine_name
 
-    entry = st.selectbox("Entry", names, key="bench_history_entry")
-    history = bw.history_frame(list_results(state.zoo(), entry))
+    here = machine_name(machine_info())
+    left, right = st.columns([3, 1])
+    entry = left.selectbox("Entry", names, key="bench_history_entry")
+    only_here = right.toggle("This machine only", value=True, key="bench_history_here", help=here)
+    rows = [r for r in list_results(state.zoo(), entry) if not only_here or r.get("machine") == here]
+    history = bw.history_frame(rows)
     if history.empty:
-        st.info(f"No benchmark of {entry} has been stored yet.", icon=":material/history:")
+        st.info(f"No benchmark of {entry} has been stored{' from this machine' if only_here else ''} yet.",
+                icon=":material/history:")
     else:
         st.dataframe(history, hide_index=True, key="bench_history", column_config={
             "measured_at": st.column_config.DatetimeColumn("Measured (UTC)", format="YYYY-MM-DD HH:mm"),
