@@ -53,6 +53,11 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
             marker=dict(symbol="star-open", size=15, color=REFERENCE_COLOUR, line=dict(width=2)),
             hovertemplate=(f"<b>{ref.label}</b><br>%{{x:.2f}} KB at %{{y:.1f}} %<br>source: {ref.source}"
                            "<extra></extra>")))
+    xs = [*points[x].tolist(), *(r.size_kb for r in references)]
+    if xs and min(xs) > 0:  # room for the labels at both ends of the log axis
+        lo, hi = np.log10(min(xs)), np.log10(max(xs))
+        pad = max(0.12, 0.15 * (hi - lo))
+        fig.update_xaxes(range=[lo - pad, hi + pad])
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title="Top-1 accuracy (%)")
     return _layout(fig, height=480)
@@ -157,4 +162,5 @@ def benchmark_bars(results: pd.DataFrame) -> go.Figure:
                          "speedup_vs_dense": "speed-up vs dense (×)"},
                  category_orders={"variant": ["dense", "slim", "sparse", "onnxruntime"]})
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_yaxes(dtick="D2")  # 1, 2, 5 per decade
     return _layout(fig, height=440)
