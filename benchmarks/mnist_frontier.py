@@ -93,7 +93,7 @@ def plot(rows: list[dict], path: Path) -> None:
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter
 
     zoo_file = RESULTS / "zoo_models.json"  # the other shipped files, for context
     others = [r for r in (json.loads(zoo_file.read_text()) if zoo_file.is_file() else [])
@@ -115,9 +115,8 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.scatter([p["bytes"]], [100 * p["top1"]], marker="s", color="tab:red")
             ax.annotate(p["method"], (p["bytes"], 100 * p["top1"]), fontsize=7, color="tab:red",
                         xytext=(3, -9), textcoords="offset points")
-        ax.set_xscale("log")
+        ax.set_xlim(left=0)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("whole .lnx file (bytes; published: whole model)")
         ax.set_ylabel("MNIST test top-1 (%)")
         ax.set_title(arch)
