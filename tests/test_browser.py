@@ -103,6 +103,8 @@ def test_filter_open_download_benchmark(dashboard: tuple[str, Zoo, Path], tmp_pa
         phone.goto(f"{url}/model?model={NAME}")
         testing.wait_until_idle(phone)
         expect(phone.get_by_role("heading", name=NAME)).to_be_visible()
+        expect(phone.get_by_role("button", name=re.compile(r"Download \.lnx"))).to_be_visible(timeout=30_000)
+        expect(phone.locator(".js-plotly-plot")).to_have_count(3, timeout=30_000)
         phone.screenshot(path=shots / "model-phone.png")
         browser.close()
     assert not [line for line in (Path(dashboard[2]) / "home" / "dashboard.log").read_text().splitlines()

@@ -40,7 +40,11 @@ if macs.get("dense"):
     m[4].metric("Sparse MACs (MMACs)", f"{macs['sparse'] / data.MMAC:,.3f}",
                 delta=f"-{100 * (1 - macs['sparse'] / macs['dense']):.1f} % vs dense", delta_color="inverse",
                 help=f"multiply-accumulates per image with zero slices skipped; dense: {macs['dense']:,}")
-if not acc.measured:
+measured_on = card.get("measured_on") or {}
+if acc.measured and measured_on:
+    st.caption(f":material/verified: Accuracy measured on this installation: {measured_on.get('dataset')}, "
+               f"{measured_on.get('images') or 0:,} test images, {str(measured_on.get('measured_at', ''))[:16].replace('T', ' ')} UTC.")
+elif not acc.measured:
     st.caption(":material/info: Accuracy is the figure the file claims; it was not measured on this installation.")
 
 # -- download and load ---------------------------------------------------------------------------------
