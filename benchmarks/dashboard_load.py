@@ -6,8 +6,9 @@ catalogued under many names), starts ``lilnetx dashboard`` on that catalog and m
 - first paint of Browse: from navigation to the table and its entry count being visible, for the very first
   visit after the server started (cold: imports and the catalog query) and for new sessions afterwards;
 - a filter change: from pressing Enter in the name search to the new entry count being visible;
-- the baseline, in the same sessions: first paint of a Streamlit page that only shows a title (the
-  framework's own floor on this machine and browser).
+- the baselines, in the same sessions: first paint of a Streamlit page that only shows a title (the
+  framework's own floor on this machine and browser), and of one with a title and a 1,000-row
+  ``st.dataframe`` (the floor of any page with Streamlit's data grid).
 
 It also times reading the catalog both ways in the same run: ``Zoo.list()`` against the dashboard's single
 joined query (``dashboard.catalog.entry_rows``). Targets: first paint <= 2 s, filter change <= 0.5 s.
@@ -80,11 +81,19 @@ def time_reads(zoo: Zoo, repeats: int = 3) -> dict[str, float]:
     return {"zoo_list_s": listed, "entry_rows_s": joined, "speedup": listed / joined}
 
 
+BASELINES = {
+    "hello": 'import streamlit as st\n\nst.title("Hello")\n',
+    "grid": ('import numpy as np, pandas as pd, streamlit as st\n\nst.set_page_config(layout="wide")\n'
+             'st.title("Hello")\nst.dataframe(pd.DataFrame(np.random.rand(1000, 12)), hide_index=True)\n'),
+}
+
+
 @contextmanager
-def hello_app(folder: Path) -> Iterator[str]:
-    """The baseline: a Streamlit app that only shows a title, served with the dashboard's settings."""
-    app = folder / "hello.py"
-    app.write_text('import streamlit as st\n\nst.title("Hello")\n')
+def baseline_app(folder: Path, kind: str) -> Iterator[str]:
+    """A baseline Streamlit app (only a title; a title and a 1,000-row ``st.dataframe``), served with the
+    dashboard's settings."""
+    app = folder / f"{kind}.py"
+    app.write_text(BASELINES[kind])
     port = testing.free_port()
     process = subprocess.Popen(streamlit_command("127.0.0.1", port, app), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -102,20 +111,24 @@ def hello_app(folder: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def measure_browser(url: str, baseline_url: str, names: list[str], sessions: int) -> dict[str, object]:
+def measure_browser(url: str, baselines: dict[str, str], names: list[str], sessions: int) -> dict[str, object]:
     from playwright.sync_api import expect, sync_playwright
 
     entries = len(names)
-    paints, filters, hello = [], [], []
+    paints, filters = [], []
+    base: dict[str, list[float]] = {kind: [] for kind in baselines}
     with sync_playwright() as p:
         browser = testing.launch_chromium(p)
         for session in range(sessions + 1):
-            page = browser.new_context(viewport=testing.WIDE).new_page()
-            start = time.perf_counter()
-            page.goto(baseline_url)
-            expect(page.get_by_role("heading", name="Hello")).to_be_visible(timeout=120_000)
-            hello.append(time.perf_counter() - start)
-            page.context.close()
+            for kind, baseline_url in baselines.items():
+                page = browser.new_context(viewport=testing.WIDE).new_page()
+                start = time.perf_counter()
+                page.goto(baseline_url)
+                expect(page.get_by_role("heading", name="Hello")).to_be_visible(timeout=120_000)
+                if kind == "grid":
+                    expect(page.locator('[data-testid="stDataFrame"]')).to_be_visible(timeout=120_000)
+                base[kind].append(time.perf_counter() - start)
+                page.context.close()
             page = browser.new_context(viewport=testing.WIDE).new_page()
             start = time.perf_counter()
             page.goto(url)
@@ -138,9 +151,12 @@ def measure_browser(url: str, baseline_url: str, names: list[str], sessions: int
         browser.close()
     warm = paints[1:]
     return {"first_paint_cold_s": paints[0], "first_paint_warm_s": warm, "filter_change_s": filters,
-            "baseline_hello_paint_s": hello[1:],
-            "baseline_hello_paint_median_s": statistics.median(hello[1:]),
-            "first_paint_warm_vs_baseline": statistics.median(warm) / statistics.median(hello[1:]),
+            "baseline_hello_paint_s": base["hello"][1:],
+            "baseline_hello_paint_median_s": statistics.median(base["hello"][1:]),
+            "baseline_grid_paint_s": base["grid"][1:],
+            "baseline_grid_paint_median_s": statistics.median(base["grid"][1:]),
+            "first_paint_warm_vs_baseline": statistics.median(warm) / statistics.median(base["hello"][1:]),
+            "first_paint_warm_vs_grid_baseline": statistics.median(warm) / statistics.median(base["grid"][1:]),
             "first_paint_warm_median_s": statistics.median(warm),
             "filter_change_median_s": statistics.median(filters), "filter_change_max_s": max(filters)}
 
@@ -162,8 +178,8 @@ def main() -> None:
         assert len(names) == args.entries
         reads = time_reads(zoo)
         with (testing.running_dashboard(f"sqlite:///{root / 'registry.db'}", root / "home") as url,
-              hello_app(root) as baseline_url):
-            browser = measure_browser(url, baseline_url, names, args.sessions)
+              baseline_app(root, "hello") as hello_url, baseline_app(root, "grid") as grid_url):
+            browser = measure_browser(url, {"hello": hello_url, "grid": grid_url}, names, args.sessions)
     import streamlit
 
     result = {

@@ -9,7 +9,6 @@ per line (prefixed, so stray prints from libraries are ignored).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import queue as queue_module
@@ -26,11 +25,6 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "@@lilnetx-bench "
 VARIANTS = ("dense", "slim", "sparse", "onnxruntime")
-
-
-def available() -> bool:
-    """Whether this installation has the benchmark functions (``zoo.benchmarks``)."""
-    return importlib.util.find_spec("zoo.benchmarks") is not None
 
 
 def _send(message: list[Any]) -> None:

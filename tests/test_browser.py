@@ -1,7 +1,7 @@
 """End to end in a real browser: `lilnetx dashboard` on a temporary catalog, driven through Debian's chromium.
 
 Filters the table, opens a model, downloads its file (sha256 checked against ``Zoo.pull``), runs a short live
-benchmark where the benchmark functions are installed, has a corrupt upload refused, and saves screenshots (to the test's tmp folder, or to
+benchmark, has a corrupt upload refused, and saves screenshots (to the test's tmp folder, or to
 ``$LILNETX_SCREENSHOT_DIR``). Skipped, saying why, only where chromium or Playwright is missing.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import benchmark_worker, testing
+from dashboard import testing
 from zoo.catalog.engine import get_engine
 from zoo.seed import seed
 from zoo.service import Zoo
@@ -77,17 +77,16 @@ def test_filter_open_download_benchmark(dashboard: tuple[str, Zoo, Path], tmp_pa
         expect(page.get_by_text(hashlib.sha256(pulled.read_bytes()).hexdigest())).to_be_visible()
         page.screenshot(path=shots / "model.png")
 
-        if benchmark_worker.available():
-            page.get_by_role("link", name="Benchmark").click()
-            testing.wait_until_idle(page)
-            page.get_by_role("button", name="Run benchmark").click()
-            expect(page.get_by_text(re.compile(r"result rows stored in the catalog"))).to_be_visible(timeout=120_000)
-            testing.wait_until_idle(page)
-            expect(page.locator(".js-plotly-plot")).to_be_visible(timeout=30_000)
-            expect(page.get_by_text("Cancel")).to_have_count(0)
-            page.set_viewport_size({"width": 1440, "height": 1500})  # the page scrolls inside: show the chart
-            page.screenshot(path=shots / "benchmark.png")
-            page.set_viewport_size(testing.WIDE)
+        page.get_by_role("link", name="Benchmark").click()
+        testing.wait_until_idle(page)
+        page.get_by_role("button", name="Run benchmark").click()
+        expect(page.get_by_text(re.compile(r"result rows stored in the catalog"))).to_be_visible(timeout=120_000)
+        testing.wait_until_idle(page)
+        expect(page.locator(".js-plotly-plot")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Cancel")).to_have_count(0)
+        page.set_viewport_size({"width": 1440, "height": 1500})  # the page scrolls inside: show the chart
+        page.screenshot(path=shots / "benchmark.png")
+        page.set_viewport_size(testing.WIDE)
 
         page.get_by_role("link", name="Upload").click()
         testing.wait_until_idle(page)

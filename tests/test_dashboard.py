@@ -326,7 +326,6 @@ def test_benchmark_frames_and_chart() -> None:
     assert history["median_ms"].tolist() == [2.0]
 
 
-@pytest.mark.skipif(not benchmark_worker.available(), reason="zoo.benchmarks is not installed")
 def test_benchmark_page_runs_a_live_benchmark_in_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _point_env_at(tmp_path, monkeypatch)
     _zoo(tmp_path).add(SHIPPED / "lenet5_caffe.mnist-lam20.lnx", "mnist-lam20")

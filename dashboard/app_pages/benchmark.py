@@ -10,11 +10,6 @@ st.caption("Times each model on this server's CPU: dense (the decoded model as s
            "channels removed) and sparse (zero K×K slices skipped). It runs in its own process, so this page "
            "and other users stay responsive; results are stored in the catalog.")
 
-if not bw.available():
-    st.warning("Live benchmarks are unavailable in this installation: the benchmark functions "
-               "(`zoo.benchmarks`) are not installed. Update lilnetx-zoo to enable them.", icon=":material/speed:")
-    st.stop()
-
 frame = state.table()
 if frame.empty:
     state.empty_catalog_help()
