@@ -184,6 +184,19 @@ def parts_frame(card: Mapping[str, Any]) -> pd.DataFrame:
                          for k, v in parts.items()], columns=["part", "bytes", "share_pct"])
 
 
+def header_tensor_frame(header: Mapping[str, Any]) -> pd.DataFrame:
+    """The file header's per-tensor coding table: symbol range, estimated / ideal / coded bytes, zeros."""
+    rows = [{
+        "tensor": t["name"], "group": t.get("group"), "shape": "×".join(str(v) for v in t.get("shape", [])),
+        "symbols": f"[{t['range'][0]}, {t['range'][1]}]" if t.get("range") else "",
+        "estimated_bytes": t.get("est_bits", 0) / 8, "ideal_bytes": t.get("ideal_bits", 0) / 8,
+        "coded_bytes": t.get("coded_bits", 0) / 8, "zeros": t.get("zeros"), "zero_slices": t.get("zero_slices"),
+    } for t in header.get("layers", [])]
+    columns = ["tensor", "group", "shape", "symbols", "estimated_bytes", "ideal_bytes", "coded_bytes", "zeros",
+               "zero_slices"]
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
 def zero_slice_maps(model: nn.Module) -> dict[str, np.ndarray]:
     """For each conv with K×K kernels (K > 1): a filters × input-channels bool map, True where the slice is 0."""
     maps = {}

@@ -65,6 +65,14 @@ def artifact_bytes(name: str, sha256: str) -> bytes:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+def header(name: str, sha256: str) -> dict[str, Any]:
+    """The verified header of entry ``name``'s artifact."""
+    import lilnetx
+
+    return lilnetx.read_header(zoo().pull(name))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
 def slice_maps(name: str, sha256: str) -> dict[str, np.ndarray]:
     """Zero-slice maps of every K×K conv of the decoded model of ``name``."""
     import lilnetx

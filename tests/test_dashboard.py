@@ -186,6 +186,11 @@ def test_model_card_frames_and_charts(seeded: Path) -> None:
     side = data.compare_layers([card, _zoo(seeded).card("lenet5_caffe.mnist-lam5")])
     assert len(side) == 8 and set(side["entry"]) == {"lenet5_caffe.mnist-lam20", "lenet5_caffe.mnist-lam5"}
     assert set(data.summary_frame([card]).index) >= {"Top-1 (%)", "File size (KB)", "MACs sparse (MMACs)"}
+    import lilnetx
+
+    tensors = data.header_tensor_frame(lilnetx.read_header(SHIPPED / "lenet5_caffe.mnist-lam20.lnx"))
+    assert "conv1.weight" in tensors["tensor"].tolist()
+    assert tensors["coded_bytes"].sum() * 8 <= 8 * card["size"]["parts"]["coded_latents"]
 
 
 # -- upload -------------------------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ measured_on = card.get("measured_on") or {}
 if acc.measured and measured_on:
     st.caption(f":material/verified: Accuracy measured on this installation: {measured_on.get('dataset')}, "
                f"{measured_on.get('images') or 0:,} test images, {str(measured_on.get('measured_at', ''))[:16].replace('T', ' ')} UTC.")
+    claimed = (card.get("claimed_accuracy") or {}).get("top1")
+    if claimed is not None and abs(claimed - acc.top1) >= 5e-5:
+        st.caption(f"The file claims {100 * claimed:.2f} %.")
 elif not acc.measured:
     st.caption(":material/info: Accuracy is the figure the file claims; it was not measured on this installation.")
 
@@ -100,6 +103,15 @@ size = card["size"]
 if size.get("estimated_bits") is not None and size.get("coded_latent_bytes") is not None:
     st.caption(f"Coded latents: {size['coded_latent_bytes']:,} bytes; the learned density estimated "
                f"{size['estimated_bits'] / 8:,.0f} bytes.")
+with st.expander("Per-tensor coding (from the file's header)"), state.friendly_errors("read the file's header"):
+    st.dataframe(data.header_tensor_frame(state.header(name, card["sha256"])), hide_index=True, key="header_table",
+                 column_config={
+                     "tensor": "Tensor", "group": "Latent group", "shape": "Shape", "symbols": "Symbol range",
+                     "estimated_bytes": st.column_config.NumberColumn("Estimated (bytes)", format="%.1f"),
+                     "ideal_bytes": st.column_config.NumberColumn("Ideal under the tables (bytes)", format="%.1f"),
+                     "coded_bytes": st.column_config.NumberColumn("Coded (bytes)", format="%.1f"),
+                     "zeros": st.column_config.NumberColumn("Zero latents"),
+                     "zero_slices": st.column_config.NumberColumn("Zero slices")})
 
 st.header("Training")
 history = data.training_history(card)
