@@ -253,6 +253,9 @@ def test_browse_filters_change_the_table(env: Path) -> None:
     at.text_input(key="search").input("lenet5*").run()
     at.slider(key="min_top1").set_value(98.0).run()
     assert at.dataframe[0].value["name"].tolist() == ["lenet5_caffe.mnist-lam5"]
+    at.switch_page("app_pages/plugins.py").run()
+    at.switch_page("app_pages/browse.py").run()
+    assert at.dataframe[0].value["name"].tolist() == ["lenet5_caffe.mnist-lam5"]  # the filters survived
     at.slider(key="min_top1").set_value(99.9).run()
     assert at.dataframe[0].value.empty and "No entry matches" in at.info[0].value
 
@@ -306,7 +309,7 @@ def test_upload_of_valid_file_adds_it(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_empty_catalog_says_how_to_add_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _point_env_at(tmp_path, monkeypatch)
-    for page in (None, "compare", "model"):
+    for page in (None, "compare", "model", "benchmark"):
         at = _app(page)
         assert any("catalog is empty" in i.value for i in at.info), page
         assert not _errors(at)
