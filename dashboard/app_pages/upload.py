@@ -36,7 +36,8 @@ except upload.UploadError as exc:
 if st.button(f"Add as {name}", type="primary", icon=":material/add:", key="upload_add"):
     with state.friendly_errors(f"add {name}"):
         try:
-            added = upload.add_upload(state.zoo(), blob, tag)
+            with st.spinner("Verifying, measuring its accuracy where the dataset is at hand, and adding…"):
+                added = upload.add_upload(state.zoo(), blob, tag)
         except upload.UploadError as exc:
             st.error(f"**Not added.** {exc}", icon=":material/block:")
             st.stop()
