@@ -19,8 +19,9 @@ def atomic_file(path: str | Path, *, mode: int | None = None) -> Iterator[Binary
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)  # reopened by name so that ``file.name`` is the temporary path, as documented
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -106,6 +106,23 @@ def test_stream_with_wrong_hash_or_too_many_bytes_stores_nothing(tmp_path: Path)
     assert not [p for p in store.root.rglob("*") if p.is_file()]
 
 
+def test_check_sees_the_complete_temporary_file_and_its_error_stores_nothing(tmp_path: Path) -> None:
+    store, src, seen = Store(tmp_path / "store"), tmp_path / "a.lnx", []
+    src.write_bytes(DATA)
+
+    def check(path: Path) -> None:
+        seen.append((path.name.endswith(".tmp"), path.read_bytes()))
+        raise ValueError("not an artifact")
+
+    with open(src, "rb") as f, pytest.raises(ValueError, match="not an artifact"):
+        store.put_stream(_sha(DATA), f, check=check)
+    assert seen == [(True, DATA)]
+    assert not [p for p in store.root.rglob("*") if p.is_file()]
+    with open(src, "rb") as f:
+        stored = store.put_stream(_sha(DATA), f, check=lambda path: seen.append(path.read_bytes()))
+    assert stored.read_bytes() == DATA and seen[-1] == DATA and stored.stat().st_mode & 0o777 == 0o444
+
+
 @pytest.mark.parametrize("name", ["../evil", "..", "a.b/../../c", "a..b", ".a.b", "a.", "a b.c", "a.b\x00", "",
                                   "/a.b", "a/.b", "a//b.c", "a/./b.c", "a/../b.c", "x/a..b.c", "a/b/.c", "a\\b.c",
                                   "a%2Fb.c", "a/b.c/d", f"{'a/' * 32}b.c"])

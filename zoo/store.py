@@ -13,12 +13,12 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from lilnetx.files import atomic_file
 from zoo.errors import ChecksumError, InvalidNameError
 from zoo.names import check_sha256, from_filename, to_filename
 
@@ -47,29 +47,19 @@ def _write_atomic(final: Path, chunks: Iterable[bytes], *, expect: str | None = 
     With ``expect``, bytes hashing to anything else raise :class:`ChecksumError` and ``final`` is untouched;
     ``check(temporary_path)`` runs on the complete file before the rename, and whatever it raises does too.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_file(final, mode=mode) as f:
+        for chunk in chunks:
+            digest.update(chunk)
+            f.write(chunk)
         if expect is not None and digest.hexdigest() != expect:
             raise ChecksumError(
                 f"{source} has sha256 {digest.hexdigest()}, not the expected {expect}: the file is corrupt "
                 "or was replaced; it was rejected and nothing was stored"
             )
         if check is not None:
-            check(Path(tmp))
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.flush()
+            check(Path(f.name))
     return digest.hexdigest()
 
 
