@@ -240,6 +240,34 @@ def test_dashboard_command_line() -> None:
     assert "--server.headless=true" in command and "--client.showErrorDetails=none" in command
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--port", "99999"], "'99999' is not a port number: give 1-65535"),
+    (["--port", "abc"], "'abc' is not a port number"),
+    (["--host", "no-such-host.invalid"], "give an address of this machine with --host"),
+    (["--port", "BUSY"], "Address already in use): stop what uses that port, or choose another with --port N"),
+])
+def test_dashboard_bad_address_is_one_line_exit_2(argv: list[str], expected: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from zoo.cli import main
+
+    monkeypatch.setenv("LILNETX_DB", f"sqlite:///{tmp_path / 'r.db'}")
+    monkeypatch.setattr("os.execve", lambda *a: pytest.fail("the server must not start"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        argv = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in argv]
+        try:
+            code = main(["dashboard", *argv])
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "r.db").exists()  # refused before the catalog is touched
+
+
 # -- pages (AppTest) ----------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,9 @@ An empty catalog that was never seeded first gets the shipped models (``zoo.seed
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -22,10 +24,41 @@ def streamlit_command(host: str, port: int, app: Path = APP) -> list[str]:
             "--theme.base=light"]
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: give 1-65535, e.g. --port 8501")
+    return port
+
+
+def check_can_serve(host: str, port: int) -> None:
+    """Raise ``CLIError`` unless ``host:port`` can be bound now (in use, unknown host, no permission)."""
+    from zoo.cli import CLIError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            fix = "stop what uses that port, or choose another with --port N"
+        elif exc.errno == errno.EACCES:
+            fix = "choose a port this user may open with --port N (1024 or above)"
+        else:
+            fix = "give an address of this machine with --host (127.0.0.1, or 0.0.0.0 for every interface)"
+        raise CLIError(f"cannot serve the dashboard on {host}:{port} ({exc.strerror or exc}): {fix}") from None
+
+
 def run_dashboard(args: argparse.Namespace) -> int:
     """Replace this process with the Streamlit server (it never returns on success)."""
     if not APP.is_file():
         raise FileNotFoundError(f"the dashboard is missing ({APP}); reinstall lilnetx-zoo from its repository")
+    check_can_serve(args.host, args.port)
     if args.db:
         os.environ["LILNETX_DB"] = args.db
     from zoo.seed import seed_on_first_use
@@ -41,7 +74,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("dashboard", help="browse, compare, download and benchmark the zoo in a browser",
                                    description="Start the web dashboard on the catalog (LILNETX_DB).")
-    parser.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
+    parser.add_argument("--port", type=port_number, default=8501, help="port to serve on (default 8501)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--db", help="catalog URL, e.g. sqlite:///registry.db (default: LILNETX_DB or "
