@@ -100,7 +100,7 @@ def measure(arch: str, kwargs: dict, batch: int, input_size: tuple, steps: int, 
     if compiled:
         row.update(compiled_ms=med["lilnetx_compiled"], compiled_ratio=med["lilnetx_compiled"] / med["plain"],
                    first_compiled_step_s=compile_s["lilnetx_compiled"])
-    row["profile_ms"] = profile(arch, kwargs, x, y, reps=max(5, steps // 2))
+    row["profile_ms"] = profile(arch, kwargs, x, y, reps=max(3, steps // 2), compiled=compiled)
     return row
 
 
@@ -108,7 +108,8 @@ def _backward(outputs: list[torch.Tensor]) -> None:
     torch.autograd.backward(outputs, [torch.ones_like(o) for o in outputs])
 
 
-def profile(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, reps: int) -> dict[str, float]:
+def profile(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, reps: int,
+            compiled: bool = True) -> dict[str, float]:
     """Median ms of each pass, forward + backward: the unfused per-tensor passes, the fused group pass, and
     the phases of a plain and a LilNetX step."""
     model = zoo.create_model(arch, **kwargs)
@@ -147,7 +148,7 @@ def profile(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, reps: int
     for name, fn in [("unfused decode", unfused_decode), ("unfused noise", noise),
                      ("unfused interpolated rate (incl. noise, grid)", unfused_rate), ("unfused L2", unfused_l2),
                      ("unfused group lasso", unfused_lasso), ("fused group pass (eager)", fused(False)),
-                     ("fused group pass (compiled)", fused(True))]:
+                     *([("fused group pass (compiled)", fused(True))] if compiled else [])]:
         result[name] = median_ms(lambda f=fn: (zero_grads(), f()), reps)
     result.update(_step_phases(arch, kwargs, x, y, trainer, reps))
     return result
@@ -243,7 +244,10 @@ def main() -> None:
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe[0], int(args.memory_probe[1]))))
         return
-    rows = [measure(*case[:4], steps=args.steps or case[4], compiled=args.compiled) for case in CASES]
+    rows = []
+    for case in CASES:
+        rows.append(measure(*case[:4], steps=args.steps or case[4], compiled=args.compiled))
+        print(f"{_name(rows[-1])}: ratio {rows[-1]['ratio']:.3f}", file=sys.stderr, flush=True)
     result = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "rows": rows, "memory": memory(MEMORY_CASE)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
