@@ -104,7 +104,7 @@ def _dataset(header: dict[str, Any], data_root: Path | None) -> tuple[str, Datas
     try:
         test, classes, size = _test_split(spec.name, None if root is None else str(root),
                                           tuple(sorted(options.items())))
-    except (ValueError, OSError, ImportError) as exc:  # lilnetx.data.DatasetError is a ValueError
+    except (ValueError, OSError, ImportError) as exc:  # zoo.datasets.DatasetError is a ValueError
         raise MeasurementUnavailable(f"cannot load dataset {spec.name!r} offline: {exc}") from None
     expected_size = header.get("input_size")
     for what, theirs, ours in (("classes", header.get("num_classes"), classes),
