@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lilnetx
-from zoo.errors import EntryExistsError, InvalidNameError
+from zoo.errors import EntryExistsError, InvalidNameError, ZooError
 from zoo.names import check_tag, check_tag_dataset, make_name
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MAX_UPLOAD_BYTES = 50_000_000
 
 
-class UploadError(ValueError):
+class UploadError(ZooError, ValueError):
     """An uploaded file that cannot be added; the message says why and what to do."""
 
 

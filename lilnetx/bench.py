@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lilnetx.errors import LilnetxError
 from lilnetx.metrics import stats
 from lilnetx.reparam import is_reparameterized, strip
 from lilnetx.slim import slim
@@ -34,6 +35,10 @@ VARIANTS = ("dense", "slim", "sparse", "onnxruntime")
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
              "neon", "asimd")
 Progress = Callable[[float, str], None]
+
+
+class BenchmarkError(LilnetxError, ValueError):
+    """Benchmark options that cannot be run (an unknown variant, no runs) or a model without an input size."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -97,7 +102,7 @@ def _build(model: nn.Module, input_size: tuple[int, ...], variants: Sequence[str
             except Exception as exc:  # not installed, or an op the exporter cannot write
                 skipped[variant] = f"{type(exc).__name__}: {exc}"
         else:
-            raise ValueError(f"unknown benchmark variant {variant!r}; choose from {', '.join(VARIANTS)}")
+            raise BenchmarkError(f"unknown benchmark variant {variant!r}; choose from {', '.join(VARIANTS)}")
     return built, skipped
 
 
@@ -113,7 +118,7 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
     is the ideal speedup. ``speedup_vs_dense`` is ``None`` when dense is not among the variants.
     """
     if warmup < 0 or runs < 1 or not batch_sizes or not threads:
-        raise ValueError("benchmark needs runs >= 1, warmup >= 0 and at least one batch size and thread count")
+        raise BenchmarkError("benchmark needs runs >= 1, warmup >= 0 and at least one batch size and thread count")
     report = progress or (lambda fraction, message: None)
     input_size = tuple(int(v) for v in input_size)
     model = (strip(copy.deepcopy(model)) if is_reparameterized(model) else model).eval()

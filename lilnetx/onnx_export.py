@@ -23,6 +23,10 @@ class OnnxUnavailableError(LilnetxError, RuntimeError):
     """onnx / onnxruntime are not installed."""
 
 
+class OnnxMismatchError(LilnetxError, ValueError):
+    """The exported ONNX model's outputs differ from PyTorch's; nothing is written."""
+
+
 def require_onnxruntime() -> Any:
     try:
         import onnxruntime
@@ -64,7 +68,7 @@ def check(model: nn.Module, data: bytes, input_size: tuple[int, ...], batch: int
     out = torch.from_numpy(session(data).run(None, {"input": x.numpy()})[0])
     diff = float((out - ref).abs().max())
     if diff > CHECK_RTOL * max(1.0, float(ref.abs().max())):
-        raise ValueError(f"the ONNX model's outputs differ from PyTorch's by {diff:.3g}; not written")
+        raise OnnxMismatchError(f"the ONNX model's outputs differ from PyTorch's by {diff:.3g}; not written")
     return diff
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lilnetx.errors import LilnetxError
+
 SOURCE = Path(__file__).parent / "csrc" / "sparse_conv.cpp"
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 # Cost model: the sparse kernel wins where at most this fraction of the taps is non-zero (3x3 stride 1 has
@@ -37,6 +39,10 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp")
 MAX_DENSITY = {"3x3": 0.5, "kxk": 0.35, "1x1": 0.1, "strided": 0.2}
 TIMING_ROUNDS = 5
 MIN_GAIN = 1.05  # sparse must be this much faster than dense when timed
+
+
+class SparseConvError(LilnetxError, ValueError):
+    """A convolution ``SparseConv2d`` cannot take (non-zero padding mode, string padding)."""
 
 
 def _cpu_key() -> str:
@@ -81,7 +87,7 @@ class SparseConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError("SparseConv2d needs numeric zero padding; keep this layer a Conv2d")
+            raise SparseConvError("SparseConv2d needs numeric zero padding; keep this layer a Conv2d")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation, self.groups = conv.padding, conv.dilation, conv.groups

@@ -89,7 +89,7 @@ def test_lenets_match_the_epr_networks():
     assert lenet5(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     small = registry.create_model("lenet_300_100", input_size=(1, 8, 8))
     assert small.fc1.in_features == 64
-    with pytest.raises(ValueError, match="at least 16x16"):
+    with pytest.raises(registry.OptionError, match="architecture 'lenet5_caffe' .*at least 16x16"):
         registry.create_model("lenet5_caffe", input_size=(1, 8, 8))
 
 

@@ -21,6 +21,7 @@ from zoo import service
 from zoo.catalog import engine as catalog_engine
 from zoo.catalog import queries
 from zoo.catalog.engine import database_url, get_engine, session_scope
+from zoo.catalog.records import RecordError
 from zoo.errors import CatalogError, CatalogLockedError, InvalidNameError
 from zoo.seed import seed, seed_shipped
 from zoo.service import Zoo
@@ -133,7 +134,7 @@ def test_benchmark_rows_carry_variant_and_machine_info(env: Path) -> None:
                               latencies_ms=[1.0], variant="sparse", machine_info=info)
         queries.add_benchmark(session, "tiny.mnist-a", machine="ci", device="cpu", threads=1, batch=1,
                               latencies_ms=[2.0])
-        with pytest.raises(ValueError, match="unknown benchmark variant 'fast'"):
+        with pytest.raises(RecordError, match="field variant: expected one of dense, .*got 'fast'"):
             queries.add_benchmark(session, "tiny.mnist-a", machine="ci", device="cpu", threads=1, batch=1,
                                   latencies_ms=[1.0], variant="fast")
     with session_scope(z.engine) as session:

@@ -82,6 +82,6 @@ def test_sparsify_times_layers_on_an_example_input() -> None:
 
 
 def test_sparse_conv_rejects_reflect_padding() -> None:
-    with pytest.raises(ValueError, match="zero padding"):
+    with pytest.raises(sc.SparseConvError, match="zero padding"):
         sc.SparseConv2d(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
 

@@ -23,7 +23,10 @@ DEVICE = "cpu"
 def _input_size(model: nn.Module, where: str) -> tuple[int, ...]:
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
     if not size:
-        raise ValueError(f"{where} records no input size; it cannot be benchmarked")
+        from lilnetx.bench import BenchmarkError
+
+        raise BenchmarkError(f"{where} records no input size (pretrained_cfg['input_size']): call "
+                             "lilnetx.bench.benchmark(model, input_size) with one")
     return tuple(int(v) for v in size)
 
 

@@ -11,6 +11,10 @@ class InvalidNameError(ZooError, ValueError):
     """An entry name, tag, digest or URI that is malformed or could escape its folder."""
 
 
+class InvalidFilterError(ZooError, ValueError):
+    """A catalog filter out of range (an accuracy or sparsity given as a percentage instead of a fraction)."""
+
+
 class EntryNotFoundError(ZooError, LookupError):
     """No zoo entry of that name."""
 

@@ -215,7 +215,12 @@ def create_model(arch: str, **kwargs: Any) -> nn.Module:
     mean = _per_channel(extra.pop("mean", spec.mean), in_chans, "mean", "mean" in kwargs)
     std = _per_channel(extra.pop("std", spec.std), in_chans, "std", "std" in kwargs)
     check_options(f"architecture {arch!r}", spec.builder, extra, BUILDER_ARGS)
-    model = spec.builder(num_classes=num_classes, in_chans=in_chans, input_size=input_size, **extra)
+    try:
+        model = spec.builder(num_classes=num_classes, in_chans=in_chans, input_size=input_size, **extra)
+    except ValueError as exc:  # a plugin refusing an option value: one OptionError, whichever plugin it is
+        if isinstance(exc, OptionError):
+            raise
+        raise OptionError(f"architecture {arch!r} (plugin {spec.plugin}): {exc}") from exc
     resolved = {"num_classes": num_classes, "in_chans": in_chans, "input_size": list(input_size),
                 "mean": mean, "std": std, **extra}
     model.pretrained_cfg = {"architecture": arch, "plugin": spec.plugin,

@@ -32,6 +32,7 @@ from zoo.errors import (
     CatalogError,
     ChecksumError,
     EntryNotFoundError,
+    InvalidFilterError,
     InvalidNameError,
     MeasurementUnavailable,
     OfflineError,
@@ -57,7 +58,7 @@ def _offline_from_env() -> bool:
 
 def _check_fraction(value: float | None, what: str) -> None:
     if value is not None and not 0 <= value <= 1:
-        raise ValueError(f"{what}={value} is out of range: give a fraction in [0, 1], e.g. 0.98 for 98 %")
+        raise InvalidFilterError(f"{what}={value} is out of range: give a fraction in [0, 1], e.g. 0.98 for 98 %")
 
 
 def _rejection_fix(where: str) -> str:

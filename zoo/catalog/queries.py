@@ -23,7 +23,14 @@ from zoo.catalog.models import (
     TrainingRun,
     ZooEntry,
 )
-from zoo.catalog.records import ArtifactRecord, LayerRecord, Measurement, MetricsRecord, disagreements
+from zoo.catalog.records import (
+    ArtifactRecord,
+    LayerRecord,
+    Measurement,
+    MetricsRecord,
+    RecordError,
+    disagreements,
+)
 from zoo.errors import EntryExistsError, EntryNotFoundError
 from zoo.names import split_name
 
@@ -179,9 +186,9 @@ def add_benchmark(session: Session, name: str, *, machine: str, device: str, thr
     flags, library versions); ``slim`` defaults to ``variant != "dense"``.
     """
     if not latencies_ms:
-        raise ValueError("latencies_ms is empty: record at least one timed run")
+        raise RecordError("latencies_ms", "at least one timed run", latencies_ms)
     if variant not in BENCHMARK_VARIANTS:
-        raise ValueError(f"unknown benchmark variant {variant!r}: use one of {', '.join(BENCHMARK_VARIANTS)}")
+        raise RecordError("variant", f"one of {', '.join(BENCHMARK_VARIANTS)}", variant)
     ordered = sorted(latencies_ms)
     result = BenchmarkResult(
         artifact=require_entry(session, name).artifact, machine=machine, device=device, threads=threads,
@@ -229,7 +236,7 @@ def set_measurement(session: Session, sha256: str, measured: Measurement) -> Non
     """Record what this installation measured for artifact ``sha256`` (replacing an older measurement)."""
     artifact = get_artifact(session, sha256)
     if artifact is None:
-        raise LookupError(f"no catalogued artifact {sha256[:12]}")
+        raise EntryNotFoundError(f"no catalogued artifact {sha256[:12]}: add it first (`lilnetx zoo add`)")
     m = artifact.metrics
     m.measured_top1, m.measured_top5 = measured.top1, measured.top5
     m.measured_dataset, m.measured_images, m.measured_at = measured.dataset, measured.images, measured.measured_at
