@@ -85,16 +85,20 @@ def test_cli_bench_bad_input_is_one_line_and_exit_2(tmp_path: Path, monkeypatch:
     isolate(tmp_path, monkeypatch)
     corrupt = tmp_path / "bad.lnx"
     corrupt.write_bytes(SHIPPED.read_bytes()[:100])
-    for argv in (["bench", str(corrupt)], ["bench", str(tmp_path / "missing.lnx")], ["bench", "no_such.entry"],
-                 ["bench", str(SHIPPED), "--store"]):
-        assert main(argv) == 2, argv
+    cases = {(str(corrupt),): "the file is truncated (interrupted download or copy); fetch it again",
+             (str(tmp_path / "missing.lnx"),): "no such file (give an existing .lnx file or a zoo entry name)",
+             ("no_such.entry",): "no zoo entry named 'no_such.entry'. See `lilnetx zoo list`",
+             ("nosuch",): "invalid zoo entry name 'nosuch': expected ARCH.TAG",
+             (str(SHIPPED), "--store"): "--store records results for zoo entries only"}
+    for argv, expected in cases.items():
+        assert main(["bench", *argv]) == 2, argv
         err = capsys.readouterr().err.strip()
-        assert err.startswith("lilnetx: error:") and "\n" not in err, err
+        assert err.startswith("lilnetx: error:") and "\n" not in err and expected in err, err
 
 
 def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    from lilnetx.onnx_export import export_onnx, session
+    pytest.importorskip("onnxruntime", reason="the optional `onnx` extra is not installed")
+    from lilnetx.onnx_export import OnnxMismatchError, check, export_onnx, session, to_onnx
 
     model = _tiny()
     info = export_onnx(model, tmp_path / "m.onnx", (3, 12, 12))
@@ -103,10 +107,14 @@ def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
     out = session((tmp_path / "m.onnx").read_bytes()).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-4)
+        other = _tiny()
+        other[-1].bias += 1  # an ONNX file that is not this model is refused
+    with pytest.raises(OnnxMismatchError, match="outputs differ from PyTorch's"):
+        check(other, to_onnx(model, (3, 12, 12)), (3, 12, 12))
 
 
 def test_export_onnx_of_a_shipped_artifact_is_the_slimmed_model(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime", reason="the optional `onnx` extra is not installed")
     import onnx
 
     from zoo.cli.artifact_cmds import _export_onnx

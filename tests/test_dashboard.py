@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import streamlit.testing.v1 as streamlit_testing  # a hard dependency: a broken install fails, never skips
 import torch
 from torch import nn
 
@@ -26,8 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
 SHIPPED = ROOT / "zoo_artifacts"
 SEEDED = ("lenet5_caffe.mnist-lam20", "lenet5_caffe.mnist-lam5", "lenet_300_100.mnist-lam2")
-
-streamlit_testing = pytest.importorskip("streamlit.testing.v1")
 
 
 def _zoo(root: Path) -> Zoo:
