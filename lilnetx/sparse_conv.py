@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
 import os
 import platform
@@ -66,15 +67,26 @@ def load_extension() -> ModuleType | None:
     key = hashlib.sha256("\n".join((source, torch.__version__, _cpu_key(), " ".join(CFLAGS))).encode())
     name = f"lilnetx_sparse_conv_{key.hexdigest()[:12]}"
     try:
-        from torch.utils.cpp_extension import load
-
-        return load(name, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"],
+        return _cpp_extension_load()(name, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"],
                     verbose=False)
     except Exception as exc:  # compiler or ninja problems: stay correct, stay dense
         warnings.warn(f"lilnetx.sparse_conv: building the sparse kernel failed ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); sparse layers run dense",
                       stacklevel=2)
         return None
+
+
+def _cpp_extension_load() -> Any:
+    """``torch.utils.cpp_extension.load``, imported without its "No CUDA runtime is found" warning (the kernel
+    is CPU-only; on CPU builds of torch that warning is noise)."""
+    ext_log = logging.getLogger("torch.utils.cpp_extension")
+    level = ext_log.level
+    ext_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        ext_log.setLevel(level)
+    return load
 
 
 class SparseConv2d(nn.Module):
