@@ -17,8 +17,11 @@ def atomic_file(path: str | Path, *, mode: int | None = None) -> Iterator[Binary
     temporary file is removed and ``path`` is untouched. ``file.name`` is the temporary path (for checks
     before the rename: flush first)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}; choose a writable folder") from None
     os.close(fd)  # reopened by name so that ``file.name`` is the temporary path, as documented
     try:
         with open(tmp, "wb") as f:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lilnetx.errors import LilnetxError
+from lilnetx.files import atomic_write
 
 OPSET = 17
 CHECK_RTOL = 1e-4  # of the output's largest magnitude
@@ -76,8 +77,5 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, ...])
     """Write ``model`` as ONNX to ``path`` after checking it with onnxruntime; returns bytes and max diff."""
     data = to_onnx(model, input_size)
     diff = check(model, data, input_size)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write(path, data)
     return {"path": str(path), "bytes": len(data), "max_abs_diff": diff}

@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,24 @@ def test_export_rebuilds_the_stored_spec_without_the_dataset(straight_run: tuple
     loaded = lilnetx.load(tmp_path / "m.lnx")
     measured = lilnetx.evaluate(loaded, DataLoader(digits.test, batch_size=256))
     assert measured["top1"] == pytest.approx(summary["top1"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("checkpoint.pt", lambda data: data[: len(data) // 2]), ("recipe.yaml", lambda data: b"arch: [unclosed\n"),
+    ("arch.json", lambda data: data[:-3]), ("stats.json", lambda data: b"{"),
+])
+def test_export_of_a_damaged_run_names_the_file_and_writes_nothing(name: str, damage, straight_run: tuple[Path, dict],
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]):
+    run = tmp_path / "run"
+    shutil.copytree(straight_run[0], run)
+    (run / name).write_bytes(damage((run / name).read_bytes()))
+    assert run_cli("export", str(run), "-o", str(tmp_path / "m.lnx"), "--onnx", str(tmp_path / "m.onnx"))[0] == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lilnetx: error: {run / name} cannot be read (") and "\n" not in err
+    assert err.endswith("it is truncated, corrupt or was edited; restore it, or train the run again with "
+                        "`lilnetx train`")
+    assert not (tmp_path / "m.lnx").exists() and not (tmp_path / "m.onnx").exists()
 
 
 def test_resume_continues_an_interrupted_run_exactly(straight_run: tuple[Path, dict], recipe_file: Path,

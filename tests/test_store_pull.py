@@ -123,6 +123,18 @@ def test_check_sees_the_complete_temporary_file_and_its_error_stores_nothing(tmp
     assert stored.read_bytes() == DATA and seen[-1] == DATA and stored.stat().st_mode & 0o777 == 0o444
 
 
+def test_an_unwritable_destination_names_the_file_asked_for(tmp_path: Path) -> None:
+    import re
+
+    from lilnetx.files import atomic_write
+
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"x")
+    with pytest.raises(OSError, match=re.escape(f"cannot write {blocker / 'sub' / 'a.lnx'}: ") + ".*writable folder"):
+        atomic_write(blocker / "sub" / "a.lnx", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 @pytest.mark.parametrize("name", ["../evil", "..", "a.b/../../c", "a..b", ".a.b", "a.", "a b.c", "a.b\x00", "",
                                   "/a.b", "a/.b", "a//b.c", "a/./b.c", "a/../b.c", "x/a..b.c", "a/b/.c", "a\\b.c",
                                   "a%2Fb.c", "a/b.c/d", f"{'a/' * 32}b.c"])

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,16 @@ def train_run(recipe: dict[str, Any], run_dir: str | Path, *, resume: bool = Fal
     return result
 
 
+def _parse(path: Path, parse: Callable[[Path], Any]) -> Any:
+    """``parse(path)``; a file that cannot be read or parsed is a ``RunFolderError`` naming it and the fix."""
+    try:
+        return parse(path)
+    except Exception as exc:  # yaml / json / torch.load errors: a truncated, corrupt or edited file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise RunFolderError(f"{path} cannot be read ({reason}): it is truncated, corrupt or was edited; "
+                             "restore it, or train the run again with `lilnetx train`") from None
+
+
 def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
     """(recipe, architecture spec or ``None`` for runs older than ``arch.json``, stats, checkpoint)."""
     run_dir = Path(run_dir)
@@ -90,19 +100,20 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None
         if not (run_dir / name).is_file():
             raise RunFolderError(f"{run_dir} is not a training run: {name} is missing "
                                  "(train one with `lilnetx train ARCH --dataset NAME --out RUN_DIR`)")
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe = _parse(run_dir / "recipe.yaml", lambda path: yaml.safe_load(path.read_text()))
     if not isinstance(recipe, dict) or not recipe.get("arch"):
         raise RunFolderError(f"{run_dir / 'recipe.yaml'} names no arch; it was not written by `lilnetx train`")
     spec = None
     if (run_dir / ARCH_FILE).is_file():
-        spec = json.loads((run_dir / ARCH_FILE).read_text())
+        spec = _parse(run_dir / ARCH_FILE, lambda path: json.loads(path.read_text()))
         if not isinstance(spec, dict) or spec.get("name") != recipe["arch"] or not isinstance(spec.get("kwargs"),
                                                                                            dict):
             raise RunFolderError(f"{run_dir / ARCH_FILE} does not describe architecture {recipe['arch']!r} "
                                  "(name and kwargs); it was edited: delete it to rebuild through the dataset")
     stats_path = run_dir / "stats.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    stats = _parse(stats_path, lambda path: json.loads(path.read_text())) if stats_path.is_file() else {}
+    checkpoint = _parse(run_dir / "checkpoint.pt",
+                        lambda path: torch.load(path, map_location="cpu", weights_only=True))
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise RunFolderError(f"{run_dir / 'checkpoint.pt'} is not a LilNetX training checkpoint")
     return recipe, spec, stats, checkpoint
