@@ -173,11 +173,16 @@ def measure(artifact: Path, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def markdown(result: dict[str, Any]) -> str:
-    lines = [f"`{result['artifact']}` ({result['params']:,} parameters):", "",
-             "| format | bytes | vs fp32 | MNIST top-1 |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['format']} | {r['bytes']:,} | {r['vs_fp32']}x | {100 * r['top1']:.2f} % |"
+def table(result: dict[str, Any]) -> str:
+    """The README's Markdown table: bytes, ratio to fp32 and accuracy of every format."""
+    lines = ["| format | bytes | vs fp32 | MNIST top-1 |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['format']} | {r['bytes']:,} | {r['vs_fp32']:.1f}× | {100 * r['top1']:.2f} % |"
               for r in result["rows"]]
+    return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"`{result['artifact']}` ({result['params']:,} parameters):", "", table(result)]
     lnx = result["lnx"]
     parts = ", ".join(f"{name} {size:,}" for name, size in lnx["parts"].items())
     lines += ["", f"Shipped `.lnx` parts (bytes): {parts}; decoders {'/'.join(lnx['decoder_dtypes'])}. Latents: "

@@ -149,13 +149,27 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps({"published": PUBLISHED, "points": rows}, indent=1) + "\n")
     plot(rows, RESULTS / "mnist_frontier.png")
-    print("| point | file bytes | top-1 (from the file) | header / tables / decoders / latents | dead paths kept "
-          "| epochs | train s |\n|---|---:|---:|---|---:|---:|---:|")
-    for r in rows:
+    print(table(rows))
+
+
+def _label(row: dict, rows: list[dict]) -> str:
+    """'shipped', the decoder forms (full where a point of the same architecture has others), the λ_rate."""
+    forms = row["reparam"].get("decoder_forms") or {}
+    alternatives = any(r["reparam"].get("decoder_forms") for r in rows if r["arch"] == row["arch"])
+    parts = [f"{form} {group} decoder" for group, form in forms.items()] or (["full decoder"] if alternatives else [])
+    return ("shipped; " if row["shipped"] else "") + ", ".join([*parts, f"λ_rate {row['train']['lambda_rate']:g}"])
+
+
+def table(rows: list[dict]) -> str:
+    """The README's Markdown table: per architecture, shipped points first."""
+    lines = ["| point | file bytes | top-1 | header / tables / decoders / latents | with dead paths kept | epochs "
+             "| train s (1 thread, shared CPU) |", "|---|---:|---:|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["arch"], not r["shipped"], r["name"])):
         p = r["parts"]
-        print(f"| `{r['name']}`{' (shipped)' if r['shipped'] else ''} | {r['bytes']:,} | {100 * r['top1']:.2f} % "
-              f"| {p['header']} / {p['tables']} / {p['decoders']} / {p['coded_latents']} "
-              f"| {r['bytes_with_dead_paths']:,} | {r['epochs']} | {r['train_seconds']:.0f} |")
+        lines.append(f"| `{r['name']}` ({_label(r, rows)}) | {r['bytes']:,} | {100 * r['top1']:.2f} % "
+                     f"| {p['header']} / {p['tables']} / {p['decoders']:,} / {p['coded_latents']:,} "
+                     f"| {r['bytes_with_dead_paths']:,} | {r['epochs']} | {r['train_seconds']:,.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
