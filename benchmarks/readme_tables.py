@@ -11,6 +11,7 @@ each benchmark script's own printer where it has one.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
@@ -29,11 +30,14 @@ class ReadmeTablesError(ValueError):
 
 
 def _script(name: str) -> Any:
-    """Import a sibling benchmark script (its table printer)."""
-    here = str(Path(__file__).resolve().parent)
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    return __import__(name)
+    """Import the benchmark script ``benchmarks/NAME.py`` (for its table printer), once."""
+    key = f"_benchmark_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().parent / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 def zoo_models(rows: list[dict]) -> str:
