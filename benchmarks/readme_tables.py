@@ -149,7 +149,10 @@ def render(name: str, results: Path = RESULTS) -> str:
     """The Markdown of table NAME from its results file (``results/NAME.json`` unless SOURCES says)."""
     if name not in TABLES:
         raise ReadmeTablesError(f"unknown README table {name!r}: known tables are {', '.join(TABLES)}")
-    return TABLES[name](json.loads((results / f"{SOURCES.get(name, name)}.json").read_text()))
+    source = results / f"{SOURCES.get(name, name)}.json"
+    if not source.is_file():
+        raise ReadmeTablesError(f"no {source} for README table {name!r}: run benchmarks/{source.stem}.py first")
+    return TABLES[name](json.loads(source.read_text()))
 
 
 def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:

@@ -47,6 +47,11 @@ def test_missing_marker_names_the_table() -> None:
         readme_tables.render("nope")
 
 
+def test_missing_results_file_names_the_benchmark(tmp_path: Path) -> None:
+    with pytest.raises(readme_tables.ReadmeTablesError, match="run benchmarks/train_overhead.py"):
+        readme_tables.render("train_overhead_profile", tmp_path)
+
+
 def test_check_flag_exits_1_naming_the_table(tmp_path: Path) -> None:
     table = readme_tables.render("sparse_speed")
     readme = tmp_path / "README.md"
