@@ -271,6 +271,19 @@ def test_an_empty_catalog_is_seeded_once_on_first_use(env: Path, capsys: pytest.
     assert zoo.list_models() == [] and capsys.readouterr().err == ""  # once only: never a write on a read
 
 
+def test_a_malformed_name_fails_before_first_use_seeding(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.cli import main
+
+    shipped = env / "shipped"
+    shipped.mkdir()
+    make_artifact(shipped / "lenet_300_100.mnist-a.lnx")
+    for verb in ("show", "verify", "pull"):
+        assert main(["zoo", verb, "nosuch"]) == 2
+        err = capsys.readouterr().err
+        assert "invalid zoo entry name 'nosuch'" in err and "seeding" not in err, err
+    assert Zoo.from_env().list() == []  # nothing was seeded
+
+
 def test_a_read_only_catalog_lists_and_reads_write_nothing(env: Path, caplog: pytest.LogCaptureFixture) -> None:
     z = Zoo.from_env()
     put_fake(z, "tiny.mnist-a", b"a")

@@ -10,6 +10,7 @@ from typing import Any
 
 from zoo.cli.output import print_json, print_table
 from zoo.model_card import accuracy_text, to_markdown, to_text
+from zoo.names import split_name
 from zoo.seed import seed_on_first_use, seed_shipped
 from zoo.service import Zoo
 
@@ -23,6 +24,8 @@ def _zoo(args: argparse.Namespace, *, first_use: bool = False) -> Zoo:
     if getattr(args, "measure_timeout", None) is not None:
         zoo.measure_timeout_s = args.measure_timeout
     if first_use:
+        if isinstance(getattr(args, "name", None), str):
+            split_name(args.name)  # a malformed name fails before the catalog is seeded
         seed_on_first_use(zoo)
     return zoo
 
