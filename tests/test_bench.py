@@ -89,11 +89,21 @@ def test_cli_bench_bad_input_is_one_line_and_exit_2(tmp_path: Path, monkeypatch:
              (str(tmp_path / "missing.lnx"),): "no such file (give an existing .lnx file or a zoo entry name)",
              ("no_such.entry",): "no zoo entry named 'no_such.entry'. See `lilnetx zoo list`",
              ("nosuch",): "invalid zoo entry name 'nosuch': expected ARCH.TAG",
-             (str(SHIPPED), "--store"): "--store records results for zoo entries only"}
+             (str(SHIPPED), "--store"): "add the file first: `lilnetx zoo add FILE.lnx --tag TAG`"}
     for argv, expected in cases.items():
         assert main(["bench", *argv]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("lilnetx: error:") and "\n" not in err and expected in err, err
+
+
+def test_cli_bench_of_a_shipped_name_seeds_a_new_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    isolate(tmp_path, monkeypatch)
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / SHIPPED.name).write_bytes(SHIPPED.read_bytes())
+    assert main(["bench", SHIPPED.stem, "--runs", "1", "--warmup", "0", "--variants", "dense", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["name"] == SHIPPED.stem and "first use of this catalog: seeding it" in err
 
 
 def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:

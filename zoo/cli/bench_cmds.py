@@ -67,12 +67,16 @@ def run_bench(args: argparse.Namespace) -> int:
             raise CLIError(f"{args.target}: no such file (give an existing .lnx file or a zoo entry name)")
         if args.store:
             raise CLIError("--store records results for zoo entries only; add the file first: "
-                           "`lilnetx zoo add FILE.lnx TAG`")
+                           "`lilnetx zoo add FILE.lnx --tag TAG`")
         result = benchmarks.bench_file(args.target, **options)
     else:
+        from zoo.names import split_name
+        from zoo.seed import seed_on_first_use
         from zoo.service import Zoo
 
         zoo = Zoo.from_env()
+        split_name(args.target)  # a malformed name fails first
+        seed_on_first_use(zoo)  # like `lilnetx zoo show NAME`: a new, empty catalog gets the shipped models
         result = benchmarks.bench_entry(zoo, args.target, **options)
         if args.store:
             result["stored_rows"] = benchmarks.store_results(zoo, args.target, result)
