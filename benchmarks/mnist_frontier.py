@@ -57,7 +57,8 @@ def measure(path: Path) -> dict:
     """Accuracy of the decoded file on the dataset's test split, its size and parts, sparsity and MACs."""
     header = lilnetx.read_header(path)
     model = lilnetx.load(path)
-    data = registry.get_dataset(header["dataset"], augment=False)
+    options = (header.get("recipe") or {}).get("dataset_kwargs") or {}  # e.g. {pad: 2}: the trained input size
+    data = registry.get_dataset(header["dataset"], **{**options, "augment": False})
     accuracy = lilnetx.evaluate(model, DataLoader(data.test, batch_size=1000))
     stats = lilnetx.stats(model, tuple(header["input_size"]))
     info = lilnetx.verify(path)

