@@ -1,9 +1,8 @@
 """Slice-sparse convolution: a direct fp32 kernel that visits only the non-zero K×K kernel taps.
 
-The C++ kernel (``lilnetx/csrc/sparse_conv.cpp``) is compiled with ``torch.utils.cpp_extension`` on first use
-(``-O3 -march=native -fopenmp``) and cached in torch's extension folder (``$TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``) under a name keyed by the source, torch version and CPU. Where no compiler exists or the
-build fails, a warning says so once and every layer stays dense (same outputs, dense speed).
+The C++ kernel (``lilnetx/csrc/sparse_conv.cpp``) is compiled on first use by :func:`lilnetx.native.build`
+(``-O3 -march=native -fopenmp``, cached in torch's extension folder). Where no compiler exists or the build
+fails, a warning says so once and every layer stays dense (same outputs, dense speed).
 
 ``sparsify(model)`` replaces each ``nn.Conv2d`` with zero taps by a ``SparseConv2d`` only where the sparse
 kernel is faster: timed against dense ``conv2d`` on the layer's real input when an example input is given,
@@ -14,16 +13,9 @@ else by a cost model from ``benchmarks/sparse_speed.py`` (fraction of non-zero t
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
 import math
-import os
-import platform
-import shutil
 import statistics
 import time
-import warnings
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -31,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lilnetx import native
 from lilnetx.errors import LilnetxError
 
-SOURCE = Path(__file__).parent / "csrc" / "sparse_conv.cpp"
-CFLAGS = ("-O3", "-march=native", "-fopenmp")
+SOURCE = native.CSRC / "sparse_conv.cpp"
 # Cost model: the sparse kernel wins where at most this fraction of the taps is non-zero (3x3 stride 1 has
 # the slice kernel; other K x K stride-1 kernels the per-tap one; 1x1 and strided kernels favour dense).
 MAX_DENSITY = {"3x3": 0.5, "kxk": 0.35, "1x1": 0.1, "strided": 0.2}
@@ -46,47 +38,10 @@ class SparseConvError(LilnetxError, ValueError):
     """A convolution ``SparseConv2d`` cannot take (non-zero padding mode, string padding)."""
 
 
-def _cpu_key() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
-        model = next((line for line in info.splitlines() if line.startswith("model name")), "")
-    except OSError:
-        flags, model = "", ""
-    return f"{platform.machine()} {model} {flags}"
-
-
 @functools.cache
 def load_extension() -> ModuleType | None:
     """The compiled kernel, built on first use; ``None`` (with one warning) where it cannot be built."""
-    if not shutil.which(os.environ.get("CXX", "c++")):
-        warnings.warn("lilnetx.sparse_conv: no C++ compiler found (install g++); sparse layers run dense",
-                      stacklevel=2)
-        return None
-    source = SOURCE.read_text()
-    key = hashlib.sha256("\n".join((source, torch.__version__, _cpu_key(), " ".join(CFLAGS))).encode())
-    name = f"lilnetx_sparse_conv_{key.hexdigest()[:12]}"
-    try:
-        return _cpp_extension_load()(name, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"],
-                    verbose=False)
-    except Exception as exc:  # compiler or ninja problems: stay correct, stay dense
-        warnings.warn(f"lilnetx.sparse_conv: building the sparse kernel failed ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); sparse layers run dense",
-                      stacklevel=2)
-        return None
-
-
-def _cpp_extension_load() -> Any:
-    """``torch.utils.cpp_extension.load``, imported without its "No CUDA runtime is found" warning (the kernel
-    is CPU-only; on CPU builds of torch that warning is noise)."""
-    ext_log = logging.getLogger("torch.utils.cpp_extension")
-    level = ext_log.level
-    ext_log.setLevel(logging.ERROR)
-    try:
-        from torch.utils.cpp_extension import load
-    finally:
-        ext_log.setLevel(level)
-    return load
+    return native.build(SOURCE, "lilnetx_sparse_conv", owner="lilnetx.sparse_conv", fallback="sparse layers run dense")
 
 
 class SparseConv2d(nn.Module):
