@@ -142,7 +142,7 @@ def baseline_rows(decoded: nn.Module, test: Dataset, accuracy: float) -> list[di
 
 
 def measure(artifact: Path, run_dir: Path) -> dict[str, Any]:
-    header = lilnetx.read_header(artifact)
+    header = lilnetx.read_artifact(artifact).header  # with per-layer ideal bits (recomputed from format 3)
     metadata = {"dataset": header["dataset"], "metrics": header["metrics"], "recipe": header["recipe"],
                 **header["metadata"]}
     test = registry.get_dataset(header["dataset"], augment=False).test

@@ -66,10 +66,10 @@ def artifact_bytes(name: str, sha256: str) -> bytes:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def header(name: str, sha256: str) -> dict[str, Any]:
-    """The verified header of entry ``name``'s artifact."""
+    """The verified header of entry ``name``'s artifact, with the per-layer figures recomputed from its latents."""
     import lilnetx
 
-    return lilnetx.read_header(zoo().pull(name))
+    return lilnetx.read_artifact(zoo().pull(name)).header
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -71,6 +71,12 @@ def ideal_bits(freq: np.ndarray, counts: np.ndarray) -> float:
     return float(np.dot(counts, PRECISION - np.log2(freq.astype(np.float64))))
 
 
+def rows_ideal_bits(tables: Sequence[Table], rows: np.ndarray) -> float:
+    """Bits of integer ``rows`` (one column per table) under ``tables`` with an ideal coder."""
+    return sum(ideal_bits(t.freq, np.bincount(rows[:, c] - t.lo, minlength=t.hi - t.lo + 1))
+               for c, t in enumerate(tables))
+
+
 # --------------------------------------------------------------------------- bits
 
 

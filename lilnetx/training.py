@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from lilnetx.artifact.format import DECODER_DTYPES, snap_decoder
 from lilnetx.errors import LilnetxError
 from lilnetx.files import atomic_file
 from lilnetx.metrics import stats
@@ -53,7 +54,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-2
     decoder_lr: float | None = None  # None: lr (as the reference code)
-    decoder_dtype: str | None = "float16"  # keep decoders exactly representable: half the bytes in the file
+    decoder_dtype: str | None = "float16"  # decoders kept exactly representable; "qint8": a quarter of the bytes
     density_lr: float = 1e-4
     density_schedule: str = "cosine"  # "constant": the density keeps density_lr (the reference code)
     lambda_rate: float = 1e-4
@@ -90,7 +91,7 @@ class TrainConfig:
             "warmup_epochs": self.warmup_epochs >= 0, "workers": self.workers >= 0,
             "grad_clip": self.grad_clip is None or self.grad_clip > 0,
             "label_smoothing": 0 <= self.label_smoothing < 1, "compile": isinstance(self.compile, bool),
-            "decoder_dtype": self.decoder_dtype in (None, "float16", "bfloat16", "float32"),
+            "decoder_dtype": self.decoder_dtype in (None, *DECODER_DTYPES),
             "density_schedule": self.density_schedule in ("cosine", "constant"),
         }
         for name, ok in checks.items():
@@ -316,11 +317,10 @@ class Trainer:
 
     @torch.no_grad()
     def _snap_decoders(self) -> None:
-        """Round decoders to ``config.decoder_dtype`` so the artifact stores them exactly at that width."""
+        """Round decoders to ``config.decoder_dtype`` so the artifact stores them exactly in that type."""
         if self.config.decoder_dtype:
-            dtype = getattr(torch, self.config.decoder_dtype)
             for p in self.decoders:
-                p.copy_(p.to(dtype))
+                p.copy_(snap_decoder(p, self.config.decoder_dtype))
 
     def fit(self, resume: str | Path | None = None, stop_epoch: int | None = None) -> dict[str, Any]:
         """Train to ``config.epochs`` (or pause after ``stop_epoch``), continuing from checkpoint ``resume``;

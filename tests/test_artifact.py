@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -32,6 +33,7 @@ from lilnetx.artifact import (
     TruncatedArtifactError,
     UnsupportedVersionError,
 )
+from lilnetx.artifact.format import DERIVED_LAYER_FIELDS, ZDICT_V3, snap_decoder
 from lilnetx.training import TrainConfig, Trainer
 from zoo.datasets import DatasetBundle
 
@@ -164,12 +166,57 @@ def test_lossy_decoder_dtype_is_smaller_and_decodes_consistently(model, saved, t
         assert torch.allclose(loaded[t.name].double(), weights, rtol=1e-5, atol=1e-6), t.name
 
 
+def test_qint8_decoders_take_a_byte_per_value_and_decode_to_their_snapped_values(model, saved, tmp_path):
+    info = lilnetx.save(model, tmp_path / "q.lnx", decoder_dtype="qint8")
+    groups = lilnetx.latent_groups(model).values()
+    assert info.parts["decoders"] == sum(g.width**2 + 2 * g.width for g in groups)  # values + a scale per row
+    loaded = lilnetx.load(tmp_path / "q.lnx", builder=golden.builder).state_dict()
+    for t in lilnetx.latent_tensors(model):
+        decoder = t.group.decoder.detach()
+        snapped = snap_decoder(decoder, "qint8")
+        assert 0 < (snapped - decoder).abs().max() <= decoder.abs().amax(dim=1).max() / 254 * 1.01  # half a step
+        weights = (torch.round(t.rows().detach()) @ snapped).reshape(t.latent.shape)
+        assert torch.allclose(loaded[t.name], weights, rtol=1e-6, atol=1e-7), t.name
+
+
+def test_decoders_snapped_to_qint8_in_training_are_stored_as_qint8_losslessly(tmp_path):
+    """What ``TrainConfig(decoder_dtype="qint8")`` leaves is exact in qint8: saved without loss, a quarter of float32."""
+    torch.manual_seed(0)
+    model = lilnetx.reparameterize(golden.build(), density_filters=(2, 2))
+    config = TrainConfig(epochs=1, batch_size=16, lr=1e-2, warmup_epochs=0, decoder_dtype="qint8", device="cpu")
+    data = TensorDataset(torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,)))
+    Trainer(model, data, None, config, progress=False).fit()
+    for group in lilnetx.latent_groups(model).values():
+        assert torch.equal(snap_decoder(group.decoder.detach(), "qint8"), group.decoder.detach())
+    lilnetx.save(model, tmp_path / "t.lnx", arch=golden.ARCH, arch_kwargs=golden.KWARGS)
+    dtypes = {g["name"]: g["dtype"] for g in lilnetx.read_header(tmp_path / "t.lnx")["groups"]}
+    assert dtypes["conv5x5"] == "qint8"  # 25 x 25: 675 bytes against 1,250 as float16
+    loaded = lilnetx.load(tmp_path / "t.lnx", builder=golden.builder)
+    assert golden.weights_sha256(loaded) == golden.weights_sha256(lilnetx.strip(model))
+
+
+def test_format_3_header_dictionary_never_changes():
+    """Changing ZDICT_V3 would make every format-3 file unreadable: a new dictionary needs a new format."""
+    assert hashlib.sha256(ZDICT_V3).hexdigest()[:16] == "d96c47a0460bd6b9"
+
+
+def test_header_version_must_match_the_file_version(saved, tmp_path):
+    header, sections = artifact.reader.parse(saved.read_bytes(), "x")
+    path = tmp_path / "v.lnx"
+    path.write_bytes(artifact.format.assemble({**header, "format_version": 2},
+                                              [sections[name] for name in artifact.SECTIONS]))
+    with pytest.raises(CorruptHeaderError, match="format_version 2.*file is format 3"):
+        lilnetx.verify(path)
+
+
 # --------------------------------------------------------------------------- sizes
 
 
 def test_parts_and_layer_table_account_for_every_byte(model, saved):
     info = lilnetx.verify(saved)
-    header = lilnetx.read_header(saved)
+    stored = lilnetx.read_header(saved)
+    assert not any(set(DERIVED_LAYER_FIELDS) & set(layer) for layer in stored["layers"])  # format 3: recomputed
+    header = lilnetx.read_artifact(saved).header
     assert sum(info.parts.values()) == info.size_bytes == saved.stat().st_size
     assert set(info.parts) == {"header", "tables", "decoders", "float_params", "coded_latents"}
     itemsize = {"float32": 4, "float16": 2}
@@ -196,7 +243,7 @@ def test_parts_and_layer_table_account_for_every_byte(model, saved):
 def test_coded_latents_stay_within_the_estimate(model, tmp_path, tables):
     """One ANS stream: coded bytes <= estimated bytes x 1.01 + 8, and within a few bytes of the tables' ideal."""
     info = lilnetx.save(model, tmp_path / "m.lnx", tables=tables)
-    layers = lilnetx.read_header(tmp_path / "m.lnx")["layers"]
+    layers = lilnetx.read_artifact(tmp_path / "m.lnx").header["layers"]
     ideal = sum(layer["ideal_bits"] for layer in layers) / 8
     assert info.coded_latent_bytes <= info.estimated_bits / 8 * 1.01 + 8
     assert info.coded_latent_bytes <= ideal * 1.01 + 8
@@ -503,10 +550,12 @@ def test_the_current_format_has_a_golden_file():
 
 
 def test_golden_model_round_trips(tmp_path):
-    """Its dyadic decoders fit float16 exactly, so they are stored in two bytes each, losslessly."""
+    """Its dyadic decoders fit float16 exactly, so they are stored in two bytes each, losslessly; the int8 x
+    1/512 one is stored as qint8 (a byte each and a scale per row), also losslessly."""
     model = golden.golden_model()
     lilnetx.save(model, tmp_path / "g.lnx")
-    assert {g["dtype"] for g in lilnetx.read_header(tmp_path / "g.lnx")["groups"]} == {"float16"}
+    dtypes = {g["name"]: g["dtype"] for g in lilnetx.read_header(tmp_path / "g.lnx")["groups"]}
+    assert dtypes.pop(golden.QINT8_GROUP) == "qint8" and set(dtypes.values()) == {"float16"}
     expected = golden.weights_sha256(lilnetx.strip(model))
     assert golden.weights_sha256(lilnetx.load(tmp_path / "g.lnx", builder=golden.builder)) == expected
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import lilnetx
-from lilnetx.artifact import DTYPES, ArtifactInfo
+from lilnetx.artifact import ArtifactInfo, snap_decoder
 from lilnetx.dead_paths import remove_dead_paths
 from lilnetx.training import Trainer, evaluate, seed_everything
 from zoo import recipe as recipes
@@ -123,8 +123,7 @@ def _changes_weights(model: nn.Module, decoder_dtype: str | None) -> bool:
     """Whether storing ``model``'s decoders as ``decoder_dtype`` rounds any of them (a lossy export)."""
     if decoder_dtype is None:
         return False
-    dtype = DTYPES[decoder_dtype][1]
-    return any(not torch.equal(g.decoder.detach().to(dtype).to(g.decoder.dtype), g.decoder.detach())
+    return any(not torch.equal(snap_decoder(g.decoder.detach(), decoder_dtype), g.decoder.detach())
                for g in lilnetx.latent_groups(model).values())
 
 

@@ -1,6 +1,9 @@
-"""Format 2 of the ``.lnx`` file (reads 1 too): constants, framing, varints, the compressed header and raw
+"""Format 3 of the ``.lnx`` file (reads 1 and 2 too): constants, framing, varints, the compressed header and raw
 tensor bytes. Format 2 adds ``reparam.decoder_forms``: a group's decoder may be stored as ``1 x width``
-(diagonal) or ``1 x 1`` (scalar) instead of ``width x width``; format 1 files are read unchanged.
+(diagonal) or ``1 x 1`` (scalar) instead of ``width x width``. Format 3 compresses the header with a preset
+dictionary of today's header fields (``ZDICT_V3``), leaves out the per-layer figures a reader recomputes from
+the latents (``ideal_bits``, ``zeros``, ``zero_slices``) and adds the decoder type ``qint8``: int8 values with
+one float16 scale per decoder row (value = q * scale). Older files are read unchanged.
 
 Layout (varints are unsigned LEB128)::
 
@@ -36,9 +39,9 @@ from lilnetx.reparam import decoder_shape
 
 MAGIC = b"\x89LNX"
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 DIGEST_SIZE = 32
 
@@ -63,8 +66,14 @@ DTYPES: dict[str, tuple[str, torch.dtype]] = {
 
 FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
-# Preset dictionary of the header's deflate stream: a typical header with placeholder values. Part of
-# format 1: changing it changes every file, so it needs a new format version.
+DECODER_DTYPES = (*FLOAT_DTYPES, "qint8")  # qint8: format 3
+
+QINT8_MAX = 127
+
+DERIVED_LAYER_FIELDS = ("ideal_bits", "zeros", "zero_slices")  # stored up to format 2, recomputed from format 3
+
+# Preset dictionary of the header's deflate stream in formats 1 and 2: a typical header with placeholder
+# values. Changing it changes every file, so it needs a new format version.
 ZDICT = (
     b'{"format_version":1,"arch":"resnet20","arch_kwargs":{"num_classes":10,"in_chans":3,"input_size":[3,3'
     b'2,32],"mean":[0.4914,0.4822,0.4465],"std":[0.247,0.2435,0.2616]},"input_size":[3,224,224],"mean":[0.'
@@ -88,6 +97,63 @@ ZDICT = (
     b'cked","dtype":"int64","shape":[]}],"sections":{"tables":0,"decoders":0,"float_params":0,"coded_laten'
     b'ts":0}}'
 )
+
+_TRAIN_TEMPLATE = {"epochs": 10, "batch_size": 128, "lr": 0.01, "decoder_lr": 0.01, "decoder_dtype": "float16",
+                   "density_lr": 0.01, "density_schedule": "cosine", "lambda_rate": 1.0, "lambda_l2": 1e-06,
+                   "lambda_slice": 1e-05, "warmup_epochs": 1.0, "grad_clip": None, "label_smoothing": 0.0,
+                   "compile": False, "seed": 0, "workers": 0, "device": "auto", "eval_every": 1}
+_REPARAM_TEMPLATE = {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],
+                     "group_overrides": {"fc2": "classifier"}, "density_filters": [3, 3, 3], "latent_bound": 1.0,
+                     "decoder_forms": None}
+_HEADER_TEMPLATE = {  # placeholder values; the most common strings last (deflate's nearest matches are cheapest)
+    "format_version": 3, "arch": "timm/resnet18",
+    "arch_kwargs": {"num_classes": 1000, "in_chans": 3, "input_size": [3, 224, 224],
+                    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "input_size": [3, 32, 32], "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616],
+    "num_classes": 10, "dataset": "cifar10", "metrics": {"top1": 0.9, "top5": 0.99, "test_loss": 0.3},
+    "recipe": {"arch": "resnet20", "arch_kwargs": {}, "dataset": "cifar10", "dataset_kwargs": {},
+               "reparam": _REPARAM_TEMPLATE, "train": _TRAIN_TEMPLATE},
+    "metadata": {"run": {"epochs": 10}},
+    "versions": {"lilnetx": "0.1.0", "torch": "2.14.1+cpu", "constriction": "0.5.0",
+                 "plugin": "plugins.timm_archs", "plugin_version": "0.1.0"},
+    "reparam": {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],
+                "density_filters": [3, 3, 3], "decoder_forms": {"conv5x5": "diagonal", "dense": "scalar"}},
+    "groups": [{"name": n, "width": w, "shared": True, "dtype": "qint8"}
+               for n, w in (("conv3x3", 9), ("conv1x1", 1), ("conv5x5", 25), ("dense", 1), ("classifier", 1))],
+    "layers": [{"name": n, "group": g, "shape": s, "range": [-1, 1], "est_bits": 0.0, "coded_bits": 0}
+               for n, g, s in (("layer1.0.conv1.weight", "conv3x3", [16, 16, 3, 3]),
+                               ("layer1.0.conv2.weight", "conv3x3", [16, 16, 3, 3]), ("fc.bias", "bias", [10]),
+                               ("conv1.weight", "conv5x5", [20, 1, 5, 5]), ("conv1.bias", "bias", [20]),
+                               ("conv2.weight", "conv5x5", [50, 20, 5, 5]), ("fc1.weight", "dense", [500, 800]),
+                               ("fc2.weight", "dense", [100, 300]), ("fc3.weight", "classifier", [10, 100]))],
+    "float_params": [{"name": f"bn1.{k}", "dtype": "float32", "shape": [16]}
+                     for k in ("weight", "bias", "running_mean", "running_var")],
+    "sections": {"tables": 0, "decoders": 0, "float_params": 0, "coded_latents": 0},
+}
+# Format 3's preset dictionary: the template above as compact JSON, then the LeNet/MNIST header a model of
+# this zoo typically has. Never change it (a test pins its digest); a new dictionary needs a new format version.
+ZDICT_V3 = json.dumps(_HEADER_TEMPLATE, separators=(",", ":")).encode() + json.dumps({
+    "arch": "lenet5_caffe", "arch_kwargs": {"num_classes": 10, "in_chans": 1, "input_size": [1, 28, 28],
+                                            "mean": [0.1307], "std": [0.3081]},
+    "input_size": [1, 28, 28], "mean": [0.1307], "std": [0.3081], "num_classes": 10, "dataset": "mnist",
+    "recipe": {"arch": "lenet_300_100", "arch_kwargs": {}, "dataset": "mnist", "dataset_kwargs": {},
+               "reparam": {**_REPARAM_TEMPLATE, "group_overrides": {"fc3": "classifier"}}, "train": _TRAIN_TEMPLATE},
+    "versions": {"lilnetx": "0.1.0", "torch": "2.14.1+cu130", "constriction": "0.5.0",
+                 "plugin": "plugins.paper_models", "plugin_version": "0.1.0"},
+    "reparam": {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],
+                "density_filters": [3, 3, 3]},
+    "groups": [{"name": "conv5x5", "width": 25, "shared": False, "dtype": "qint8"},
+               {"name": "bias", "width": 1, "shared": True, "dtype": "float16"},
+               {"name": "dense", "width": 1, "shared": True, "dtype": "float16"},
+               {"name": "classifier", "width": 1, "shared": True, "dtype": "float16"}],
+    "layers": [{"name": "fc1.bias", "group": "bias", "shape": [500], "range": [0, 0], "est_bits": 0.0,
+                "coded_bits": 0}],
+    "float_params": [], "sections": {"tables": 0, "decoders": 0, "float_params": 0, "coded_latents": 0},
+}, separators=(",", ":")).encode()
+
+
+def _zdict(version: int) -> bytes:
+    return ZDICT_V3 if version >= 3 else ZDICT
 
 
 @dataclass(frozen=True)
@@ -143,12 +209,13 @@ def read_varint(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
 
 def compress_header(header: dict[str, Any]) -> bytes:
     text = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=ZDICT)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=_zdict(FORMAT_VERSION))  # files are written in the current format
     return deflate.compress(text) + deflate.flush()
 
 
-def decompress_header(blob: bytes, source: str) -> dict[str, Any]:
-    inflate = zlib.decompressobj(-15, zdict=ZDICT)
+def decompress_header(blob: bytes, source: str, version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """The header JSON of a file of format ``version`` (whose preset dictionary differs)."""
+    inflate = zlib.decompressobj(-15, zdict=_zdict(version))
     try:
         text = inflate.decompress(blob, MAX_HEADER_BYTES)
     except zlib.error as exc:
@@ -177,7 +244,8 @@ def assemble(header: dict[str, Any], sections: list[bytes]) -> bytes:
 
 
 def check_framing(data: bytes, source: str) -> int:
-    """Magic, version, file size and checksum; returns the position after the size field."""
+    """Magic, version, file size and checksum; returns the position after the size field (the version is the
+    byte at ``len(MAGIC)``)."""
     prefix = data[:len(MAGIC)]
     if prefix != MAGIC:
         if MAGIC.startswith(prefix):
@@ -213,6 +281,62 @@ def decoder_shapes(header: dict[str, Any]) -> dict[str, list[int]]:
     """Stored shape of each group's decoder: ``width x width`` unless ``reparam.decoder_forms`` says otherwise."""
     forms = header["reparam"].get("decoder_forms", {})
     return {g["name"]: list(decoder_shape(forms.get(g["name"], "full"), g["width"])) for g in header["groups"]}
+
+
+def decoder_nbytes(dtype: str, shape: list[int]) -> int:
+    """Bytes a decoder of ``shape`` takes stored as ``dtype`` (qint8: a float16 scale per row, then the values)."""
+    if dtype == "qint8":
+        return 2 * shape[0] + math.prod(shape)
+    return math.prod(shape) * np.dtype(DTYPES[dtype][0]).itemsize
+
+
+def snap_decoder(decoder: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``decoder`` rounded to the nearest value ``dtype`` stores exactly, in ``decoder``'s own dtype.
+
+    For qint8 each row gets the float16 scale max|row| / 127 and its values become multiples of it; snapping
+    twice gives the same tensor, so a decoder snapped during training is stored without loss.
+    """
+    if dtype != "qint8":
+        return decoder.to(DTYPES[dtype][1]).to(decoder.dtype)
+    return _dequantize(*_quantize(decoder)).to(decoder.dtype)
+
+
+def _quantize(decoder: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values, float16 scale per row) of a 2-D decoder."""
+    rows = decoder.detach().float().reshape(decoder.shape[0], -1)
+    scale = (rows.abs().amax(dim=1) / QINT8_MAX).to(torch.float16)
+    if not torch.isfinite(scale).all():
+        raise ArtifactError("a decoder row is too large (or not finite) for a float16 scale; store it as float32")
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale).float()
+    q = torch.round(rows / safe[:, None]).clamp(-QINT8_MAX, QINT8_MAX).to(torch.int8)
+    return q.reshape(decoder.shape), scale
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
+
+
+def decoder_bytes(decoder: torch.Tensor, dtype: str) -> bytes:
+    """The stored bytes of ``decoder`` as ``dtype`` (see ``decoder_nbytes``)."""
+    if dtype != "qint8":
+        return raw_bytes(decoder.detach().to(DTYPES[dtype][1]))
+    q, scale = _quantize(decoder)
+    return raw_bytes(scale) + raw_bytes(q)
+
+
+def split_decoders(data: bytes, entries: list[tuple[str, str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Decoders laid end to end (sizes already checked against the header); qint8 ones come back as float32."""
+    out, pos = {}, 0
+    for name, dtype, shape in entries:
+        size = decoder_nbytes(dtype, shape)
+        chunk = data[pos:pos + size]
+        pos += size
+        if dtype == "qint8":
+            parts = split_tensors(chunk, [("scale", "float16", [shape[0]]), ("q", "int8", shape)])
+            out[name] = _dequantize(parts["q"], parts["scale"])
+        else:
+            out[name] = split_tensors(chunk, [(name, dtype, shape)])[name]
+    return out
 
 
 def section_parts(header: dict[str, Any], size: int) -> dict[str, int]:

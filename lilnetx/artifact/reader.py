@@ -17,6 +17,7 @@ from lilnetx import entropy_coding as ec
 from lilnetx.artifact.errors import corrupt
 from lilnetx.artifact.format import (
     DIGEST_SIZE,
+    MAGIC,
     SECTIONS,
     ArtifactInfo,
     DecodedArtifact,
@@ -25,6 +26,7 @@ from lilnetx.artifact.format import (
     decompress_header,
     read_varint,
     section_parts,
+    split_decoders,
     split_tensors,
 )
 from lilnetx.artifact.validation import check_header
@@ -38,7 +40,9 @@ def read_artifact(path: str | Path) -> DecodedArtifact:
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
-    """The verified header of ``path`` (checksum and header consistency checked, latents not decoded)."""
+    """The verified header of ``path`` (checksum and header consistency checked, latents not decoded). From
+    format 3 on, layers carry no ``ideal_bits`` / ``zeros`` / ``zero_slices``: ``read_artifact(path).header``
+    has them, recomputed from the decoded latents."""
     return parse(Path(path).read_bytes(), str(path))[0]
 
 
@@ -55,7 +59,10 @@ def parse(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     if field is None or field[0] > end - field[1]:
         raise corrupt(source, "the header length runs past the end of the file")
     length, pos = field
-    header = decompress_header(data[pos:pos + length], source)
+    version = data[len(MAGIC)]
+    header = decompress_header(data[pos:pos + length], source, version)
+    if header.get("format_version") != version:
+        raise corrupt(source, f"header format_version {header.get('format_version')!r} but the file is format {version}")
     check_header(header, source)
     pos += length
     sections = {}
@@ -68,9 +75,10 @@ def parse(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 
 def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], source: str) -> DecodedArtifact:
+    header = {**header, "layers": [dict(layer) for layer in header["layers"]]}  # completed below
     latents = _decode_latents(header, sections, source)
     shapes = decoder_shapes(header)
-    decoders = split_tensors(sections["decoders"], [(g["name"], g["dtype"], shapes[g["name"]]) for g in header["groups"]])
+    decoders = split_decoders(sections["decoders"], [(g["name"], g["dtype"], shapes[g["name"]]) for g in header["groups"]])
     params = split_tensors(sections["float_params"],
                             [(p["name"], p["dtype"], p["shape"]) for p in header["float_params"]])
     return DecodedArtifact(header=header, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
@@ -78,6 +86,7 @@ def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], sour
 
 
 def _decode_latents(header: dict[str, Any], sections: dict[str, bytes], source: str) -> dict[str, np.ndarray]:
+    """Each layer's integer latents; completes each layer entry with its ideal bits and zero counts."""
     layers = header["layers"]
     try:
         tables = _read_tables(header, sections["tables"])
@@ -95,6 +104,8 @@ def _decode_latents(header: dict[str, Any], sections: dict[str, bytes], source: 
             raise corrupt(source, f"layer {layer['name']!r} decodes to the range "
                                    f"[{values.min()}, {values.max()}], not {layer['range']}")
         latents[layer["name"]] = values.reshape(layer["shape"])
+        layer.update(ideal_bits=round(ec.rows_ideal_bits(tables[layer["name"]], values), 1),
+                     zeros=int((values == 0).sum()), zero_slices=int((values == 0).all(axis=1).sum()))
     return latents
 
 

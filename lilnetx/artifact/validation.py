@@ -12,6 +12,8 @@ from torch import nn
 
 from lilnetx.artifact.errors import corrupt, mismatch
 from lilnetx.artifact.format import (
+    DECODER_DTYPES,
+    DERIVED_LAYER_FIELDS,
     DTYPES,
     FLOAT_DTYPES,
     MAX_ELEMENTS,
@@ -19,6 +21,7 @@ from lilnetx.artifact.format import (
     MAX_WIDTH,
     READABLE_VERSIONS,
     SECTIONS,
+    decoder_nbytes,
     decoder_shapes,
 )
 from lilnetx.reparam import DECODER_FORMS, INITS, STRUCTURES
@@ -72,16 +75,18 @@ def check_header(h: dict[str, Any], source: str) -> None:
         raise corrupt(source, f"header['sections'] must give the byte length of {', '.join(SECTIONS)}")
     is_name = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
     is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    decoder_dtypes = DECODER_DTYPES if h["format_version"] >= 3 else FLOAT_DTYPES
     check_entries(h.get("groups"), source, "groups", {
         "name": is_name, "width": lambda v: is_int(v, 1, MAX_WIDTH),
-        "dtype": lambda v: isinstance(v, str) and v in FLOAT_DTYPES,
+        "dtype": lambda v: isinstance(v, str) and v in decoder_dtypes,
         "shared": lambda v: isinstance(v, bool)})
     widths = {g["name"]: g["width"] for g in h["groups"]}
     check_entries(h.get("layers"), source, "layers", {
         "name": is_name, "group": lambda v: isinstance(v, str) and v in widths, "shape": is_shape,
         "range": lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(x, -(1 << 24), 1 << 24) for x in v),
         "coded_bits": is_int,  # the decoder checks the stream against each layer's share
-        **{key: is_number for key in ("est_bits", "ideal_bits", "zeros", "zero_slices")}})
+        "est_bits": is_number,
+        **{key: is_number for key in DERIVED_LAYER_FIELDS if h["format_version"] < 3}})
     check_entries(h.get("float_params"), source, "float_params", {
         "name": is_name, "dtype": lambda v: isinstance(v, str) and v in DTYPES, "shape": is_shape})
     both = sorted({layer["name"] for layer in h["layers"]} & {p["name"] for p in h["float_params"]})
@@ -97,9 +102,10 @@ def check_header(h: dict[str, Any], source: str) -> None:
     if total > MAX_ELEMENTS:
         raise corrupt(source, f"the layers claim {total} latents, more than the limit of {MAX_ELEMENTS}")
     shapes = decoder_shapes(h)
-    for section, entries in (("decoders", [(g["dtype"], shapes[g["name"]]) for g in h["groups"]]),
-                             ("float_params", [(p["dtype"], p["shape"]) for p in h["float_params"]])):
-        size = sum(math.prod(shape) * np.dtype(DTYPES[dtype][0]).itemsize for dtype, shape in entries)
+    sizes = {"decoders": sum(decoder_nbytes(g["dtype"], shapes[g["name"]]) for g in h["groups"]),
+             "float_params": sum(math.prod(p["shape"]) * np.dtype(DTYPES[p["dtype"]][0]).itemsize
+                                 for p in h["float_params"])}
+    for section, size in sizes.items():
         if size != sections[section]:
             raise corrupt(source, f"the {section} described in the header take {size} bytes, "
                                    f"but the section holds {sections[section]}")

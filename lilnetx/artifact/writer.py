@@ -15,17 +15,19 @@ from torch import nn
 from lilnetx import entropy_coding as ec
 from lilnetx.artifact.errors import ArtifactError
 from lilnetx.artifact.format import (
-    DTYPES,
-    FLOAT_DTYPES,
+    DECODER_DTYPES,
     FORMAT_VERSION,
     SECTIONS,
     ArtifactInfo,
     assemble,
+    decoder_bytes,
+    decoder_nbytes,
     dtype_name,
     is_latent_key,
     make_info,
     raw_bytes,
     section_parts,
+    snap_decoder,
 )
 from lilnetx.artifact.validation import REPARAM_CHECKS
 from lilnetx.files import atomic_write
@@ -48,9 +50,10 @@ def save(
     mean, std and classes come from ``model.pretrained_cfg``. ``metadata`` is free JSON; its ``dataset``,
     ``metrics`` and ``recipe`` keys become header fields. ``tables="best"`` lets each channel's table follow
     the learned density or the latents' histogram, whichever makes the file smaller; ``"learned"`` always
-    follows the learned density. Each decoder is stored in the narrowest float type that holds it exactly;
-    ``decoder_dtype`` (``"float16"``, ``"bfloat16"``) forces a type: a smaller file whose weights differ
-    slightly from ``model``'s (lossy).
+    follows the learned density. Each decoder is stored in the smallest type that holds it exactly (float16,
+    bfloat16, or ``"qint8"``: int8 with a float16 scale per row, which decoders trained with
+    ``TrainConfig(decoder_dtype="qint8")`` are); ``decoder_dtype`` forces a type: a smaller file whose weights
+    may differ slightly from ``model``'s (lossy).
     """
     tensors = latent_tensors(model)
     if not tensors:
@@ -58,8 +61,8 @@ def save(
                             "before saving; a plain model has no latents to code")
     if tables not in ("best", "learned"):
         raise ArtifactError(f"tables must be 'best' or 'learned', not {tables!r}")
-    if decoder_dtype not in (None, *FLOAT_DTYPES):
-        raise ArtifactError(f"decoder_dtype must be one of {FLOAT_DTYPES}, not {decoder_dtype!r}")
+    if decoder_dtype not in (None, *DECODER_DTYPES):
+        raise ArtifactError(f"decoder_dtype must be one of {DECODER_DTYPES}, not {decoder_dtype!r}")
     arch, arch_kwargs = _arch(model, arch, arch_kwargs)
     sections, groups, layers = _encode_latents(model, tensors, tables, decoder_dtype)
     float_meta, sections["float_params"] = _encode_float_params(model)
@@ -137,11 +140,11 @@ def _encode_latents(model: nn.Module, tensors: list[LatentTensor], tables: str,
         for member, own in zip(members, separate, strict=True):
             tensor_tables[member] = shared if is_shared else own
         table_list += shared if is_shared else [t for own in separate for t in own]
-        dtype = decoder_dtype or _narrowest_exact(group.decoder.detach(), f"decoder of {name}")
-        decoders.append(raw_bytes(group.decoder.detach().to(DTYPES[dtype][1])))
+        dtype = decoder_dtype or _smallest_exact(group.decoder.detach(), f"decoder of {name}")
+        decoders.append(decoder_bytes(group.decoder, dtype))
         group_meta.append({"name": name, "width": group.width, "shared": is_shared, "dtype": dtype})
     coded, shares = ec.encode([(rows[t.name], tensor_tables[t.name]) for t in tensors])
-    layers = [_layer_entry(t, rows[t.name], tensor_tables[t.name], bits)
+    layers = [_layer_entry(t, rows[t.name], bits)
               for t, bits in zip(tensors, shares, strict=True)]
     sections = {"tables": ec.write_tables(table_list), "decoders": b"".join(decoders), "coded_latents": coded}
     return sections, group_meta, layers
@@ -153,43 +156,33 @@ def _fit_tables(group: nn.Module, rows: np.ndarray, tables: str) -> list[ec.Tabl
     if int((hi - lo).max()) >= ec.MAX_SYMBOLS:
         raise ArtifactError(f"latents of group {group.name!r} span {int((hi - lo).max()) + 1} values; at most "
                             f"{ec.MAX_SYMBOLS} per channel can be coded (train with a rate penalty)")
-    counts = [_counts(rows[:, c], int(lo[c]), int(hi[c])) for c in range(group.width)]
+    counts = [np.bincount(rows[:, c] - lo[c], minlength=int(hi[c] - lo[c]) + 1) for c in range(group.width)]
     return group.density.freeze(lo, counts, histogram=tables == "best")
 
 
-def _narrowest_exact(tensor: torch.Tensor, what: str) -> str:
-    """The smallest float dtype that holds every value of ``tensor`` exactly (e.g. float16 for dyadic values)."""
-    for name in ("float16", "bfloat16"):
-        dtype = DTYPES[name][1]
-        if dtype.itemsize < tensor.dtype.itemsize and torch.equal(tensor.to(dtype).to(tensor.dtype), tensor):
-            return name
-    return dtype_name(tensor, what)
-
-
-def _counts(column: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    return np.bincount(column - lo, minlength=hi - lo + 1)
-
-
-def _ideal_bits(tables: list[ec.Table], rows: np.ndarray) -> float:
-    """Bits of ``rows`` under ``tables`` (one per column) with an ideal coder."""
-    return sum(ec.ideal_bits(t.freq, _counts(rows[:, c], t.lo, t.hi)) for c, t in enumerate(tables))
+def _smallest_exact(decoder: torch.Tensor, what: str) -> str:
+    """The decoder type of fewest bytes that holds every value of ``decoder`` exactly (float16 for dyadic
+    values, qint8 for a decoder snapped to it in training), else the decoder's own dtype."""
+    exact = [name for name in ("qint8", "float16", "bfloat16")
+             if torch.equal(snap_decoder(decoder, name), decoder)]
+    own = dtype_name(decoder, what)
+    shape = list(decoder.shape)
+    return min([*exact, own], key=lambda name: decoder_nbytes(name, shape))
 
 
 def _cost(tables: list[list[ec.Table]], rows: list[np.ndarray]) -> float:
     """Bits of distinct tables plus the bits of each ``rows`` under its tables."""
     distinct = {id(t): t for ts in tables for t in ts}.values()
-    return sum(t.cost() for t in distinct) + sum(_ideal_bits(ts, r) for ts, r in zip(tables, rows, strict=True))
+    return sum(t.cost() for t in distinct) + sum(ec.rows_ideal_bits(ts, r) for ts, r in zip(tables, rows, strict=True))
 
 
-def _layer_entry(t: LatentTensor, rows: np.ndarray, tables: list[ec.Table], coded_bits: int) -> dict[str, Any]:
-    """The header's per-layer row: shape, symbol range, bits (estimated, ideal, coded) and zeros."""
+def _layer_entry(t: LatentTensor, rows: np.ndarray, coded_bits: int) -> dict[str, Any]:
+    """The header's per-layer row: shape, symbol range, bits (estimated by the density, coded); the reader
+    recomputes ideal bits and zeros from the latents."""
     est = float(t.group.density.total_bits(torch.as_tensor(rows, dtype=t.latent.dtype, device=t.latent.device),
                                             resolution=1))
-    ideal = _ideal_bits(tables, rows)
     return {"name": t.name, "group": t.group.name, "shape": list(t.latent.shape),
-            "range": [int(rows.min()), int(rows.max())],
-            "est_bits": round(est, 1), "ideal_bits": round(ideal, 1), "coded_bits": int(coded_bits),
-            "zeros": int((rows == 0).sum()), "zero_slices": int((rows == 0).all(axis=1).sum())}
+            "range": [int(rows.min()), int(rows.max())], "est_bits": round(est, 1), "coded_bits": int(coded_bits)}
 
 
 def _encode_float_params(model: nn.Module) -> tuple[list[dict[str, Any]], bytes]:

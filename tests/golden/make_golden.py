@@ -29,6 +29,7 @@ KWARGS = {"num_classes": 3}
 ARTIFACT = HERE / f"tiny_v{FORMAT_VERSION}.lnx"
 EXPECTED = HERE / f"tiny_v{FORMAT_VERSION}.json"
 DECODER_FORMS = {"conv5x5": "diagonal", "conv3x3": "scalar"}  # format 2: compact decoders (format 1: all full)
+QINT8_GROUP = "conv5x5"  # format 3: its decoder is int8 x a power-of-two scale, so it is stored as qint8
 
 
 def build(num_classes: int = 3) -> nn.Module:
@@ -59,6 +60,9 @@ def golden_model() -> nn.Module:
         t.latent.copy_(torch.from_numpy(values))
     for group in lilnetx.latent_groups(model).values():
         group.decoder.copy_(torch.from_numpy(rng.integers(-64, 65, group.decoder.shape) / 256))
+    q = rng.integers(-126, 127, model_group(model, QINT8_GROUP).decoder.shape)
+    q[:, 0] = 127  # each row's largest magnitude is 127: its scale is exactly 1/512
+    model_group(model, QINT8_GROUP).decoder.copy_(torch.from_numpy(q / 512))
     for name, value in model.state_dict().items():
         if ".parametrizations." in f".{name}":
             continue
@@ -69,6 +73,10 @@ def golden_model() -> nn.Module:
     model.lilnetx_arch = {"name": ARCH, "kwargs": dict(KWARGS)}
     model.pretrained_cfg = {"input_size": (1, 8, 8), "mean": (0.5,), "std": (0.25,), "num_classes": 3}
     return model
+
+
+def model_group(model: nn.Module, name: str) -> nn.Module:
+    return lilnetx.latent_groups(model)[name]
 
 
 def weights_sha256(model: nn.Module) -> str:

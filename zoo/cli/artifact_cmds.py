@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 import lilnetx
-from lilnetx.artifact import FLOAT_DTYPES
+from lilnetx.artifact import DECODER_DTYPES
 from zoo.cli.output import format_table, print_json
 from zoo.pipeline import export_run
 
@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "verified .lnx file.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `lilnetx train --out RUN_DIR`")
     p.add_argument("-o", "--output", required=True, metavar="FILE.lnx", help="artifact to write")
-    p.add_argument("--decoder-dtype", choices=FLOAT_DTYPES,
-                   help="store decoders at this precision (default: the narrowest exact one); when that "
+    p.add_argument("--decoder-dtype", choices=DECODER_DTYPES,
+                   help="store decoders in this type (default: the smallest exact one; qint8 = int8 with a float16 "
+                        "scale per row); when that "
                         "changes the weights, the artifact is re-evaluated on the dataset's test split")
     p.add_argument("--keep-dead-paths", action="store_true",
                    help="store weights on dead paths too (by default they are zeroed: lossless, smaller)")
