@@ -8,6 +8,7 @@ from lilnetx.artifact import (
     ArchitectureBuildError,
     ArtifactError,
     ArtifactInfo,
+    ArtifactNotFoundError,
     BadMagicError,
     ChecksumMismatchError,
     CorruptHeaderError,
@@ -40,7 +41,8 @@ from lilnetx.slim import slim
 from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, evaluate, train
 
 __all__ = [
-    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "BadMagicError", "ChecksumMismatchError",
+    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "ArtifactNotFoundError", "BadMagicError",
+    "ChecksumMismatchError",
     "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError", "from_artifact",
     "load", "read_artifact", "read_header", "save", "verify",
     "LilnetxError",

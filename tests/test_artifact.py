@@ -27,6 +27,7 @@ from lilnetx import entropy_coding as ec
 from lilnetx.artifact import (
     ArchitectureBuildError,
     ArtifactError,
+    ArtifactNotFoundError,
     BadMagicError,
     ChecksumMismatchError,
     CorruptHeaderError,
@@ -349,6 +350,14 @@ def test_save_refuses_what_it_cannot_describe(model, tmp_path):
 
 
 # --------------------------------------------------------------------------- reading errors
+
+
+@pytest.mark.parametrize("read", [lilnetx.load, lilnetx.read_artifact, lilnetx.read_header, lilnetx.verify])
+def test_a_missing_file_or_a_folder_names_the_path_and_the_fix(read, tmp_path):
+    for path, what in ((tmp_path / "nope.lnx", "no such .lnx file"), (tmp_path, "is a folder")):
+        with pytest.raises(ArtifactNotFoundError, match=what) as caught:
+            read(path)
+        assert str(path) in str(caught.value) and isinstance(caught.value, FileNotFoundError)
 
 
 def test_wrong_magic(saved):

@@ -16,6 +16,7 @@ Modules: ``format`` (constants, framing, bytes), ``errors``, ``validation`` (hea
 from lilnetx.artifact.errors import (
     ArchitectureBuildError,
     ArtifactError,
+    ArtifactNotFoundError,
     BadMagicError,
     ChecksumMismatchError,
     CorruptHeaderError,
@@ -38,7 +39,7 @@ from lilnetx.artifact.writer import save
 
 __all__ = [
     "BUILDER_GROUP", "DECODER_DTYPES", "DTYPES", "FLOAT_DTYPES", "FORMAT_VERSION", "SECTIONS",
-    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "BadMagicError", "Builder", "ChecksumMismatchError",
+    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "ArtifactNotFoundError", "BadMagicError", "Builder", "ChecksumMismatchError",
     "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError",
     "from_artifact", "load", "read_artifact", "read_header", "save", "snap_decoder", "verify",
 ]

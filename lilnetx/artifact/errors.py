@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lilnetx.errors import LilnetxError
@@ -9,6 +10,22 @@ from lilnetx.errors import LilnetxError
 
 class ArtifactError(LilnetxError, ValueError):
     """Base class: a ``.lnx`` file that cannot be written, read or rebuilt. The message says what to do."""
+
+
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """No readable file at the given path (also a ``FileNotFoundError``)."""
+
+
+def read_file(path: str | Path) -> bytes:
+    """The bytes of ``path``; an ``ArtifactNotFoundError`` naming the path and the fix when there are none."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactNotFoundError(f"{path}: no such .lnx file; check the path, or get a zoo model by name "
+                                    "with zoo.pull(NAME) / `lilnetx zoo pull NAME`") from exc
+    except IsADirectoryError as exc:
+        raise ArtifactNotFoundError(f"{path} is a folder, not a .lnx file; pass the file inside it "
+                                    "(a training run folder is exported with `lilnetx export RUN_DIR -o FILE.lnx`)") from exc
 
 
 class TruncatedArtifactError(ArtifactError):

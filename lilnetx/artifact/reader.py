@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lilnetx import entropy_coding as ec
-from lilnetx.artifact.errors import corrupt
+from lilnetx.artifact.errors import corrupt, read_file
 from lilnetx.artifact.format import (
     DIGEST_SIZE,
     MAGIC,
@@ -34,7 +34,7 @@ from lilnetx.artifact.validation import check_header
 
 def read_artifact(path: str | Path) -> DecodedArtifact:
     """Read, verify (magic, version, checksum, header consistency) and decode ``path``; builds no model."""
-    data = Path(path).read_bytes()
+    data = read_file(path)
     header, sections = parse(data, str(path))
     return decode(data, header, sections, str(path))
 
@@ -43,7 +43,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
     """The verified header of ``path`` (checksum and header consistency checked, latents not decoded). From
     format 3 on, layers carry no ``ideal_bits`` / ``zeros`` / ``zero_slices``: ``read_artifact(path).header``
     has them, recomputed from the decoded latents."""
-    return parse(Path(path).read_bytes(), str(path))[0]
+    return parse(read_file(path), str(path))[0]
 
 
 def verify(path: str | Path) -> ArtifactInfo:

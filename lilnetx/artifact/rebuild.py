@@ -16,6 +16,7 @@ from lilnetx.artifact.errors import (
     CorruptHeaderError,
     corrupt,
     mismatch,
+    read_file,
 )
 from lilnetx.artifact.format import DecodedArtifact, is_latent_key
 from lilnetx.artifact.reader import decode, parse
@@ -48,7 +49,7 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
         from lilnetx.slim import slim as slim_model
 
         return slim_model(load(path, builder=builder), sparse=True)
-    data = Path(path).read_bytes()
+    data = read_file(path)
     header, sections = parse(data, str(path))
     if reparameterized:
         model = _rebuild(header, builder, str(path))
