@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from zoo.cli import main as cli
+from zoo.model_card import percent
 from zoo.service import Zoo
 
 DEMO_RUN = Path("runs/demo-digits")
@@ -35,10 +36,6 @@ def step(argv: Sequence[str]) -> None:
         raise DemoFailed(f"demo step failed with exit code {code}: lilnetx {' '.join(argv)}")
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
 def claimed_vs_measured() -> None:
     """Every entry's claimed and measured top-1; entries not measured yet are measured now."""
     print("\n== Accuracy: what each artifact's header claims, and what was measured here ==")
@@ -48,8 +45,8 @@ def claimed_vs_measured() -> None:
     rows = Zoo.from_env().list()
     for row in rows:
         claimed, on = row["claimed_accuracy"] or {}, row["measured_on"]
-        print(f"{row['name']:<34} {row['bytes']:>7,} B  claimed top-1 {_pct(claimed.get('top1')):>7}  "
-              f"measured {_pct(row['accuracy']['top1']):>7} on {on['images']:,} {on['dataset']} test images")
+        print(f"{row['name']:<34} {row['bytes']:>7,} B  claimed top-1 {percent(claimed.get('top1')):>7}  "
+              f"measured {percent(row['accuracy']['top1']):>7} on {on['images']:,} {on['dataset']} test images")
 
 
 def train_and_publish_demo() -> None:

@@ -64,7 +64,8 @@ def model_card(name: str, dataset: str, record: ArtifactRecord,
     }
 
 
-def _pct(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with two decimals ("99.04 %"), or "n/a"."""
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
@@ -80,10 +81,10 @@ def accuracy_text(card: dict[str, Any]) -> str:
     """``97.35 % / 99.98 % (measured on 10,000 mnist test images; claimed 99.91 % / n/a)``, or the claim
     marked as such."""
     acc, claimed, on = card["accuracy"], card["claimed_accuracy"], card["measured_on"]
-    shown = f"{_pct(acc['top1'])} / {_pct(acc['top5'])}"
+    shown = f"{percent(acc['top1'])} / {percent(acc['top5'])}"
     if not acc["measured"]:
         return f"{shown} (claimed by the artifact, not measured here)" if claimed else shown
-    claim = f"; claimed {_pct(claimed['top1'])} / {_pct(claimed['top5'])}" if claimed else ""
+    claim = f"; claimed {percent(claimed['top1'])} / {percent(claimed['top5'])}" if claimed else ""
     return f"{shown} (measured on {on['images']:,} {on['dataset']} test images{claim})"
 
 
@@ -99,7 +100,7 @@ def _facts(card: dict[str, Any]) -> list[tuple[str, str]]:
         ("Size", _bytes(size["bytes"])),
         ("Compression vs fp32", f"{size['compression_ratio']:,.1f}x ({_bytes(size['fp32_bytes'])} as fp32)"),
         ("Slice / unstructured sparsity",
-         f"{_pct(card['sparsity']['slice'])} / {_pct(card['sparsity']['unstructured'])}"),
+         f"{percent(card['sparsity']['slice'])} / {percent(card['sparsity']['unstructured'])}"),
         ("MACs dense / sparse", f"{_count(card['macs']['dense'])} / {_count(card['macs']['sparse'])}"),
         ("sha256", card["sha256"]),
     ]
@@ -127,7 +128,7 @@ def to_markdown(card: dict[str, Any]) -> str:
               "| layer | group | shape | params | coded bits | slice sparsity | MACs (sparse) |",
               "|---|---|---|---:|---:|---:|---:|"]
     lines += [f"| {x['name']} | {x['latent_group'] or '-'} | {'x'.join(map(str, x['shape']))} | "
-              f"{x['params']:,} | {_count(x['coded_bits'])} | {_pct(x['slice_sparsity'])} | "
+              f"{x['params']:,} | {_count(x['coded_bits'])} | {percent(x['slice_sparsity'])} | "
               f"{_count(x['macs_sparse'])} |" for x in card["layers"]]
     lines += ["", "## Recipe", "", "```json", json.dumps(card["recipe"], indent=2, sort_keys=True), "```"]
     lines += ["", "## How to load", "", "```python", card["how_to_load"]["python"], "```", "", "```bash",
