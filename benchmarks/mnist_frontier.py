@@ -26,6 +26,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 import lilnetx
+from zoo import recipe as recipes
 from zoo import registry
 from zoo.pipeline import export_run
 
@@ -71,17 +72,18 @@ def point(name: str, recipe: Path, shipped: bool, run: Path) -> dict:
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     spec = yaml.safe_load((run / "recipe.yaml").read_text())
     target = ROOT / "zoo_artifacts" / f"{name}.lnx" if shipped else run / f"{name}.lnx"
+    export = recipes.export_settings(yaml.safe_load(recipe.read_text()))  # the recipe file's, as `lilnetx export`
     start = time.perf_counter()
-    export_run(run, target)
+    export_run(run, target, decoder_dtype=export["decoder_dtype"], dead_paths=export["dead_paths"])
     export_seconds = time.perf_counter() - start
     row = {"name": name, "arch": spec["arch"], "shipped": shipped, "recipe": str(recipe.relative_to(ROOT)),
            "epochs": len(log), "train_seconds": round(sum(r["seconds"] for r in log), 1),
-           "export_seconds": round(export_seconds, 2), "reparam": spec["reparam"],
+           "export_seconds": round(export_seconds, 2), "export": export, "reparam": spec["reparam"],
            "train": {k: spec["train"][k] for k in ("epochs", "lr", "decoder_lr", "density_lr", "lambda_rate",
                                                      "lambda_slice", "warmup_epochs")},
            **measure(target)}
     with tempfile.TemporaryDirectory() as tmp:  # the same run with dead paths kept: what their removal saves
-        kept = export_run(run, Path(tmp) / "kept.lnx", dead_paths=False)
+        kept = export_run(run, Path(tmp) / "kept.lnx", decoder_dtype=export["decoder_dtype"], dead_paths=False)
         row["bytes_with_dead_paths"] = kept.size_bytes
     return row
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 import lilnetx
+from zoo import recipe as recipes
 from zoo import registry
 from zoo.names import from_filename, split_name, to_filename
 from zoo.pipeline import export_run
@@ -60,7 +61,8 @@ def main() -> None:
                             "--no-progress"], check=True)
         if args.export and (run / "stats.json").is_file():
             artifact.parent.mkdir(exist_ok=True)
-            export_run(run, artifact)
+            export = recipes.export_settings(recipes.load(recipe))  # the recipe file's, as `lilnetx export`
+            export_run(run, artifact, decoder_dtype=export["decoder_dtype"], dead_paths=export["dead_paths"])
         if not artifact.is_file():
             print(f"skipping {name}: no {artifact} (use --export, with --train for a missing run)", file=sys.stderr)
             continue

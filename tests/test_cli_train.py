@@ -69,12 +69,13 @@ def test_train_writes_the_run_folder(straight_run: tuple[Path, dict]):
 def test_run_folder_keeps_the_exact_full_recipe(straight_run: tuple[Path, dict]):
     run, _ = straight_run
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    assert set(recipe) == {"arch", "arch_kwargs", "dataset", "dataset_kwargs", "reparam", "train"}
+    assert set(recipe) == {"arch", "arch_kwargs", "dataset", "dataset_kwargs", "reparam", "train", "export"}
+    assert recipe["export"] == {"decoder_dtype": None, "dead_paths": True}
     config = TrainConfig.from_dict(recipe["train"])  # every key, valid
     assert config == TrainConfig(**{**FAST_RECIPE["train"], "lambda_rate": 1e-3, "warmup_epochs": 0.0})
     assert recipe["reparam"] == {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],
                                  "group_overrides": None, "density_filters": [3, 3, 3], "latent_bound": 3,
-                                 "decoder_forms": None}
+                                 "decoder_forms": None, "fan_out_split": 4.0}
 
 
 def test_export_rebuilds_the_stored_spec_without_the_dataset(straight_run: tuple[Path, dict], tmp_path: Path,
@@ -99,6 +100,27 @@ def test_export_rebuilds_the_stored_spec_without_the_dataset(straight_run: tuple
     loaded = lilnetx.load(tmp_path / "m.lnx")
     measured = lilnetx.evaluate(loaded, DataLoader(digits.test, batch_size=256))
     assert measured["top1"] == pytest.approx(summary["top1"], abs=1e-9)
+
+
+def test_the_recipes_export_section_decides_how_the_run_is_written(straight_run: tuple[Path, dict], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]):
+    """export.decoder_dtype: qint8 stores int8 decoders and re-measures the lossy file; flags still win."""
+    run = tmp_path / "run"
+    shutil.copytree(straight_run[0], run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    write_recipe(run / "recipe.yaml", {**recipe, "export": {"decoder_dtype": "qint8", "dead_paths": True}})
+    assert run_cli("export", str(run), "-o", str(tmp_path / "q.lnx"))[0] == 0
+    header = lilnetx.read_header(tmp_path / "q.lnx")
+    assert {g["dtype"] for g in header["groups"]} >= {"qint8"} and header["recipe"]["export"]["decoder_dtype"] == "qint8"
+    assert header["metrics"]["top1"] != straight_run[1]["top1"] or header["metrics"]["test_loss"] != pytest.approx(
+        json.loads((run / "stats.json").read_text())["test_loss"], abs=0)  # measured on the lossy file
+    assert run_cli("export", str(run), "-o", str(tmp_path / "h.lnx"), "--decoder-dtype", "float16")[0] == 0
+    assert {g["dtype"] for g in lilnetx.read_header(tmp_path / "h.lnx")["groups"]} == {"float16"}
+    write_recipe(run / "recipe.yaml", {**recipe, "export": {"decoder_dtype": "int4"}})
+    assert run_cli("export", str(run), "-o", str(tmp_path / "bad.lnx"))[0] == 2
+    err = capsys.readouterr().err
+    assert "export.decoder_dtype 'int4' is not one of" in err and "qint8" in err
+    assert not (tmp_path / "bad.lnx").exists()
 
 
 @pytest.mark.parametrize("name, damage", [

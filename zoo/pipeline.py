@@ -139,8 +139,11 @@ def _run_model(run_dir: Path, recipe: dict[str, Any], spec: dict[str, Any] | Non
 
 
 def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None,
-               dead_paths: bool = True) -> ArtifactInfo:
+               dead_paths: bool | None = None) -> ArtifactInfo:
     """Write the model of training run ``run_dir`` to ``output`` with its dataset, metrics and recipe.
+
+    ``decoder_dtype`` and ``dead_paths`` default to the recipe's ``export`` section (else: the smallest exact
+    decoder type, dead paths removed).
 
     ``dead_paths`` zeroes the weights that cannot change any output first (``lilnetx.dead_paths``: lossless).
     The recipe in the header has machine paths (``dataset_kwargs.root``) removed. The metrics are the run's,
@@ -148,6 +151,12 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
     the dataset's test split (the only case that loads the dataset).
     """
     recipe, spec, stats, checkpoint = read_run(run_dir)
+    try:
+        settings = recipes.export_settings(recipe)
+    except recipes.RecipeError as exc:
+        raise RunFolderError(f"{Path(run_dir) / 'recipe.yaml'}: {exc}") from exc
+    decoder_dtype = decoder_dtype or settings["decoder_dtype"]
+    dead_paths = settings["dead_paths"] if dead_paths is None else dead_paths
     model = _run_model(Path(run_dir), recipe, spec)
     try:
         model.load_state_dict(checkpoint["model"])

@@ -1,7 +1,8 @@
 """Training recipes: one YAML mapping that holds every choice of a run.
 
 Sections: ``arch`` and ``arch_kwargs`` (builder options), ``dataset`` and ``dataset_kwargs`` (loader
-options, e.g. ``root``), ``reparam`` (``lilnetx.reparameterize`` options) and ``train`` (``TrainConfig``).
+options, e.g. ``root``), ``reparam`` (``lilnetx.reparameterize`` options), ``train`` (``TrainConfig``) and
+``export`` (how ``lilnetx export`` writes the run: ``decoder_dtype``, ``dead_paths``).
 Layers merge left to right: defaults, a recipe file, command-line flags. ``model_and_data`` builds a
 recipe's model and dataset for training; ``model_from_spec`` rebuilds the same model from the resolved architecture
 spec a run folder stores, for export.
@@ -27,7 +28,11 @@ from zoo.errors import ZooError
 
 FREE_FORM = ("arch_kwargs", "dataset_kwargs")  # checked against the builder / loader signature later
 FROM_DATASET = ("num_classes", "input_size", "mean", "std")  # architecture options the dataset decides
-TYPED = ("reparam", "train")
+TYPED = ("reparam", "train", "export")
+EXPORT_OPTIONS: dict[str, tuple[Any, str]] = {  # zoo.pipeline.export_run's settings: (default, type)
+    "decoder_dtype": (None, "str | None"),  # None: the smallest exact type; else lossy, re-measured on export
+    "dead_paths": (True, "bool"),  # zero the weights no output can see (lossless)
+}
 
 
 class RecipeError(ZooError, ValueError):
@@ -59,6 +64,7 @@ def default_recipe() -> dict[str, Any]:
         "dataset_kwargs": {},
         "reparam": {k: _plain(d) for k, (d, _) in _reparam_options().items()},
         "train": {k: _plain(d) for k, (d, _) in _train_options().items()},
+        "export": {k: d for k, (d, _) in EXPORT_OPTIONS.items()},
     }
 
 
@@ -96,7 +102,7 @@ def merge(base: dict[str, Any], update: dict[str, Any], source: str) -> dict[str
         raise RecipeError(f"{source}: a recipe is a mapping of sections ({', '.join(base)}), "
                           f"got {type(update).__name__}")
     merged = copy.deepcopy(base)
-    options = {"reparam": _reparam_options(), "train": _train_options()}
+    options = {"reparam": _reparam_options(), "train": _train_options(), "export": EXPORT_OPTIONS}
     for key, value in update.items():
         _check_key(key, list(base), source)
         if key in TYPED or key in FREE_FORM:
@@ -139,6 +145,15 @@ def train_config(recipe: dict[str, Any]) -> TrainConfig:
         return TrainConfig.from_dict(recipe["train"])
     except lilnetx.ConfigError as exc:
         raise RecipeError(f"recipe train section: {exc}") from exc
+
+
+def export_settings(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's ``export`` section with defaults filled in (recipes older than the section have none)."""
+    settings = {k: d for k, (d, _) in EXPORT_OPTIONS.items()} | (recipe.get("export") or {})
+    if settings["decoder_dtype"] not in (None, *lilnetx.artifact.DECODER_DTYPES):
+        raise RecipeError(f"recipe export.decoder_dtype {settings['decoder_dtype']!r} is not one of "
+                          f"{', '.join(lilnetx.artifact.DECODER_DTYPES)} (or null: the smallest exact type)")
+    return settings
 
 
 def check_arch_kwargs(recipe: dict[str, Any]) -> None:

@@ -21,11 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `lilnetx train --out RUN_DIR`")
     p.add_argument("-o", "--output", required=True, metavar="FILE.lnx", help="artifact to write")
     p.add_argument("--decoder-dtype", choices=DECODER_DTYPES,
-                   help="store decoders in this type (default: the smallest exact one; qint8 = int8 with a float16 "
-                        "scale per row); when that "
-                        "changes the weights, the artifact is re-evaluated on the dataset's test split")
+                   help="store decoders in this type (default: the recipe's export.decoder_dtype, else the smallest "
+                        "exact one; qint8 = int8 with a float16 scale per row); when that changes the weights, "
+                        "the artifact is re-evaluated on the dataset's test split")
     p.add_argument("--keep-dead-paths", action="store_true",
-                   help="store weights on dead paths too (by default they are zeroed: lossless, smaller)")
+                   help="store weights on dead paths too (by default, or unless the recipe's export.dead_paths "
+                        "is false, they are zeroed: lossless, smaller)")
     p.add_argument("--onnx", metavar="FILE.onnx",
                    help="also write the slimmed model as ONNX, checked with onnxruntime against PyTorch "
                         "(needs the `onnx` extra)")
@@ -54,7 +55,7 @@ def run_export(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise CLIError(str(exc)) from None
     info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype,
-                      dead_paths=not args.keep_dead_paths)
+                      dead_paths=False if args.keep_dead_paths else None)
     onnx = _export_onnx(str(info.path), args.onnx) if args.onnx else None
     if args.json:
         print_json({**dataclasses.asdict(info), "path": str(info.path), **({"onnx": onnx} if onnx else {})})
