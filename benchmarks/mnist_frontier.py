@@ -102,9 +102,9 @@ def plot(rows: list[dict], path: Path) -> None:
     others = [r for r in (json.loads(zoo_file.read_text()) if zoo_file.is_file() else [])
               if r["name"] not in {row["name"] for row in rows}]
 
-    archs = ("lenet5_caffe", "lenet_300_100")
-    fig, axes = plt.subplots(1, len(archs), figsize=(11, 4.2))
-    for ax, arch in zip(axes, archs, strict=True):
+    archs = tuple(dict.fromkeys(r["arch"] for r in rows))  # one panel per architecture, in the rows' order
+    fig, axes = plt.subplots(1, len(archs), figsize=(5.5 * len(archs), 4.2), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
         ours = sorted((r for r in rows if r["arch"] == arch), key=lambda r: r["bytes"])
         ax.scatter([r["bytes"] for r in ours], [100 * r["top1"] for r in ours], color="tab:blue", label="ours")
         for r in ours:
