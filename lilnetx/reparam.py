@@ -1,6 +1,8 @@
 """Reparameterise any ``nn.Module``: every conv / linear weight becomes ``decode(round_ste(Z))``.
 
-Layers are grouped by kernel shape (``conv3x3``, ``conv1x1``, ``dense``, ``bias``...). Each group owns one
+Layers are grouped by kernel shape (``conv3x3``, ``conv1x1``, ``dense``, ``bias``...), and a kernel shape's
+layers by fan-out where it differs more than 4x (``conv1x1_fo48``...), so that every layer's latents start
+in a similar range. Each group owns one
 linear decoder (by default a ``width x width`` matrix, ``width = K*K``; a scalar for 1x1 convs, dense layers
 and biases; ``decoder_forms`` may make a K x K group's decoder diagonal or scalar, which costs fewer bytes
 of side information) and one factorised density with ``width`` channels. There is no shift term, so a zero latent slice decodes to
@@ -26,6 +28,7 @@ STRUCTURES = ("slice", "channel", "filter")
 INITS = ("scratch", "fit")
 DECODER_FORMS = ("full", "diagonal", "scalar")  # width x width matrix, one scale per kernel position, one scale
 LATENT_BOUND_B = 3  # b of METHOD.md: latents of the widest layer start in about [-b, b]
+FAN_OUT_SPLIT = 4.0  # a kernel-shape group is split where its layers' fan-outs differ by more than this factor
 FIT_LEVELS_PER_STD = 16  # init="fit": quantisation step = RMS of the group's weights / this
 
 LayerPolicy = Callable[[str, nn.Module], "str | bool | None"]
@@ -173,11 +176,13 @@ def _fan_out(weight: Tensor) -> int:
 
 
 def _select_layers(
-    model: nn.Module, exclude: Iterable[str], group_overrides: dict[str, str], layer_policy: LayerPolicy | None
-) -> list[tuple[str, nn.Module, str]]:
-    """(name, module, group name) of every layer to compress."""
+    model: nn.Module, exclude: Iterable[str], group_overrides: dict[str, str], layer_policy: LayerPolicy | None,
+    fan_out_split: float | None = None,
+) -> list[tuple[str, nn.Module, str, str]]:
+    """(name, module, group name, group name before any fan-out split) of every layer to compress."""
     patterns = tuple(exclude)
     chosen = []
+    named: set[str] = set()  # groups that a policy or an override named
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             continue
@@ -190,8 +195,35 @@ def _select_layers(
             continue
         override = next((g for p, g in group_overrides.items() if fnmatch.fnmatchcase(name, p)), None)
         group = override or (decision if isinstance(decision, str) else default_group_name(module))
+        if override or isinstance(decision, str):
+            named.add(group)
         chosen.append((name, module, group))
-    return chosen
+    split = {} if fan_out_split is None else _fan_out_groups(
+        [(g, _fan_out(m.weight)) for _, m, g in chosen if g not in named], fan_out_split)
+    return [(name, module, split.get((group, _fan_out(module.weight)), group), group)
+            for name, module, group in chosen]
+
+
+def _fan_out_groups(members: list[tuple[str, int]], ratio: float) -> dict[tuple[str, int], str]:
+    """(group, fan-out) -> group name, so that no group's fan-outs differ by more than ``ratio``.
+
+    The widest layers keep the group's name; each further cluster, from the widest remaining fan-out F down to
+    F / ``ratio``, is named ``<group>_fo<F>``. With one decoder per group calibrated on its widest layer, every
+    layer's latents then start within [b / sqrt(ratio), b] (one shared decoder scale puts a layer of fan-out
+    F at ``b * sqrt(F_max / F)``: ±43 for MobileNetV2's narrowest 1x1 convs).
+    """
+    fans: dict[str, set[int]] = {}
+    for group, fan in members:
+        fans.setdefault(group, set()).add(fan)
+    names = {}
+    for group, values in fans.items():
+        ordered = sorted(values, reverse=True)
+        head = ordered[0]
+        for fan in ordered:
+            if fan * ratio < head:
+                head = fan
+            names[(group, fan)] = group if head == ordered[0] else f"{group}_fo{head}"
+    return names
 
 
 def reparameterize(
@@ -206,6 +238,7 @@ def reparameterize(
     density_filters: tuple[int, ...] = (3, 3, 3),
     latent_bound: float = LATENT_BOUND_B,
     decoder_forms: dict[str, str] | None = None,
+    fan_out_split: float | None = FAN_OUT_SPLIT,
 ) -> nn.Module:
     """Turn ``model`` into a LilNetX model in place and return it.
 
@@ -220,8 +253,16 @@ def reparameterize(
     ``latent_bound`` is b of METHOD.md: the widest layer's latents start in about [-b, b] (keep it >= ~0.5:
     below that every latent rounds to zero and no gradient reaches the weights). ``decoder_forms`` maps
     group names to a decoder form, ``full`` (default), ``diagonal`` or ``scalar``, e.g.
-    ``{"conv5x5": "diagonal"}``: 25 stored values instead of 625.
+    ``{"conv5x5": "diagonal"}``: 25 stored values instead of 625 (a split group ``conv1x1_fo48`` takes
+    ``conv1x1``'s form unless named itself). ``fan_out_split`` splits a kernel-shape group whose layers'
+    fan-outs differ by more than this factor into groups ``<group>_fo<F>`` (its widest layers keep the
+    name), so every layer's latents start within [b / sqrt(fan_out_split), b] with He-variance weights;
+    ``None`` keeps one group per kernel shape, as before (a layer of fan-out F then starts in about
+    ±b·sqrt(F_max / F)). Groups named by ``group_overrides`` or the layer policy are never split.
     """
+    if fan_out_split is not None and not fan_out_split >= 1:
+        raise ReparamError(f"fan_out_split must be a factor >= 1 (or None to keep one group per kernel shape), "
+                           f"got {fan_out_split!r}")
     if init not in INITS:
         raise ReparamError(f"unknown init {init!r}; choose one of {INITS}")
     if structure not in STRUCTURES:
@@ -230,20 +271,22 @@ def reparameterize(
         raise ReparamError("model is already reparameterised; build a fresh model to reparameterise again")
     group_overrides = dict(group_overrides or {})
     decoder_forms = dict(decoder_forms or {})
-    layers = _select_layers(model, exclude, group_overrides, layer_policy)
+    layers = _select_layers(model, exclude, group_overrides, layer_policy, fan_out_split)
     if not layers:
         raise ReparamError("no Conv or Linear layer left to compress (check `exclude` and the layer policy)")
-    unknown = sorted(set(decoder_forms) - {g for _, _, g in layers} - ({"bias"} if compress_bias else set()))
+    unknown = sorted(set(decoder_forms) - {g for layer in layers for g in layer[2:]}
+                     - ({"bias"} if compress_bias else set()))
     if unknown:
         raise ReparamError(f"decoder_forms names group(s) {unknown} that this model does not have; its groups: "
-                           f"{sorted({g for _, _, g in layers})}")
+                           f"{sorted({g for _, _, g, _ in layers})}")
 
     groups: dict[str, LatentGroup] = {}
     members: dict[str, list[tuple[nn.Module, str]]] = {}
-    for name, module, group_name in layers:
+    for name, module, group_name, unsplit_name in layers:
         width = _slice_width(module)
         if group_name not in groups:
-            groups[group_name] = LatentGroup(group_name, width, density_filters, decoder_forms.get(group_name, "full"))
+            form = decoder_forms.get(group_name, decoder_forms.get(unsplit_name, "full"))
+            groups[group_name] = LatentGroup(group_name, width, density_filters, form)
         group = groups[group_name]
         if group.width != width:
             raise ReparamError(
