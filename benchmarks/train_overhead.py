@@ -1,10 +1,12 @@
 """Time per training step: LilNetX vs plain training of the same model and batch, measured side by side.
 
-    .venv/bin/python benchmarks/train_overhead.py [--steps 40] [--no-compiled] [--out benchmarks/results/train_overhead.json]
+    .venv/bin/python benchmarks/train_overhead.py [--steps 40] [--no-compiled] [--only ARCH] [--out FILE.json]
 
 Plain: cross-entropy + one Adam. LilNetX: ``Trainer.step`` (the fused objective, two Adam optimisers,
-decoder snapping, schedules), eager and with ``TrainConfig(compile=True)``. Steps of the variants are
-interleaved in blocks so drift of this shared machine hits all alike; ratios of medians are reported.
+decoder snapping, schedules) as shipped (the fused pass in its C++ kernel where it builds), on the eager
+PyTorch pass (``LILNETX_FUSED=eager``), and that eager pass with ``TrainConfig(compile=True)``. Steps of the
+variants are interleaved in blocks so drift of this shared machine hits all alike; ratios of medians are
+reported.
 Then a profile of each pass (median ms, forward + backward, on the model's own latents) and, for
 ResNet-20 width 4, the peak memory of a step (peak RSS of a fresh process above its RSS before the first
 step) for plain vs LilNetX.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -30,6 +33,7 @@ from torch.utils.data import TensorDataset
 
 import lilnetx
 import zoo
+from lilnetx import fused as fused_pass
 from lilnetx.objective import TrainingTerms, structured_norms, tensors_by_group
 from lilnetx.training import TrainConfig, Trainer
 
@@ -64,6 +68,21 @@ def lilnetx_trainer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled
     return Trainer(model, TensorDataset(x, y), None, config, progress=False)
 
 
+def on_eager_pass(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``LILNETX_FUSED=eager``: the fused pass in eager PyTorch instead of the C++ kernel."""
+    def run() -> object:
+        before = os.environ.get(fused_pass.ENV_SWITCH)
+        os.environ[fused_pass.ENV_SWITCH] = "eager"
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ[fused_pass.ENV_SWITCH]
+            else:
+                os.environ[fused_pass.ENV_SWITCH] = before
+    return run
+
+
 def timed(step: Callable[[], object]) -> float:
     start = time.perf_counter()
     step()
@@ -79,11 +98,13 @@ def measure(arch: str, kwargs: dict, batch: int, input_size: tuple, steps: int, 
             block: int = 5) -> dict:
     x, y = batch_of(batch, input_size)
     steps_by_name: dict[str, Callable[[], object]] = {"plain": plain_step(zoo.create_model(arch, **kwargs), x, y)}
-    trainers = {"lilnetx": lilnetx_trainer(zoo.create_model(arch, **kwargs), x, y, compiled=False)}
-    if compiled:
+    trainers = {"lilnetx": lilnetx_trainer(zoo.create_model(arch, **kwargs), x, y, compiled=False),
+                "lilnetx_eager": lilnetx_trainer(zoo.create_model(arch, **kwargs), x, y, compiled=False)}
+    if compiled:  # compile applies to the eager pass only
         trainers["lilnetx_compiled"] = lilnetx_trainer(zoo.create_model(arch, **kwargs), x, y, compiled=True)
     for name, trainer in trainers.items():
-        steps_by_name[name] = lambda t=trainer: t.step(x, y)
+        step = lambda t=trainer: t.step(x, y)  # noqa: E731
+        steps_by_name[name] = step if name == "lilnetx" else on_eager_pass(step)
     compile_s = {}
     for name, step in steps_by_name.items():  # warm-up (and compilation)
         compile_s[name] = timed(step)
@@ -96,7 +117,8 @@ def measure(arch: str, kwargs: dict, batch: int, input_size: tuple, steps: int, 
     med = {k: 1000 * statistics.median(v) for k, v in times.items()}
     row = {"arch": arch, "kwargs": kwargs, "batch": batch, "input_size": list(input_size),
            "steps": len(times["plain"]), "plain_ms": med["plain"], "lilnetx_ms": med["lilnetx"],
-           "ratio": med["lilnetx"] / med["plain"]}
+           "ratio": med["lilnetx"] / med["plain"], "native": fused_pass.load_extension() is not None,
+           "eager_ms": med["lilnetx_eager"], "eager_ratio": med["lilnetx_eager"] / med["plain"]}
     if compiled:
         row.update(compiled_ms=med["lilnetx_compiled"], compiled_ratio=med["lilnetx_compiled"] / med["plain"],
                    first_compiled_step_s=compile_s["lilnetx_compiled"])
@@ -137,9 +159,9 @@ def profile(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, reps: int
     def unfused_lasso() -> None:
         _backward([structured_norms(t, structure).sum() for t in tensors if t.is_weight])
 
-    def fused(compiled: bool) -> Callable[[], None]:
+    def fused(compiled: bool, native: bool) -> Callable[[], None]:
         def run() -> None:
-            with TrainingTerms(tensors, structure=structure, compiled=compiled) as terms:
+            with TrainingTerms(tensors, structure=structure, compiled=compiled, native=native) as terms:
                 weights = [getattr(t.module, t.tensor_name) for t in tensors]
             _backward([terms.bits, terms.l2, terms.lasso, *weights])
         return run
@@ -147,8 +169,9 @@ def profile(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, reps: int
     result = {}
     for name, fn in [("unfused decode", unfused_decode), ("unfused noise", noise),
                      ("unfused interpolated rate (incl. noise, grid)", unfused_rate), ("unfused L2", unfused_l2),
-                     ("unfused group lasso", unfused_lasso), ("fused group pass (eager)", fused(False)),
-                     *([("fused group pass (compiled)", fused(True))] if compiled else [])]:
+                     ("unfused group lasso", unfused_lasso), ("fused group pass (eager)", fused(False, False)),
+                     *([("fused group pass (compiled)", fused(True, False))] if compiled else []),
+                     *([("fused group pass (C++)", fused(False, True))] if fused_pass.load_extension() else [])]:
         result[name] = median_ms(lambda f=fn: (zero_grads(), f()), reps)
     result.update(_step_phases(arch, kwargs, x, y, trainer, reps))
     return result
@@ -237,32 +260,44 @@ def main() -> None:
     parser.add_argument("--no-compiled", dest="compiled", action="store_false",
                         help="skip the TrainConfig(compile=True) variant")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_overhead.json"))
+    parser.add_argument("--only", action="append", metavar="ARCH",
+                        help="measure only these architectures (repeatable); writes no results file unless --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default benchmarks/results/train_overhead.json for a full run)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe[0], int(args.memory_probe[1]))))
         return
+    if args.out is None and not args.only:
+        args.out = Path("benchmarks/results/train_overhead.json")
     rows = []
     for case in CASES:
+        if args.only and case[0] not in args.only:
+            continue
         rows.append(measure(*case[:4], steps=args.steps or case[4], compiled=args.compiled))
         print(f"{_name(rows[-1])}: ratio {rows[-1]['ratio']:.3f}", file=sys.stderr, flush=True)
     result = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "rows": rows, "memory": memory(MEMORY_CASE)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| model | batch | plain ms/step | LilNetX ms/step | ratio | compiled ms/step | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+              "torch": torch.__version__, "rows": rows,
+              "memory": memory(MEMORY_CASE) if not args.only else None}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| model | batch | plain ms/step | LilNetX ms/step | ratio | eager pass ms/step | ratio "
+          "| eager compiled ms/step | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         compiled = f"{r['compiled_ms']:.1f} | {r['compiled_ratio']:.3f}×" if "compiled_ms" in r else "– | –"
         print(f"| {_name(r)} | {r['batch']} | {r['plain_ms']:.1f} | {r['lilnetx_ms']:.1f} | {r['ratio']:.3f}× "
-              f"| {compiled} |")
+              f"| {r['eager_ms']:.1f} | {r['eager_ratio']:.3f}× | {compiled} |")
     print("\nProfile (median ms, forward + backward):\n")
     print("| pass | " + " | ".join(_name(r) for r in rows) + " |\n|---|" + "---:|" * len(rows))
     for key in rows[0]["profile_ms"]:
         print(f"| {key} | " + " | ".join(f"{r['profile_ms'][key]:.2f}" for r in rows) + " |")
     mem = result["memory"]
+    if mem is None:
+        return
     print(f"\nPeak step memory, {_name(mem)} batch {mem['batch']}: plain {mem['plain']['step_peak_mib']:.0f} MiB, "
           f"LilNetX {mem['lilnetx']['step_peak_mib']:.0f} MiB ({mem['ratio']:.2f}×)")
 

@@ -2,22 +2,37 @@
 
 A group's latents are concatenated once per step; one autograd ``Function`` computes the interpolated noisy
 rate, ``ΣZ²``, the slice lasso and ``round(Z)`` (whose decoding every member shares), and its backward
-sums all their gradients in one go. The per-element work lives in two plain functions of tensors
-(:func:`_forward_kernel`, :func:`_backward_kernel`) run eagerly or compiled by ``torch.compile`` (switch:
-``compiled=``); the noise is drawn outside them with ``torch.rand_like`` so both give the same values as
-the unfused path (``FactorizedDensity.total_bits`` and per-tensor priors), which the tests check.
+sums all their gradients in one go. The per-element work runs in one of two ways:
+
+- the C++ kernel ``lilnetx/csrc/fused_terms.cpp`` (:func:`native_group_terms`, built on first use by
+  :mod:`lilnetx.native`): one pass over the members' latents in place (no concatenation) that draws the noise
+  from a counter-based generator (SplitMix64 of a per-step seed taken from torch's default generator), writes
+  the rounded latents -- or, for scale decoders, the decoded weights -- and the rate histograms, and one pass
+  back that writes every latent's gradient;
+- eager PyTorch (:class:`_GroupTerms`, the reference and the fallback where no compiler exists), whose
+  backward may be compiled by ``torch.compile`` (``compiled=``); its noise is ``torch.rand_like``, so it
+  gives the same values as the unfused path (``FactorizedDensity.total_bits`` and per-tensor priors).
+
+With the same draws both give the same rate, L2, lasso, rounded latents and gradients, which the tests check.
+``LILNETX_FUSED=eager`` in the environment (or ``TrainingTerms(native=False)``) selects the eager path.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from lilnetx import native
 from lilnetx.density import GRID_RESOLUTION, FactorizedDensity
+
+SOURCE = native.CSRC / "fused_terms.cpp"
+ENV_SWITCH = "LILNETX_FUSED"  # "eager": never use the C++ kernel
 
 
 def _positions(z: Tensor, draws: Tensor | None, lo: float, resolution: int) -> tuple[Tensor, Tensor]:
@@ -95,7 +110,10 @@ class _GroupTerms(torch.autograd.Function):
 
 def grid_ranges(rows: list[Tensor]) -> list[tuple[int, int]]:
     """Integer grid range of each tensor, one unit to spare on both sides (one sync for all)."""
-    bounds = torch.stack([torch.stack(torch.aminmax(r.detach())) for r in rows]).tolist()
+    return _ranges(torch.stack([torch.stack(torch.aminmax(r.detach())) for r in rows]).tolist())
+
+
+def _ranges(bounds: list[list[float]]) -> list[tuple[int, int]]:
     if not all(math.isfinite(v) for b in bounds for v in b):
         raise FloatingPointError("latents contain NaN or infinity: training diverged; lower the learning "
                                  "rate or enable gradient clipping (TrainConfig.grad_clip)")
@@ -121,3 +139,131 @@ def group_terms(rows: Tensor, table: Tensor, lo: int, *, noise: bool = True, las
     ``round(rows)`` has the straight-through gradient of ``round_ste``.
     """
     return _GroupTerms.apply(rows, table, float(lo), resolution, noise, lasso, compiled)
+
+
+@functools.cache
+def load_extension() -> ModuleType | None:
+    """The compiled kernel, built on first use; ``None`` (with one warning) where it cannot be built."""
+    return native.build(SOURCE, "lilnetx_fused_terms", owner="lilnetx.fused",
+                        fallback="the fused training pass runs in eager PyTorch")
+
+
+def _extension() -> ModuleType:
+    ext = load_extension()
+    if ext is None:
+        raise RuntimeError("lilnetx.fused: the C++ kernel could not be built (see the warning: no compiler or a "
+                           "failed build); use the eager path (native=False)")
+    return ext
+
+
+def native_usable(latents: Sequence[Tensor]) -> bool:
+    """Can the C++ kernel take these latents (contiguous float32 on the CPU), is it wanted
+    (``LILNETX_FUSED`` is not ``eager``) and built?"""
+    if os.environ.get(ENV_SWITCH, "").strip().lower() == "eager":
+        return False
+    if not all(z.dtype == torch.float32 and z.device.type == "cpu" and z.is_contiguous() for z in latents):
+        return False
+    return load_extension() is not None
+
+
+def native_grid_ranges(groups: list[list[Tensor]]) -> list[tuple[int, int]]:
+    """:func:`grid_ranges` of each group's members (one pass, no concatenation; C++ kernel)."""
+    return _ranges(_extension().group_ranges([[z.detach() for z in g] for g in groups]).tolist())
+
+
+class _NativeGrid(torch.autograd.Function):
+    """``FactorizedDensity.bits_grid`` in the C++ kernel (double inside), differentiable in the density."""
+
+    @staticmethod
+    def forward(ctx, lo: int, hi: int, resolution: int, layers: int, *params: Tensor) -> Tensor:
+        matrices, biases, factors = params[:layers], params[layers:2 * layers], params[2 * layers:]
+        ctx.grid = (lo, hi, resolution, layers)
+        ctx.save_for_backward(*params)
+        return _extension().grid_forward(list(matrices), list(biases), list(factors), lo, hi, resolution)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        lo, hi, resolution, layers = ctx.grid
+        params = ctx.saved_tensors
+        grads = _extension().grid_backward(list(params[:layers]), list(params[layers:2 * layers]),
+                                           list(params[2 * layers:]), lo, hi, resolution, grad.contiguous())
+        return (None, None, None, None, *grads)
+
+
+def native_bits_grid(density: FactorizedDensity, lo: int, hi: int, resolution: int = GRID_RESOLUTION) -> Tensor:
+    """``density.bits_grid(lo, hi, resolution)`` by the C++ kernel: one call forward, one back, instead of some
+    forty small tensor operations (float32 parameters on the CPU)."""
+    params = [*density.matrices, *density.biases, *density.factors]
+    return _NativeGrid.apply(lo, hi, resolution, len(density.matrices), *params)
+
+
+def native_tables(densities: list[FactorizedDensity], groups: list[list[Tensor]],
+                  resolution: int = GRID_RESOLUTION) -> list[tuple[Tensor, int]]:
+    """:func:`grid_tables` of each group's members: ranges by the C++ kernel, and the grids of one-channel
+    float32 densities too (:func:`native_bits_grid`: scalar code, faster than PyTorch's forty small operations
+    there; on wider densities PyTorch's vectorised ones win, so those keep ``bits_grid``)."""
+    def table(d: FactorizedDensity, lo: int, hi: int) -> Tensor:
+        if d.channels == 1 and all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous()
+                                   for p in d.parameters()):
+            return native_bits_grid(d, lo, hi, resolution)
+        return d.bits_grid(lo, hi, resolution)
+    return [(table(d, lo, hi), lo) for d, (lo, hi) in zip(densities, native_grid_ranges(groups), strict=True)]
+
+
+def _step_seed() -> int:
+    """A 64-bit seed for the kernel's noise, taken from torch's default generator (``torch.manual_seed``
+    reproduces it)."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+class _NativeGroupTerms(torch.autograd.Function):
+    """The C++ pass: ``(*outputs, bits, ΣZ², lasso)`` of one group's members (see :func:`native_group_terms`)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, decoder: Tensor | None, lo: float, resolution: int, noise: bool, lasso: bool,
+                width: int, draws: Tensor | None, *latents: Tensor):
+        ext = _extension()
+        seed = _step_seed() if noise and draws is None else 0
+        dec = decoder.detach().contiguous() if decoder is not None else None
+        bits, l2, lasso_sum, slope, weights, *outputs = ext.group_forward(
+            list(latents), width, table.detach().contiguous(), dec, lo, resolution, seed, noise,
+            None if draws is None else draws.detach().contiguous(), lasso)
+        ctx.set_materialize_grads(False)
+        ctx.width, ctx.resolution, ctx.lasso, ctx.decoded = width, resolution, lasso, dec is not None
+        ctx.save_for_backward(slope, weights, dec, *latents)
+        return (*outputs, bits, l2, lasso_sum)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        *grad_outputs, g_bits, g_l2, g_lasso = grads
+        slope, weights, dec, *latents = ctx.saved_tensors
+        grad_outputs = [g if g is None else g.contiguous() for g in grad_outputs]
+        gb = 0.0 if g_bits is None else float(g_bits)
+        grad_dec, *grad_latents = _extension().group_backward(
+            latents, ctx.width, slope, dec, grad_outputs, gb * ctx.resolution,
+            0.0 if g_l2 is None else 2 * float(g_l2), 0.0 if g_lasso is None else float(g_lasso), ctx.lasso)
+        grad_table = weights * gb if ctx.needs_input_grad[0] else None
+        if grad_dec is not None and ctx.needs_input_grad[1]:
+            grad_dec = grad_dec.view(dec.shape)
+        else:
+            grad_dec = None
+        return (grad_table, grad_dec, None, None, None, None, None, None, *grad_latents)
+
+
+def native_group_terms(latents: Sequence[Tensor], width: int, table: Tensor, lo: int, *,
+                       decoder: Tensor | None = None, noise: bool = True, lasso: bool = True,
+                       draws: Tensor | None = None, resolution: int = GRID_RESOLUTION
+                       ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """``(outputs, bits, ΣZ², Σ‖row‖₂)`` of a group whose members' latents are ``latents`` (each a whole number
+    of ``width``-wide rows, contiguous float32), by the C++ kernel (:func:`load_extension` must not be None).
+
+    The terms are those of :func:`group_terms` on the members' concatenated rows. ``decoder``, a scale
+    decoder of shape ``(1, 1)`` or ``(1, width)``: the outputs are the members' decoded weights
+    ``round(z) * decoder``, one per member (gradients reach the decoder too); without it, one ``(N, width)``
+    tensor of the rounded rows. ``draws`` (one value in [0, 1) per latent, in member order) replaces the
+    kernel's own noise, for tests against the eager path; otherwise noise ``u - 1/2`` is drawn with a seed
+    taken from torch's default generator.
+    """
+    *outputs, bits, l2, lasso_sum = _NativeGroupTerms.apply(table, decoder, float(lo), resolution, noise, lasso,
+                                                            width, draws, *latents)
+    return outputs, bits, l2, lasso_sum

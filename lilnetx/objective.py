@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lilnetx.fused import grid_tables, group_terms
+from lilnetx.fused import grid_tables, group_terms, native_group_terms, native_tables, native_usable
 from lilnetx.reparam import LatentGroup, LatentTensor, LatentWeight, latent_tensors
 
 
@@ -86,29 +86,63 @@ class TrainingTerms:
             loss = F.cross_entropy(model(x), y)
         terms = step.objective(loss)
 
-    ``compiled=True`` runs the per-element work through ``torch.compile`` (same values; slow first step).
+    The per-element work runs in the C++ kernel of ``lilnetx.fused`` where it is built and the latents are
+    contiguous float32 CPU tensors (``native=None``; ``native=False`` or ``LILNETX_FUSED=eager``: eager
+    PyTorch, whose noise draws equal the unfused path's). ``compiled=True`` runs the eager path's grid tables
+    and backward through ``torch.compile`` (same values; slow first step); the C++ path ignores it.
     """
 
     def __init__(self, tensors: list[LatentTensor], lambdas: Lambdas = Lambdas(), structure: str = "slice", *,
-                 decode: bool = True, compiled: bool = False):
+                 decode: bool = True, compiled: bool = False, native: bool | None = None):
         self.lambdas = lambdas
         self.slices = num_slices(tensors)
         self.bits = self.l2 = self.lasso = torch.zeros(())
         self._weights: list[tuple[LatentWeight, Tensor]] = []
         by_group = tensors_by_group(tensors)
+        if native is None:
+            native = native_usable([t.latent for t in tensors])
+        if native:
+            self._native_pass(by_group, structure, decode)
+        else:
+            self._eager_pass(by_group, structure, decode, compiled)
+
+    def _add(self, members: list[LatentTensor], structure: str, fused_lasso: bool, bits: Tensor, l2: Tensor,
+             lasso: Tensor) -> None:
+        self.bits, self.l2, self.lasso = self.bits + bits, self.l2 + l2, self.lasso + lasso
+        if not fused_lasso:
+            self.lasso = self.lasso + sum((structured_norms(t, structure).sum() for t in members if t.is_weight),
+                                          torch.zeros(()))
+
+    def _use(self, members: list[LatentTensor], weights: list[Tensor]) -> None:
+        self._weights += [(t.module.parametrizations[t.tensor_name][0], w.view(t.latent.shape))
+                          for t, w in zip(members, weights, strict=True)]
+
+    def _eager_pass(self, by_group: dict[LatentGroup, list[LatentTensor]], structure: str, decode: bool,
+                    compiled: bool) -> None:
         rows = [_group_rows(members) for members in by_group.values()]
         tables = grid_tables([g.density for g in by_group], rows, compiled=compiled)
         for (group, members), group_rows, (table, lo) in zip(by_group.items(), rows, tables, strict=True):
             fused_lasso = structure == "slice" and all(t.is_weight for t in members)
             rounded, bits, l2, lasso = group_terms(group_rows, table, lo, lasso=fused_lasso, compiled=compiled)
-            self.bits, self.l2, self.lasso = self.bits + bits, self.l2 + l2, self.lasso + lasso
-            if not fused_lasso:
-                self.lasso = self.lasso + sum((structured_norms(t, structure).sum() for t in members
-                                               if t.is_weight), torch.zeros(()))
+            self._add(members, structure, fused_lasso, bits, l2, lasso)
             if decode:
-                decoded = group.decode(rounded).reshape(-1).split([t.latent.numel() for t in members])
-                self._weights += [(t.module.parametrizations[t.tensor_name][0], w.view(t.latent.shape))
-                                  for t, w in zip(members, decoded, strict=True)]
+                self._use(members, group.decode(rounded).reshape(-1).split([t.latent.numel() for t in members]))
+
+    def _native_pass(self, by_group: dict[LatentGroup, list[LatentTensor]], structure: str, decode: bool) -> None:
+        """The C++ kernel: grid tables, and one pass per group over the members' latents in place; scale decoders
+        (width 1, diagonal, scalar) decoded in it."""
+        latents = [[t.latent for t in members] for members in by_group.values()]
+        tables = native_tables([g.density for g in by_group], latents)
+        for (group, members), zs, (table, lo) in zip(by_group.items(), latents, tables, strict=True):
+            fused_lasso = structure == "slice" and all(t.is_weight for t in members)
+            scales = decode and (group.width == 1 or group.form != "full")
+            outputs, bits, l2, lasso = native_group_terms(zs, group.width, table, lo, lasso=fused_lasso,
+                                                          decoder=group.decoder if scales else None)
+            self._add(members, structure, fused_lasso, bits, l2, lasso)
+            if scales:
+                self._use(members, outputs)
+            elif decode:
+                self._use(members, group.decode(outputs[0]).reshape(-1).split([z.numel() for z in zs]))
 
     def __enter__(self) -> TrainingTerms:
         for parametrization, weight in self._weights:

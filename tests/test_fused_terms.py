@@ -1,6 +1,9 @@
-"""The fused training pass (one per latent group) against the unfused per-tensor path it replaced."""
+"""The fused training pass (one per latent group) against the unfused per-tensor path it replaced, and its C++
+kernel against the eager PyTorch pass."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -9,8 +12,10 @@ from conftest import small_convnet
 from torch import nn
 
 import lilnetx
+from lilnetx import fused
+from lilnetx.density import FactorizedDensity
 from lilnetx.fused import grid_tables, group_terms
-from lilnetx.objective import TrainingTerms, num_slices, rate_bits, structured_norms
+from lilnetx.objective import TrainingTerms, num_slices, rate_bits, structured_norms, tensors_by_group
 from lilnetx.reparam import latent_groups
 from lilnetx.training import TrainConfig, Trainer
 
@@ -51,7 +56,7 @@ def test_fused_terms_decoded_weights_and_gradients_match_the_unfused_path(struct
     expected = torch.autograd.grad(loss, params, allow_unused=True)
 
     torch.manual_seed(1)  # the same noise draws
-    with TrainingTerms(tensors, structure=structure) as terms:
+    with TrainingTerms(tensors, structure=structure, native=False) as terms:
         fused_weights = [getattr(t.module, t.tensor_name) for t in tensors]
     for t in tensors:
         assert t.module.parametrizations[t.tensor_name][0].step_weight is None  # cleared on exit
@@ -96,12 +101,14 @@ def _batches(n: int = 3):
     return [(torch.randn(8, 1, 12, 12, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
 
 
-def test_trainer_steps_follow_the_unfused_objective():
-    """Three optimiser steps with the same seed: fused Trainer.step and the unfused objective stay together."""
+def test_trainer_steps_follow_the_unfused_objective(monkeypatch):
+    """Three optimiser steps with the same seed: fused Trainer.step (eager path) and the unfused objective stay
+    together."""
+    monkeypatch.setenv(fused.ENV_SWITCH, "eager")
     data = torch.utils.data.TensorDataset(torch.zeros(8, 1, 12, 12), torch.zeros(8, dtype=torch.long))
     config = TrainConfig(lr=1e-2, batch_size=8, decoder_dtype=None)
-    fused, reference = _model(), _model()
-    trainers = [Trainer(m, data, None, config, progress=False) for m in (fused, reference)]
+    kernel_model, reference = _model(), _model()
+    trainers = [Trainer(m, data, None, config, progress=False) for m in (kernel_model, reference)]
     for x, y in _batches():
         torch.manual_seed(3)
         trainers[0].step(x, y)
@@ -118,13 +125,14 @@ def test_trainer_steps_follow_the_unfused_objective():
         t.opt_density.step()
         for s in t.schedulers:
             s.step()
-    for a, b in zip(fused.state_dict().values(), reference.state_dict().values(), strict=True):
+    for a, b in zip(kernel_model.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert any(not torch.equal(a, b) for a, b in zip(fused.state_dict().values(), _model().state_dict().values(),
+    assert any(not torch.equal(a, b) for a, b in zip(kernel_model.state_dict().values(), _model().state_dict().values(),
                                                          strict=True))  # it did train
 
 
-def test_objective_in_training_mode_uses_the_fused_pass_and_keeps_its_terms():
+def test_objective_in_training_mode_uses_the_fused_pass_and_keeps_its_terms(monkeypatch):
+    monkeypatch.setenv(fused.ENV_SWITCH, "eager")
     model = _model()
     torch.manual_seed(2)
     terms = lilnetx.objective(model, torch.tensor(1.0), lilnetx.Lambdas(rate=0.5, l2=0.1, slice=0.2))
@@ -144,7 +152,7 @@ def test_compiled_pass_matches_eager():
     results = []
     for compiled in (False, True):
         torch.manual_seed(4)
-        with TrainingTerms(tensors, compiled=compiled) as terms:
+        with TrainingTerms(tensors, compiled=compiled, native=False) as terms:
             weights = [getattr(t.module, t.tensor_name) for t in tensors]
         loss = terms.bits + terms.l2 + terms.lasso + _weight_probe(weights)
         results.append((loss.detach(), torch.autograd.grad(loss, params)))
@@ -152,3 +160,222 @@ def test_compiled_pass_matches_eager():
     assert loss_c.item() == pytest.approx(loss_e.item(), rel=1e-5)
     for e, c in zip(grads_e, grads_c, strict=True):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
+
+
+# ---- The C++ kernel (lilnetx/csrc/fused_terms.cpp) against the eager pass and the unfused path. ----
+
+def _ext():
+    ext = fused.load_extension()
+    if ext is None:
+        pytest.skip("no C++ compiler: the fused pass runs in eager PyTorch")
+    return ext
+
+
+def _splitmix_draw(seed: int, i: int) -> float:
+    """The documented generator, in Python: SplitMix64's i-th output, top 24 bits."""
+    m = 2**64
+    z = (seed + (i + 1) * 0x9E3779B97F4A7C15) % m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % m
+    return ((z ^ (z >> 31)) >> 40) / 2**24
+
+
+def test_kernel_noise_is_uniform_reproducible_and_documented():
+    ext = _ext()
+    draws = ext.uniform_draws(12345, 200_000)
+    assert draws.min() >= 0 and draws.max() < 1  # noise u - 1/2 in [-1/2, 1/2)
+    assert abs(draws.mean().item() - 0.5) < 3e-3 and abs(draws.var().item() - 1 / 12) < 2e-3
+    assert torch.histc(draws, bins=10, min=0, max=1).sub(20_000).abs().max() < 600  # flat
+    assert [draws[i].item() for i in (0, 1, 2, 99_999)] == [_splitmix_draw(12345, i) for i in (0, 1, 2, 99_999)]
+    assert not torch.equal(ext.uniform_draws(12346, 100), draws[:100])
+    torch.manual_seed(7)
+    first = fused._step_seed()
+    torch.manual_seed(7)
+    assert fused._step_seed() == first != fused._step_seed()  # from torch's generator: manual_seed repeats it
+
+
+def _members(width: int, sizes=(40, 700, 8)) -> list[torch.Tensor]:
+    torch.manual_seed(width)
+    members = [torch.randn(n, width) * 3 for n in sizes]
+    for m in members:  # exact zeros, a zero row, -0.0 and a tie (round half to even)
+        m.view(-1)[:5] = 0.0
+        m.view(-1)[5] = -0.0
+        m.view(-1)[6] = 2.5
+        m[1] = 0.0
+    return [m.requires_grad_(True) for m in members]
+
+
+@pytest.mark.parametrize("width, decoder_shape", [(1, (1, 1)), (1, None), (9, None), (9, (1, 9)), (25, (1, 1))])
+@pytest.mark.parametrize("noise", [True, False])
+def test_kernel_matches_the_eager_pass_with_the_same_draws(width, decoder_shape, noise):
+    _ext()
+    members = _members(width)
+    rows = torch.cat(members)
+    density = FactorizedDensity(width)
+    (table, lo), = grid_tables([density], [rows])
+    table = table.detach().requires_grad_(True)
+    decoder = torch.randn(decoder_shape).requires_grad_(True) if decoder_shape else None
+    torch.manual_seed(5)
+    draws = torch.rand_like(rows)
+    torch.manual_seed(5)  # the eager pass draws the same values with torch.rand_like
+    rounded, bits, l2, lasso = group_terms(rows, table, lo, noise=noise)
+    expected_out = rounded * decoder if decoder is not None else rounded
+    outputs, n_bits, n_l2, n_lasso = fused.native_group_terms(members, width, table, lo, decoder=decoder,
+                                                              noise=noise, draws=draws)
+    got_out = torch.cat([o.reshape(-1, width) for o in outputs]) if decoder is not None else outputs[0]
+    assert torch.equal(got_out, expected_out) and torch.equal(got_out.signbit(), expected_out.signbit())
+    for a, b in [(bits, n_bits), (l2, n_l2), (lasso, n_lasso)]:
+        assert b.item() == pytest.approx(a.item(), rel=1e-5)
+    probe = torch.linspace(-1, 1, got_out.numel()).view(got_out.shape)
+    inputs = [table, *members] + ([decoder] if decoder is not None else [])
+    expected = torch.autograd.grad(0.3 * bits + 0.7 * l2 + 1.3 * lasso + (expected_out * probe).sum(), inputs)
+    got = torch.autograd.grad(0.3 * n_bits + 0.7 * n_l2 + 1.3 * n_lasso + (got_out * probe).sum(), inputs)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
+
+
+def test_kernel_draws_its_own_noise_from_the_step_seed(monkeypatch):
+    ext = _ext()
+    members = _members(1)
+    rows = torch.cat(members)
+    (table, lo), = grid_tables([FactorizedDensity(1)], [rows])
+    monkeypatch.setattr(fused, "_step_seed", lambda: 99)
+    own = fused.native_group_terms(members, 1, table, lo)
+    given = fused.native_group_terms(members, 1, table, lo, draws=ext.uniform_draws(99, rows.numel()))
+    assert own[1].item() == given[1].item()
+    torch.manual_seed(5)
+    torch.manual_seed(5)
+    assert own[1].item() != fused.native_group_terms(members, 1, table, lo, noise=False)[1].item()
+
+
+@pytest.mark.parametrize("channels, lo, hi", [(1, -5, 6), (9, -40, 2)])
+def test_kernel_grid_matches_the_density_in_float64(channels, lo, hi):
+    _ext()
+    torch.manual_seed(0)
+    density = FactorizedDensity(channels)
+    with torch.no_grad():
+        for p in density.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    reference = FactorizedDensity(channels).double()
+    reference.load_state_dict(density.state_dict())
+    got, expected = fused.native_bits_grid(density, lo, hi, 32), reference.bits_grid(lo, hi, 32)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)
+    probe = torch.randn(got.shape, dtype=torch.float64)
+    g_got = torch.autograd.grad((got * probe.float()).sum(), list(density.parameters()))
+    g_exp = torch.autograd.grad((expected * probe).sum(), list(reference.parameters()))
+    for g, e in zip(g_got, g_exp, strict=True):
+        torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-6 * e.abs().max().item())
+
+
+def _kernel_noise_for_unfused(monkeypatch, tensors) -> None:
+    """``torch.rand_like`` (the unfused path's noise, one call per tensor) returns the kernel's draws: per group
+    a stream seeded from torch's generator when its first member asks, split over the members in order."""
+    sizes = [[t.latent.numel() for t in m] for m in tensors_by_group(tensors).values()]
+    state = {"group": 0, "queue": []}
+
+    def rand_like(x, *args, **kwargs):
+        if not state["queue"]:
+            group = sizes[state["group"] % len(sizes)]
+            state["group"] += 1
+            state["queue"] = list(fused.load_extension().uniform_draws(fused._step_seed(), sum(group)).split(group))
+        draws = state["queue"].pop(0)
+        assert draws.numel() == x.numel()
+        return draws.view(x.shape).to(x.dtype)
+    monkeypatch.setattr(torch, "rand_like", rand_like)
+
+
+def _unfused_with_kernel_draws(monkeypatch, model: nn.Module, structure: str, dtype: torch.dtype):
+    model = copy.deepcopy(model).to(dtype)
+    tensors = lilnetx.latent_tensors(model)
+    _kernel_noise_for_unfused(monkeypatch, tensors)
+    torch.manual_seed(1)
+    weights, bits, l2, lasso = _unfused(model, structure)
+    probe = sum((w * torch.linspace(-1, 1, w.numel(), dtype=dtype).view(w.shape)).sum() for w in weights)
+    params = _latents_decoders_densities(model)
+    grads = torch.autograd.grad(0.3 * bits + 0.7 * l2 + 1.3 * lasso + probe, params)
+    monkeypatch.undo()
+    return weights, (bits, l2, lasso), grads
+
+
+def _latents_decoders_densities(model: nn.Module) -> list[torch.Tensor]:
+    tensors = lilnetx.latent_tensors(model)
+    groups = latent_groups(model).values()
+    return [t.latent for t in tensors] + [g.decoder for g in groups] + [p for g in groups for p in g.density.parameters()]
+
+
+@pytest.mark.parametrize("structure", ["slice", "channel"])
+def test_kernel_pass_matches_the_unfused_path(monkeypatch, structure):
+    """TrainingTerms on the C++ kernel against the per-tensor unfused path fed the kernel's own draws, in float32
+    and float64: weights bit for bit, terms to 1e-5, and every gradient at least as close to the float64
+    evaluation as the float32 unfused path is (up to 1e-5 of the tensor's largest gradient). The kernel's
+    one-channel grids are float64 inside: there its gradients are ~10x closer to float64 than float32 PyTorch."""
+    _ext()
+    model = _model(structure)
+    tensors = lilnetx.latent_tensors(model)
+    torch.manual_seed(1)
+    with TrainingTerms(tensors, structure=structure, native=True) as terms:
+        weights = [getattr(t.module, t.tensor_name) for t in tensors]
+    loss = 0.3 * terms.bits + 0.7 * terms.l2 + 1.3 * terms.lasso + _weight_probe(weights)
+    got = torch.autograd.grad(loss, _latents_decoders_densities(model))
+    ref_weights, ref_terms, ref32 = _unfused_with_kernel_draws(monkeypatch, model, structure, torch.float32)
+    _, terms64, ref64 = _unfused_with_kernel_draws(monkeypatch, model, structure, torch.float64)
+    for a, b in zip(ref_weights, weights, strict=True):
+        assert torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+    for name, a, b, c in zip(("bits", "l2", "lasso"), ref_terms, terms64,
+                             (terms.bits, terms.l2, terms.lasso), strict=True):
+        assert c.item() == pytest.approx(a.item(), rel=1e-5) and c.item() == pytest.approx(b.item(), rel=1e-5), name
+    assert len(got) == len(ref32) > len(tensors)
+    for g, e32, e64 in zip(got, ref32, ref64, strict=True):
+        scale = e64.abs().max().item()
+        kernel_error = (g.double() - e64).abs().max().item()
+        assert kernel_error <= (e32.double() - e64).abs().max().item() + 1e-5 * scale
+
+
+def test_eager_switch_and_fallback_without_a_compiler(monkeypatch):
+    latents = [torch.zeros(3, 9)]
+    monkeypatch.setenv(fused.ENV_SWITCH, "eager")
+    assert not fused.native_usable(latents)
+    monkeypatch.delenv(fused.ENV_SWITCH)
+    assert not fused.native_usable([torch.zeros(3, 9, dtype=torch.float64)])
+    assert not fused.native_usable([torch.zeros(9, 3).t()])  # not contiguous
+    monkeypatch.setattr(fused, "load_extension", lambda: None)
+    assert not fused.native_usable(latents)
+    model = _model()
+    torch.manual_seed(1)
+    terms = TrainingTerms(lilnetx.latent_tensors(model))  # the eager pass: torch.rand_like's draws
+    torch.manual_seed(1)
+    _, bits, _, _ = _unfused(model, "slice")
+    assert terms.bits.item() == pytest.approx(bits.item(), rel=1e-5)
+    with pytest.raises(RuntimeError, match="native=False"):
+        TrainingTerms(lilnetx.latent_tensors(model), native=True)
+
+
+def test_infinite_latents_are_a_clear_error_in_the_kernel_pass():
+    _ext()
+    model = _model()
+    with torch.no_grad():
+        lilnetx.latent_tensors(model)[-1].latent.view(-1)[0] = float("inf")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        TrainingTerms(lilnetx.latent_tensors(model), native=True)
+
+
+def test_short_training_on_the_kernel_stays_with_the_eager_pass(monkeypatch):
+    """Same seed, 25 steps: the C++ pass (its own noise draws) and the eager pass reach the same losses and
+    rate to 2 %, by different latents."""
+    _ext()
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(32, 1, 12, 12, generator=g), torch.randint(0, 10, (32,), generator=g)
+    data = torch.utils.data.TensorDataset(x, y)
+    config = TrainConfig(lr=3e-2, batch_size=32, decoder_dtype=None, lambda_rate=1.0)
+    runs = {}
+    for path in ("native", "eager"):
+        monkeypatch.setenv(fused.ENV_SWITCH, path)
+        trainer = Trainer(_model(), data, None, config, progress=False)
+        torch.manual_seed(3)
+        history = [trainer.step(x, y) for _ in range(25)]
+        latents = torch.cat([t.latent.detach().reshape(-1) for t in trainer.tensors])
+        runs[path] = (history[0]["task"].item(), history[-1]["task"].item(), history[-1]["bits"].item(), latents)
+    (first_n, last_n, bits_n, z_n), (first_e, last_e, bits_e, z_e) = runs["native"], runs["eager"]
+    assert last_n < 0.9 * first_n and last_e < 0.9 * first_e  # both train
+    assert last_n == pytest.approx(last_e, rel=0.02) and bits_n == pytest.approx(bits_e, rel=0.02)
+    assert not torch.equal(z_n, z_e)  # different noise: really two paths

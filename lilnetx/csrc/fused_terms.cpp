@@ -1,0 +1,584 @@
+// Fused LilNetX training terms of one latent group, in one pass over its latents (forward) and one pass
+// back (backward); the C++ path of lilnetx/fused.py, whose eager PyTorch code is the reference.
+//
+// Forward, per latent z (row r, column c of the group's (N, w) rows, members read in place, no concatenation):
+//   u   = uniform draw in [0, 1)          (counter-based, below; or an explicit draws tensor for tests)
+//   pos = ((u + z) - (lo + 1/2)) * res    (noise off: (z - lo) * res), k = floor(pos), frac = pos - k
+//   histogram of (c, k): count and sum of frac; per-element slope table[c, k + 1] - table[c, k] saved for
+//   the backward; Σz², and the slice lasso Σ|z| (w = 1) or Σ‖row‖₂ (w > 1); round(z) (+0.0 for -0.0), and
+//   for groups with scale decoders ((1, 1) or (1, w)) directly the decoded weight round(z) * d[c].
+// The rate Σ table[c, k] + frac * slope is summed from the histograms, which also give the table's gradient.
+// The positions use the eager path's float operations in its order, so with the same draws they are equal
+// bit for bit; sums are accumulated in double.
+//
+// Noise: draw i of a step is the i-th output of SplitMix64 (Steele, Lea & Flood 2014) from the 64-bit seed
+// the Python side takes from torch's default generator once per group and step:
+//   mix64(seed + (i + 1) * 0x9E3779B97F4A7C15), top 24 bits * 2^-24
+// (24 bits, as torch.rand's float draws). Each draw depends only on (seed, i), so the values do not depend on
+// the number of threads, and the loop stays vectorisable. Threads come from ATen's pool.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ULL;
+constexpr int64_t kBlock = 1024;  // elements per inner block (rows of the block fit it)
+constexpr int64_t kGrainElements = 16384;
+
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+inline float draw(uint64_t seed, uint64_t i) {
+  return static_cast<float>(mix64(seed + (i + 1) * kGamma) >> 40) * (1.0f / 16777216.0f);
+}
+
+// The group's members as consecutive row ranges of its (N, w) rows.
+struct Members {
+  std::vector<const float*> z;
+  std::vector<int64_t> row_start;  // size M + 1
+  int64_t width;
+
+  Members(const std::vector<at::Tensor>& tensors, int64_t w) : width(w) {
+    row_start.push_back(0);
+    for (const auto& t : tensors) {
+      TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu() && t.is_contiguous(),
+                  "fused_terms: latents must be contiguous float32 CPU tensors");
+      TORCH_CHECK(t.numel() % w == 0, "fused_terms: a latent's size is not a multiple of the group width");
+      z.push_back(t.data_ptr<float>());
+      row_start.push_back(row_start.back() + t.numel() / w);
+    }
+  }
+  int64_t rows() const { return row_start.back(); }
+
+  // Calls fn(member, first row in member, rows) for the blocks of global rows [r0, r1).
+  template <typename F>
+  void for_blocks(int64_t r0, int64_t r1, F&& fn) const {
+    const int64_t block_rows = std::max<int64_t>(1, kBlock / width);
+    size_t m = std::upper_bound(row_start.begin(), row_start.end(), r0) - row_start.begin() - 1;
+    for (int64_t r = r0; r < r1;) {
+      while (row_start[m + 1] <= r) ++m;
+      const int64_t n = std::min({r1, row_start[m + 1], r + block_rows}) - r;
+      fn(m, r - row_start[m], r, n);
+      r += n;
+    }
+  }
+};
+
+int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, kGrainElements / width); }
+int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / width) * width; }
+
+}  // namespace
+
+// Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), outputs...]: the outputs
+// are the decoded weights of every member (shaped as the member) when `decoder` is given, else one (N, w)
+// tensor of the rounded rows.
+std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& table,
+                                      const c10::optional<at::Tensor>& decoder, double lo, int64_t resolution,
+                                      int64_t seed, bool noise, const c10::optional<at::Tensor>& draws, bool lasso) {
+  const Members mem(latents, width);
+  const int64_t w = width, N = mem.rows(), total = N * w;
+  TORCH_CHECK(table.scalar_type() == at::kFloat && table.dim() == 2 && table.size(0) == w && table.is_contiguous(),
+              "fused_terms: table must be a contiguous float32 (width, points) tensor");
+  const int64_t points = table.size(1);
+  const float* tab = table.data_ptr<float>();
+  std::vector<float> slopes(w * points);
+  for (int64_t c = 0; c < w; ++c) {
+    for (int64_t p = 0; p + 1 < points; ++p) slopes[c * points + p] = tab[c * points + p + 1] - tab[c * points + p];
+    slopes[c * points + points - 1] = 0.0f;
+  }
+  const float* dec = nullptr;
+  bool diagonal = false;
+  if (decoder.has_value()) {
+    TORCH_CHECK(decoder->scalar_type() == at::kFloat && decoder->is_contiguous() &&
+                (decoder->numel() == 1 || decoder->numel() == w), "fused_terms: a scale decoder has 1 or w values");
+    dec = decoder->data_ptr<float>();
+    diagonal = decoder->numel() > 1;
+  }
+  const float* drawp = nullptr;
+  if (draws.has_value()) {
+    TORCH_CHECK(draws->scalar_type() == at::kFloat && draws->is_contiguous() && draws->numel() == total,
+                "fused_terms: draws must be contiguous float32 with one value per latent");
+    drawp = draws->data_ptr<float>();
+  }
+
+  auto fopt = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor slope_out = at::empty({total}, fopt);
+  std::vector<at::Tensor> outs;
+  std::vector<float*> outp;
+  if (dec) {
+    for (const auto& t : latents) {
+      outs.push_back(at::empty_like(t));
+      outp.push_back(outs.back().data_ptr<float>());
+    }
+  } else {
+    outs.push_back(at::empty({N, w}, fopt));
+    for (size_t m = 0; m < latents.size(); ++m) outp.push_back(outs[0].data_ptr<float>() + mem.row_start[m] * w);
+  }
+  float* sp = slope_out.data_ptr<float>();
+
+  const int threads = at::get_num_threads();
+  const int64_t hist = w * points;
+  std::vector<int32_t> counts(threads * hist, 0);
+  std::vector<double> upper(threads * hist, 0.0), sums(threads * 2, 0.0);
+  std::vector<char> bad(threads, 0);
+  const float lo_half = static_cast<float>(lo + 0.5), lo_f = static_cast<float>(lo);
+  const float res = static_cast<float>(resolution);
+  const uint64_t useed = static_cast<uint64_t>(seed);
+  const float out_scale = dec && !diagonal ? dec[0] : 1.0f;  // round(z) * d exactly as the eager decode
+
+  at::parallel_for(0, N, grain_rows(w), [&](int64_t r0, int64_t r1) {
+    const int tid = at::get_thread_num();
+    int32_t* cnt = counts.data() + tid * hist;
+    double* upp = upper.data() + tid * hist;
+    double l2 = 0.0, l1 = 0.0;
+    std::vector<float> frac_v(block_elements(w));
+    std::vector<int32_t> k_v(block_elements(w));
+    float* fracs = frac_v.data();
+    int32_t* ks = k_v.data();
+    mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
+      const int64_t n = rows * w;
+      const float* z = mem.z[m] + local_row * w;
+      float* out = outp[m] + local_row * w;
+      const uint64_t base = static_cast<uint64_t>(global_row * w);
+      const float* u = drawp ? drawp + base : nullptr;
+      float* slope = sp + base;
+      double block_l2 = 0.0, block_l1 = 0.0;
+      auto positions = [&](auto position) {
+#pragma omp simd reduction(+ : block_l2, block_l1)
+        for (int64_t j = 0; j < n; ++j) {
+          const float zj = z[j];
+          const float pos = position(zj, j);
+          const int32_t k = static_cast<int32_t>(pos);
+          ks[j] = k;
+          fracs[j] = pos - static_cast<float>(k);
+          block_l2 += static_cast<double>(zj) * zj;
+          block_l1 += std::fabs(static_cast<double>(zj));
+          out[j] = (std::nearbyint(zj) + 0.0f) * out_scale;
+        }
+      };
+      if (!noise) {
+        positions([&](float zj, int64_t) { return (zj - lo_f) * res; });
+      } else if (u) {
+        positions([&](float zj, int64_t j) { return ((u[j] + zj) - lo_half) * res; });
+      } else {
+        positions([&](float zj, int64_t j) { return ((draw(useed, base + j) + zj) - lo_half) * res; });
+      }
+      if (diagonal) {
+        for (int64_t j = 0; j < n; ++j) out[j] *= dec[j % w];
+      }
+      l2 += block_l2;
+      if (lasso && w == 1) {
+        l1 += block_l1;
+      } else if (lasso) {
+        for (int64_t row = 0; row < rows; ++row) {
+          double sq = 0.0;
+          for (int64_t c = 0; c < w; ++c) sq += static_cast<double>(z[row * w + c]) * z[row * w + c];
+          l1 += std::sqrt(sq);
+        }
+      }
+      for (int64_t j = 0, c = 0; j < n; ++j) {
+        const int32_t k = ks[j];
+        if (k < 0 || k >= points) {
+          bad[tid] = 1;
+          slope[j] = 0.0f;
+        } else {
+          const int64_t t = c * points + k;
+          cnt[t] += 1;
+          upp[t] += fracs[j];
+          slope[j] = slopes[t];
+        }
+        if (++c == w) c = 0;
+      }
+    });
+    sums[2 * tid] += l2;
+    sums[2 * tid + 1] += l1;
+  });
+  for (int t = 0; t < threads; ++t) {
+    TORCH_CHECK(!bad[t], "fused_terms: a latent lies outside the grid table (table range does not cover the latents)");
+  }
+
+  at::Tensor weights = at::empty({w, points}, fopt);
+  float* wp = weights.data_ptr<float>();
+  double bits = 0.0, l2 = 0.0, l1 = 0.0;
+  for (int t = 0; t < threads; ++t) {
+    l2 += sums[2 * t];
+    l1 += sums[2 * t + 1];
+  }
+  for (int64_t c = 0; c < w; ++c) {
+    double prev_upper = 0.0;
+    for (int64_t p = 0; p < points; ++p) {
+      const int64_t i = c * points + p;
+      double cn = 0.0, up = 0.0;
+      for (int t = 0; t < threads; ++t) {
+        cn += counts[t * hist + i];
+        up += upper[t * hist + i];
+      }
+      bits += cn * tab[i] + up * slopes[i];
+      wp[i] = static_cast<float>(cn - up + prev_upper);  // the next grid point of a channel takes `upper`
+      prev_upper = up;
+    }
+  }
+  std::vector<at::Tensor> result{at::scalar_tensor(bits, fopt), at::scalar_tensor(l2, fopt),
+                                 at::scalar_tensor(lasso ? l1 : 0.0, fopt), slope_out, weights};
+  result.insert(result.end(), outs.begin(), outs.end());
+  return result;
+}
+
+// Gradient w.r.t. every member: slope * g_bits_res + g_l2x2 * z + g_lasso * (sign(z) or z / ‖row‖) + the
+// gradient of the outputs (times the decoder's scale where the outputs are decoded weights); and, for scale
+// decoders, the decoder's gradient Σ grad_out * round(z) per scale. `grad_outs`: one tensor per member
+// (decoded outputs) or a single (N * w) tensor (rounded rows); undefined ones count as zero.
+std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& slope,
+                                       const c10::optional<at::Tensor>& decoder,
+                                       const std::vector<c10::optional<at::Tensor>>& grad_outs, double g_bits_res,
+                                       double g_l2x2, double g_lasso, bool lasso) {
+  const Members mem(latents, width);
+  const int64_t w = width, N = mem.rows();
+  const float* sp = slope.data_ptr<float>();
+  const float* dec = decoder.has_value() ? decoder->data_ptr<float>() : nullptr;
+  const int64_t nscale = dec ? decoder->numel() : 0;
+  std::vector<const float*> gp(latents.size(), nullptr);
+  for (size_t m = 0; m < latents.size(); ++m) {
+    const auto& g = dec ? grad_outs[m] : grad_outs[0];
+    if (g.has_value() && g->defined()) {
+      TORCH_CHECK(g->scalar_type() == at::kFloat && g->is_contiguous(), "fused_terms: gradients must be contiguous");
+      gp[m] = g->data_ptr<float>() + (dec ? 0 : mem.row_start[m] * w);
+    }
+  }
+  std::vector<at::Tensor> grads;
+  std::vector<float*> grad_p;
+  for (const auto& t : latents) {
+    grads.push_back(at::empty_like(t));
+    grad_p.push_back(grads.back().data_ptr<float>());
+  }
+  const int threads = at::get_num_threads();
+  std::vector<double> dsum(threads * std::max<int64_t>(nscale, 1), 0.0);
+  const float a = static_cast<float>(g_bits_res), b = static_cast<float>(g_l2x2), gl = static_cast<float>(g_lasso);
+  const float out_scale = nscale == 1 ? dec[0] : 1.0f;  // gradient of round(z) from that of round(z) * d
+
+  at::parallel_for(0, N, grain_rows(w), [&](int64_t r0, int64_t r1) {
+    const int tid = at::get_thread_num();
+    double* ds = dsum.data() + tid * std::max<int64_t>(nscale, 1);
+    std::vector<float> scale_v(block_elements(w));
+    float* scale = scale_v.data();
+    mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
+      const int64_t n = rows * w;
+      const float* z = mem.z[m] + local_row * w;
+      const float* s = sp + global_row * w;
+      const float* go = gp[m] ? gp[m] + local_row * w : nullptr;
+      float* g = grad_p[m] + local_row * w;
+      if (lasso && w > 1) {  // z / ‖row‖ (0 for an all-zero row, the subgradient torch's norm uses)
+        for (int64_t row = 0; row < rows; ++row) {
+          double sq = 0.0;
+          for (int64_t c = 0; c < w; ++c) sq += static_cast<double>(z[row * w + c]) * z[row * w + c];
+          const float norm = static_cast<float>(std::sqrt(sq));
+          const float f = norm == 0.0f ? 0.0f : gl / norm;
+          for (int64_t c = 0; c < w; ++c) scale[row * w + c] = f;
+        }
+      }
+      auto gradient = [&](auto extra) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const float zj = z[j];
+          float gj = s[j] * a + b * zj;
+          if (lasso && w == 1) gj += gl * static_cast<float>((zj > 0.0f) - (zj < 0.0f));
+          if (lasso && w > 1) gj += zj * scale[j];
+          g[j] = gj + extra(j);
+        }
+      };
+      if (go && nscale <= 1) {
+        gradient([&](int64_t j) { return go[j] * out_scale; });
+      } else {
+        gradient([&](int64_t) { return 0.0f; });
+      }
+      if (go && nscale > 1) {
+        for (int64_t j = 0; j < n; ++j) {
+          g[j] += go[j] * dec[j % w];
+          ds[j % w] += static_cast<double>(go[j]) * (std::nearbyint(z[j]) + 0.0f);
+        }
+      } else if (go && nscale == 1) {
+        double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < n; ++j) acc += static_cast<double>(go[j]) * std::nearbyint(z[j]);
+        ds[0] += acc;
+      }
+    });
+  });
+  std::vector<at::Tensor> result;
+  if (dec) {
+    at::Tensor gd = at::zeros_like(*decoder);
+    float* gdp = gd.data_ptr<float>();
+    for (int64_t i = 0; i < nscale; ++i) {
+      double acc = 0.0;
+      for (int t = 0; t < threads; ++t) acc += dsum[t * nscale + i];
+      gdp[i] = static_cast<float>(acc);
+    }
+    result.push_back(gd);
+  } else {
+    result.push_back(at::Tensor());
+  }
+  result.insert(result.end(), grads.begin(), grads.end());
+  return result;
+}
+
+// (min, max) of every group's latents (rows of a (G, 2) float tensor), in one pass over all of them; NaN
+// where a group holds a NaN or an infinity.
+at::Tensor group_ranges(const std::vector<std::vector<at::Tensor>>& groups) {
+  at::Tensor out = at::empty({static_cast<int64_t>(groups.size()), 2}, at::TensorOptions().dtype(at::kFloat));
+  float* op = out.data_ptr<float>();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    float lo = INFINITY, hi = -INFINITY;
+    bool nan = false;
+    for (const auto& t : groups[g]) {
+      TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), "fused_terms: latents must be contiguous float32");
+      const float* z = t.data_ptr<float>();
+      const int64_t n = t.numel();
+      float l = lo, h = hi, probe = 0.0f;  // probe: z - z is NaN exactly for NaN and infinite z
+#pragma omp simd reduction(min : l) reduction(max : h) reduction(+ : probe)
+      for (int64_t j = 0; j < n; ++j) {
+        l = std::min(l, z[j]);
+        h = std::max(h, z[j]);
+        probe += z[j] - z[j];
+      }
+      lo = l;
+      hi = h;
+      nan |= probe != 0.0f;
+    }
+    op[2 * g] = nan ? NAN : lo;
+    op[2 * g + 1] = nan ? NAN : hi;
+  }
+  return out;
+}
+
+// ---- The density's bits on a grid (FactorizedDensity.bits_grid), forward and backward, in double. ----
+// Per channel c, the monotone network maps an edge x to a CDF logit: a_0 = x; h_i = softplus(W_i) a_{i-1} + b_i;
+// a_i = h_i + tanh(f_i) tanh(h_i) except for the last layer (a_L = h_L). The bits of grid point p are
+// -log2(max(|σ(s u) - σ(s l)|, 1e-9)) with l, u the logits of edges p and p + shift and s = -sign(l + u).
+namespace {
+
+struct Net {
+  int64_t layers = 0, channels = 0, width = 1;  // width: the largest layer
+  std::vector<int64_t> dims;                     // d_0 = 1, ..., d_L = 1
+  std::vector<const float*> W, B, F;
+
+  Net(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
+      const std::vector<at::Tensor>& factors) {
+    layers = static_cast<int64_t>(matrices.size());
+    TORCH_CHECK(layers > 0 && biases.size() == matrices.size() && factors.size() + 1 == matrices.size(),
+                "fused_terms: density parameters do not fit (layers, layers, layers - 1)");
+    channels = matrices[0].size(0);
+    dims.push_back(matrices[0].size(2));
+    for (int64_t i = 0; i < layers; ++i) {
+      const auto& m = matrices[i];
+      TORCH_CHECK(m.scalar_type() == at::kFloat && m.is_contiguous() && m.dim() == 3 && m.size(0) == channels &&
+                  m.size(2) == dims.back(), "fused_terms: density matrix ", i, " has the wrong shape or type");
+      TORCH_CHECK(biases[i].is_contiguous() && biases[i].numel() == channels * m.size(1), "fused_terms: bias ", i);
+      dims.push_back(m.size(1));
+      width = std::max(width, m.size(1));
+      W.push_back(m.data_ptr<float>());
+      B.push_back(biases[i].data_ptr<float>());
+      if (i + 1 < layers) {
+        TORCH_CHECK(factors[i].is_contiguous() && factors[i].numel() == channels * m.size(1), "fused_terms: factor ", i);
+        F.push_back(factors[i].data_ptr<float>());
+      }
+    }
+    TORCH_CHECK(dims.front() == 1 && dims.back() == 1, "fused_terms: the density network maps 1 value to 1 logit");
+  }
+
+  // Offset of channel c's block of layer i's matrix / bias / factor.
+  int64_t w_off(int64_t i, int64_t c) const { return c * dims[i + 1] * dims[i]; }
+  int64_t b_off(int64_t i, int64_t c) const { return c * dims[i + 1]; }
+};
+
+inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// Channel c's parameters in double: softplus(W), b, tanh(f).
+struct ChannelParams {
+  std::vector<std::vector<double>> sw, b, tf, sig_w;
+  ChannelParams(const Net& net, int64_t c) {
+    for (int64_t i = 0; i < net.layers; ++i) {
+      const int64_t nw = net.dims[i + 1] * net.dims[i], nb = net.dims[i + 1];
+      std::vector<double> s(nw), g(nw), bb(nb), t(nb);
+      for (int64_t k = 0; k < nw; ++k) {
+        const double x = net.W[i][net.w_off(i, c) + k];
+        s[k] = softplus(x);
+        g[k] = x > 20.0 ? 1.0 : sigmoid(x);  // softplus' (torch's threshold: identity above 20)
+      }
+      for (int64_t k = 0; k < nb; ++k) {
+        bb[k] = net.B[i][net.b_off(i, c) + k];
+        t[k] = i + 1 < net.layers ? std::tanh(static_cast<double>(net.F[i][net.b_off(i, c) + k])) : 0.0;
+      }
+      sw.push_back(std::move(s));
+      sig_w.push_back(std::move(g));
+      b.push_back(std::move(bb));
+      tf.push_back(std::move(t));
+    }
+  }
+};
+
+// Forward of one edge; acts (if given) receives h_i and a_i of every layer, (layers) x width each.
+inline double cdf_logit(const Net& net, const ChannelParams& p, double x, double* hs, double* as) {
+  double cur[64], next[64];
+  cur[0] = x;
+  for (int64_t i = 0; i < net.layers; ++i) {
+    const int64_t din = net.dims[i], dout = net.dims[i + 1];
+    for (int64_t o = 0; o < dout; ++o) {
+      double h = p.b[i][o];
+      for (int64_t k = 0; k < din; ++k) h += p.sw[i][o * din + k] * cur[k];
+      const double a = i + 1 < net.layers ? h + p.tf[i][o] * std::tanh(h) : h;
+      if (hs) {
+        hs[i * net.width + o] = h;
+        as[i * net.width + o] = a;
+      }
+      next[o] = a;
+    }
+    for (int64_t o = 0; o < dout; ++o) cur[o] = next[o];
+  }
+  return cur[0];
+}
+
+constexpr double kFloor = 1e-9;  // LIKELIHOOD_FLOOR of lilnetx/density.py
+
+inline void edge_values(int64_t n, int64_t resolution, double lo, std::vector<double>& x) {
+  const float res = static_cast<float>(resolution), base = static_cast<float>(lo - 0.5);
+  for (int64_t e = 0; e < n; ++e) x[e] = static_cast<double>(static_cast<float>(e) / res + base);  // as the eager grid
+}
+
+}  // namespace
+
+// Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel: (channels, points) float.
+at::Tensor grid_forward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
+                        const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi, int64_t resolution) {
+  const Net net(matrices, biases, factors);
+  TORCH_CHECK(net.width <= 64, "fused_terms: density layers wider than 64");
+  const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution;
+  at::Tensor out = at::empty({net.channels, points}, at::TensorOptions().dtype(at::kFloat));
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, net.channels, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<double> x(edges), logit(edges);
+    edge_values(edges, resolution, static_cast<double>(lo), x);
+    for (int64_t c = c0; c < c1; ++c) {
+      const ChannelParams p(net, c);
+      for (int64_t e = 0; e < edges; ++e) logit[e] = cdf_logit(net, p, x[e], nullptr, nullptr);
+      for (int64_t q = 0; q < points; ++q) {
+        const double l = logit[q], u = logit[q + resolution];
+        const double s = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
+        const double prob = std::fabs(sigmoid(s * u) - sigmoid(s * l));
+        op[c * points + q] = static_cast<float>(-std::log2(std::max(prob, kFloor)));
+      }
+    }
+  });
+  return out;
+}
+
+// Gradients of sum(grad * bits_grid) w.r.t. the matrices, biases and factors (their shapes, float).
+std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
+                                      const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi,
+                                      int64_t resolution, const at::Tensor& grad) {
+  const Net net(matrices, biases, factors);
+  const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution, L = net.layers, Wd = net.width;
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.numel() == net.channels * points,
+              "fused_terms: the grid's gradient has the wrong shape");
+  const float* gp = grad.data_ptr<float>();
+  std::vector<at::Tensor> gw, gb, gf;
+  for (int64_t i = 0; i < L; ++i) {
+    gw.push_back(at::zeros_like(matrices[i]));
+    gb.push_back(at::zeros_like(biases[i]));
+    if (i + 1 < L) gf.push_back(at::zeros_like(factors[i]));
+  }
+  at::parallel_for(0, net.channels, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<double> x(edges), logit(edges), g_logit(edges);
+    std::vector<double> hs(L * Wd), as(L * Wd), ga(Wd), gh(Wd), gprev(Wd);
+    edge_values(edges, resolution, static_cast<double>(lo), x);
+    for (int64_t c = c0; c < c1; ++c) {
+      const ChannelParams p(net, c);
+      for (int64_t e = 0; e < edges; ++e) logit[e] = cdf_logit(net, p, x[e], nullptr, nullptr);
+      std::fill(g_logit.begin(), g_logit.end(), 0.0);
+      for (int64_t q = 0; q < points; ++q) {
+        const double l = logit[q], u = logit[q + resolution];
+        const double s = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
+        const double su = sigmoid(s * u), sl = sigmoid(s * l), diff = su - sl, prob = std::fabs(diff);
+        if (prob < kFloor || diff == 0.0) continue;  // the clamp (or |.| at 0) passes no gradient
+        const double g_prob = -gp[c * points + q] / (prob * std::log(2.0));
+        const double g_diff = diff > 0 ? g_prob : -g_prob;
+        g_logit[q + resolution] += g_diff * s * su * (1.0 - su);
+        g_logit[q] -= g_diff * s * sl * (1.0 - sl);
+      }
+      std::vector<std::vector<double>> acc_w(L), acc_b(L), acc_f(L);
+      for (int64_t i = 0; i < L; ++i) {
+        acc_w[i].assign(net.dims[i + 1] * net.dims[i], 0.0);
+        acc_b[i].assign(net.dims[i + 1], 0.0);
+        acc_f[i].assign(net.dims[i + 1], 0.0);
+      }
+      for (int64_t e = 0; e < edges; ++e) {
+        if (g_logit[e] == 0.0) continue;
+        cdf_logit(net, p, x[e], hs.data(), as.data());
+        ga[0] = g_logit[e];
+        for (int64_t i = L - 1; i >= 0; --i) {
+          const int64_t din = net.dims[i], dout = net.dims[i + 1];
+          for (int64_t o = 0; o < dout; ++o) {
+            if (i + 1 < L) {
+              const double th = std::tanh(hs[i * Wd + o]);
+              acc_f[i][o] += ga[o] * th;  // times 1 - tanh(f)^2 below
+              gh[o] = ga[o] * (1.0 + p.tf[i][o] * (1.0 - th * th));
+            } else {
+              gh[o] = ga[o];
+            }
+            acc_b[i][o] += gh[o];
+          }
+          for (int64_t k = 0; k < din; ++k) {
+            const double a_in = i > 0 ? as[(i - 1) * Wd + k] : x[e];
+            double g = 0.0;
+            for (int64_t o = 0; o < dout; ++o) {
+              acc_w[i][o * din + k] += gh[o] * a_in;
+              g += p.sw[i][o * din + k] * gh[o];
+            }
+            gprev[k] = g;
+          }
+          for (int64_t k = 0; k < din; ++k) ga[k] = gprev[k];
+        }
+      }
+      for (int64_t i = 0; i < L; ++i) {
+        float* w = gw[i].data_ptr<float>() + net.w_off(i, c);
+        for (size_t k = 0; k < acc_w[i].size(); ++k) w[k] = static_cast<float>(acc_w[i][k] * p.sig_w[i][k]);
+        float* b = gb[i].data_ptr<float>() + net.b_off(i, c);
+        for (size_t k = 0; k < acc_b[i].size(); ++k) b[k] = static_cast<float>(acc_b[i][k]);
+        if (i + 1 < L) {
+          float* f = gf[i].data_ptr<float>() + net.b_off(i, c);
+          for (size_t k = 0; k < acc_f[i].size(); ++k) f[k] = static_cast<float>(acc_f[i][k] * (1.0 - p.tf[i][k] * p.tf[i][k]));
+        }
+      }
+    }
+  });
+  std::vector<at::Tensor> result;
+  result.insert(result.end(), gw.begin(), gw.end());
+  result.insert(result.end(), gb.begin(), gb.end());
+  result.insert(result.end(), gf.begin(), gf.end());
+  return result;
+}
+
+// The first n draws of the stream `seed`, as the forward pass uses them (for tests).
+at::Tensor uniform_draws(int64_t seed, int64_t n) {
+  at::Tensor out = at::empty({n}, at::TensorOptions().dtype(at::kFloat));
+  float* op = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) op[i] = draw(static_cast<uint64_t>(seed), static_cast<uint64_t>(i));
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("group_forward", &group_forward, "fused rate / L2 / lasso / rounding pass of one latent group");
+  m.def("group_backward", &group_backward, "gradient of the fused pass w.r.t. the group's latents and decoder");
+  m.def("group_ranges", &group_ranges, "(min, max) of each group's latents");
+  m.def("uniform_draws", &uniform_draws, "the kernel's noise draws in [0, 1) of one seed");
+  m.def("grid_forward", &grid_forward, "bits of a factorised density on a grid (double inside)");
+  m.def("grid_backward", &grid_backward, "gradient of the grid's bits w.r.t. the density's parameters");
+}
