@@ -172,21 +172,23 @@ def native_grid_ranges(groups: list[list[Tensor]]) -> list[tuple[int, int]]:
 
 
 class _NativeGrid(torch.autograd.Function):
-    """``FactorizedDensity.bits_grid`` in the C++ kernel (double inside), differentiable in the density."""
+    """``FactorizedDensity.bits_grid`` in the C++ kernel (double inside), differentiable in the density; the
+    forward keeps its activations, so the backward is arithmetic only."""
 
     @staticmethod
     def forward(ctx, lo: int, hi: int, resolution: int, layers: int, *params: Tensor) -> Tensor:
         matrices, biases, factors = params[:layers], params[layers:2 * layers], params[2 * layers:]
-        ctx.grid = (lo, hi, resolution, layers)
-        ctx.save_for_backward(*params)
-        return _extension().grid_forward(list(matrices), list(biases), list(factors), lo, hi, resolution)
+        bits, saved, coef = _extension().grid_forward(list(matrices), list(biases), list(factors), lo, hi, resolution)
+        ctx.grid = (lo, resolution, layers)
+        ctx.save_for_backward(saved, coef, *params)
+        return bits
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        lo, hi, resolution, layers = ctx.grid
-        params = ctx.saved_tensors
-        grads = _extension().grid_backward(list(params[:layers]), list(params[layers:2 * layers]),
-                                           list(params[2 * layers:]), lo, hi, resolution, grad.contiguous())
+        lo, resolution, layers = ctx.grid
+        saved, coef, *params = ctx.saved_tensors
+        grads = _extension().grid_backward(params[:layers], params[layers:2 * layers], params[2 * layers:], saved,
+                                           coef, lo, resolution, grad.contiguous())
         return (None, None, None, None, *grads)
 
 

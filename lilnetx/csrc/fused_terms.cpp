@@ -438,8 +438,8 @@ struct ChannelParams {
   }
 };
 
-// Forward of one edge; acts (if given) receives h_i and a_i of every layer, (layers) x width each.
-inline double cdf_logit(const Net& net, const ChannelParams& p, double x, double* hs, double* as) {
+// Forward of one edge; if given, ths / as receive tanh(h_i) / a_i of every layer, (layers) x width each.
+inline double cdf_logit(const Net& net, const ChannelParams& p, double x, double* ths, double* as) {
   double cur[64], next[64];
   cur[0] = x;
   for (int64_t i = 0; i < net.layers; ++i) {
@@ -447,9 +447,10 @@ inline double cdf_logit(const Net& net, const ChannelParams& p, double x, double
     for (int64_t o = 0; o < dout; ++o) {
       double h = p.b[i][o];
       for (int64_t k = 0; k < din; ++k) h += p.sw[i][o * din + k] * cur[k];
-      const double a = i + 1 < net.layers ? h + p.tf[i][o] * std::tanh(h) : h;
-      if (hs) {
-        hs[i * net.width + o] = h;
+      const double th = i + 1 < net.layers ? std::tanh(h) : 0.0;
+      const double a = i + 1 < net.layers ? h + p.tf[i][o] * th : h;
+      if (ths) {
+        ths[i * net.width + o] = th;
         as[i * net.width + o] = a;
       }
       next[o] = a;
@@ -468,40 +469,60 @@ inline void edge_values(int64_t n, int64_t resolution, double lo, std::vector<do
 
 }  // namespace
 
-// Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel: (channels, points) float.
-at::Tensor grid_forward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
-                        const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi, int64_t resolution) {
+// Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel: [(channels, points) float bits,
+// (channels, edges, 2 * layers * width) float64 activations and (channels, points, 2) float64 derivatives of the
+// bits w.r.t. the lower and upper logits], the last two kept for the backward.
+std::vector<at::Tensor> grid_forward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
+                                     const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi,
+                                     int64_t resolution) {
   const Net net(matrices, biases, factors);
   TORCH_CHECK(net.width <= 64, "fused_terms: density layers wider than 64");
-  const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution;
+  const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution, act = net.layers * net.width;
   at::Tensor out = at::empty({net.channels, points}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor saved = at::empty({net.channels, edges, 2 * act}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor coef = at::empty({net.channels, points, 2}, at::TensorOptions().dtype(at::kDouble));
   float* op = out.data_ptr<float>();
+  double* sp = saved.data_ptr<double>();
+  double* cp = coef.data_ptr<double>();
   at::parallel_for(0, net.channels, 1, [&](int64_t c0, int64_t c1) {
     std::vector<double> x(edges), logit(edges);
     edge_values(edges, resolution, static_cast<double>(lo), x);
     for (int64_t c = c0; c < c1; ++c) {
       const ChannelParams p(net, c);
-      for (int64_t e = 0; e < edges; ++e) logit[e] = cdf_logit(net, p, x[e], nullptr, nullptr);
+      double* sc = sp + c * edges * 2 * act;
+      for (int64_t e = 0; e < edges; ++e) logit[e] = cdf_logit(net, p, x[e], sc + e * 2 * act, sc + e * 2 * act + act);
       for (int64_t q = 0; q < points; ++q) {
         const double l = logit[q], u = logit[q + resolution];
         const double s = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
-        const double prob = std::fabs(sigmoid(s * u) - sigmoid(s * l));
+        const double su = sigmoid(s * u), sl = sigmoid(s * l), diff = su - sl, prob = std::fabs(diff);
         op[c * points + q] = static_cast<float>(-std::log2(std::max(prob, kFloor)));
+        double* cq = cp + (c * points + q) * 2;
+        if (prob < kFloor || diff == 0.0) {  // the clamp (or |.| at 0) passes no gradient
+          cq[0] = cq[1] = 0.0;
+        } else {
+          const double g = (diff > 0 ? -1.0 : 1.0) / (prob * std::log(2.0));  // d bits / d diff
+          cq[0] = -g * s * sl * (1.0 - sl);  // d bits / d lower logit
+          cq[1] = g * s * su * (1.0 - su);   // d bits / d upper logit
+        }
       }
     }
   });
-  return out;
+  return {out, saved, coef};
 }
 
-// Gradients of sum(grad * bits_grid) w.r.t. the matrices, biases and factors (their shapes, float).
+// Gradients of sum(grad * bits_grid) w.r.t. the matrices, biases and factors (their shapes, float), from the
+// forward's activations and derivatives: arithmetic only.
 std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
-                                      const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi,
-                                      int64_t resolution, const at::Tensor& grad) {
+                                      const std::vector<at::Tensor>& factors, const at::Tensor& saved,
+                                      const at::Tensor& coef, int64_t lo, int64_t resolution, const at::Tensor& grad) {
   const Net net(matrices, biases, factors);
-  const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution, L = net.layers, Wd = net.width;
+  const int64_t L = net.layers, Wd = net.width, act = L * Wd, points = coef.size(1), edges = points + resolution;
   TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.numel() == net.channels * points,
               "fused_terms: the grid's gradient has the wrong shape");
+  TORCH_CHECK(saved.size(1) == edges && saved.size(2) == 2 * act, "fused_terms: saved activations do not fit");
   const float* gp = grad.data_ptr<float>();
+  const double* sp = saved.data_ptr<double>();
+  const double* cp = coef.data_ptr<double>();
   std::vector<at::Tensor> gw, gb, gf;
   for (int64_t i = 0; i < L; ++i) {
     gw.push_back(at::zeros_like(matrices[i]));
@@ -509,22 +530,17 @@ std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, c
     if (i + 1 < L) gf.push_back(at::zeros_like(factors[i]));
   }
   at::parallel_for(0, net.channels, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<double> x(edges), logit(edges), g_logit(edges);
-    std::vector<double> hs(L * Wd), as(L * Wd), ga(Wd), gh(Wd), gprev(Wd);
+    std::vector<double> x(edges), g_logit(edges), ga(Wd), gh(Wd), gprev(Wd);
     edge_values(edges, resolution, static_cast<double>(lo), x);
     for (int64_t c = c0; c < c1; ++c) {
       const ChannelParams p(net, c);
-      for (int64_t e = 0; e < edges; ++e) logit[e] = cdf_logit(net, p, x[e], nullptr, nullptr);
+      const double* sc = sp + c * edges * 2 * act;
       std::fill(g_logit.begin(), g_logit.end(), 0.0);
       for (int64_t q = 0; q < points; ++q) {
-        const double l = logit[q], u = logit[q + resolution];
-        const double s = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
-        const double su = sigmoid(s * u), sl = sigmoid(s * l), diff = su - sl, prob = std::fabs(diff);
-        if (prob < kFloor || diff == 0.0) continue;  // the clamp (or |.| at 0) passes no gradient
-        const double g_prob = -gp[c * points + q] / (prob * std::log(2.0));
-        const double g_diff = diff > 0 ? g_prob : -g_prob;
-        g_logit[q + resolution] += g_diff * s * su * (1.0 - su);
-        g_logit[q] -= g_diff * s * sl * (1.0 - sl);
+        const double g = gp[c * points + q];
+        const double* cq = cp + (c * points + q) * 2;
+        g_logit[q] += g * cq[0];
+        g_logit[q + resolution] += g * cq[1];
       }
       std::vector<std::vector<double>> acc_w(L), acc_b(L), acc_f(L);
       for (int64_t i = 0; i < L; ++i) {
@@ -534,13 +550,14 @@ std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, c
       }
       for (int64_t e = 0; e < edges; ++e) {
         if (g_logit[e] == 0.0) continue;
-        cdf_logit(net, p, x[e], hs.data(), as.data());
+        const double* ths = sc + e * 2 * act;
+        const double* as = ths + act;
         ga[0] = g_logit[e];
         for (int64_t i = L - 1; i >= 0; --i) {
           const int64_t din = net.dims[i], dout = net.dims[i + 1];
           for (int64_t o = 0; o < dout; ++o) {
             if (i + 1 < L) {
-              const double th = std::tanh(hs[i * Wd + o]);
+              const double th = ths[i * Wd + o];
               acc_f[i][o] += ga[o] * th;  // times 1 - tanh(f)^2 below
               gh[o] = ga[o] * (1.0 + p.tf[i][o] * (1.0 - th * th));
             } else {
@@ -549,7 +566,7 @@ std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, c
             acc_b[i][o] += gh[o];
           }
           for (int64_t k = 0; k < din; ++k) {
-            const double a_in = i > 0 ? as[(i - 1) * Wd + k] : x[e];
+            const double a_in = i > 0 ? as[(i - 1) * Wd + k] : x[e];  // a_0: the edge
             double g = 0.0;
             for (int64_t o = 0; o < dout; ++o) {
               acc_w[i][o * din + k] += gh[o] * a_in;
@@ -592,6 +609,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_backward", &group_backward, "gradient of the fused pass w.r.t. the group's latents and decoder");
   m.def("group_ranges", &group_ranges, "(min, max) of each group's latents");
   m.def("uniform_draws", &uniform_draws, "the kernel's noise draws in [0, 1) of one seed");
-  m.def("grid_forward", &grid_forward, "bits of a factorised density on a grid (double inside)");
+  m.def("grid_forward", &grid_forward, "bits of a factorised density on a grid (double inside), and for backward");
   m.def("grid_backward", &grid_backward, "gradient of the grid's bits w.r.t. the density's parameters");
 }
