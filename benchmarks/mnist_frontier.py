@@ -156,10 +156,13 @@ def main() -> None:
 
 
 def _label(row: dict, rows: list[dict]) -> str:
-    """'shipped', the decoder forms (full where a point of the same architecture has others), the λ_rate."""
+    """'shipped', the decoder forms (full where a point of the same architecture has others), a lossy export
+    decoder type, the λ_rate."""
     forms = row["reparam"].get("decoder_forms") or {}
     alternatives = any(r["reparam"].get("decoder_forms") for r in rows if r["arch"] == row["arch"])
     parts = [f"{form} {group} decoder" for group, form in forms.items()] or (["full decoder"] if alternatives else [])
+    if (row.get("export") or {}).get("decoder_dtype"):
+        parts.append(f"{row['export']['decoder_dtype']} decoders at export")
     return ("shipped; " if row["shipped"] else "") + ", ".join([*parts, f"λ_rate {row['train']['lambda_rate']:g}"])
 
 
