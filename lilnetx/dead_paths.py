@@ -1,8 +1,8 @@
 """Dead-path removal: weights that can never change a model's output are set to exactly zero (lossless).
 
 Two layers are *linked* when the only path from one conv / linear layer (the producer) to the next (the
-consumer) goes through channel-wise operations that map zero to zero (ReLU, max / average pooling,
-flatten, dropout, identity). Then
+consumer) goes through channel-wise operations that map zero to zero (``lilnetx.slim``'s table: activations such as
+ReLU / GELU / SiLU, max / average pooling, dropout, identity) and flattening. Then
 
 - a producer output channel that is always zero (zero weights and zero bias) feeds nothing: the consumer's
   weights that read it are set to zero;
@@ -19,16 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
+from lilnetx.slim import ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS, ZERO_PRESERVING_MODULES
+
 LAYERS = (nn.Conv2d, nn.Linear)
-PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-                nn.Flatten, nn.Dropout, nn.Identity)
-PASS_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-                  F.adaptive_max_pool2d, torch.flatten, F.dropout}
-PASS_METHODS = {"relu", "flatten", "view", "reshape"}
+# slim's channel-wise, zero-preserving ops (one table for both analyses), plus flattening
+PASS_MODULES = (*ZERO_PRESERVING_MODULES, nn.Flatten)
+PASS_FUNCTIONS = ZERO_PRESERVING_FUNCTIONS | {torch.flatten}
+PASS_METHODS = ZERO_PRESERVING_METHODS | {"flatten", "view", "reshape"}
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,18 @@ def test_the_rate_shrinks_when_dead_paths_go():
     bits = float(lilnetx.rate_bits(lilnetx.latent_tensors(model), training=False))
     remove_dead_paths(model)
     assert float(lilnetx.rate_bits(lilnetx.latent_tensors(model), training=False)) < bits
+
+
+def test_any_zero_preserving_activation_links_layers_and_the_removal_is_lossless():
+    """slim's activation table (here GELU and SiLU) links layers too: a dead hidden unit is removed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.GELU(), nn.Linear(4, 4), nn.SiLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight[1] = 0
+        model[0].bias[1] = 0  # hidden unit 1 of the first layer is always zero
+    assert find_links(model) == [Link("0", "2"), Link("2", "4")]
+    x = torch.randn(16, 5)
+    before = model(x)
+    zeroed = remove_dead_paths(model)
+    assert zeroed == {"2.weight": 4} and torch.equal(model[2].weight[:, 1], torch.zeros(4))
+    assert torch.equal(model(x), before)
