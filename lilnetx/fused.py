@@ -152,7 +152,7 @@ def load_extension() -> ModuleType | None:
 def _extension() -> ModuleType:
     ext = load_extension()
     if ext is None:
-        raise RuntimeError("lilnetx.fused: the C++ kernel could not be built (see the warning: no compiler or a "
+        raise native.NativeKernelError("lilnetx.fused: the C++ kernel could not be built (see the warning: no compiler or a "
                            "failed build); use the eager path (native=False)")
     return ext
 

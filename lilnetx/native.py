@@ -18,7 +18,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from lilnetx.errors import LilnetxError
+
 CSRC = Path(__file__).parent / "csrc"
+
+
+class NativeKernelError(LilnetxError):
+    """A C++ kernel was asked for where it could not be built; the message names the pure PyTorch path."""
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
 
 

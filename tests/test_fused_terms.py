@@ -15,6 +15,7 @@ import lilnetx
 from lilnetx import fused
 from lilnetx.density import FactorizedDensity
 from lilnetx.fused import grid_tables, group_terms
+from lilnetx.native import NativeKernelError
 from lilnetx.objective import TrainingTerms, num_slices, rate_bits, structured_norms, tensors_by_group
 from lilnetx.reparam import latent_groups
 from lilnetx.training import TrainConfig, Trainer
@@ -346,7 +347,7 @@ def test_eager_switch_and_fallback_without_a_compiler(monkeypatch):
     torch.manual_seed(1)
     _, bits, _, _ = _unfused(model, "slice")
     assert terms.bits.item() == pytest.approx(bits.item(), rel=1e-5)
-    with pytest.raises(RuntimeError, match="native=False"):
+    with pytest.raises(NativeKernelError, match="native=False"):
         TrainingTerms(lilnetx.latent_tensors(model), native=True)
 
 
