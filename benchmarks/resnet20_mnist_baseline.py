@@ -1,6 +1,6 @@
 """Dense baseline of the shipped ResNet-20 MNIST recipe: the same network, data and schedule, plain weights.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/resnet20_mnist_baseline.py [--recipe recipes/resnet20.mnist-lam04.yaml]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/resnet20_mnist_baseline.py [--recipe recipes/resnet20.mnist-lam03.yaml]
 
 Reads the recipe's architecture, dataset options (``pad: 2``: 32x32 inputs) and ``train`` section (epochs,
 batch size, lr, warm-up, seed), builds the architecture without reparameterisation and trains it with one
@@ -30,7 +30,7 @@ OUT = ROOT / "benchmarks" / "results" / "resnet20_mnist_baseline.json"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "resnet20.mnist-lam04.yaml")
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "resnet20.mnist-lam03.yaml")
     args = parser.parse_args()
     recipe = yaml.safe_load(args.recipe.read_text())
     config = TrainConfig.from_dict(recipe["train"])
