@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "benchmarks" / "frontier_recipes"
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED: tuple[str, ...] = ("lenet5_caffe.mnist-lam1", "lenet5_caffe.mnist-lam3", "lenet_300_100.mnist-lam05",
-                            "resnet20.mnist-lam03")  # recipes/ stems of frontier points shipped in zoo_artifacts/
+                            "resnet20.mnist-lam03", "timm%2Fmobilenetv2_050.mnist-lam1")  # recipes/ stems of frontier points shipped in zoo_artifacts/
 PUBLISHED = [  # METHOD.md §6 and the issue: whole-model sizes on the same data and architecture
     {"arch": "lenet5_caffe", "method": "EPR (ICLR 2020)", "bytes": 2840, "top1": 0.990},
     {"arch": "lenet5_caffe", "method": "MIRACLE", "bytes": 1150, "top1": 0.9902},
@@ -169,12 +169,12 @@ def _label(row: dict, rows: list[dict]) -> str:
 
 def table(rows: list[dict]) -> str:
     """The README's Markdown table: per architecture, shipped points first."""
-    lines = ["| point | file bytes | top-1 | header / tables / decoders / latents | with dead paths kept | epochs "
+    lines = ["| point | file bytes | top-1 | header / tables / decoders / floats / latents | with dead paths kept | epochs "
              "| train s (1 thread, shared CPU) |", "|---|---:|---:|---|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["arch"], not r["shipped"], r["name"])):
         p = r["parts"]
         lines.append(f"| `{r['name']}` ({_label(r, rows)}) | {r['bytes']:,} | {100 * r['top1']:.2f} % "
-                     f"| {p['header']} / {p['tables']} / {p['decoders']:,} / {p['coded_latents']:,} "
+                     f"| {p['header']} / {p['tables']} / {p['decoders']:,} / {p['float_params']:,} / {p['coded_latents']:,} "
                      f"| {r['bytes_with_dead_paths']:,} | {r['epochs']} | {r['train_seconds']:,.0f} |")
     return "\n".join(lines)
 

@@ -36,7 +36,8 @@ PAPER = {  # METHOD.md §6: whole-model sizes of the prior work on the same data
 def measure(name: str, path: Path) -> dict:
     header = lilnetx.read_header(path)
     model = lilnetx.load(path)
-    data = registry.get_dataset(header["dataset"], augment=False)
+    options = (header.get("recipe") or {}).get("dataset_kwargs") or {}  # e.g. {pad: 2}: the trained input size
+    data = registry.get_dataset(header["dataset"], **{**options, "augment": False})
     accuracy = lilnetx.evaluate(model, DataLoader(data.test, batch_size=500))
     stats = lilnetx.stats(model, tuple(header["input_size"]))
     fp32 = 4 * sum(p.numel() for p in model.state_dict().values() if p.is_floating_point())
