@@ -74,9 +74,12 @@ def parse(data: bytes, source: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     return header, sections
 
 
-def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], source: str) -> DecodedArtifact:
+def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], source: str, *,
+           layer_stats: bool = True) -> DecodedArtifact:
+    """Decode every section; ``layer_stats`` adds each layer's ideal bits and zero counts to the returned
+    header (``load`` skips them: they are for reports, not for rebuilding)."""
     header = {**header, "layers": [dict(layer) for layer in header["layers"]]}  # completed below
-    latents = _decode_latents(header, sections, source)
+    latents = _decode_latents(header, sections, source, layer_stats)
     shapes = decoder_shapes(header)
     decoders = split_decoders(sections["decoders"], [(g["name"], g["dtype"], shapes[g["name"]]) for g in header["groups"]])
     params = split_tensors(sections["float_params"],
@@ -85,8 +88,10 @@ def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], sour
                     parts=section_parts(header, len(data)), latents=latents, decoders=decoders, float_params=params)
 
 
-def _decode_latents(header: dict[str, Any], sections: dict[str, bytes], source: str) -> dict[str, np.ndarray]:
-    """Each layer's integer latents; completes each layer entry with its ideal bits and zero counts."""
+def _decode_latents(header: dict[str, Any], sections: dict[str, bytes], source: str,
+                    layer_stats: bool) -> dict[str, np.ndarray]:
+    """Each layer's integer latents; with ``layer_stats``, completes each layer entry with its ideal bits and
+    zero counts."""
     layers = header["layers"]
     try:
         tables = _read_tables(header, sections["tables"])
@@ -104,8 +109,9 @@ def _decode_latents(header: dict[str, Any], sections: dict[str, bytes], source: 
             raise corrupt(source, f"layer {layer['name']!r} decodes to the range "
                                    f"[{values.min()}, {values.max()}], not {layer['range']}")
         latents[layer["name"]] = values.reshape(layer["shape"])
-        layer.update(ideal_bits=round(ec.rows_ideal_bits(tables[layer["name"]], values), 1),
-                     zeros=int((values == 0).sum()), zero_slices=int((values == 0).all(axis=1).sum()))
+        if layer_stats:
+            layer.update(ideal_bits=round(ec.rows_ideal_bits(tables[layer["name"]], values), 1),
+                         zeros=int((values == 0).sum()), zero_slices=int((values == 0).all(axis=1).sum()))
     return latents
 
 

@@ -53,9 +53,9 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
     header, sections = parse(data, str(path))
     if reparameterized:
         model = _rebuild(header, builder, str(path))
-        return _finish(model, decode(data, header, sections, str(path)), str(path))
+        return _finish(model, decode(data, header, sections, str(path), layer_stats=False), str(path))
     model = _build(header, builder, str(path))
-    return _load_plain(model, decode(data, header, sections, str(path)), str(path))
+    return _load_plain(model, decode(data, header, sections, str(path), layer_stats=False), str(path))
 
 
 def from_artifact(artifact: DecodedArtifact, *, builder: Builder | None = None, reparameterized: bool = False,
