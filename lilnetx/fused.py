@@ -8,7 +8,7 @@ per-element work runs in one of two ways:
   :mod:`lilnetx.native`): one pass over the members' latents in place (no concatenation) that draws the noise
   from a counter-based generator (SplitMix64 of a per-step seed taken from torch's default generator), writes
   the rounded latents -- or, for scale decoders, the decoded weights -- and the rate histograms, and one pass
-  back that writes every latent's gradient; it also evaluates one-channel density grids
+  back that writes every latent's gradient; it also evaluates the density grids
   (:func:`native_bits_grid`);
 - eager PyTorch (:class:`_GroupTerms`, the reference and the fallback where no compiler exists) on the
   group's concatenated latents, whose backward may be compiled by ``torch.compile`` (``compiled=``); its noise is ``torch.rand_like``, so it
@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -111,10 +112,12 @@ class _GroupTerms(torch.autograd.Function):
 
 def grid_ranges(rows: list[Tensor]) -> list[tuple[int, int]]:
     """Integer grid range of each tensor, one unit to spare on both sides (one sync for all)."""
-    return _ranges(torch.stack([torch.stack(torch.aminmax(r.detach())) for r in rows]).tolist())
+    return table_ranges(torch.stack([torch.stack(torch.aminmax(r.detach())) for r in rows]).tolist())
 
 
-def _ranges(bounds: list[list[float]]) -> list[tuple[int, int]]:
+def table_ranges(bounds: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
+    """Integer grid range ``(floor(min) - 1, ceil(max) + 1)`` of each ``(min, max)``; non-finite bounds mean
+    training diverged."""
     if not all(math.isfinite(v) for b in bounds for v in b):
         raise FloatingPointError("latents contain NaN or infinity: training diverged; lower the learning "
                                  "rate or enable gradient clipping (TrainConfig.grad_clip)")
@@ -169,7 +172,7 @@ def native_usable(latents: Sequence[Tensor]) -> bool:
 
 def native_grid_ranges(groups: list[list[Tensor]]) -> list[tuple[int, int]]:
     """:func:`grid_ranges` of each group's members (one pass, no concatenation; C++ kernel)."""
-    return _ranges(_extension().group_ranges([[z.detach() for z in g] for g in groups]).tolist())
+    return table_ranges(_extension().group_ranges([[z.detach() for z in g] for g in groups]).tolist())
 
 
 class _NativeGrid(torch.autograd.Function):
@@ -193,52 +196,57 @@ class _NativeGrid(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
-def native_bits_grid(density: FactorizedDensity, lo: int, hi: int, resolution: int = GRID_RESOLUTION) -> Tensor:
+def density_parameters(density: FactorizedDensity) -> list[Tensor]:
+    """The density's parameters in the C++ grid's order: matrices, biases, factors."""
+    return [*density.matrices, *density.biases, *density.factors]
+
+
+def native_bits_grid(density: FactorizedDensity, lo: int, hi: int, resolution: int = GRID_RESOLUTION, *,
+                     parameters: list[Tensor] | None = None) -> Tensor:
     """``density.bits_grid(lo, hi, resolution)`` by the C++ kernel: one call forward, one back, instead of some
-    forty small tensor operations (float32 parameters on the CPU)."""
-    params = [*density.matrices, *density.biases, *density.factors]
+    forty small tensor operations (float32 parameters on the CPU; ``parameters``: :func:`density_parameters`,
+    if the caller keeps them)."""
+    params = density_parameters(density) if parameters is None else parameters
     return _NativeGrid.apply(lo, hi, resolution, len(density.matrices), *params)
 
 
-def native_tables(densities: list[FactorizedDensity], groups: list[list[Tensor]],
-                  resolution: int = GRID_RESOLUTION) -> list[tuple[Tensor, int]]:
-    """:func:`grid_tables` of each group's members: ranges by the C++ kernel, and the grids of one-channel
-    float32 densities too (:func:`native_bits_grid`: scalar code, faster than PyTorch's forty small operations
-    there; on wider densities PyTorch's vectorised ones win, so those keep ``bits_grid``)."""
-    def table(d: FactorizedDensity, lo: int, hi: int) -> Tensor:
-        if d.channels == 1 and all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous()
-                                   for p in d.parameters()):
-            return native_bits_grid(d, lo, hi, resolution)
-        return d.bits_grid(lo, hi, resolution)
-    return [(table(d, lo, hi), lo) for d, (lo, hi) in zip(densities, native_grid_ranges(groups), strict=True)]
+def native_table(density: FactorizedDensity, lo: int, hi: int, resolution: int = GRID_RESOLUTION, *,
+                 parameters: list[Tensor] | None = None) -> Tensor:
+    """``density.bits_grid(lo, hi)``: by the C++ kernel (:func:`native_bits_grid`, float64 inside, vectorised
+    across grid edges) where the density's parameters are contiguous float32 CPU tensors, else in PyTorch."""
+    params = density_parameters(density) if parameters is None else parameters
+    if all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in params):
+        return native_bits_grid(density, lo, hi, resolution, parameters=params)
+    return density.bits_grid(lo, hi, resolution)
 
 
-def _step_seed() -> int:
+def step_seed() -> int:
     """A 64-bit seed for the kernel's noise, taken from torch's default generator (``torch.manual_seed``
     reproduces it)."""
     return int(torch.empty((), dtype=torch.int64).random_())
 
 
 class _NativeGroupTerms(torch.autograd.Function):
-    """The C++ pass: ``(*outputs, bits, ΣZ², lasso)`` of one group's members (see :func:`native_group_terms`)."""
+    """The C++ pass: ``(*outputs, bits, ΣZ², lasso, (min, max), covered)`` of one group's members (see
+    :func:`native_group_terms`)."""
 
     @staticmethod
     def forward(ctx, table: Tensor, decoder: Tensor | None, lo: float, resolution: int, noise: bool, lasso: bool,
-                width: int, draws: Tensor | None, *latents: Tensor):
+                width: int, draws: Tensor | None, seed: int, *latents: Tensor):
         ext = _extension()
-        seed = _step_seed() if noise and draws is None else 0
         dec = decoder.detach().contiguous() if decoder is not None else None
-        bits, l2, lasso_sum, slope, weights, *outputs = ext.group_forward(
+        bits, l2, lasso_sum, slope, weights, bounds, covered, *outputs = ext.group_forward(
             list(latents), width, table.detach().contiguous(), dec, lo, resolution, seed, noise,
             None if draws is None else draws.detach().contiguous(), lasso)
         ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(bounds, covered)
         ctx.width, ctx.resolution, ctx.lasso, ctx.decoded = width, resolution, lasso, dec is not None
         ctx.save_for_backward(slope, weights, dec, *latents)
-        return (*outputs, bits, l2, lasso_sum)
+        return (*outputs, bits, l2, lasso_sum, bounds, covered)
 
     @staticmethod
     def backward(ctx, *grads):
-        *grad_outputs, g_bits, g_l2, g_lasso = grads
+        *grad_outputs, g_bits, g_l2, g_lasso, _, _ = grads
         slope, weights, dec, *latents = ctx.saved_tensors
         grad_outputs = [g if g is None else g.contiguous() for g in grad_outputs]
         gb = 0.0 if g_bits is None else float(g_bits)
@@ -250,23 +258,37 @@ class _NativeGroupTerms(torch.autograd.Function):
             grad_dec = grad_dec.view(dec.shape)
         else:
             grad_dec = None
-        return (grad_table, grad_dec, None, None, None, None, None, None, *grad_latents)
+        return (grad_table, grad_dec, None, None, None, None, None, None, None, *grad_latents)
+
+
+class NativeGroupTerms(NamedTuple):
+    """What :func:`native_group_terms` returns; ``bounds`` is the latents' ``(min, max)``, or ``None`` where the
+    table did not cover them (then the other fields are meaningless: rebuild the table on the latents' own range)."""
+
+    outputs: list[Tensor]
+    bits: Tensor
+    l2: Tensor
+    lasso: Tensor
+    bounds: tuple[float, float] | None
 
 
 def native_group_terms(latents: Sequence[Tensor], width: int, table: Tensor, lo: int, *,
                        decoder: Tensor | None = None, noise: bool = True, lasso: bool = True,
-                       draws: Tensor | None = None, resolution: int = GRID_RESOLUTION
-                       ) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
-    """``(outputs, bits, ΣZ², Σ‖row‖₂)`` of a group whose members' latents are ``latents`` (each a whole number
-    of ``width``-wide rows, contiguous float32), by the C++ kernel (:func:`load_extension` must not be None).
+                       draws: Tensor | None = None, seed: int | None = None,
+                       resolution: int = GRID_RESOLUTION) -> NativeGroupTerms:
+    """``(outputs, bits, ΣZ², Σ‖row‖₂, bounds)`` of a group whose members' latents are ``latents`` (each a whole
+    number of ``width``-wide rows, contiguous float32), by the C++ kernel (:func:`load_extension` must not be None).
 
     The terms are those of :func:`group_terms` on the members' concatenated rows. ``decoder``, a scale
     decoder of shape ``(1, 1)`` or ``(1, width)``: the outputs are the members' decoded weights
     ``round(z) * decoder``, one per member (gradients reach the decoder too); without it, one ``(N, width)``
     tensor of the rounded rows. ``draws`` (one value in [0, 1) per latent, in member order) replaces the
-    kernel's own noise, for tests against the eager path; otherwise noise ``u - 1/2`` is drawn with a seed
-    taken from torch's default generator.
+    kernel's own noise, for tests against the eager path; otherwise noise ``u - 1/2`` is drawn from ``seed``
+    (default: one taken from torch's default generator, :func:`step_seed`).
     """
-    *outputs, bits, l2, lasso_sum = _NativeGroupTerms.apply(table, decoder, float(lo), resolution, noise, lasso,
-                                                            width, draws, *latents)
-    return outputs, bits, l2, lasso_sum
+    if seed is None:
+        seed = step_seed() if noise and draws is None else 0
+    *outputs, bits, l2, lasso_sum, bounds, covered = _NativeGroupTerms.apply(
+        table, decoder, float(lo), resolution, noise, lasso, width, draws, seed, *latents)
+    low, high = bounds.tolist()
+    return NativeGroupTerms(outputs, bits, l2, lasso_sum, (low, high) if bool(covered) else None)

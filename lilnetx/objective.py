@@ -7,7 +7,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lilnetx.fused import grid_tables, group_terms, native_group_terms, native_tables, native_usable
+from lilnetx.fused import (
+    NativeGroupTerms,
+    density_parameters,
+    grid_tables,
+    group_terms,
+    native_grid_ranges,
+    native_group_terms,
+    native_table,
+    native_usable,
+    step_seed,
+    table_ranges,
+)
 from lilnetx.reparam import LatentGroup, LatentTensor, LatentWeight, latent_tensors
 
 
@@ -76,6 +87,32 @@ def _group_rows(members: list[LatentTensor]) -> Tensor:
     return torch.cat([t.latent.reshape(-1) for t in members]).view(-1, members[0].group.width)
 
 
+class _GroupPlan:
+    """One group's part of a :class:`TermsLayout`: its members and what each step does with them."""
+
+    def __init__(self, group: LatentGroup, members: list[LatentTensor], structure: str):
+        self.group = group
+        self.members = members
+        self.latents = [t.latent for t in members]
+        self.parametrizations = [t.module.parametrizations[t.tensor_name][0] for t in members]
+        self.fused_lasso = structure == "slice" and all(t.is_weight for t in members)
+        self.scale_decoder = group.width == 1 or group.form != "full"
+        self.density_parameters = density_parameters(group.density)
+        self.table_range: tuple[int, int] | None = None  # the native pass's range of the last step
+
+
+class TermsLayout:
+    """The latent tensors of one model arranged for :class:`TrainingTerms`, built once and reused every step
+    (a ``Trainer`` keeps one): the groups and their members, the structured-lasso choice, ``N_slices``, and each
+    group's grid-table range of the last step, which the next step reuses while the latents stay inside it."""
+
+    def __init__(self, tensors: list[LatentTensor], structure: str = "slice"):
+        self.tensors = tensors
+        self.structure = structure
+        self.slices = num_slices(tensors)
+        self.plans = [_GroupPlan(g, m, structure) for g, m in tensors_by_group(tensors).items()]
+
+
 class TrainingTerms:
     """The penalties of one training step, one fused pass per latent group (``lilnetx.fused``).
 
@@ -86,72 +123,87 @@ class TrainingTerms:
             loss = F.cross_entropy(model(x), y)
         terms = step.objective(loss)
 
+    ``tensors``: the model's latent tensors, or a :class:`TermsLayout` of them (whose structure then applies),
+    which saves the per-step arrangement work and a pass over the latents for the grid ranges.
     The per-element work runs in the C++ kernel of ``lilnetx.fused`` where it is built and the latents are
     contiguous float32 CPU tensors (``native=None``; ``native=False`` or ``LILNETX_FUSED=eager``: eager
     PyTorch, whose noise draws equal the unfused path's). ``compiled=True`` runs the eager path's grid tables
     and backward through ``torch.compile`` (same values; slow first step); the C++ path ignores it.
     """
 
-    def __init__(self, tensors: list[LatentTensor], lambdas: Lambdas = Lambdas(), structure: str = "slice", *,
-                 decode: bool = True, compiled: bool = False, native: bool | None = None):
+    def __init__(self, tensors: list[LatentTensor] | TermsLayout, lambdas: Lambdas = Lambdas(),
+                 structure: str = "slice", *, decode: bool = True, compiled: bool = False,
+                 native: bool | None = None):
+        layout = tensors if isinstance(tensors, TermsLayout) else TermsLayout(tensors, structure)
         self.lambdas = lambdas
-        self.slices = num_slices(tensors)
+        self.slices = layout.slices
         self.bits = self.l2 = self.lasso = torch.zeros(())
         self._weights: list[tuple[LatentWeight, Tensor]] = []
-        by_group = tensors_by_group(tensors)
         if native is None:
-            native = native_usable([t.latent for t in tensors])
+            native = native_usable([z for plan in layout.plans for z in plan.latents])
         if native:
-            self._native_pass(by_group, structure, decode)
+            self._native_pass(layout.plans, layout.structure, decode)
         else:
-            self._eager_pass(by_group, structure, decode, compiled)
+            self._eager_pass(layout.plans, layout.structure, decode, compiled)
 
-    def _add(self, members: list[LatentTensor], structure: str, fused_lasso: bool, bits: Tensor, l2: Tensor,
-             lasso: Tensor) -> None:
+    def _add(self, plan: _GroupPlan, structure: str, bits: Tensor, l2: Tensor, lasso: Tensor) -> None:
         self.bits, self.l2, self.lasso = self.bits + bits, self.l2 + l2, self.lasso + lasso
-        if not fused_lasso:
-            self.lasso = self.lasso + sum((structured_norms(t, structure).sum() for t in members if t.is_weight),
+        if not plan.fused_lasso:
+            self.lasso = self.lasso + sum((structured_norms(t, structure).sum() for t in plan.members if t.is_weight),
                                           torch.zeros(()))
 
-    def _use(self, members: list[LatentTensor], weights: list[Tensor]) -> None:
-        self._weights += [(t.module.parametrizations[t.tensor_name][0], w.view(t.latent.shape))
-                          for t, w in zip(members, weights, strict=True)]
+    def _use(self, plan: _GroupPlan, weights: list[Tensor]) -> None:
+        self._weights += [(p, w.view(z.shape)) for p, z, w in zip(plan.parametrizations, plan.latents, weights,
+                                                                   strict=True)]
 
-    def _eager_pass(self, by_group: dict[LatentGroup, list[LatentTensor]], structure: str, decode: bool,
-                    compiled: bool) -> None:
-        rows = [_group_rows(members) for members in by_group.values()]
-        tables = grid_tables([g.density for g in by_group], rows, compiled=compiled)
-        for (group, members), group_rows, (table, lo) in zip(by_group.items(), rows, tables, strict=True):
-            fused_lasso = structure == "slice" and all(t.is_weight for t in members)
-            rounded, bits, l2, lasso = group_terms(group_rows, table, lo, lasso=fused_lasso, compiled=compiled)
-            self._add(members, structure, fused_lasso, bits, l2, lasso)
+    def _eager_pass(self, plans: list[_GroupPlan], structure: str, decode: bool, compiled: bool) -> None:
+        rows = [_group_rows(plan.members) for plan in plans]
+        tables = grid_tables([plan.group.density for plan in plans], rows, compiled=compiled)
+        for plan, group_rows, (table, lo) in zip(plans, rows, tables, strict=True):
+            rounded, bits, l2, lasso = group_terms(group_rows, table, lo, lasso=plan.fused_lasso, compiled=compiled)
+            self._add(plan, structure, bits, l2, lasso)
             if decode:
-                self._use(members, group.decode(rounded).reshape(-1).split([t.latent.numel() for t in members]))
+                self._use(plan, plan.group.decode(rounded).reshape(-1).split([z.numel() for z in plan.latents]))
 
-    def _native_pass(self, by_group: dict[LatentGroup, list[LatentTensor]], structure: str, decode: bool) -> None:
-        """The C++ kernel: grid tables, and one pass per group over the members' latents in place; scale decoders
-        (width 1, diagonal, scalar) decoded in it."""
-        latents = [[t.latent for t in members] for members in by_group.values()]
-        tables = native_tables([g.density for g in by_group], latents)
-        for (group, members), zs, (table, lo) in zip(by_group.items(), latents, tables, strict=True):
-            fused_lasso = structure == "slice" and all(t.is_weight for t in members)
-            scales = decode and (group.width == 1 or group.form != "full")
-            outputs, bits, l2, lasso = native_group_terms(zs, group.width, table, lo, lasso=fused_lasso,
-                                                          decoder=group.decoder if scales else None)
-            self._add(members, structure, fused_lasso, bits, l2, lasso)
+    def _native_pass(self, plans: list[_GroupPlan], structure: str, decode: bool) -> None:
+        """The C++ kernel: one pass per group over the members' latents in place, on a grid table over the
+        range the group's latents had in the last step (rebuilt on their own range where they left it);
+        scale decoders (width 1, diagonal, scalar) decoded in it."""
+        missing = [plan for plan in plans if plan.table_range is None]
+        if missing:
+            for plan, found in zip(missing, native_grid_ranges([plan.latents for plan in missing]), strict=True):
+                plan.table_range = found
+        for plan in plans:
+            scales = decode and plan.scale_decoder
+            decoder = plan.group.decoder if scales else None
+            seed = step_seed()  # drawn once: a rerun uses the same noise
+            result = self._native_group(plan, decoder, seed)
+            if result.bounds is None:  # the latents left last step's range: their own range, once more
+                plan.table_range = native_grid_ranges([plan.latents])[0]
+                result = self._native_group(plan, decoder, seed)
+            plan.table_range = table_ranges([result.bounds])[0]
+            self._add(plan, structure, result.bits, result.l2, result.lasso)
             if scales:
-                self._use(members, outputs)
+                self._use(plan, result.outputs)
             elif decode:
-                self._use(members, group.decode(outputs[0]).reshape(-1).split([z.numel() for z in zs]))
+                self._use(plan, plan.group.decode(result.outputs[0]).reshape(-1).split(
+                    [z.numel() for z in plan.latents]))
+
+    @staticmethod
+    def _native_group(plan: _GroupPlan, decoder: Tensor | None, seed: int) -> NativeGroupTerms:
+        lo, hi = plan.table_range
+        table = native_table(plan.group.density, lo, hi, parameters=plan.density_parameters)
+        return native_group_terms(plan.latents, plan.group.width, table, lo, lasso=plan.fused_lasso, decoder=decoder,
+                                  seed=seed)
 
     def __enter__(self) -> TrainingTerms:
         for parametrization, weight in self._weights:
-            parametrization.step_weight = weight
+            parametrization.use_step_weight(weight)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for parametrization, _ in self._weights:
-            parametrization.step_weight = None
+            parametrization.use_step_weight(None)
         self._weights = []  # the decoded weights belong to this step only
 
     def objective(self, task_loss: Tensor) -> dict[str, Tensor]:

@@ -101,6 +101,11 @@ class LatentWeight(nn.Module):
         self.group = group
         self.step_weight: Tensor | None = None  # set during a training step by lilnetx.objective.TrainingTerms
 
+    def use_step_weight(self, weight: Tensor | None) -> None:
+        """Set ``step_weight`` as a plain attribute, without ``nn.Module.__setattr__``'s checks (twice per layer
+        and training step)."""
+        self.__dict__["step_weight"] = weight
+
     def forward(self, z: Tensor) -> Tensor:
         step_weight = self.step_weight
         if step_weight is not None:  # decoded once for the whole group this step

@@ -32,7 +32,7 @@ from lilnetx.artifact.format import DECODER_DTYPES, snap_decoder
 from lilnetx.errors import LilnetxError
 from lilnetx.files import atomic_file
 from lilnetx.metrics import stats
-from lilnetx.objective import Lambdas, TrainingTerms
+from lilnetx.objective import Lambdas, TermsLayout, TrainingTerms
 from lilnetx.reparam import latent_tensors
 
 CHECKPOINT_FORMAT = "lilnetx-checkpoint/1"
@@ -147,6 +147,9 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> tuple[list[dict],
     return [{"params": rest, "lr": config.lr}, {"params": decoders, "lr": decoder_lr}], density
 
 
+# Adam's fused kernel (one per tensor instead of about ten small operations): the density's many tiny tensors
+# made the two optimisers cost 1.6x plain training's one (benchmarks/train_overhead.py).
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 MAX_WARMUP_FRACTION = 0.2  # a short run still gets most of its steps at the full learning rate
 
 
@@ -200,6 +203,7 @@ class Trainer:
         self.structure = getattr(model, "lilnetx_config", {}).get("structure", "slice")
         if not self.tensors:
             raise ConfigError("model is not reparameterised: call lilnetx.reparameterize(model) first")
+        self.layout = TermsLayout(self.tensors, self.structure)
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress and _rank() == 0
         seed_everything(config.seed)
@@ -212,8 +216,9 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         groups, density = parameter_groups(model, config)
         self.decoders = groups[1]["params"]
-        self.opt_model = torch.optim.Adam(groups)
-        self.opt_density = torch.optim.Adam(density, lr=config.density_lr)
+        fused = self.device.type in FUSED_ADAM_DEVICES
+        self.opt_model = torch.optim.Adam(groups, fused=fused)
+        self.opt_density = torch.optim.Adam(density, lr=config.density_lr, fused=fused)
         steps = len(self.train_loader)
         schedule = warmup_cosine(config.epochs * steps, int(config.warmup_epochs * steps))
         density_schedule = schedule if config.density_schedule == "cosine" else (lambda step: 1.0)
@@ -265,8 +270,10 @@ class Trainer:
                 f"(first difference: {diff[0] if diff else '?'}); resume with the same architecture"
             )
         self.model.load_state_dict(state["model"])
-        self.opt_model.load_state_dict(state["opt_model"])
-        self.opt_density.load_state_dict(state["opt_density"])
+        for opt, key in ((self.opt_model, "opt_model"), (self.opt_density, "opt_density")):
+            opt.load_state_dict(state[key])
+            for group in opt.param_groups:  # a checkpoint of another Adam variant resumes on this one's
+                group.update(fused=opt.defaults["fused"], foreach=opt.defaults["foreach"])
         for s, sd in zip(self.schedulers, state["schedulers"], strict=True):
             s.load_state_dict(sd)
         torch.set_rng_state(state["rng"].cpu())
@@ -299,7 +306,7 @@ class Trainer:
         The penalties come from one fused pass per latent group, whose decoded weights the forward pass
         reuses (``TrainingTerms``); ``config.compile`` compiles that pass's per-element work.
         """
-        with TrainingTerms(self.tensors, self.config.lambdas, self.structure, compiled=self.config.compile) as pen:
+        with TrainingTerms(self.layout, self.config.lambdas, compiled=self.config.compile) as pen:
             task = F.cross_entropy(self.net(x), y, label_smoothing=self.config.label_smoothing)
         terms = pen.objective(task)
         self.opt_model.zero_grad(set_to_none=True)

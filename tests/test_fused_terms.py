@@ -4,6 +4,7 @@ kernel against the eager PyTorch pass."""
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -16,7 +17,14 @@ from lilnetx import fused
 from lilnetx.density import FactorizedDensity
 from lilnetx.fused import grid_tables, group_terms
 from lilnetx.native import NativeKernelError
-from lilnetx.objective import TrainingTerms, num_slices, rate_bits, structured_norms, tensors_by_group
+from lilnetx.objective import (
+    TermsLayout,
+    TrainingTerms,
+    num_slices,
+    rate_bits,
+    structured_norms,
+    tensors_by_group,
+)
 from lilnetx.reparam import latent_groups
 from lilnetx.training import TrainConfig, Trainer
 
@@ -190,9 +198,9 @@ def test_kernel_noise_is_uniform_reproducible_and_documented():
     assert [draws[i].item() for i in (0, 1, 2, 99_999)] == [_splitmix_draw(12345, i) for i in (0, 1, 2, 99_999)]
     assert not torch.equal(ext.uniform_draws(12346, 100), draws[:100])
     torch.manual_seed(7)
-    first = fused._step_seed()
+    first = fused.step_seed()
     torch.manual_seed(7)
-    assert fused._step_seed() == first != fused._step_seed()  # from torch's generator: manual_seed repeats it
+    assert fused.step_seed() == first != fused.step_seed()  # from torch's generator: manual_seed repeats it
 
 
 def _members(width: int, sizes=(40, 700, 8)) -> list[torch.Tensor]:
@@ -221,8 +229,9 @@ def test_kernel_matches_the_eager_pass_with_the_same_draws(width, decoder_shape,
     torch.manual_seed(5)  # the eager pass draws the same values with torch.rand_like
     rounded, bits, l2, lasso = group_terms(rows, table, lo, noise=noise)
     expected_out = rounded * decoder if decoder is not None else rounded
-    outputs, n_bits, n_l2, n_lasso = fused.native_group_terms(members, width, table, lo, decoder=decoder,
-                                                              noise=noise, draws=draws)
+    outputs, n_bits, n_l2, n_lasso, bounds = fused.native_group_terms(members, width, table, lo, decoder=decoder,
+                                                                      noise=noise, draws=draws)
+    assert bounds == (rows.min().item(), rows.max().item())
     got_out = torch.cat([o.reshape(-1, width) for o in outputs]) if decoder is not None else outputs[0]
     assert torch.equal(got_out, expected_out) and torch.equal(got_out.signbit(), expected_out.signbit())
     for a, b in [(bits, n_bits), (l2, n_l2), (lasso, n_lasso)]:
@@ -240,7 +249,7 @@ def test_kernel_draws_its_own_noise_from_the_step_seed(monkeypatch):
     members = _members(1)
     rows = torch.cat(members)
     (table, lo), = grid_tables([FactorizedDensity(1)], [rows])
-    monkeypatch.setattr(fused, "_step_seed", lambda: 99)
+    monkeypatch.setattr(fused, "step_seed", lambda: 99)
     own = fused.native_group_terms(members, 1, table, lo)
     given = fused.native_group_terms(members, 1, table, lo, draws=ext.uniform_draws(99, rows.numel()))
     assert own[1].item() == given[1].item()
@@ -278,7 +287,7 @@ def _kernel_noise_for_unfused(monkeypatch, tensors) -> None:
         if not state["queue"]:
             group = sizes[state["group"] % len(sizes)]
             state["group"] += 1
-            state["queue"] = list(fused.load_extension().uniform_draws(fused._step_seed(), sum(group)).split(group))
+            state["queue"] = list(fused.load_extension().uniform_draws(fused.step_seed(), sum(group)).split(group))
         draws = state["queue"].pop(0)
         assert draws.numel() == x.numel()
         return draws.view(x.shape).to(x.dtype)
@@ -358,6 +367,50 @@ def test_infinite_latents_are_a_clear_error_in_the_kernel_pass():
         lilnetx.latent_tensors(model)[-1].latent.view(-1)[0] = float("inf")
     with pytest.raises(FloatingPointError, match="diverged"):
         TrainingTerms(lilnetx.latent_tensors(model), native=True)
+
+
+def _terms_and_gradients(source, model: nn.Module, seed: int) -> tuple[list[float], list[torch.Tensor]]:
+    """Terms and gradients of one pass from ``seed``, and the generator's next draw (how much noise it took)."""
+    torch.manual_seed(seed)
+    terms = TrainingTerms(source, native=True)
+    next_draw = torch.rand(()).item()
+    loss = 0.3 * terms.bits + 0.7 * terms.l2 + 1.3 * terms.lasso
+    params = _latents_decoders_densities(model)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [terms.bits.item(), terms.l2.item(), terms.lasso.item(), next_draw], [
+        torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+@pytest.mark.parametrize("shift", [0.25, 3.0])
+def test_layout_reuses_last_steps_table_range_with_the_same_terms(monkeypatch, shift):
+    """A TermsLayout keeps each group's table range from its last step: latents that moved inside it (0.25)
+    and latents that left it (3.0: the pass is rerun on their own range, with the same noise) give the terms and
+    gradients of a fresh pass of the same seed."""
+    _ext()
+    model = _model()
+    layout = TermsLayout(lilnetx.latent_tensors(model))
+    _terms_and_gradients(layout, model, seed=1)
+    assert all(plan.table_range is not None for plan in layout.plans)
+    range_passes = []
+    objective_module = importlib.import_module("lilnetx.objective")  # lilnetx.objective is also a function
+    monkeypatch.setattr(objective_module, "native_grid_ranges", lambda groups: range_passes.append(len(groups)) or
+                        fused.native_grid_ranges(groups))
+    with torch.no_grad():
+        for t in layout.tensors:
+            t.latent.add_(shift)
+    reused, reused_grads = _terms_and_gradients(layout, model, seed=2)
+    assert range_passes == ([1] * len(layout.plans) if shift > 1 else [])
+    fresh, fresh_grads = _terms_and_gradients(lilnetx.latent_tensors(model), model, seed=2)
+    assert reused == pytest.approx(fresh, rel=1e-6)
+    for a, b in zip(reused_grads, fresh_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+
+
+def test_kernel_reports_a_table_that_does_not_cover_the_latents():
+    _ext()
+    members = _members(1)
+    (table, lo), = grid_tables([FactorizedDensity(1)], [torch.cat(members) / 4])
+    assert fused.native_group_terms(members, 1, table, lo).bounds is None
 
 
 def test_short_training_on_the_kernel_stays_with_the_eager_pass(monkeypatch):

@@ -8,6 +8,8 @@
 //   the backward; Σz², and the slice lasso Σ|z| (w = 1) or Σ‖row‖₂ (w > 1); round(z) (+0.0 for -0.0), and
 //   for groups with scale decoders ((1, 1) or (1, w)) directly the decoded weight round(z) * d[c].
 // The rate Σ table[c, k] + frac * slope is summed from the histograms, which also give the table's gradient.
+// The pass also returns the latents' (min, max) -- the caller's next table range -- and whether the table covered
+// every position (a table built from an earlier step's range may not; the caller then rebuilds and reruns).
 // The positions use the eager path's float operations in its order, so with the same draws they are equal
 // bit for bit; sums are accumulated in double.
 //
@@ -18,6 +20,10 @@
 // the number of threads, and the loop stays vectorisable. Threads come from ATen's pool.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#include <sleef.h>  // shipped with torch; libtorch_cpu exports its functions
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -77,9 +83,10 @@ int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / wid
 
 }  // namespace
 
-// Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), outputs...]: the outputs
-// are the decoded weights of every member (shaped as the member) when `decoder` is given, else one (N, w)
-// tensor of the rounded rows.
+// Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), (min, max) of the latents,
+// covered (0-dim bool), outputs...]: the outputs are the decoded weights of every member (shaped as the member)
+// when `decoder` is given, else one (N, w) tensor of the rounded rows. Where `covered` is false the other
+// values are meaningless.
 std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& table,
                                       const c10::optional<at::Tensor>& decoder, double lo, int64_t resolution,
                                       int64_t seed, bool noise, const c10::optional<at::Tensor>& draws, bool lasso) {
@@ -128,6 +135,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
   const int64_t hist = w * points;
   std::vector<int32_t> counts(threads * hist, 0);
   std::vector<double> upper(threads * hist, 0.0), sums(threads * 2, 0.0);
+  std::vector<float> mins(threads, INFINITY), maxs(threads, -INFINITY);
   std::vector<char> bad(threads, 0);
   const float lo_half = static_cast<float>(lo + 0.5), lo_f = static_cast<float>(lo);
   const float res = static_cast<float>(resolution);
@@ -139,6 +147,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     int32_t* cnt = counts.data() + tid * hist;
     double* upp = upper.data() + tid * hist;
     double l2 = 0.0, l1 = 0.0;
+    float zmin = INFINITY, zmax = -INFINITY;
     std::vector<float> frac_v(block_elements(w));
     std::vector<int32_t> k_v(block_elements(w));
     float* fracs = frac_v.data();
@@ -151,10 +160,13 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
       const float* u = drawp ? drawp + base : nullptr;
       float* slope = sp + base;
       double block_l2 = 0.0, block_l1 = 0.0;
+      float block_min = zmin, block_max = zmax;
       auto positions = [&](auto position) {
-#pragma omp simd reduction(+ : block_l2, block_l1)
+#pragma omp simd reduction(+ : block_l2, block_l1) reduction(min : block_min) reduction(max : block_max)
         for (int64_t j = 0; j < n; ++j) {
           const float zj = z[j];
+          block_min = zj < block_min ? zj : block_min;
+          block_max = zj > block_max ? zj : block_max;
           const float pos = position(zj, j);
           const int32_t k = static_cast<int32_t>(pos);
           ks[j] = k;
@@ -175,6 +187,8 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
         for (int64_t j = 0; j < n; ++j) out[j] *= dec[j % w];
       }
       l2 += block_l2;
+      zmin = block_min;
+      zmax = block_max;
       if (lasso && w == 1) {
         l1 += block_l1;
       } else if (lasso) {
@@ -200,10 +214,13 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     });
     sums[2 * tid] += l2;
     sums[2 * tid + 1] += l1;
+    mins[tid] = std::min(mins[tid], zmin);
+    maxs[tid] = std::max(maxs[tid], zmax);
   });
-  for (int t = 0; t < threads; ++t) {
-    TORCH_CHECK(!bad[t], "fused_terms: a latent lies outside the grid table (table range does not cover the latents)");
-  }
+  const bool covered = std::none_of(bad.begin(), bad.end(), [](char b) { return b != 0; });
+  at::Tensor bounds = at::empty({2}, fopt);
+  bounds.data_ptr<float>()[0] = *std::min_element(mins.begin(), mins.end());
+  bounds.data_ptr<float>()[1] = *std::max_element(maxs.begin(), maxs.end());
 
   at::Tensor weights = at::empty({w, points}, fopt);
   float* wp = weights.data_ptr<float>();
@@ -227,7 +244,8 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     }
   }
   std::vector<at::Tensor> result{at::scalar_tensor(bits, fopt), at::scalar_tensor(l2, fopt),
-                                 at::scalar_tensor(lasso ? l1 : 0.0, fopt), slope_out, weights};
+                                 at::scalar_tensor(lasso ? l1 : 0.0, fopt), slope_out, weights, bounds,
+                                 at::scalar_tensor(covered, at::TensorOptions().dtype(at::kBool))};
   result.insert(result.end(), outs.begin(), outs.end());
   return result;
 }
@@ -438,26 +456,61 @@ struct ChannelParams {
   }
 };
 
-// Forward of one edge; if given, ths / as receive tanh(h_i) / a_i of every layer, (layers) x width each.
-inline double cdf_logit(const Net& net, const ChannelParams& p, double x, double* ths, double* as) {
-  double cur[64], next[64];
-  cur[0] = x;
+// tanh / exp / log2 of n values: SLEEF's vectorised functions (1 ulp; shipped in libtorch) where the CPU has
+// AVX-512 or AVX2, the C library's otherwise.
+#if defined(__AVX512F__)
+#define LILNETX_MAP_N(name, scalar, avx512, avx2)                                                              \
+  inline void name(const double* in, double* out, int64_t n) {                                                \
+    int64_t j = 0;                                                                                            \
+    for (; j + 8 <= n; j += 8) _mm512_storeu_pd(out + j, avx512(_mm512_loadu_pd(in + j)));                    \
+    for (; j < n; ++j) out[j] = scalar(in[j]);                                                                \
+  }
+#elif defined(__AVX2__)
+#define LILNETX_MAP_N(name, scalar, avx512, avx2)                                                              \
+  inline void name(const double* in, double* out, int64_t n) {                                                \
+    int64_t j = 0;                                                                                            \
+    for (; j + 4 <= n; j += 4) _mm256_storeu_pd(out + j, avx2(_mm256_loadu_pd(in + j)));                      \
+    for (; j < n; ++j) out[j] = scalar(in[j]);                                                                \
+  }
+#else
+#define LILNETX_MAP_N(name, scalar, avx512, avx2)                                                              \
+  inline void name(const double* in, double* out, int64_t n) {                                                \
+    for (int64_t j = 0; j < n; ++j) out[j] = scalar(in[j]);                                                   \
+  }
+#endif
+LILNETX_MAP_N(tanh_n, std::tanh, Sleef_tanhd8_u10avx512f, Sleef_tanhd4_u10avx2)
+LILNETX_MAP_N(exp_n, std::exp, Sleef_expd8_u10avx512f, Sleef_expd4_u10avx2)
+LILNETX_MAP_N(log2_n, std::log2, Sleef_log2d8_u10avx512f, Sleef_log2d4_u10avx2)
+
+// Forward of all edges x[0..n) of one channel, layer by layer and vectorised across edges. saved is the
+// channel's (2 * layers * width, n) block: row 2 (i * width + o) holds tanh(h_i,o) of every edge (0 for the last
+// layer), the next row a_i,o, the input of layer i + 1; the logits are the last layer's a.
+const double* cdf_logits(const Net& net, const ChannelParams& p, const double* x, int64_t n, double* saved) {
+  std::vector<double> h(n);
+  auto row = [&](int64_t i, int64_t o, int64_t which) { return saved + (2 * (i * net.width + o) + which) * n; };
   for (int64_t i = 0; i < net.layers; ++i) {
     const int64_t din = net.dims[i], dout = net.dims[i + 1];
     for (int64_t o = 0; o < dout; ++o) {
-      double h = p.b[i][o];
-      for (int64_t k = 0; k < din; ++k) h += p.sw[i][o * din + k] * cur[k];
-      const double th = i + 1 < net.layers ? std::tanh(h) : 0.0;
-      const double a = i + 1 < net.layers ? h + p.tf[i][o] * th : h;
-      if (ths) {
-        ths[i * net.width + o] = th;
-        as[i * net.width + o] = a;
+      const double bias = p.b[i][o];
+      for (int64_t e = 0; e < n; ++e) h[e] = bias;
+      for (int64_t k = 0; k < din; ++k) {  // the order of the scalar code: bias, then inputs in order
+        const double w = p.sw[i][o * din + k];
+        const double* in = i == 0 ? x : row(i - 1, k, 1);
+        for (int64_t e = 0; e < n; ++e) h[e] += w * in[e];
       }
-      next[o] = a;
+      double* th = row(i, o, 0);
+      double* a = row(i, o, 1);
+      if (i + 1 < net.layers) {
+        tanh_n(h.data(), th, n);
+        const double f = p.tf[i][o];
+        for (int64_t e = 0; e < n; ++e) a[e] = h[e] + f * th[e];
+      } else {
+        std::fill(th, th + n, 0.0);
+        std::copy(h.begin(), h.end(), a);
+      }
     }
-    for (int64_t o = 0; o < dout; ++o) cur[o] = next[o];
   }
-  return cur[0];
+  return row(net.layers - 1, 0, 1);
 }
 
 constexpr double kFloor = 1e-9;  // LIKELIHOOD_FLOOR of lilnetx/density.py
@@ -470,7 +523,7 @@ inline void edge_values(int64_t n, int64_t resolution, double lo, std::vector<do
 }  // namespace
 
 // Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel: [(channels, points) float bits,
-// (channels, edges, 2 * layers * width) float64 activations and (channels, points, 2) float64 derivatives of the
+// (channels, 2 * layers * width, edges) float64 activations and (channels, points, 2) float64 derivatives of the
 // bits w.r.t. the lower and upper logits], the last two kept for the backward.
 std::vector<at::Tensor> grid_forward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
                                      const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi,
@@ -479,23 +532,28 @@ std::vector<at::Tensor> grid_forward(const std::vector<at::Tensor>& matrices, co
   TORCH_CHECK(net.width <= 64, "fused_terms: density layers wider than 64");
   const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution, act = net.layers * net.width;
   at::Tensor out = at::empty({net.channels, points}, at::TensorOptions().dtype(at::kFloat));
-  at::Tensor saved = at::empty({net.channels, edges, 2 * act}, at::TensorOptions().dtype(at::kDouble));
+  at::Tensor saved = at::empty({net.channels, 2 * act, edges}, at::TensorOptions().dtype(at::kDouble));
   at::Tensor coef = at::empty({net.channels, points, 2}, at::TensorOptions().dtype(at::kDouble));
   float* op = out.data_ptr<float>();
   double* sp = saved.data_ptr<double>();
   double* cp = coef.data_ptr<double>();
   at::parallel_for(0, net.channels, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<double> x(edges), logit(edges);
+    std::vector<double> x(edges), sign(points), ex(2 * points), clamped(points);
     edge_values(edges, resolution, static_cast<double>(lo), x);
     for (int64_t c = c0; c < c1; ++c) {
       const ChannelParams p(net, c);
-      double* sc = sp + c * edges * 2 * act;
-      for (int64_t e = 0; e < edges; ++e) logit[e] = cdf_logit(net, p, x[e], sc + e * 2 * act, sc + e * 2 * act + act);
-      for (int64_t q = 0; q < points; ++q) {
+      const double* logit = cdf_logits(net, p, x.data(), edges, sp + c * edges * 2 * act);
+      for (int64_t q = 0; q < points; ++q) {  // sigmoid(s u) = 1 / (1 + exp(-s u)), same for l
         const double l = logit[q], u = logit[q + resolution];
-        const double s = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
-        const double su = sigmoid(s * u), sl = sigmoid(s * l), diff = su - sl, prob = std::fabs(diff);
-        op[c * points + q] = static_cast<float>(-std::log2(std::max(prob, kFloor)));
+        sign[q] = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
+        ex[q] = -sign[q] * u;
+        ex[points + q] = -sign[q] * l;
+      }
+      exp_n(ex.data(), ex.data(), 2 * points);
+      for (int64_t q = 0; q < points; ++q) {
+        const double su = 1.0 / (1.0 + ex[q]), sl = 1.0 / (1.0 + ex[points + q]), diff = su - sl;
+        const double prob = std::fabs(diff), s = sign[q];
+        clamped[q] = std::max(prob, kFloor);
         double* cq = cp + (c * points + q) * 2;
         if (prob < kFloor || diff == 0.0) {  // the clamp (or |.| at 0) passes no gradient
           cq[0] = cq[1] = 0.0;
@@ -505,6 +563,8 @@ std::vector<at::Tensor> grid_forward(const std::vector<at::Tensor>& matrices, co
           cq[1] = g * s * su * (1.0 - su);   // d bits / d upper logit
         }
       }
+      log2_n(clamped.data(), clamped.data(), points);
+      for (int64_t q = 0; q < points; ++q) op[c * points + q] = static_cast<float>(-clamped[q]);
     }
   });
   return {out, saved, coef};
@@ -519,7 +579,7 @@ std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, c
   const int64_t L = net.layers, Wd = net.width, act = L * Wd, points = coef.size(1), edges = points + resolution;
   TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.numel() == net.channels * points,
               "fused_terms: the grid's gradient has the wrong shape");
-  TORCH_CHECK(saved.size(1) == edges && saved.size(2) == 2 * act, "fused_terms: saved activations do not fit");
+  TORCH_CHECK(saved.size(1) == 2 * act && saved.size(2) == edges, "fused_terms: saved activations do not fit");
   const float* gp = grad.data_ptr<float>();
   const double* sp = saved.data_ptr<double>();
   const double* cp = coef.data_ptr<double>();
@@ -550,14 +610,14 @@ std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, c
       }
       for (int64_t e = 0; e < edges; ++e) {
         if (g_logit[e] == 0.0) continue;
-        const double* ths = sc + e * 2 * act;
-        const double* as = ths + act;
+        auto th_of = [&](int64_t i, int64_t o) { return sc[2 * (i * Wd + o) * edges + e]; };
+        auto a_of = [&](int64_t i, int64_t o) { return sc[(2 * (i * Wd + o) + 1) * edges + e]; };
         ga[0] = g_logit[e];
         for (int64_t i = L - 1; i >= 0; --i) {
           const int64_t din = net.dims[i], dout = net.dims[i + 1];
           for (int64_t o = 0; o < dout; ++o) {
             if (i + 1 < L) {
-              const double th = ths[i * Wd + o];
+              const double th = th_of(i, o);
               acc_f[i][o] += ga[o] * th;  // times 1 - tanh(f)^2 below
               gh[o] = ga[o] * (1.0 + p.tf[i][o] * (1.0 - th * th));
             } else {
@@ -566,7 +626,7 @@ std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, c
             acc_b[i][o] += gh[o];
           }
           for (int64_t k = 0; k < din; ++k) {
-            const double a_in = i > 0 ? as[(i - 1) * Wd + k] : x[e];  // a_0: the edge
+            const double a_in = i > 0 ? a_of(i - 1, k) : x[e];  // a_0: the edge
             double g = 0.0;
             for (int64_t o = 0; o < dout; ++o) {
               acc_w[i][o * din + k] += gh[o] * a_in;
