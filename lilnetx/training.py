@@ -148,7 +148,7 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> tuple[list[dict],
 
 
 # Adam's fused kernel (one per tensor instead of about ten small operations): the density's many tiny tensors
-# made the two optimisers cost 1.6x plain training's one (benchmarks/train_overhead.py).
+# made the two optimisers cost 1.7x plain training's one (benchmarks/train_overhead.py).
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 MAX_WARMUP_FRACTION = 0.2  # a short run still gets most of its steps at the full learning rate
 
