@@ -136,6 +136,22 @@ def test_verify_measures_on_demand_and_fails_on_a_lying_claim(env: Path, monkeyp
     assert code == 2 and "took longer than" in capsys.readouterr().err
 
 
+def test_verify_of_a_remote_entry_measures_once(env: Path, true_top1: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first pull of a remote entry measures it to check the index; verify reports that measurement."""
+    publisher = local_zoo(env, "publisher")
+    publisher.add(make_artifact(env / "honest.lnx", top1=true_top1, keep=0.5, **DIGITS), "digits-a")
+    publisher.publish(str(env / "site"))
+    monkeypatch.setenv("LILNETX_ZOO_URL", (env / "site").as_uri())
+    import zoo.measure
+
+    calls = []
+    monkeypatch.setattr(zoo.measure, "measure", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    result = Zoo.from_env().verify(NAME)
+    assert len(calls) == 1 and result["accuracy"]["top1"] == pytest.approx(true_top1)
+    Zoo.from_env().verify(NAME)  # already pulled and checked: verify measures afresh
+    assert len(calls) == 2
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """An MNIST idx file of unsigned bytes."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)

@@ -207,10 +207,11 @@ class Zoo:
         from zoo.ingest import describe
         from zoo.measure import measure
 
-        path = self.pull(name)
+        path, measured = self._pull(name)
         described = describe(path)
-        limit = timeout_s if timeout_s is not None else self.measure_timeout_s or DEFAULT_TIMEOUT_S
-        measured = measure(described.model, described.header, data_root=self.data_root, timeout_s=limit)
+        if measured is None:  # the pull's own check of a remote entry did not measure it just now
+            limit = timeout_s if timeout_s is not None else self.measure_timeout_s or DEFAULT_TIMEOUT_S
+            measured = measure(described.model, described.header, data_root=self.data_root, timeout_s=limit)
         run_write(self.engine, lambda session: queries.set_measurement(session, described.record.sha256,
                                                                          measured))
         card = self.card(name)
@@ -230,6 +231,10 @@ class Zoo:
         and is not stored. ``dest`` (a folder, or a path ending in ``.lnx``) receives a copy; otherwise the
         store's read-only file is returned.
         """
+        return self._pull(name, dest)[0]
+
+    def _pull(self, name: str, dest: str | Path | None = None) -> tuple[Path, Measurement | None]:
+        """:meth:`pull`, and the accuracy its check of a remote entry measured (``None`` where it measured none)."""
         claimed, uri, verified = self._lookup(name)
         sha = claimed.sha256
         checked: list[tuple[ArtifactRecord, Measurement | None]] = []
@@ -253,12 +258,13 @@ class Zoo:
             self._record_checked(name, uri, *checked[0])
         if self.store.ref(name) != sha:
             self.store.set_ref(name, sha)
+        measured = checked[0][1] if checked else None
         if dest is None:
-            return path
+            return path, measured
         dest = Path(dest)
         target = dest if dest.suffix == ".lnx" else dest / f"{to_filename(name)}.lnx"
         copy_file_atomic(path, target)
-        return target
+        return target, measured
 
     def _record_checked(self, name: str, uri: str, record: ArtifactRecord, measured: Measurement | None) -> None:
         """Mark a pulled remote artifact verified (and measured); a read-only catalog keeps it unverified."""
