@@ -104,13 +104,26 @@ class _GroupPlan:
 class TermsLayout:
     """The latent tensors of one model arranged for :class:`TrainingTerms`, built once and reused every step
     (a ``Trainer`` keeps one): the groups and their members, the structured-lasso choice, ``N_slices``, and each
-    group's grid-table range of the last step, which the next step reuses while the latents stay inside it."""
+    group's grid-table range of the last step, which the next step reuses while the latents stay inside it
+    (:meth:`table_ranges`, which a checkpoint keeps so a resumed run uses the same ranges). It holds the model's
+    latent and density parameters themselves: build a new one if they are replaced (not merely updated)."""
 
     def __init__(self, tensors: list[LatentTensor], structure: str = "slice"):
         self.tensors = tensors
         self.structure = structure
         self.slices = num_slices(tensors)
         self.plans = [_GroupPlan(g, m, structure) for g, m in tensors_by_group(tensors).items()]
+
+    def table_ranges(self) -> list[list[int] | None]:
+        """Each group's last table range (``None`` before its first native pass)."""
+        return [list(plan.table_range) if plan.table_range is not None else None for plan in self.plans]
+
+    def restore_table_ranges(self, ranges: list[list[int] | None]) -> None:
+        """Set the ranges :meth:`table_ranges` returned (from a checkpoint of the same model)."""
+        if len(ranges) != len(self.plans):
+            raise ValueError(f"{len(ranges)} table ranges for {len(self.plans)} latent groups")
+        for plan, found in zip(self.plans, ranges, strict=True):
+            plan.table_range = (int(found[0]), int(found[1])) if found is not None else None
 
 
 class TrainingTerms:
@@ -123,8 +136,9 @@ class TrainingTerms:
             loss = F.cross_entropy(model(x), y)
         terms = step.objective(loss)
 
-    ``tensors``: the model's latent tensors, or a :class:`TermsLayout` of them (whose structure then applies),
-    which saves the per-step arrangement work and a pass over the latents for the grid ranges.
+    ``tensors``: the model's latent tensors, or a :class:`TermsLayout` of them (its structure applies; a
+    different ``structure`` argument is an error), which saves the per-step arrangement work and a pass over the
+    latents for the grid ranges.
     The per-element work runs in the C++ kernel of ``lilnetx.fused`` where it is built and the latents are
     contiguous float32 CPU tensors (``native=None``; ``native=False`` or ``LILNETX_FUSED=eager``: eager
     PyTorch, whose noise draws equal the unfused path's). ``compiled=True`` runs the eager path's grid tables
@@ -132,9 +146,14 @@ class TrainingTerms:
     """
 
     def __init__(self, tensors: list[LatentTensor] | TermsLayout, lambdas: Lambdas = Lambdas(),
-                 structure: str = "slice", *, decode: bool = True, compiled: bool = False,
+                 structure: str | None = None, *, decode: bool = True, compiled: bool = False,
                  native: bool | None = None):
-        layout = tensors if isinstance(tensors, TermsLayout) else TermsLayout(tensors, structure)
+        if isinstance(tensors, TermsLayout):
+            if structure is not None and structure != tensors.structure:
+                raise ValueError(f"structure {structure!r} given with a TermsLayout built for {tensors.structure!r}")
+            layout = tensors
+        else:
+            layout = TermsLayout(tensors, structure or "slice")
         self.lambdas = lambdas
         self.slices = layout.slices
         self.bits = self.l2 = self.lasso = torch.zeros(())
@@ -181,6 +200,10 @@ class TrainingTerms:
             if result.bounds is None:  # the latents left last step's range: their own range, once more
                 plan.table_range = native_grid_ranges([plan.latents])[0]
                 result = self._native_group(plan, decoder, seed)
+                if result.bounds is None:
+                    raise RuntimeError(f"lilnetx: the grid table of group {plan.group.name!r} does not cover its "
+                                       "latents even on their own range (a bug; LILNETX_FUSED=eager avoids the "
+                                       "C++ pass)")
             plan.table_range = table_ranges([result.bounds])[0]
             self._add(plan, structure, result.bits, result.l2, result.lasso)
             if scales:

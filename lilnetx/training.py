@@ -235,7 +235,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path) -> None:
-        """Atomically write model, optimisers, schedulers, epoch and RNG state (tensors only, no pickle)."""
+        """Atomically write model, optimisers, schedulers, epoch, RNG state and the fused pass's table ranges (tensors
+        and plain values only, no pickled objects)."""
         state = {
             "format": CHECKPOINT_FORMAT,
             "fingerprint": model_fingerprint(self.model),
@@ -244,6 +245,7 @@ class Trainer:
             "opt_model": self.opt_model.state_dict(),
             "opt_density": self.opt_density.state_dict(),
             "schedulers": [s.state_dict() for s in self.schedulers],
+            "table_ranges": self.layout.table_ranges(),
             "rng": torch.get_rng_state(),
             "config": json.dumps(self.config.to_dict()),
         }
@@ -271,12 +273,15 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         for opt, key in ((self.opt_model, "opt_model"), (self.opt_density, "opt_density")):
-            opt.load_state_dict(state[key])
-            for group in opt.param_groups:  # a checkpoint of another Adam variant resumes on this one's
-                group.update(fused=opt.defaults["fused"], foreach=opt.defaults["foreach"])
+            kernel = {"fused": opt.defaults["fused"], "foreach": opt.defaults["foreach"]}
+            saved = state[key]  # another Adam variant's checkpoint resumes on this kernel (set before loading:
+            # torch places the step counters by the loaded groups' flags)
+            opt.load_state_dict({**saved, "param_groups": [{**g, **kernel} for g in saved["param_groups"]]})
         for s, sd in zip(self.schedulers, state["schedulers"], strict=True):
             s.load_state_dict(sd)
         torch.set_rng_state(state["rng"].cpu())
+        if state.get("table_ranges") is not None:  # older checkpoints: ranges found afresh (same terms)
+            self.layout.restore_table_ranges(state["table_ranges"])
         self.epoch = int(state["epoch"])
 
     # -- loop --------------------------------------------------------------------------------------------

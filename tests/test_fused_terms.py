@@ -318,7 +318,7 @@ def test_kernel_pass_matches_the_unfused_path(monkeypatch, structure):
     """TrainingTerms on the C++ kernel against the per-tensor unfused path fed the kernel's own draws, in float32
     and float64: weights bit for bit, terms to 1e-5, and every gradient at least as close to the float64
     evaluation as the float32 unfused path is (up to 1e-5 of the tensor's largest gradient). The kernel's
-    one-channel grids are float64 inside: there its gradients are ~10x closer to float64 than float32 PyTorch."""
+    grids are float64 inside: there its gradients are ~10x closer to float64 than float32 PyTorch."""
     _ext()
     model = _model(structure)
     tensors = lilnetx.latent_tensors(model)
@@ -411,6 +411,24 @@ def test_kernel_reports_a_table_that_does_not_cover_the_latents():
     members = _members(1)
     (table, lo), = grid_tables([FactorizedDensity(1)], [torch.cat(members) / 4])
     assert fused.native_group_terms(members, 1, table, lo).bounds is None
+    table = fused.native_table(FactorizedDensity(1), -2, 4).detach()  # points -2, ..., 4
+    inside, last_cell = torch.tensor([[3.96]]), torch.tensor([[4.01]])  # the last cell has no slope to interpolate
+    assert fused.native_group_terms([inside], 1, table, -2, noise=False).bounds is not None
+    for z in (last_cell, torch.tensor([[float("nan")]]), torch.tensor([[-float("inf")]])):
+        assert fused.native_group_terms([z], 1, table, -2, noise=False).bounds is None
+
+
+def test_latents_that_turn_nan_are_a_clear_error_with_a_reused_range():
+    _ext()
+    model = _model()
+    layout = TermsLayout(lilnetx.latent_tensors(model))
+    TrainingTerms(layout, native=True)
+    with torch.no_grad():
+        layout.tensors[-1].latent.view(-1)[0] = float("nan")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        TrainingTerms(layout, native=True)
+    with pytest.raises(ValueError, match="structure 'channel' given with a TermsLayout built for 'slice'"):
+        TrainingTerms(layout, structure="channel")
 
 
 def test_short_training_on_the_kernel_stays_with_the_eager_pass(monkeypatch):

@@ -9,9 +9,10 @@
 //   for groups with scale decoders ((1, 1) or (1, w)) directly the decoded weight round(z) * d[c].
 // The rate Σ table[c, k] + frac * slope is summed from the histograms, which also give the table's gradient.
 // The pass also returns the latents' (min, max) -- the caller's next table range -- and whether the table covered
-// every position (a table built from an earlier step's range may not; the caller then rebuilds and reruns).
-// The positions use the eager path's float operations in its order, so with the same draws they are equal
-// bit for bit; sums are accumulated in double.
+// every position: 0 <= pos < points - 1, tested on the float (so NaN and infinity are outside on every CPU). A table
+// on the exact range (floor(min) - 1, ceil(max) + 1) always does; one built from an earlier step's range may not,
+// and the caller then rebuilds and reruns. The positions use the eager path's float operations in its order, so
+// with the same draws and table range they are equal bit for bit; sums are accumulated in double.
 //
 // Noise: draw i of a step is the i-th output of SplitMix64 (Steele, Lea & Flood 2014) from the 64-bit seed
 // the Python side takes from torch's default generator once per group and step:
@@ -20,7 +21,8 @@
 // the number of threads, and the loop stays vectorisable. Threads come from ATen's pool.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if (defined(__AVX2__) || defined(__AVX512F__)) && __has_include(<sleef.h>)
+#define LILNETX_SLEEF 1
 #include <immintrin.h>
 #include <sleef.h>  // shipped with torch; libtorch_cpu exports its functions
 #endif
@@ -79,7 +81,7 @@ struct Members {
 };
 
 // Adds a block's grid positions (cell k, fraction) to the histograms of (channel, cell) counts and fraction sums,
-// and writes each value's slope; true if a position lies outside the table. Value j goes to histogram copy j % 4
+// and writes each value's slope; true if a position lies outside the table (cell -1). Value j goes to histogram copy j % 4
 // of kCopies (each `hist` long): latents crowd into a few cells, and updates of one cell by consecutive values
 // would wait for each other (store-to-load forwarding); four copies make four independent chains. Not inlined:
 // inside the caller's lambda its pointers were spilled to the stack and reloaded for every value. Both measured:
@@ -93,7 +95,7 @@ __attribute__((noinline)) bool histogram(const int32_t* __restrict ks, const flo
   bool outside = false;
   for (int64_t j = 0, c = 0; j < n; ++j) {
     const int32_t k = ks[j];
-    if (k < 0 || k >= points) {
+    if (k < 0) {
       outside = true;
       slope[j] = 0.0f;
     } else {
@@ -169,7 +171,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
   std::vector<float> mins(threads, INFINITY), maxs(threads, -INFINITY);
   std::vector<char> bad(threads, 0);
   const float lo_half = static_cast<float>(lo + 0.5), lo_f = static_cast<float>(lo);
-  const float res = static_cast<float>(resolution);
+  const float res = static_cast<float>(resolution), last = static_cast<float>(points - 1);
   const uint64_t useed = static_cast<uint64_t>(seed);
   const float out_scale = dec && !diagonal ? dec[0] : 1.0f;  // round(z) * d exactly as the eager decode
 
@@ -200,7 +202,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
           block_min = zj < block_min ? zj : block_min;
           block_max = zj > block_max ? zj : block_max;
           const float pos = position(zj, j);
-          const int32_t k = static_cast<int32_t>(pos);
+          const int32_t k = pos >= 0.0f && pos < last ? static_cast<int32_t>(pos) : -1;  // truncation == floor
           ks[j] = k;
           fracs[j] = pos - static_cast<float>(k);
           block_l2 += static_cast<double>(zj) * zj;
@@ -232,7 +234,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
       }
       outside |= histogram(ks, fracs, n, w, points, hist, slopes.data(), cnt, upp, slope);
     });
-    bad[tid] = outside;
+    bad[tid] |= outside;
     sums[2 * tid] += l2;
     sums[2 * tid + 1] += l1;
     mins[tid] = std::min(mins[tid], zmin);
@@ -479,14 +481,14 @@ struct ChannelParams {
 
 // tanh / exp / log2 of n values: SLEEF's vectorised functions (1 ulp; shipped in libtorch) where the CPU has
 // AVX-512 or AVX2, the C library's otherwise.
-#if defined(__AVX512F__)
+#if defined(LILNETX_SLEEF) && defined(__AVX512F__)
 #define LILNETX_MAP_N(name, scalar, avx512, avx2)                                                              \
   inline void name(const double* in, double* out, int64_t n) {                                                \
     int64_t j = 0;                                                                                            \
     for (; j + 8 <= n; j += 8) _mm512_storeu_pd(out + j, avx512(_mm512_loadu_pd(in + j)));                    \
     for (; j < n; ++j) out[j] = scalar(in[j]);                                                                \
   }
-#elif defined(__AVX2__)
+#elif defined(LILNETX_SLEEF)
 #define LILNETX_MAP_N(name, scalar, avx512, avx2)                                                              \
   inline void name(const double* in, double* out, int64_t n) {                                                \
     int64_t j = 0;                                                                                            \
@@ -550,7 +552,6 @@ std::vector<at::Tensor> grid_forward(const std::vector<at::Tensor>& matrices, co
                                      const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi,
                                      int64_t resolution) {
   const Net net(matrices, biases, factors);
-  TORCH_CHECK(net.width <= 64, "fused_terms: density layers wider than 64");
   const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution, act = net.layers * net.width;
   at::Tensor out = at::empty({net.channels, points}, at::TensorOptions().dtype(at::kFloat));
   at::Tensor saved = at::empty({net.channels, 2 * act, edges}, at::TensorOptions().dtype(at::kDouble));
