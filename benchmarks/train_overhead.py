@@ -41,7 +41,7 @@ from lilnetx.training import TrainConfig, Trainer
 CASES = (  # (architecture, kwargs, batch, input size, timed steps per variant)
     ("lenet5_caffe", {}, 128, (1, 28, 28), 60),
     ("resnet20", {}, 128, (3, 32, 32), 40),
-    ("resnet20", {"width": 4}, 128, (3, 32, 32), 10),
+    ("resnet20", {"width": 4}, 128, (3, 32, 32), 20),
     ("timm/mobilenetv2_050", {"num_classes": 10}, 64, (3, 64, 64), 40),
 )
 MEMORY_CASE = 2  # resnet20 width 4
