@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lilnetx.errors import LilnetxError
 from lilnetx.fused import (
     NativeGroupTerms,
     density_parameters,
@@ -19,7 +20,12 @@ from lilnetx.fused import (
     step_seed,
     table_ranges,
 )
+from lilnetx.native import NativeKernelError
 from lilnetx.reparam import LatentGroup, LatentTensor, LatentWeight, latent_tensors
+
+
+class LayoutError(LilnetxError, ValueError):
+    """A :class:`TermsLayout` used with options or saved ranges it was not built for."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,8 @@ class TermsLayout:
     def restore_table_ranges(self, ranges: list[list[int] | None]) -> None:
         """Set the ranges :meth:`table_ranges` returned (from a checkpoint of the same model)."""
         if len(ranges) != len(self.plans):
-            raise ValueError(f"{len(ranges)} table ranges for {len(self.plans)} latent groups")
+            raise LayoutError(f"{len(ranges)} table ranges for {len(self.plans)} latent groups: they come from "
+                              "another model's checkpoint; resume with the same architecture")
         for plan, found in zip(self.plans, ranges, strict=True):
             plan.table_range = (int(found[0]), int(found[1])) if found is not None else None
 
@@ -150,7 +157,8 @@ class TrainingTerms:
                  native: bool | None = None):
         if isinstance(tensors, TermsLayout):
             if structure is not None and structure != tensors.structure:
-                raise ValueError(f"structure {structure!r} given with a TermsLayout built for {tensors.structure!r}")
+                raise LayoutError(f"structure {structure!r} given with a TermsLayout built for "
+                                  f"{tensors.structure!r}; leave structure out or build the layout with it")
             layout = tensors
         else:
             layout = TermsLayout(tensors, structure or "slice")
@@ -201,9 +209,9 @@ class TrainingTerms:
                 plan.table_range = native_grid_ranges([plan.latents])[0]
                 result = self._native_group(plan, decoder, seed)
                 if result.bounds is None:
-                    raise RuntimeError(f"lilnetx: the grid table of group {plan.group.name!r} does not cover its "
-                                       "latents even on their own range (a bug; LILNETX_FUSED=eager avoids the "
-                                       "C++ pass)")
+                    raise NativeKernelError(f"lilnetx: the grid table of group {plan.group.name!r} does not cover "
+                                            "its latents even on their own range (a bug; LILNETX_FUSED=eager "
+                                            "avoids the C++ pass)")
             plan.table_range = table_ranges([result.bounds])[0]
             self._add(plan, structure, result.bits, result.l2, result.lasso)
             if scales:

@@ -18,6 +18,7 @@ from lilnetx.density import FactorizedDensity
 from lilnetx.fused import grid_tables, group_terms
 from lilnetx.native import NativeKernelError
 from lilnetx.objective import (
+    LayoutError,
     TermsLayout,
     TrainingTerms,
     num_slices,
@@ -427,7 +428,7 @@ def test_latents_that_turn_nan_are_a_clear_error_with_a_reused_range():
         layout.tensors[-1].latent.view(-1)[0] = float("nan")
     with pytest.raises(FloatingPointError, match="diverged"):
         TrainingTerms(layout, native=True)
-    with pytest.raises(ValueError, match="structure 'channel' given with a TermsLayout built for 'slice'"):
+    with pytest.raises(LayoutError, match="structure 'channel' given with a TermsLayout built for 'slice'"):
         TrainingTerms(layout, structure="channel")
 
 
