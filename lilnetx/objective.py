@@ -111,7 +111,7 @@ class TermsLayout:
     """The latent tensors of one model arranged for :class:`TrainingTerms`, built once and reused every step
     (a ``Trainer`` keeps one): the groups and their members, the structured-lasso choice, ``N_slices``, and each
     group's grid-table range of the last step, which the next step reuses while the latents stay inside it
-    (:meth:`table_ranges`, which a checkpoint keeps so a resumed run uses the same ranges). It holds the model's
+    (:meth:`saved_ranges`, which a checkpoint keeps so a resumed run uses the same ranges). It holds the model's
     latent and density parameters themselves: build a new one if they are replaced (not merely updated)."""
 
     def __init__(self, tensors: list[LatentTensor], structure: str = "slice"):
@@ -120,12 +120,12 @@ class TermsLayout:
         self.slices = num_slices(tensors)
         self.plans = [_GroupPlan(g, m, structure) for g, m in tensors_by_group(tensors).items()]
 
-    def table_ranges(self) -> list[list[int] | None]:
+    def saved_ranges(self) -> list[list[int] | None]:
         """Each group's last table range (``None`` before its first native pass)."""
         return [list(plan.table_range) if plan.table_range is not None else None for plan in self.plans]
 
-    def restore_table_ranges(self, ranges: list[list[int] | None]) -> None:
-        """Set the ranges :meth:`table_ranges` returned (from a checkpoint of the same model)."""
+    def restore_ranges(self, ranges: list[list[int] | None]) -> None:
+        """Set the ranges :meth:`saved_ranges` returned (from a checkpoint of the same model)."""
         if len(ranges) != len(self.plans):
             raise LayoutError(f"{len(ranges)} table ranges for {len(self.plans)} latent groups: they come from "
                               "another model's checkpoint; resume with the same architecture")

@@ -245,7 +245,7 @@ class Trainer:
             "opt_model": self.opt_model.state_dict(),
             "opt_density": self.opt_density.state_dict(),
             "schedulers": [s.state_dict() for s in self.schedulers],
-            "table_ranges": self.layout.table_ranges(),
+            "table_ranges": self.layout.saved_ranges(),
             "rng": torch.get_rng_state(),
             "config": json.dumps(self.config.to_dict()),
         }
@@ -281,7 +281,7 @@ class Trainer:
             s.load_state_dict(sd)
         torch.set_rng_state(state["rng"].cpu())
         if state.get("table_ranges") is not None:  # older checkpoints: ranges found afresh (same terms)
-            self.layout.restore_table_ranges(state["table_ranges"])
+            self.layout.restore_ranges(state["table_ranges"])
         self.epoch = int(state["epoch"])
 
     # -- loop --------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_resume_from_a_checkpoint_of_torchs_default_adam(data, tmp_path):
     new = Trainer(digits_net(), data.train, None, config, progress=False)
     new.load_checkpoint(tmp_path / "checkpoint.pt")
     assert all(g["fused"] and not g["foreach"] for opt in (new.opt_model, new.opt_density) for g in opt.param_groups)
-    assert new.layout.table_ranges() == old.layout.table_ranges() and None not in old.layout.table_ranges()
+    assert new.layout.saved_ranges() == old.layout.saved_ranges() and None not in old.layout.saved_ranges()
     assert new.fit()["epoch"] == 2
 
 

@@ -207,17 +207,17 @@ class Zoo:
         from zoo.ingest import describe
         from zoo.measure import measure
 
-        path, measured = self._pull(name)
-        described = describe(path)
+        path, checked = self._pull(name)
+        record, measured = checked or (None, None)
         if measured is None:  # the pull's own check of a remote entry did not measure it just now
+            described = describe(path)
+            record = described.record
             limit = timeout_s if timeout_s is not None else self.measure_timeout_s or DEFAULT_TIMEOUT_S
             measured = measure(described.model, described.header, data_root=self.data_root, timeout_s=limit)
-        run_write(self.engine, lambda session: queries.set_measurement(session, described.record.sha256,
-                                                                         measured))
+        run_write(self.engine, lambda session: queries.set_measurement(session, record.sha256, measured))
         card = self.card(name)
         return {"name": name, "accuracy": card["accuracy"], "claimed_accuracy": card["claimed_accuracy"],
-                "measured_on": card["measured_on"],
-                "claim_error": check_claim(name, described.record.metrics.top1, measured)}
+                "measured_on": card["measured_on"], "claim_error": check_claim(name, record.metrics.top1, measured)}
 
     # -- pulling -----------------------------------------------------------------------------------------
 
@@ -233,8 +233,10 @@ class Zoo:
         """
         return self._pull(name, dest)[0]
 
-    def _pull(self, name: str, dest: str | Path | None = None) -> tuple[Path, Measurement | None]:
-        """:meth:`pull`, and the accuracy its check of a remote entry measured (``None`` where it measured none)."""
+    def _pull(self, name: str, dest: str | Path | None = None
+              ) -> tuple[Path, tuple[ArtifactRecord, Measurement | None] | None]:
+        """:meth:`pull`, and what its check of a remote entry found (the described record and the measured
+        accuracy, ``None`` where it measured none), or ``None`` where it checked nothing."""
         claimed, uri, verified = self._lookup(name)
         sha = claimed.sha256
         checked: list[tuple[ArtifactRecord, Measurement | None]] = []
@@ -258,13 +260,13 @@ class Zoo:
             self._record_checked(name, uri, *checked[0])
         if self.store.ref(name) != sha:
             self.store.set_ref(name, sha)
-        measured = checked[0][1] if checked else None
+        found = checked[0] if checked else None
         if dest is None:
-            return path, measured
+            return path, found
         dest = Path(dest)
         target = dest if dest.suffix == ".lnx" else dest / f"{to_filename(name)}.lnx"
         copy_file_atomic(path, target)
-        return target, measured
+        return target, found
 
     def _record_checked(self, name: str, uri: str, record: ArtifactRecord, measured: Measurement | None) -> None:
         """Mark a pulled remote artifact verified (and measured); a read-only catalog keeps it unverified."""
