@@ -25,7 +25,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -210,16 +210,6 @@ def native_bits_grid(density: FactorizedDensity, lo: int, hi: int, resolution: i
     return _NativeGrid.apply(lo, hi, resolution, len(density.matrices), *params)
 
 
-def native_table(density: FactorizedDensity, lo: int, hi: int, resolution: int = GRID_RESOLUTION, *,
-                 parameters: list[Tensor] | None = None) -> Tensor:
-    """``density.bits_grid(lo, hi)``: by the C++ kernel (:func:`native_bits_grid`, float64 inside, vectorised
-    across grid edges) where the density's parameters are contiguous float32 CPU tensors, else in PyTorch."""
-    params = density_parameters(density) if parameters is None else parameters
-    if all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in params):
-        return native_bits_grid(density, lo, hi, resolution, parameters=params)
-    return density.bits_grid(lo, hi, resolution)
-
-
 def step_seed() -> int:
     """A 64-bit seed for the kernel's noise, taken from torch's default generator (``torch.manual_seed``
     reproduces it)."""
@@ -248,17 +238,28 @@ class _NativeGroupTerms(torch.autograd.Function):
     def backward(ctx, *grads):
         *grad_outputs, g_bits, g_l2, g_lasso, _, _ = grads
         slope, weights, dec, *latents = ctx.saved_tensors
-        grad_outputs = [g if g is None else g.contiguous() for g in grad_outputs]
-        gb = 0.0 if g_bits is None else float(g_bits)
-        grad_dec, *grad_latents = _extension().group_backward(
-            latents, ctx.width, slope, dec, grad_outputs, gb * ctx.resolution,
-            0.0 if g_l2 is None else 2 * float(g_l2), 0.0 if g_lasso is None else float(g_lasso), ctx.lasso)
-        grad_table = weights * gb if ctx.needs_input_grad[0] else None
-        if grad_dec is not None and ctx.needs_input_grad[1]:
-            grad_dec = grad_dec.view(dec.shape)
-        else:
-            grad_dec = None
+        coefficients = _coefficients(g_bits, g_l2, g_lasso)
+        grad_dec, grad_latents = _group_backward(latents, ctx.width, slope, dec, grad_outputs, coefficients,
+                                                 ctx.resolution, ctx.lasso)
+        grad_table = weights * coefficients[0] if ctx.needs_input_grad[0] else None
+        grad_dec = grad_dec if ctx.needs_input_grad[1] else None
         return (grad_table, grad_dec, None, None, None, None, None, None, None, *grad_latents)
+
+
+def _coefficients(g_bits: Tensor | None, g_l2: Tensor | None, g_lasso: Tensor | None) -> tuple[float, float, float]:
+    """The gradients reaching bits, ΣZ² and the lasso, as floats (an unused term: 0)."""
+    return tuple(0.0 if g is None else float(g) for g in (g_bits, g_l2, g_lasso))
+
+
+def _group_backward(latents: Sequence[Tensor], width: int, slope: Tensor, dec: Tensor | None,
+                    grad_outputs: Sequence[Tensor | None], coefficients: tuple[float, float, float], resolution: int,
+                    lasso: bool) -> tuple[Tensor | None, list[Tensor]]:
+    """The C++ backward of one group: the decoder's gradient (``None`` without one) and each latent's."""
+    g_bits, g_l2, g_lasso = coefficients
+    grad_dec, *grad_latents = _extension().group_backward(
+        list(latents), width, slope, dec, [g if g is None else g.contiguous() for g in grad_outputs],
+        g_bits * resolution, 2 * g_l2, g_lasso, lasso)
+    return (grad_dec.view(dec.shape) if grad_dec is not None else None), grad_latents
 
 
 class NativeGroupTerms(NamedTuple):
@@ -292,3 +293,132 @@ def native_group_terms(latents: Sequence[Tensor], width: int, table: Tensor, lo:
         table, decoder, float(lo), resolution, noise, lasso, width, draws, seed, *latents)
     low, high = bounds.tolist()
     return NativeGroupTerms(outputs, bits, l2, lasso_sum, (low, high) if bool(covered) else None)
+
+
+class StepGroup(Protocol):
+    """What :func:`native_step_terms` reads of one latent group, and its table range, which it updates."""
+
+    name: str
+    width: int
+    latents: list[Tensor]
+    density_parameters: list[Tensor]  # matrices, biases, factors (:func:`density_parameters`)
+    layers: int
+    fused_lasso: bool
+    table_range: tuple[int, int] | None  # the range of the last step; None before the first
+
+
+class _GroupInputs(NamedTuple):
+    """One group's slice of :class:`_NativeStep`'s flat inputs."""
+
+    parameters: list[Tensor]
+    decoder: Tensor | None
+    latents: list[Tensor]
+
+
+def _split_inputs(groups: Sequence[StepGroup], decoded: Sequence[bool], inputs: Sequence[Tensor]) -> list[_GroupInputs]:
+    result, i = [], 0
+    for group, has_decoder in zip(groups, decoded, strict=True):
+        params = list(inputs[i:i + len(group.density_parameters)])
+        i += len(params)
+        decoder = inputs[i] if has_decoder else None
+        i += has_decoder
+        result.append(_GroupInputs(params, decoder, list(inputs[i:i + len(group.latents)])))
+        i += len(group.latents)
+    return result
+
+
+class _NativeStep(torch.autograd.Function):
+    """The C++ passes of every group of a step in one autograd node: ``(*outputs, bits, ΣZ², lasso)`` summed over
+    the groups (see :func:`native_step_terms`)."""
+
+    @staticmethod
+    def forward(ctx, groups: Sequence[StepGroup], decoded: Sequence[bool], seeds: Sequence[int], resolution: int,
+                *inputs: Tensor):
+        ext = _extension()
+        outputs, totals, saved = [], [0.0, 0.0, 0.0], []
+        for group, part, seed in zip(groups, _split_inputs(groups, decoded, inputs), seeds, strict=True):
+            layers = group.layers
+            params = [p.detach() for p in part.parameters]
+            matrices, biases, factors = params[:layers], params[layers:2 * layers], params[2 * layers:]
+            dec = part.decoder.detach().contiguous() if part.decoder is not None else None
+            for attempt in range(2):
+                lo, hi = group.table_range
+                table, grid_saved, coef = ext.grid_forward(matrices, biases, factors, lo, hi, resolution)
+                bits, l2, lasso_sum, slope, weights, bounds, covered, *outs = ext.group_forward(
+                    part.latents, group.width, table, dec, float(lo), resolution, seed, True, None, group.fused_lasso)
+                if bool(covered):
+                    break
+                if attempt:
+                    raise native.NativeKernelError(
+                        f"lilnetx: the grid table of group {group.name!r} does not cover its latents even on their "
+                        "own range (a bug; LILNETX_FUSED=eager avoids the C++ pass)")
+                group.table_range = native_grid_ranges([part.latents])[0]  # they left last step's range: their own
+            group.table_range = table_ranges([bounds.tolist()])[0]
+            for i, value in enumerate((bits, l2, lasso_sum)):
+                totals[i] += float(value)
+            outputs += outs
+            saved.append((slope, weights, grid_saved, coef, lo, dec, len(outs)))
+        ctx.set_materialize_grads(False)
+        ctx.step = (groups, decoded, resolution, saved)
+        ctx.save_for_backward(*inputs)
+        return (*outputs, *(torch.tensor(t, dtype=torch.float32) for t in totals))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        groups, decoded, resolution, saved = ctx.step
+        grad_outputs, coefficients = grads[:-3], _coefficients(*grads[-3:])
+        ext, needs = _extension(), iter(ctx.needs_input_grad[4:])
+        result, o = [None, None, None, None], 0
+        for group, part, (slope, weights, grid_saved, coef, lo, dec, count) in zip(
+                groups, _split_inputs(groups, decoded, ctx.saved_tensors), saved, strict=True):
+            grad_dec, grad_latents = _group_backward(part.latents, group.width, slope, dec,
+                                                     grad_outputs[o:o + count], coefficients, resolution,
+                                                     group.fused_lasso)
+            o += count
+            needs_params = [next(needs) for _ in part.parameters]
+            if any(needs_params):
+                layers = group.layers
+                params = part.parameters
+                result += ext.grid_backward(params[:layers], params[layers:2 * layers], params[2 * layers:],
+                                            grid_saved, coef, lo, resolution, weights * coefficients[0])
+            else:
+                result += [None] * len(part.parameters)
+            if dec is not None:
+                result.append(grad_dec if next(needs) else None)
+            result += [g if next(needs) else None for g in grad_latents]
+        return tuple(result)
+
+
+class StepTerms(NamedTuple):
+    """What :func:`native_step_terms` returns: each group's outputs, and bits, ΣZ², lasso summed over the groups."""
+
+    outputs: list[list[Tensor]]
+    bits: Tensor
+    l2: Tensor
+    lasso: Tensor
+
+
+def native_step_terms(groups: Sequence[StepGroup], decoders: Sequence[Tensor | None], *,
+                      resolution: int = GRID_RESOLUTION) -> StepTerms:
+    """The training terms of every group of a step by the C++ kernel, in one autograd node: per group, its
+    density's grid table on the range its latents had in the last step (``group.table_range``; rebuilt on their
+    own range where they left it, or had none), and :func:`native_group_terms` on it with noise from
+    :func:`step_seed` (one seed per group, drawn in group order). ``decoders[i]``: group i's scale decoder, whose
+    decoded weights are its outputs (one per member), or ``None`` (one ``(N, width)`` tensor of rounded rows).
+    Updates each group's ``table_range`` to its latents' range. Needs :func:`native_usable` latents and density
+    parameters."""
+    missing = [g for g in groups if g.table_range is None]
+    if missing:
+        for group, found in zip(missing, native_grid_ranges([g.latents for g in missing]), strict=True):
+            group.table_range = found
+    seeds = [step_seed() for _ in groups]
+    decoded = [d is not None for d in decoders]
+    inputs = [t for g, d in zip(groups, decoders, strict=True)
+              for t in (*g.density_parameters, *([d] if d is not None else []), *g.latents)]
+    *flat, bits, l2, lasso = _NativeStep.apply(groups, decoded, seeds, resolution, *inputs)
+    outputs, i = [], 0
+    for group, has_decoder in zip(groups, decoded, strict=True):
+        count = len(group.latents) if has_decoder else 1
+        outputs.append(flat[i:i + count])
+        i += count
+    return StepTerms(outputs, bits, l2, lasso)

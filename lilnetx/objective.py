@@ -8,19 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lilnetx.errors import LilnetxError
-from lilnetx.fused import (
-    NativeGroupTerms,
-    density_parameters,
-    grid_tables,
-    group_terms,
-    native_grid_ranges,
-    native_group_terms,
-    native_table,
-    native_usable,
-    step_seed,
-    table_ranges,
-)
-from lilnetx.native import NativeKernelError
+from lilnetx.fused import density_parameters, grid_tables, group_terms, native_step_terms, native_usable
 from lilnetx.reparam import LatentGroup, LatentTensor, LatentWeight, latent_tensors
 
 
@@ -94,10 +82,12 @@ def _group_rows(members: list[LatentTensor]) -> Tensor:
 
 
 class _GroupPlan:
-    """One group's part of a :class:`TermsLayout`: its members and what each step does with them."""
+    """One group's part of a :class:`TermsLayout`: its members and what each step does with them (a
+    ``lilnetx.fused.StepGroup``)."""
 
     def __init__(self, group: LatentGroup, members: list[LatentTensor], structure: str):
         self.group = group
+        self.name, self.width, self.layers = group.name, group.width, len(group.density.matrices)
         self.members = members
         self.latents = [t.latent for t in members]
         self.parametrizations = [t.module.parametrizations[t.tensor_name][0] for t in members]
@@ -167,7 +157,7 @@ class TrainingTerms:
         self.bits = self.l2 = self.lasso = torch.zeros(())
         self._weights: list[tuple[LatentWeight, Tensor]] = []
         if native is None:
-            native = native_usable([z for plan in layout.plans for z in plan.latents])
+            native = native_usable([t for plan in layout.plans for t in (*plan.latents, *plan.density_parameters)])
         if native:
             self._native_pass(layout.plans, layout.structure, decode)
         else:
@@ -175,13 +165,17 @@ class TrainingTerms:
 
     def _add(self, plan: _GroupPlan, structure: str, bits: Tensor, l2: Tensor, lasso: Tensor) -> None:
         self.bits, self.l2, self.lasso = self.bits + bits, self.l2 + l2, self.lasso + lasso
+        self._add_unfused_lasso(plan, structure)
+
+    def _add_unfused_lasso(self, plan: _GroupPlan, structure: str) -> None:
+        """The lasso of a group whose pass does not compute it (channel or filter structure, biases)."""
         if not plan.fused_lasso:
             self.lasso = self.lasso + sum((structured_norms(t, structure).sum() for t in plan.members if t.is_weight),
                                           torch.zeros(()))
 
     def _use(self, plan: _GroupPlan, weights: list[Tensor]) -> None:
-        self._weights += [(p, w.view(z.shape)) for p, z, w in zip(plan.parametrizations, plan.latents, weights,
-                                                                   strict=True)]
+        self._weights += [(p, w if w.shape == z.shape else w.view(z.shape))  # a view is one more autograd node
+                          for p, z, w in zip(plan.parametrizations, plan.latents, weights, strict=True)]
 
     def _eager_pass(self, plans: list[_GroupPlan], structure: str, decode: bool, compiled: bool) -> None:
         rows = [_group_rows(plan.members) for plan in plans]
@@ -193,39 +187,17 @@ class TrainingTerms:
                 self._use(plan, plan.group.decode(rounded).reshape(-1).split([z.numel() for z in plan.latents]))
 
     def _native_pass(self, plans: list[_GroupPlan], structure: str, decode: bool) -> None:
-        """The C++ kernel: one pass per group over the members' latents in place, on a grid table over the
-        range the group's latents had in the last step (rebuilt on their own range where they left it);
-        scale decoders (width 1, diagonal, scalar) decoded in it."""
-        missing = [plan for plan in plans if plan.table_range is None]
-        if missing:
-            for plan, found in zip(missing, native_grid_ranges([plan.latents for plan in missing]), strict=True):
-                plan.table_range = found
-        for plan in plans:
-            scales = decode and plan.scale_decoder
-            decoder = plan.group.decoder if scales else None
-            seed = step_seed()  # drawn once: a rerun uses the same noise
-            result = self._native_group(plan, decoder, seed)
-            if result.bounds is None:  # the latents left last step's range: their own range, once more
-                plan.table_range = native_grid_ranges([plan.latents])[0]
-                result = self._native_group(plan, decoder, seed)
-                if result.bounds is None:
-                    raise NativeKernelError(f"lilnetx: the grid table of group {plan.group.name!r} does not cover "
-                                            "its latents even on their own range (a bug; LILNETX_FUSED=eager "
-                                            "avoids the C++ pass)")
-            plan.table_range = table_ranges([result.bounds])[0]
-            self._add(plan, structure, result.bits, result.l2, result.lasso)
-            if scales:
-                self._use(plan, result.outputs)
+        """The C++ kernel: one pass per group over the members' latents in place, all groups in one autograd node
+        (``lilnetx.fused.native_step_terms``); scale decoders (width 1, diagonal, scalar) decoded in it."""
+        decoders = [plan.group.decoder if decode and plan.scale_decoder else None for plan in plans]
+        step = native_step_terms(plans, decoders)
+        self.bits, self.l2, self.lasso = step.bits, step.l2, step.lasso
+        for plan, outputs, decoder in zip(plans, step.outputs, decoders, strict=True):
+            self._add_unfused_lasso(plan, structure)
+            if decoder is not None:
+                self._use(plan, outputs)
             elif decode:
-                self._use(plan, plan.group.decode(result.outputs[0]).reshape(-1).split(
-                    [z.numel() for z in plan.latents]))
-
-    @staticmethod
-    def _native_group(plan: _GroupPlan, decoder: Tensor | None, seed: int) -> NativeGroupTerms:
-        lo, hi = plan.table_range
-        table = native_table(plan.group.density, lo, hi, parameters=plan.density_parameters)
-        return native_group_terms(plan.latents, plan.group.width, table, lo, lasso=plan.fused_lasso, decoder=decoder,
-                                  seed=seed)
+                self._use(plan, plan.group.decode(outputs[0]).reshape(-1).split([z.numel() for z in plan.latents]))
 
     def __enter__(self) -> TrainingTerms:
         for parametrization, weight in self._weights:

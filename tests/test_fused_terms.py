@@ -4,7 +4,6 @@ kernel against the eager PyTorch pass."""
 from __future__ import annotations
 
 import copy
-import importlib
 
 import pytest
 import torch
@@ -342,6 +341,32 @@ def test_kernel_pass_matches_the_unfused_path(monkeypatch, structure):
         assert kernel_error <= (e32.double() - e64).abs().max().item() + 1e-5 * scale
 
 
+def test_kernel_step_skips_what_needs_no_gradient():
+    """The step's single autograd node gives frozen densities no gradient (and skips their grids' backward) while
+    the latents' gradients stay those of the unfrozen step; a float64 density sends the step to the eager pass."""
+    _ext()
+    model = _model()
+    tensors = lilnetx.latent_tensors(model)
+    latents = [t.latent for t in tensors]
+
+    def latent_grads() -> list[torch.Tensor]:
+        torch.manual_seed(3)
+        with TrainingTerms(tensors, native=True) as terms:
+            weights = [getattr(t.module, t.tensor_name) for t in tensors]
+        return list(torch.autograd.grad(terms.bits + terms.l2 + _weight_probe(weights), latents))
+
+    expected = latent_grads()
+    frozen = [p for g in latent_groups(model).values() for p in g.density.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    for a, b in zip(latent_grads(), expected, strict=True):
+        assert torch.equal(a, b)
+    assert all(p.grad is None for p in frozen)
+    group = next(iter(latent_groups(model).values()))
+    group.density.double()
+    assert not fused.native_usable([*latents, *fused.density_parameters(group.density)])
+
+
 def test_eager_switch_and_fallback_without_a_compiler(monkeypatch):
     latents = [torch.zeros(3, 9)]
     monkeypatch.setenv(fused.ENV_SWITCH, "eager")
@@ -393,9 +418,9 @@ def test_layout_reuses_last_steps_table_range_with_the_same_terms(monkeypatch, s
     _terms_and_gradients(layout, model, seed=1)
     assert all(plan.table_range is not None for plan in layout.plans)
     range_passes = []
-    objective_module = importlib.import_module("lilnetx.objective")  # lilnetx.objective is also a function
-    monkeypatch.setattr(objective_module, "native_grid_ranges", lambda groups: range_passes.append(len(groups)) or
-                        fused.native_grid_ranges(groups))
+    own_ranges = fused.native_grid_ranges
+    monkeypatch.setattr(fused, "native_grid_ranges", lambda groups: range_passes.append(len(groups)) or
+                        own_ranges(groups))
     with torch.no_grad():
         for t in layout.tensors:
             t.latent.add_(shift)
@@ -412,7 +437,7 @@ def test_kernel_reports_a_table_that_does_not_cover_the_latents():
     members = _members(1)
     (table, lo), = grid_tables([FactorizedDensity(1)], [torch.cat(members) / 4])
     assert fused.native_group_terms(members, 1, table, lo).bounds is None
-    table = fused.native_table(FactorizedDensity(1), -2, 4).detach()  # points -2, ..., 4
+    table = fused.native_bits_grid(FactorizedDensity(1), -2, 4).detach()  # points -2, ..., 4
     inside, last_cell = torch.tensor([[3.96]]), torch.tensor([[4.01]])  # the last cell has no slope to interpolate
     assert fused.native_group_terms([inside], 1, table, -2, noise=False).bounds is not None
     for z in (last_cell, torch.tensor([[float("nan")]]), torch.tensor([[-float("inf")]])):
