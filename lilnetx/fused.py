@@ -1,17 +1,18 @@
 """One pass per latent group for the training-time terms: rate, L2, slice lasso and the rounded latents.
 
-One autograd ``Function`` per group computes the interpolated noisy rate, ``ΣZ²``, the slice lasso and
-``round(Z)`` (whose decoding every member shares), and its backward sums all their gradients in one go. The
-per-element work runs in one of two ways:
+One pass per group computes the interpolated noisy rate, ``ΣZ²``, the slice lasso and ``round(Z)`` (whose
+decoding every member shares), and its backward sums all their gradients in one go. The per-element work
+runs in one of two ways:
 
-- the C++ kernel ``lilnetx/csrc/fused_terms.cpp`` (:func:`native_group_terms`, built on first use by
-  :mod:`lilnetx.native`): one pass over the members' latents in place (no concatenation) that draws the noise
-  from a counter-based generator (SplitMix64 of a per-step seed taken from torch's default generator), writes
-  the rounded latents -- or, for scale decoders, the decoded weights -- and the rate histograms, and one pass
-  back that writes every latent's gradient; it also evaluates the density grids
-  (:func:`native_bits_grid`);
-- eager PyTorch (:class:`_GroupTerms`, the reference and the fallback where no compiler exists) on the
-  group's concatenated latents, whose backward may be compiled by ``torch.compile`` (``compiled=``); its noise is ``torch.rand_like``, so it
+- the C++ kernel ``lilnetx/csrc/fused_terms.cpp`` (built on first use by :mod:`lilnetx.native`): one pass over
+  the members' latents in place (no concatenation) that draws the noise from a counter-based generator
+  (SplitMix64 of a per-step seed taken from torch's default generator), writes the rounded latents -- or, for
+  scale decoders, the decoded weights -- and the rate histograms, and one pass back that writes every
+  latent's gradient; it also evaluates the density grids (:func:`native_bits_grid`). A training step runs
+  every group's grid and pass in one autograd node (:func:`native_step_terms`: per-group nodes cost more than
+  the small groups' arithmetic); :func:`native_group_terms` is one group's pass on a given table;
+- eager PyTorch (:class:`_GroupTerms`, one autograd ``Function`` per group; the reference and the fallback
+  where no compiler exists) on the group's concatenated latents, whose backward may be compiled by ``torch.compile`` (``compiled=``); its noise is ``torch.rand_like``, so it
   gives the same values as the unfused path (``FactorizedDensity.total_bits`` and per-tensor priors).
 
 With the same draws both give the same rate, L2, lasso, rounded latents and gradients, which the tests check.
