@@ -1,9 +1,9 @@
 """Build a C++ extension from ``lilnetx/csrc`` on first use; ``None`` (with one warning) where that fails.
 
-Sources are compiled with ``torch.utils.cpp_extension`` (``-O3 -march=native -fopenmp``) and cached in torch's
-extension folder (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a name keyed by the
-source, torch version and CPU, so an edited source, another torch or another machine builds afresh. Callers
-keep a pure PyTorch path for the ``None`` case (no compiler, failed build).
+Sources are compiled with ``torch.utils.cpp_extension`` (``-O3 -march=native -fopenmp -fno-trapping-math``) and
+cached in torch's extension folder (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a name
+keyed by the source, torch version, CPU and flags, so an edited source, another torch or another machine builds
+afresh. Callers keep a pure PyTorch path for the ``None`` case (no compiler, failed build).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ CSRC = Path(__file__).parent / "csrc"
 
 class NativeKernelError(LilnetxError):
     """A C++ kernel was asked for where it could not be built; the message names the pure PyTorch path."""
-CFLAGS = ("-O3", "-march=native", "-fopenmp")
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math")  # the last: float selects vectorise; same values
 
 
 def cpu_key() -> str:

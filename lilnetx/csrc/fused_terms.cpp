@@ -110,6 +110,48 @@ __attribute__((noinline)) bool histogram(const int32_t* __restrict ks, const flo
   return outside;
 }
 
+// One block's grid positions (cell k, or -1 outside the table, and fraction), Σz² and Σ|z| (added to l2 and
+// abs_sum), (min, max) and round(z) * out_scale. Written so that it vectorises (it ran as a scalar loop before):
+// a function of its own with restrict pointers and scalars by value, 16 lanes of partial sums written out
+// instead of `omp simd` reductions, the float -> int conversion of an in-range value only, and -fno-trapping-math
+// (lilnetx/native.py) so the compiler may select between the two sides of a float comparison. Measured on
+// LeNet5's 400,000-latent group, one thread: the whole forward pass 1.9 -> 1.0 ms.
+template <typename Position>
+inline void block_positions(const float* __restrict z, int64_t n, Position position, float last, float out_scale,
+                            int32_t* __restrict ks, float* __restrict fracs, float* __restrict out, double& l2,
+                            double& abs_sum, float& zmin, float& zmax) {
+  constexpr int kLanes = 16;
+  float lo[kLanes], hi[kLanes];
+  double sq[kLanes], ab[kLanes];
+  for (int k = 0; k < kLanes; ++k) lo[k] = zmin, hi[k] = zmax, sq[k] = 0.0, ab[k] = 0.0;
+  auto value = [&](int64_t j, int k) {
+    const float zj = z[j];
+    lo[k] = zj < lo[k] ? zj : lo[k];
+    hi[k] = zj > hi[k] ? zj : hi[k];
+    const float pos = position(zj, j);
+    // truncation == floor, of an in-range value only (out of range the conversion is undefined)
+    const bool inside = (pos >= 0.0f) & (pos < last);  // false for NaN
+    const int32_t truncated = static_cast<int32_t>(inside ? pos : 0.0f);
+    const int32_t cell = inside ? truncated : -1;
+    ks[j] = cell;
+    fracs[j] = pos - static_cast<float>(cell);
+    sq[k] += static_cast<double>(zj) * zj;
+    ab[k] += std::fabs(static_cast<double>(zj));
+    out[j] = (std::nearbyint(zj) + 0.0f) * out_scale;
+  };
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int k = 0; k < kLanes; ++k) value(j + k, k);
+  }
+  for (; j < n; ++j) value(j, 0);
+  for (int k = 0; k < kLanes; ++k) {
+    zmin = std::min(zmin, lo[k]);
+    zmax = std::max(zmax, hi[k]);
+    l2 += sq[k];
+    abs_sum += ab[k];
+  }
+}
+
 int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, kGrainElements / width); }
 int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / width) * width; }
 
@@ -193,38 +235,24 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
       const uint64_t base = static_cast<uint64_t>(global_row * w);
       const float* u = drawp ? drawp + base : nullptr;
       float* slope = sp + base;
-      double block_l2 = 0.0, block_l1 = 0.0;
-      float block_min = zmin, block_max = zmax;
+      double abs_sum = 0.0;
       auto positions = [&](auto position) {
-#pragma omp simd reduction(+ : block_l2, block_l1) reduction(min : block_min) reduction(max : block_max)
-        for (int64_t j = 0; j < n; ++j) {
-          const float zj = z[j];
-          block_min = zj < block_min ? zj : block_min;
-          block_max = zj > block_max ? zj : block_max;
-          const float pos = position(zj, j);
-          const int32_t k = pos >= 0.0f && pos < last ? static_cast<int32_t>(pos) : -1;  // truncation == floor
-          ks[j] = k;
-          fracs[j] = pos - static_cast<float>(k);
-          block_l2 += static_cast<double>(zj) * zj;
-          block_l1 += std::fabs(static_cast<double>(zj));
-          out[j] = (std::nearbyint(zj) + 0.0f) * out_scale;
-        }
+        block_positions(z, n, position, last, out_scale, ks, fracs, out, l2, abs_sum, zmin, zmax);
       };
       if (!noise) {
-        positions([&](float zj, int64_t) { return (zj - lo_f) * res; });
+        positions([lo_f, res](float zj, int64_t) { return (zj - lo_f) * res; });
       } else if (u) {
-        positions([&](float zj, int64_t j) { return ((u[j] + zj) - lo_half) * res; });
+        positions([u, lo_half, res](float zj, int64_t j) { return ((u[j] + zj) - lo_half) * res; });
       } else {
-        positions([&](float zj, int64_t j) { return ((draw(useed, base + j) + zj) - lo_half) * res; });
+        positions([useed, base, lo_half, res](float zj, int64_t j) {
+          return ((draw(useed, base + j) + zj) - lo_half) * res;
+        });
       }
       if (diagonal) {
         for (int64_t j = 0; j < n; ++j) out[j] *= dec[j % w];
       }
-      l2 += block_l2;
-      zmin = block_min;
-      zmax = block_max;
       if (lasso && w == 1) {
-        l1 += block_l1;
+        l1 += abs_sum;
       } else if (lasso) {
         for (int64_t row = 0; row < rows; ++row) {
           double sq = 0.0;
