@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import NamedTuple, Protocol
@@ -229,7 +228,7 @@ class _NativeGroupTerms(torch.autograd.Function):
         dec = decoder.detach().contiguous() if decoder is not None else None
         bits, l2, lasso_sum, slope, weights, bounds, covered, *outputs = ext.group_forward(
             list(latents), width, table.detach().contiguous(), dec, lo, resolution, seed, noise,
-            None if draws is None else draws.detach().contiguous(), lasso, None)
+            None if draws is None else draws.detach().contiguous(), lasso)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(bounds, covered)
         ctx.width, ctx.resolution, ctx.lasso, ctx.decoded = width, resolution, lasso, dec is not None
@@ -307,16 +306,6 @@ class StepGroup(Protocol):
     layers: int
     fused_lasso: bool
     table_range: tuple[int, int] | None  # the range of the last step; None before the first
-    slope_buffer: Tensor | None  # the slopes the pass saved for a backward in an earlier step; None before the first
-
-
-def _unused_slope_buffer(group: StepGroup) -> Tensor | None:
-    """The group's slope buffer of an earlier step where nothing else holds it any more (that step's graph is
-    gone), for the kernel to write this step's slopes into; else ``None`` (the kernel allocates one). Measured: a
-    fresh multi-MB buffer every step moved the network's own buffers onto fresh pages (LeNet5: ~3,700 more page
-    faults in the forward pass, ~2 ms)."""
-    buffer = group.slope_buffer
-    return buffer if buffer is not None and sys.getrefcount(buffer) == 3 else None  # group, `buffer`, the call
 
 
 class _GroupInputs(NamedTuple):
@@ -353,13 +342,11 @@ class _NativeStep(torch.autograd.Function):
             params = [p.detach() for p in part.parameters]
             matrices, biases, factors = params[:layers], params[layers:2 * layers], params[2 * layers:]
             dec = part.decoder.detach().contiguous() if part.decoder is not None else None
-            buffer = _unused_slope_buffer(group)
             for attempt in range(2):
                 lo, hi = group.table_range
                 table, grid_saved, coef = ext.grid_forward(matrices, biases, factors, lo, hi, resolution)
                 bits, l2, lasso_sum, slope, weights, bounds, covered, *outs = ext.group_forward(
-                    part.latents, group.width, table, dec, float(lo), resolution, seed, True, None, group.fused_lasso,
-                    buffer)
+                    part.latents, group.width, table, dec, float(lo), resolution, seed, True, None, group.fused_lasso)
                 if bool(covered):
                     break
                 if attempt:
@@ -368,7 +355,6 @@ class _NativeStep(torch.autograd.Function):
                         "own range (a bug; LILNETX_FUSED=eager avoids the C++ pass)")
                 group.table_range = native_grid_ranges([part.latents])[0]  # they left last step's range: their own
             group.table_range = table_ranges([bounds.tolist()])[0]
-            group.slope_buffer = slope
             for i, value in enumerate((bits, l2, lasso_sum)):
                 totals[i] += float(value)
             outputs += outs

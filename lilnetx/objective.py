@@ -95,7 +95,6 @@ class _GroupPlan:
         self.scale_decoder = group.width == 1 or group.form != "full"
         self.density_parameters = density_parameters(group.density)
         self.table_range: tuple[int, int] | None = None  # the native pass's range of the last step
-        self.slope_buffer: Tensor | None = None  # the native pass's slopes, reused once their step is done
 
 
 class TermsLayout:

@@ -367,31 +367,6 @@ def test_kernel_step_skips_what_needs_no_gradient():
     assert not fused.native_usable([*latents, *fused.density_parameters(group.density)])
 
 
-def test_kernel_reuses_its_slope_buffer_only_once_its_step_is_done():
-    """The C++ pass writes a step's slopes into the buffer of an earlier step only where that step's graph is gone: a
-    graph kept alive keeps its slopes, and its backward after a later step's pass still gives its own gradients."""
-    _ext()
-    model = _model()
-    layout = TermsLayout(lilnetx.latent_tensors(model))
-    latents = [t.latent for t in layout.tensors]
-
-    def step(seed: int) -> TrainingTerms:
-        torch.manual_seed(seed)
-        return TrainingTerms(layout, native=True)
-
-    first = step(1)
-    expected = torch.autograd.grad(first.bits, latents, retain_graph=True)
-    addresses = [plan.slope_buffer.data_ptr() for plan in layout.plans]  # no references: the plans' only
-    second = step(2)  # the first step's graph is alive: fresh buffers
-    assert all(plan.slope_buffer.data_ptr() != a for plan, a in zip(layout.plans, addresses, strict=True))
-    for a, b in zip(torch.autograd.grad(first.bits, latents), expected, strict=True):
-        assert torch.equal(a, b)
-    del first, second
-    addresses = [plan.slope_buffer.data_ptr() for plan in layout.plans]
-    step(3)
-    assert [plan.slope_buffer.data_ptr() for plan in layout.plans] == addresses
-
-
 def test_eager_switch_and_fallback_without_a_compiler(monkeypatch):
     latents = [torch.zeros(3, 9)]
     monkeypatch.setenv(fused.ENV_SWITCH, "eager")

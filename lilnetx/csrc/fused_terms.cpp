@@ -157,14 +157,13 @@ int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / wid
 
 }  // namespace
 
-// Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w; written into `slope_buffer` where it is a contiguous float32
-// tensor of that size), table weights (w, points), (min, max) of the latents, covered (0-dim bool), outputs...]:
-// the outputs are the decoded weights of every member (shaped as the member) when `decoder` is given, else one
-// (N, w) tensor of the rounded rows. Where `covered` is false the other values are meaningless.
+// Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), (min, max) of the latents,
+// covered (0-dim bool), outputs...]: the outputs are the decoded weights of every member (shaped as the member)
+// when `decoder` is given, else one (N, w) tensor of the rounded rows. Where `covered` is false the other
+// values are meaningless.
 std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& table,
                                       const c10::optional<at::Tensor>& decoder, double lo, int64_t resolution,
-                                      int64_t seed, bool noise, const c10::optional<at::Tensor>& draws, bool lasso,
-                                      const c10::optional<at::Tensor>& slope_buffer) {
+                                      int64_t seed, bool noise, const c10::optional<at::Tensor>& draws, bool lasso) {
   const Members mem(latents, width);
   const int64_t w = width, N = mem.rows(), total = N * w;
   TORCH_CHECK(table.scalar_type() == at::kFloat && table.dim() == 2 && table.size(0) == w && table.is_contiguous(),
@@ -192,10 +191,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
   }
 
   auto fopt = at::TensorOptions().dtype(at::kFloat);
-  const bool reuse = slope_buffer.has_value() && slope_buffer->defined() &&
-                     slope_buffer->scalar_type() == at::kFloat && slope_buffer->is_contiguous() &&
-                     slope_buffer->numel() == total;
-  at::Tensor slope_out = reuse ? *slope_buffer : at::empty({total}, fopt);
+  at::Tensor slope_out = at::empty({total}, fopt);
   std::vector<at::Tensor> outs;
   std::vector<float*> outp;
   if (dec) {
