@@ -12,8 +12,9 @@ runs in one of two ways:
   every group's grid and pass in one autograd node (:func:`native_step_terms`: per-group nodes cost more than
   the small groups' arithmetic); :func:`native_group_terms` is one group's pass on a given table;
 - eager PyTorch (:class:`_GroupTerms`, one autograd ``Function`` per group; the reference and the fallback
-  where no compiler exists) on the group's concatenated latents, whose backward may be compiled by ``torch.compile`` (``compiled=``); its noise is ``torch.rand_like``, so it
-  gives the same values as the unfused path (``FactorizedDensity.total_bits`` and per-tensor priors).
+  where no compiler exists) on the group's concatenated latents, whose backward may be compiled by
+  ``torch.compile`` (``compiled=``); its noise is ``torch.rand_like``, so it gives the same values as the
+  unfused path (``FactorizedDensity.total_bits`` and per-tensor priors).
 
 With the same draws both give the same rate, L2, lasso, rounded latents and gradients, which the tests check.
 ``LILNETX_FUSED=eager`` in the environment (or ``TrainingTerms(native=False)``) selects the eager path.
@@ -30,6 +31,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from lilnetx import native
 from lilnetx.density import GRID_RESOLUTION, FactorizedDensity
@@ -161,12 +163,12 @@ def _extension() -> ModuleType:
     return ext
 
 
-def native_usable(latents: Sequence[Tensor]) -> bool:
-    """Can the C++ kernel take these latents (contiguous float32 on the CPU), is it wanted
-    (``LILNETX_FUSED`` is not ``eager``) and built?"""
+def native_usable(tensors: Sequence[Tensor]) -> bool:
+    """Can the C++ kernel take these tensors (a step's latents and density parameters: contiguous float32 on the
+    CPU), is it wanted (``LILNETX_FUSED`` is not ``eager``) and built?"""
     if os.environ.get(ENV_SWITCH, "").strip().lower() == "eager":
         return False
-    if not all(z.dtype == torch.float32 and z.device.type == "cpu" and z.is_contiguous() for z in latents):
+    if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
         return False
     return load_extension() is not None
 
@@ -330,18 +332,19 @@ def _split_inputs(groups: Sequence[StepGroup], decoded: Sequence[bool], inputs: 
 
 class _NativeStep(torch.autograd.Function):
     """The C++ passes of every group of a step in one autograd node: ``(*outputs, bits, ΣZ², lasso)`` summed over
-    the groups (see :func:`native_step_terms`)."""
+    the groups (see :func:`native_step_terms`). What the backward needs is saved with ``save_for_backward``, so a
+    backward frees it (as torch's own nodes do) however long the graph's outputs live."""
 
     @staticmethod
     def forward(ctx, groups: Sequence[StepGroup], decoded: Sequence[bool], seeds: Sequence[int], resolution: int,
                 *inputs: Tensor):
         ext = _extension()
-        outputs, totals, saved = [], [0.0, 0.0, 0.0], []
+        outputs, totals, intermediates, los = [], [0.0, 0.0, 0.0], [], []
         for group, part, seed in zip(groups, _split_inputs(groups, decoded, inputs), seeds, strict=True):
             layers = group.layers
-            params = [p.detach() for p in part.parameters]
-            matrices, biases, factors = params[:layers], params[layers:2 * layers], params[2 * layers:]
-            dec = part.decoder.detach().contiguous() if part.decoder is not None else None
+            matrices, biases, factors = (part.parameters[:layers], part.parameters[layers:2 * layers],
+                                         part.parameters[2 * layers:])
+            dec = part.decoder.contiguous() if part.decoder is not None else None
             for attempt in range(2):
                 lo, hi = group.table_range
                 table, grid_saved, coef = ext.grid_forward(matrices, biases, factors, lo, hi, resolution)
@@ -358,28 +361,32 @@ class _NativeStep(torch.autograd.Function):
             for i, value in enumerate((bits, l2, lasso_sum)):
                 totals[i] += float(value)
             outputs += outs
-            saved.append((slope, weights, grid_saved, coef, lo, dec, len(outs)))
+            intermediates += [slope, weights, grid_saved, coef]
+            los.append(lo)
         ctx.set_materialize_grads(False)
-        ctx.step = (groups, decoded, resolution, saved)
-        ctx.save_for_backward(*inputs)
+        ctx.step = (groups, decoded, resolution, los)
+        ctx.save_for_backward(*inputs, *intermediates)
         return (*outputs, *(torch.tensor(t, dtype=torch.float32) for t in totals))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads):
-        groups, decoded, resolution, saved = ctx.step
+        groups, decoded, resolution, los = ctx.step
+        saved = ctx.saved_tensors
+        inputs, intermediates = saved[:len(saved) - 4 * len(groups)], saved[len(saved) - 4 * len(groups):]
         grad_outputs, coefficients = grads[:-3], _coefficients(*grads[-3:])
         ext, needs = _extension(), iter(ctx.needs_input_grad[4:])
         result, o = [None, None, None, None], 0
-        for group, part, (slope, weights, grid_saved, coef, lo, dec, count) in zip(
-                groups, _split_inputs(groups, decoded, ctx.saved_tensors), saved, strict=True):
+        for i, (group, part, lo) in enumerate(zip(groups, _split_inputs(groups, decoded, inputs), los, strict=True)):
+            slope, weights, grid_saved, coef = intermediates[4 * i:4 * i + 4]
+            dec = part.decoder.contiguous() if part.decoder is not None else None
+            count = len(part.latents) if dec is not None else 1
             grad_dec, grad_latents = _group_backward(part.latents, group.width, slope, dec,
                                                      grad_outputs[o:o + count], coefficients, resolution,
                                                      group.fused_lasso)
             o += count
-            needs_params = [next(needs) for _ in part.parameters]
-            if any(needs_params):
-                layers = group.layers
-                params = part.parameters
+            if any([next(needs) for _ in part.parameters]):
+                layers, params = group.layers, part.parameters
                 result += ext.grid_backward(params[:layers], params[layers:2 * layers], params[2 * layers:],
                                             grid_saved, coef, lo, resolution, weights * coefficients[0])
             else:
@@ -403,8 +410,8 @@ def native_step_terms(groups: Sequence[StepGroup], decoders: Sequence[Tensor | N
                       resolution: int = GRID_RESOLUTION) -> StepTerms:
     """The training terms of every group of a step by the C++ kernel, in one autograd node: per group, its
     density's grid table on the range its latents had in the last step (``group.table_range``; rebuilt on their
-    own range where they left it, or had none), and :func:`native_group_terms` on it with noise from
-    :func:`step_seed` (one seed per group, drawn in group order). ``decoders[i]``: group i's scale decoder, whose
+    own range where they left it, or had none), and the pass of :func:`native_group_terms` on it with noise
+    from :func:`step_seed` (one seed per group, drawn in group order). ``decoders[i]``: group i's scale decoder, whose
     decoded weights are its outputs (one per member), or ``None`` (one ``(N, width)`` tensor of rounded rows).
     Updates each group's ``table_range`` to its latents' range. Needs :func:`native_usable` latents and density
     parameters."""

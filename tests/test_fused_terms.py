@@ -367,6 +367,24 @@ def test_kernel_step_skips_what_needs_no_gradient():
     assert not fused.native_usable([*latents, *fused.density_parameters(group.density)])
 
 
+def test_kernel_step_frees_what_its_backward_needed():
+    """The step's node keeps its slopes and grids only until its backward (outputs that live on, as a training loop's
+    returned terms do, do not keep them), and a second derivative through it is a clear error."""
+    _ext()
+    model = _model()
+    tensors = lilnetx.latent_tensors(model)
+    terms = TrainingTerms(tensors, native=True)
+    node = terms.bits.grad_fn
+    assert any(t.dtype == torch.float64 for t in node.saved_tensors)  # the grids' activations: saved tensors
+    torch.autograd.grad(terms.bits + terms.l2, [t.latent for t in tensors])
+    with pytest.raises(RuntimeError, match="freed"):
+        _ = node.saved_tensors
+    terms = TrainingTerms(tensors, native=True)
+    grads = torch.autograd.grad(terms.bits, [t.latent for t in tensors], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(sum(g.sum() for g in grads), [t.latent for t in tensors])
+
+
 def test_eager_switch_and_fallback_without_a_compiler(monkeypatch):
     latents = [torch.zeros(3, 9)]
     monkeypatch.setenv(fused.ENV_SWITCH, "eager")
