@@ -411,10 +411,10 @@ def native_step_terms(groups: Sequence[StepGroup], decoders: Sequence[Tensor | N
     """The training terms of every group of a step by the C++ kernel, in one autograd node: per group, its
     density's grid table on the range its latents had in the last step (``group.table_range``; rebuilt on their
     own range where they left it, or had none), and the pass of :func:`native_group_terms` on it with noise
-    from :func:`step_seed` (one seed per group, drawn in group order). ``decoders[i]``: group i's scale decoder, whose
-    decoded weights are its outputs (one per member), or ``None`` (one ``(N, width)`` tensor of rounded rows).
-    Updates each group's ``table_range`` to its latents' range. Needs :func:`native_usable` latents and density
-    parameters."""
+    from :func:`step_seed` (one seed per group, drawn in group order). ``decoders[i]``: group i's scale
+    decoder, whose decoded weights are its outputs (one per member), or ``None`` (one ``(N, width)`` tensor of
+    rounded rows). Updates each group's ``table_range`` to its latents' range. Needs :func:`native_usable`
+    latents and density parameters."""
     missing = [g for g in groups if g.table_range is None]
     if missing:
         for group, found in zip(missing, native_grid_ranges([g.latents for g in missing]), strict=True):
