@@ -10,7 +10,8 @@ runs in one of two ways:
   scale decoders, the decoded weights -- and the rate histograms, and one pass back that writes every
   latent's gradient; it also evaluates the density grids (:func:`native_bits_grid`). A training step runs
   every group's grid and pass in one autograd node (:func:`native_step_terms`: per-group nodes cost more than
-  the small groups' arithmetic); :func:`native_group_terms` is one group's pass on a given table;
+  the small groups' arithmetic), every group's grid in one call whose channels share the threads (a width-1
+  group's grid has a single channel); :func:`native_group_terms` is one group's pass on a given table;
 - eager PyTorch (:class:`_GroupTerms`, one autograd ``Function`` per group; the reference and the fallback
   where no compiler exists) on the group's concatenated latents, whose backward may be compiled by
   ``torch.compile`` (``compiled=``); its noise is ``torch.rand_like``, so it gives the same values as the
@@ -184,18 +185,17 @@ class _NativeGrid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lo: int, hi: int, resolution: int, layers: int, *params: Tensor) -> Tensor:
-        matrices, biases, factors = params[:layers], params[layers:2 * layers], params[2 * layers:]
-        bits, saved, coef = _extension().grid_forward(list(matrices), list(biases), list(factors), lo, hi, resolution)
-        ctx.grid = (lo, resolution, layers)
+        bits, saved, coef = _extension().grids_forward([list(params)], [layers], [lo], [hi], resolution)
+        ctx.grid = (lo, hi, resolution, layers)
         ctx.save_for_backward(saved, coef, *params)
         return bits
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        lo, resolution, layers = ctx.grid
+        lo, hi, resolution, layers = ctx.grid
         saved, coef, *params = ctx.saved_tensors
-        grads = _extension().grid_backward(params[:layers], params[layers:2 * layers], params[2 * layers:], saved,
-                                           coef, lo, resolution, grad.contiguous())
+        grads = _extension().grids_backward([params], [layers], [lo], [hi], resolution, [saved], [coef],
+                                            [grad.contiguous()], 1.0)
         return (None, None, None, None, *grads)
 
 
@@ -339,62 +339,81 @@ class _NativeStep(torch.autograd.Function):
     def forward(ctx, groups: Sequence[StepGroup], decoded: Sequence[bool], seeds: Sequence[int], resolution: int,
                 *inputs: Tensor):
         ext = _extension()
-        outputs, totals, intermediates, los = [], [0.0, 0.0, 0.0], [], []
-        for group, part, seed in zip(groups, _split_inputs(groups, decoded, inputs), seeds, strict=True):
-            layers = group.layers
-            matrices, biases, factors = (part.parameters[:layers], part.parameters[layers:2 * layers],
-                                         part.parameters[2 * layers:])
+        parts = _split_inputs(groups, decoded, inputs)
+        ranges = [group.table_range for group in groups]
+        grids = _grids_forward(ext, groups, parts, ranges, resolution)
+        outputs, totals, intermediates = [], [0.0, 0.0, 0.0], []
+        for i, (group, part, seed) in enumerate(zip(groups, parts, seeds, strict=True)):
             dec = part.decoder.contiguous() if part.decoder is not None else None
             for attempt in range(2):
-                lo, hi = group.table_range
-                table, grid_saved, coef = ext.grid_forward(matrices, biases, factors, lo, hi, resolution)
+                table, grid_saved, coef = grids[3 * i:3 * i + 3]
                 bits, l2, lasso_sum, slope, weights, bounds, covered, *outs = ext.group_forward(
-                    part.latents, group.width, table, dec, float(lo), resolution, seed, True, None, group.fused_lasso)
+                    part.latents, group.width, table, dec, float(ranges[i][0]), resolution, seed, True, None,
+                    group.fused_lasso)
                 if bool(covered):
                     break
                 if attempt:
                     raise native.NativeKernelError(
                         f"lilnetx: the grid table of group {group.name!r} does not cover its latents even on their "
                         "own range (a bug; LILNETX_FUSED=eager avoids the C++ pass)")
-                group.table_range = native_grid_ranges([part.latents])[0]  # they left last step's range: their own
+                ranges[i] = native_grid_ranges([part.latents])[0]  # they left last step's range: their own
+                grids[3 * i:3 * i + 3] = _grids_forward(ext, [group], [part], [ranges[i]], resolution)
             group.table_range = table_ranges([bounds.tolist()])[0]
-            for i, value in enumerate((bits, l2, lasso_sum)):
-                totals[i] += float(value)
+            for t, value in enumerate((bits, l2, lasso_sum)):
+                totals[t] += float(value)
             outputs += outs
             intermediates += [slope, weights, grid_saved, coef]
-            los.append(lo)
         ctx.set_materialize_grads(False)
-        ctx.step = (groups, decoded, resolution, los)
+        ctx.step = (groups, decoded, resolution, ranges)
         ctx.save_for_backward(*inputs, *intermediates)
         return (*outputs, *(torch.tensor(t, dtype=torch.float32) for t in totals))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        groups, decoded, resolution, los = ctx.step
+        groups, decoded, resolution, ranges = ctx.step
         saved = ctx.saved_tensors
         inputs, intermediates = saved[:len(saved) - 4 * len(groups)], saved[len(saved) - 4 * len(groups):]
         grad_outputs, coefficients = grads[:-3], _coefficients(*grads[-3:])
         ext, needs = _extension(), iter(ctx.needs_input_grad[4:])
-        result, o = [None, None, None, None], 0
-        for i, (group, part, lo) in enumerate(zip(groups, _split_inputs(groups, decoded, inputs), los, strict=True)):
-            slope, weights, grid_saved, coef = intermediates[4 * i:4 * i + 4]
+        parts = _split_inputs(groups, decoded, inputs)
+        result: list[Tensor | None] = []
+        density_slots = []  # (group, where its density gradients go in result), for the groups that want them
+        o = 0
+        for i, (group, part) in enumerate(zip(groups, parts, strict=True)):
             dec = part.decoder.contiguous() if part.decoder is not None else None
             count = len(part.latents) if dec is not None else 1
-            grad_dec, grad_latents = _group_backward(part.latents, group.width, slope, dec,
+            grad_dec, grad_latents = _group_backward(part.latents, group.width, intermediates[4 * i], dec,
                                                      grad_outputs[o:o + count], coefficients, resolution,
                                                      group.fused_lasso)
             o += count
             if any([next(needs) for _ in part.parameters]):
-                layers, params = group.layers, part.parameters
-                result += ext.grid_backward(params[:layers], params[layers:2 * layers], params[2 * layers:],
-                                            grid_saved, coef, lo, resolution, weights * coefficients[0])
-            else:
-                result += [None] * len(part.parameters)
+                density_slots.append((i, len(result)))
+            result += [None] * len(part.parameters)
             if dec is not None:
                 result.append(grad_dec if next(needs) else None)
             result += [g if next(needs) else None for g in grad_latents]
-        return tuple(result)
+        if density_slots:  # every grid's density gradients in one call, g_bits times each table's weights
+            chosen = [i for i, _ in density_slots]
+            flat = ext.grids_backward([parts[i].parameters for i in chosen], [groups[i].layers for i in chosen],
+                                      [ranges[i][0] for i in chosen], [ranges[i][1] for i in chosen], resolution,
+                                      [intermediates[4 * i + 2] for i in chosen],
+                                      [intermediates[4 * i + 3] for i in chosen],
+                                      [intermediates[4 * i + 1] for i in chosen], coefficients[0])
+            k = 0
+            for i, at in density_slots:
+                n = len(parts[i].parameters)
+                result[at:at + n] = flat[k:k + n]
+                k += n
+        return (None, None, None, None, *result)
+
+
+def _grids_forward(ext: ModuleType, groups: Sequence[StepGroup], parts: Sequence[_GroupInputs],
+                   ranges: Sequence[tuple[int, int]], resolution: int) -> list[Tensor]:
+    """``[bits, saved, coef]`` of each group's grid on its range, one after the other (one C++ call, all the
+    grids' channels in one parallel loop)."""
+    return ext.grids_forward([part.parameters for part in parts], [group.layers for group in groups],
+                             [lo for lo, _ in ranges], [hi for _, hi in ranges], resolution)
 
 
 class StepTerms(NamedTuple):

@@ -277,6 +277,31 @@ def test_kernel_grid_matches_the_density_in_float64(channels, lo, hi):
         torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-6 * e.abs().max().item())
 
 
+def test_kernel_grids_of_several_densities_in_one_call_equal_each_alone():
+    ext = _ext()
+    torch.manual_seed(1)
+    densities = [FactorizedDensity(9), FactorizedDensity(1), FactorizedDensity(3)]
+    ranges = [(-3, 4), (-20, 1), (0, 2)]
+    with torch.no_grad():
+        for density in densities:
+            for p in density.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+    params = [fused.density_parameters(d) for d in densities]
+    layers = [len(d.matrices) for d in densities]
+    together = ext.grids_forward(params, layers, [lo for lo, _ in ranges], [hi for _, hi in ranges], 32)
+    grads = [torch.randn_like(together[3 * i]) for i in range(len(densities))]
+    g_together = ext.grids_backward(params, layers, [lo for lo, _ in ranges], [hi for _, hi in ranges], 32,
+                                    together[1::3], together[2::3], grads, 0.5)
+    g_alone = []
+    for i, (p, n, (lo, hi)) in enumerate(zip(params, layers, ranges, strict=True)):
+        alone = ext.grids_forward([p], [n], [lo], [hi], 32)
+        assert torch.equal(alone[0], together[3 * i]) and torch.equal(alone[2], together[3 * i + 2])  # bits, derivatives
+        g_alone += ext.grids_backward([p], [n], [lo], [hi], 32, alone[1:2], alone[2:3], [grads[i] * 0.5], 1.0)
+    assert len(g_together) == len(g_alone) == sum(len(p) for p in params)
+    for a, b in zip(g_alone, g_together, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
 def _kernel_noise_for_unfused(monkeypatch, tensors) -> None:
     """``torch.rand_like`` (the unfused path's noise, one call per tensor) returns the kernel's draws: per group
     a stream seeded from torch's generator when its first member asks, split over the members in order."""

@@ -507,8 +507,9 @@ struct ChannelParams {
   }
 };
 
-// tanh / exp / log2 of n values: SLEEF's vectorised functions (1 ulp; shipped in libtorch) where the CPU has
-// AVX-512 or AVX2, the C library's otherwise.
+// tanh / exp / log2 of n values: SLEEF's vectorised functions (shipped in libtorch) where the CPU has AVX-512 or
+// AVX2, the C library's otherwise. exp within 1 ulp of double, tanh and log2 within 3.5 ulp, far below the float32
+// bits they feed (tanh had been 2/3 of the grid's time in its 1-ulp version).
 #if defined(LILNETX_SLEEF) && defined(__AVX512F__)
 #define LILNETX_MAP_N(name, scalar, avx512, avx2)                                                              \
   inline void name(const double* in, double* out, int64_t n) {                                                \
@@ -529,9 +530,9 @@ struct ChannelParams {
     for (int64_t j = 0; j < n; ++j) out[j] = scalar(in[j]);                                                   \
   }
 #endif
-LILNETX_MAP_N(tanh_n, std::tanh, Sleef_tanhd8_u10avx512f, Sleef_tanhd4_u10avx2)
+LILNETX_MAP_N(tanh_n, std::tanh, Sleef_tanhd8_u35avx512f, Sleef_tanhd4_u35avx2)
 LILNETX_MAP_N(exp_n, std::exp, Sleef_expd8_u10avx512f, Sleef_expd4_u10avx2)
-LILNETX_MAP_N(log2_n, std::log2, Sleef_log2d8_u10avx512f, Sleef_log2d4_u10avx2)
+LILNETX_MAP_N(log2_n, std::log2, Sleef_log2d8_u35avx512f, Sleef_log2d4_u35avx2)
 
 // Forward of all edges x[0..n) of one channel, layer by layer and vectorised across edges. saved is the
 // channel's (2 * layers * width, n) block: row 2 (i * width + o) holds tanh(h_i,o) of every edge (0 for the last
@@ -571,138 +572,218 @@ inline void edge_values(int64_t n, int64_t resolution, double lo, std::vector<do
   for (int64_t e = 0; e < n; ++e) x[e] = static_cast<double>(static_cast<float>(e) / res + base);  // as the eager grid
 }
 
-}  // namespace
-
-// Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel: [(channels, points) float bits,
-// (channels, 2 * layers * width, edges) float64 activations and (channels, points, 2) float64 derivatives of the
-// bits w.r.t. the lower and upper logits], the last two kept for the backward.
-std::vector<at::Tensor> grid_forward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
-                                     const std::vector<at::Tensor>& factors, int64_t lo, int64_t hi,
-                                     int64_t resolution) {
-  const Net net(matrices, biases, factors);
-  const int64_t points = (hi - lo) * resolution + 1, edges = points + resolution, act = net.layers * net.width;
-  at::Tensor out = at::empty({net.channels, points}, at::TensorOptions().dtype(at::kFloat));
-  at::Tensor saved = at::empty({net.channels, 2 * act, edges}, at::TensorOptions().dtype(at::kDouble));
-  at::Tensor coef = at::empty({net.channels, points, 2}, at::TensorOptions().dtype(at::kDouble));
-  float* op = out.data_ptr<float>();
-  double* sp = saved.data_ptr<double>();
-  double* cp = coef.data_ptr<double>();
-  at::parallel_for(0, net.channels, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<double> x(edges), sign(points), ex(2 * points), clamped(points);
-    edge_values(edges, resolution, static_cast<double>(lo), x);
-    for (int64_t c = c0; c < c1; ++c) {
-      const ChannelParams p(net, c);
-      const double* logit = cdf_logits(net, p, x.data(), edges, sp + c * edges * 2 * act);
-      for (int64_t q = 0; q < points; ++q) {  // sigmoid(s u) = 1 / (1 + exp(-s u)), same for l
-        const double l = logit[q], u = logit[q + resolution];
-        sign[q] = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
-        ex[q] = -sign[q] * u;
-        ex[points + q] = -sign[q] * l;
-      }
-      exp_n(ex.data(), ex.data(), 2 * points);
-      for (int64_t q = 0; q < points; ++q) {
-        const double su = 1.0 / (1.0 + ex[q]), sl = 1.0 / (1.0 + ex[points + q]), diff = su - sl;
-        const double prob = std::fabs(diff), s = sign[q];
-        clamped[q] = std::max(prob, kFloor);
-        double* cq = cp + (c * points + q) * 2;
-        if (prob < kFloor || diff == 0.0) {  // the clamp (or |.| at 0) passes no gradient
-          cq[0] = cq[1] = 0.0;
-        } else {
-          const double g = (diff > 0 ? -1.0 : 1.0) / (prob * std::log(2.0));  // d bits / d diff
-          cq[0] = -g * s * sl * (1.0 - sl);  // d bits / d lower logit
-          cq[1] = g * s * su * (1.0 - su);   // d bits / d upper logit
-        }
-      }
-      log2_n(clamped.data(), clamped.data(), points);
-      for (int64_t q = 0; q < points; ++q) op[c * points + q] = static_cast<float>(-clamped[q]);
+// Σ a[e] b[e] (b = nullptr: Σ a[e]) in 16 independent partial sums: the loop vectorises and the additions of
+// one vector register do not wait for each other (one 4-lane chain had been the grid backward's bottleneck).
+inline double dot(const double* __restrict a, const double* __restrict b, int64_t n) {
+  constexpr int kLanes = 16;
+  double s[kLanes] = {};
+  int64_t e = 0;
+  if (b) {
+    for (; e + kLanes <= n; e += kLanes) {
+      for (int k = 0; k < kLanes; ++k) s[k] += a[e + k] * b[e + k];
     }
-  });
-  return {out, saved, coef};
+  } else {
+    for (; e + kLanes <= n; e += kLanes) {
+      for (int k = 0; k < kLanes; ++k) s[k] += a[e + k];
+    }
+  }
+  double r = 0.0;
+  for (int k = 0; k < kLanes; ++k) r += s[k];
+  for (; e < n; ++e) r += b ? a[e] * b[e] : a[e];
+  return r;
 }
 
-// Gradients of sum(grad * bits_grid) w.r.t. the matrices, biases and factors (their shapes, float), from the
-// forward's activations and derivatives: arithmetic only.
-std::vector<at::Tensor> grid_backward(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
-                                      const std::vector<at::Tensor>& factors, const at::Tensor& saved,
-                                      const at::Tensor& coef, int64_t lo, int64_t resolution, const at::Tensor& grad) {
-  const Net net(matrices, biases, factors);
-  const int64_t L = net.layers, Wd = net.width, act = L * Wd, points = coef.size(1), edges = points + resolution;
-  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.numel() == net.channels * points,
-              "fused_terms: the grid's gradient has the wrong shape");
-  TORCH_CHECK(saved.size(1) == 2 * act && saved.size(2) == edges, "fused_terms: saved activations do not fit");
-  const float* gp = grad.data_ptr<float>();
-  const double* sp = saved.data_ptr<double>();
-  const double* cp = coef.data_ptr<double>();
-  std::vector<at::Tensor> gw, gb, gf;
-  for (int64_t i = 0; i < L; ++i) {
-    gw.push_back(at::zeros_like(matrices[i]));
-    gb.push_back(at::zeros_like(biases[i]));
-    if (i + 1 < L) gf.push_back(at::zeros_like(factors[i]));
+// One group's grid: its density network, its points lo, lo + 1/resolution, ..., hi and where their values go.
+struct Grid {
+  Net net;
+  int64_t lo, points, edges, act;
+
+  Grid(const std::vector<at::Tensor>& params, int64_t layers, int64_t lo_, int64_t hi, int64_t resolution)
+      : net(std::vector<at::Tensor>(params.begin(), params.begin() + layers),
+            std::vector<at::Tensor>(params.begin() + layers, params.begin() + 2 * layers),
+            std::vector<at::Tensor>(params.begin() + 2 * layers, params.end())),
+        lo(lo_), points((hi - lo_) * resolution + 1), edges(points + resolution), act(net.layers * net.width) {}
+  // Channel c's block of the saved activations (2 * act rows of `edges`).
+  int64_t saved_off(int64_t c) const { return c * edges * 2 * act; }
+};
+
+// Calls fn(grid, channel) for every channel of every grid, the channels spread over ATen's threads.
+template <typename F>
+void for_channels(const std::vector<Grid>& grids, F&& fn) {
+  std::vector<std::pair<int64_t, int64_t>> all;
+  for (size_t g = 0; g < grids.size(); ++g) {
+    for (int64_t c = 0; c < grids[g].net.channels; ++c) all.emplace_back(g, c);
   }
-  at::parallel_for(0, net.channels, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<double> x(edges), g_logit(edges), ga(Wd), gh(Wd), gprev(Wd);
-    edge_values(edges, resolution, static_cast<double>(lo), x);
-    for (int64_t c = c0; c < c1; ++c) {
-      const ChannelParams p(net, c);
-      const double* sc = sp + c * edges * 2 * act;
-      std::fill(g_logit.begin(), g_logit.end(), 0.0);
-      for (int64_t q = 0; q < points; ++q) {
-        const double g = gp[c * points + q];
-        const double* cq = cp + (c * points + q) * 2;
-        g_logit[q] += g * cq[0];
-        g_logit[q + resolution] += g * cq[1];
+  at::parallel_for(0, static_cast<int64_t>(all.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fn(all[i].first, all[i].second);
+  });
+}
+
+void channel_forward(const Grid& grid, int64_t c, int64_t resolution, float* op, double* sp, double* cp) {
+  const int64_t points = grid.points, edges = grid.edges;
+  std::vector<double> x(edges), sign(points), ex(2 * points), clamped(points);
+  edge_values(edges, resolution, static_cast<double>(grid.lo), x);
+  const ChannelParams p(grid.net, c);
+  const double* logit = cdf_logits(grid.net, p, x.data(), edges, sp + grid.saved_off(c));
+  for (int64_t q = 0; q < points; ++q) {  // sigmoid(s u) = 1 / (1 + exp(-s u)), same for l
+    const double l = logit[q], u = logit[q + resolution];
+    sign[q] = (l + u > 0) ? -1.0 : (l + u < 0 ? 1.0 : 0.0);
+    ex[q] = -sign[q] * u;
+    ex[points + q] = -sign[q] * l;
+  }
+  exp_n(ex.data(), ex.data(), 2 * points);
+  for (int64_t q = 0; q < points; ++q) {
+    const double su = 1.0 / (1.0 + ex[q]), sl = 1.0 / (1.0 + ex[points + q]), diff = su - sl;
+    const double prob = std::fabs(diff), s = sign[q];
+    clamped[q] = std::max(prob, kFloor);
+    double* cq = cp + (c * points + q) * 2;
+    if (prob < kFloor || diff == 0.0) {  // the clamp (or |.| at 0) passes no gradient
+      cq[0] = cq[1] = 0.0;
+    } else {
+      const double g = (diff > 0 ? -1.0 : 1.0) / (prob * std::log(2.0));  // d bits / d diff
+      cq[0] = -g * s * sl * (1.0 - sl);  // d bits / d lower logit
+      cq[1] = g * s * su * (1.0 - su);   // d bits / d upper logit
+    }
+  }
+  log2_n(clamped.data(), clamped.data(), points);
+  for (int64_t q = 0; q < points; ++q) op[c * points + q] = static_cast<float>(-clamped[q]);
+}
+
+// Channel c's parameter gradients (written into gw, gb, gf) from the gradient of its bits, scaled by `scale`:
+// back through the layers with every edge at once (vectorised like the forward).
+void channel_backward(const Grid& grid, int64_t c, int64_t resolution, const double* sp, const double* cp,
+                      const float* gp, double scale, std::vector<at::Tensor>& gw, std::vector<at::Tensor>& gb,
+                      std::vector<at::Tensor>& gf) {
+  const Net& net = grid.net;
+  const int64_t L = net.layers, Wd = net.width, points = grid.points, edges = grid.edges;
+  const ChannelParams p(net, c);
+  const double* sc = sp + grid.saved_off(c);
+  auto row = [&](int64_t i, int64_t o, int64_t which) { return sc + (2 * (i * Wd + o) + which) * edges; };
+  std::vector<double> x(edges), ga(Wd * edges, 0.0), gh(Wd * edges), gprev(Wd * edges);
+  edge_values(edges, resolution, static_cast<double>(grid.lo), x);
+  for (int64_t q = 0; q < points; ++q) {  // the logits' gradient: edge q is point q's lower, q + res its upper
+    const double g = gp[c * points + q] * scale;
+    const double* cq = cp + (c * points + q) * 2;
+    ga[q] += g * cq[0];
+    ga[q + resolution] += g * cq[1];
+  }
+  for (int64_t i = L - 1; i >= 0; --i) {
+    const int64_t din = net.dims[i], dout = net.dims[i + 1];
+    std::vector<double> acc_w(dout * din), acc_b(dout), acc_f(dout);
+    for (int64_t o = 0; o < dout; ++o) {
+      const double* go = ga.data() + o * edges;
+      double* h = gh.data() + o * edges;
+      if (i + 1 < L) {
+        const double* th = row(i, o, 0);
+        const double t = p.tf[i][o];
+        acc_f[o] = dot(go, th, edges);  // times 1 - tanh(f)^2 below
+        for (int64_t e = 0; e < edges; ++e) h[e] = go[e] * (1.0 + t * (1.0 - th[e] * th[e]));
+      } else {
+        std::copy(go, go + edges, h);
       }
-      std::vector<std::vector<double>> acc_w(L), acc_b(L), acc_f(L);
-      for (int64_t i = 0; i < L; ++i) {
-        acc_w[i].assign(net.dims[i + 1] * net.dims[i], 0.0);
-        acc_b[i].assign(net.dims[i + 1], 0.0);
-        acc_f[i].assign(net.dims[i + 1], 0.0);
-      }
-      for (int64_t e = 0; e < edges; ++e) {
-        if (g_logit[e] == 0.0) continue;
-        auto th_of = [&](int64_t i, int64_t o) { return sc[2 * (i * Wd + o) * edges + e]; };
-        auto a_of = [&](int64_t i, int64_t o) { return sc[(2 * (i * Wd + o) + 1) * edges + e]; };
-        ga[0] = g_logit[e];
-        for (int64_t i = L - 1; i >= 0; --i) {
-          const int64_t din = net.dims[i], dout = net.dims[i + 1];
-          for (int64_t o = 0; o < dout; ++o) {
-            if (i + 1 < L) {
-              const double th = th_of(i, o);
-              acc_f[i][o] += ga[o] * th;  // times 1 - tanh(f)^2 below
-              gh[o] = ga[o] * (1.0 + p.tf[i][o] * (1.0 - th * th));
-            } else {
-              gh[o] = ga[o];
-            }
-            acc_b[i][o] += gh[o];
-          }
-          for (int64_t k = 0; k < din; ++k) {
-            const double a_in = i > 0 ? a_of(i - 1, k) : x[e];  // a_0: the edge
-            double g = 0.0;
-            for (int64_t o = 0; o < dout; ++o) {
-              acc_w[i][o * din + k] += gh[o] * a_in;
-              g += p.sw[i][o * din + k] * gh[o];
-            }
-            gprev[k] = g;
-          }
-          for (int64_t k = 0; k < din; ++k) ga[k] = gprev[k];
-        }
-      }
-      for (int64_t i = 0; i < L; ++i) {
-        float* w = gw[i].data_ptr<float>() + net.w_off(i, c);
-        for (size_t k = 0; k < acc_w[i].size(); ++k) w[k] = static_cast<float>(acc_w[i][k] * p.sig_w[i][k]);
-        float* b = gb[i].data_ptr<float>() + net.b_off(i, c);
-        for (size_t k = 0; k < acc_b[i].size(); ++k) b[k] = static_cast<float>(acc_b[i][k]);
-        if (i + 1 < L) {
-          float* f = gf[i].data_ptr<float>() + net.b_off(i, c);
-          for (size_t k = 0; k < acc_f[i].size(); ++k) f[k] = static_cast<float>(acc_f[i][k] * (1.0 - p.tf[i][k] * p.tf[i][k]));
-        }
+      acc_b[o] = dot(h, nullptr, edges);
+    }
+    for (int64_t k = 0; k < din; ++k) {
+      const double* a_in = i > 0 ? row(i - 1, k, 1) : x.data();  // a_0: the edge
+      double* g = gprev.data() + k * edges;
+      std::fill(g, g + edges, 0.0);
+      for (int64_t o = 0; o < dout; ++o) {
+        const double* h = gh.data() + o * edges;
+        acc_w[o * din + k] = dot(h, a_in, edges);
+        const double w = p.sw[i][o * din + k];
+        for (int64_t e = 0; e < edges; ++e) g[e] += w * h[e];
       }
     }
+    std::copy(gprev.begin(), gprev.begin() + din * edges, ga.begin());
+    float* w = gw[i].data_ptr<float>() + net.w_off(i, c);
+    for (size_t k = 0; k < acc_w.size(); ++k) w[k] = static_cast<float>(acc_w[k] * p.sig_w[i][k]);
+    float* b = gb[i].data_ptr<float>() + net.b_off(i, c);
+    for (size_t k = 0; k < acc_b.size(); ++k) b[k] = static_cast<float>(acc_b[k]);
+    if (i + 1 < L) {
+      float* f = gf[i].data_ptr<float>() + net.b_off(i, c);
+      for (size_t k = 0; k < acc_f.size(); ++k) f[k] = static_cast<float>(acc_f[k] * (1.0 - p.tf[i][k] * p.tf[i][k]));
+    }
+  }
+}
+
+std::vector<Grid> make_grids(const std::vector<std::vector<at::Tensor>>& params, const std::vector<int64_t>& layers,
+                             const std::vector<int64_t>& los, const std::vector<int64_t>& his, int64_t resolution) {
+  TORCH_CHECK(layers.size() == params.size() && los.size() == params.size() && his.size() == params.size(),
+              "fused_terms: one (parameters, layers, lo, hi) per grid");
+  std::vector<Grid> grids;
+  for (size_t g = 0; g < params.size(); ++g) {
+    TORCH_CHECK(layers[g] > 0 && static_cast<int64_t>(params[g].size()) == 3 * layers[g] - 1,
+                "fused_terms: density parameters do not fit (layers, layers, layers - 1)");
+    TORCH_CHECK(his[g] >= los[g], "fused_terms: a grid's range is empty");
+    grids.emplace_back(params[g], layers[g], los[g], his[g], resolution);
+  }
+  return grids;
+}
+
+}  // namespace
+
+// Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel of every grid g (its density's
+// parameters params[g]: `layers` matrices, biases, then factors), all grids' channels in one parallel loop.
+// Returns per grid [(channels, points) float bits, (channels, 2 * layers * width, edges) float64 activations,
+// (channels, points, 2) float64 derivatives of the bits w.r.t. the lower and upper logits], the last two kept
+// for the backward.
+std::vector<at::Tensor> grids_forward(const std::vector<std::vector<at::Tensor>>& params,
+                                      const std::vector<int64_t>& layers, const std::vector<int64_t>& los,
+                                      const std::vector<int64_t>& his, int64_t resolution) {
+  const std::vector<Grid> grids = make_grids(params, layers, los, his, resolution);
+  std::vector<at::Tensor> result;
+  std::vector<float*> op;
+  std::vector<double*> sp, cp;
+  for (const Grid& g : grids) {
+    const int64_t channels = g.net.channels;
+    result.push_back(at::empty({channels, g.points}, at::TensorOptions().dtype(at::kFloat)));
+    result.push_back(at::empty({channels, 2 * g.act, g.edges}, at::TensorOptions().dtype(at::kDouble)));
+    result.push_back(at::empty({channels, g.points, 2}, at::TensorOptions().dtype(at::kDouble)));
+    op.push_back(result[result.size() - 3].data_ptr<float>());
+    sp.push_back(result[result.size() - 2].data_ptr<double>());
+    cp.push_back(result.back().data_ptr<double>());
+  }
+  for_channels(grids, [&](int64_t g, int64_t c) { channel_forward(grids[g], c, resolution, op[g], sp[g], cp[g]); });
+  return result;
+}
+
+// Gradients of Σ_g scale * sum(grads[g] * bits of grid g) w.r.t. every grid's matrices, biases and factors (their
+// shapes, float; grid after grid), from grids_forward's activations and derivatives: arithmetic only.
+std::vector<at::Tensor> grids_backward(const std::vector<std::vector<at::Tensor>>& params,
+                                       const std::vector<int64_t>& layers, const std::vector<int64_t>& los,
+                                       const std::vector<int64_t>& his, int64_t resolution,
+                                       const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& coef,
+                                       const std::vector<at::Tensor>& grads, double scale) {
+  const std::vector<Grid> grids = make_grids(params, layers, los, his, resolution);
+  TORCH_CHECK(saved.size() == grids.size() && coef.size() == grids.size() && grads.size() == grids.size(),
+              "fused_terms: one saved, coef and grad tensor per grid");
+  std::vector<std::vector<at::Tensor>> gw(grids.size()), gb(grids.size()), gf(grids.size());
+  for (size_t g = 0; g < grids.size(); ++g) {
+    const Grid& grid = grids[g];
+    TORCH_CHECK(grads[g].scalar_type() == at::kFloat && grads[g].is_contiguous() &&
+                grads[g].numel() == grid.net.channels * grid.points, "fused_terms: a grid's gradient has the wrong shape");
+    TORCH_CHECK(saved[g].scalar_type() == at::kDouble && saved[g].is_contiguous() &&
+                saved[g].numel() == grid.net.channels * 2 * grid.act * grid.edges &&
+                coef[g].scalar_type() == at::kDouble && coef[g].is_contiguous() &&
+                coef[g].numel() == grid.net.channels * grid.points * 2,
+                "fused_terms: a grid's saved activations do not fit");
+    const int64_t L = grid.net.layers;
+    for (int64_t i = 0; i < L; ++i) {
+      gw[g].push_back(at::empty_like(params[g][i]));
+      gb[g].push_back(at::empty_like(params[g][L + i]));
+      if (i + 1 < L) gf[g].push_back(at::empty_like(params[g][2 * L + i]));
+    }
+  }
+  for_channels(grids, [&](int64_t g, int64_t c) {
+    channel_backward(grids[g], c, resolution, saved[g].data_ptr<double>(), coef[g].data_ptr<double>(),
+                     grads[g].data_ptr<float>(), scale, gw[g], gb[g], gf[g]);
   });
   std::vector<at::Tensor> result;
-  result.insert(result.end(), gw.begin(), gw.end());
-  result.insert(result.end(), gb.begin(), gb.end());
-  result.insert(result.end(), gf.begin(), gf.end());
+  for (size_t g = 0; g < grids.size(); ++g) {
+    result.insert(result.end(), gw[g].begin(), gw[g].end());
+    result.insert(result.end(), gb[g].begin(), gb[g].end());
+    result.insert(result.end(), gf[g].begin(), gf[g].end());
+  }
   return result;
 }
 
@@ -719,6 +800,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_backward", &group_backward, "gradient of the fused pass w.r.t. the group's latents and decoder");
   m.def("group_ranges", &group_ranges, "(min, max) of each group's latents");
   m.def("uniform_draws", &uniform_draws, "the kernel's noise draws in [0, 1) of one seed");
-  m.def("grid_forward", &grid_forward, "bits of a factorised density on a grid (double inside), and for backward");
-  m.def("grid_backward", &grid_backward, "gradient of the grid's bits w.r.t. the density's parameters");
+  m.def("grids_forward", &grids_forward, "bits of factorised densities on grids (double inside), and for backward");
+  m.def("grids_backward", &grids_backward, "gradient of the grids' bits w.r.t. the densities' parameters");
 }
