@@ -7,7 +7,8 @@ Plain: cross-entropy + one Adam, the same Adam kernel as ``Trainer`` (fused), an
 decoder snapping, schedules) as shipped (the fused pass in its C++ kernel where it builds), on the eager
 PyTorch pass (``LILNETX_FUSED=eager``), and that eager pass with ``TrainConfig(compile=True)``. Steps of the
 variants are interleaved in blocks so drift of this shared machine hits all alike; ratios of medians are
-reported.
+reported. Every variant runs on the C allocator as ``Trainer`` sets it (``lilnetx.allocator``: freed memory kept
+for the next step; ``LILNETX_MALLOC=default`` measures all on glibc's default instead).
 Then a profile of each pass (median ms, forward + backward, on the model's own latents) and, for
 ResNet-20 width 4, the peak memory of a step (peak RSS of a fresh process above its RSS before the first
 step) for plain vs LilNetX.
@@ -35,6 +36,7 @@ from torch.utils.data import TensorDataset
 import lilnetx
 import zoo
 from lilnetx import fused as fused_pass
+from lilnetx.allocator import keep_freed_memory
 from lilnetx.objective import TermsLayout, TrainingTerms, structured_norms, tensors_by_group
 from lilnetx.training import TrainConfig, Trainer
 
@@ -275,6 +277,7 @@ def main() -> None:
     parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    allocator = "glibc, freed memory kept" if keep_freed_memory() else "default"  # as Trainer sets it: same for all
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe[0], int(args.memory_probe[1]))))
         return
@@ -287,7 +290,7 @@ def main() -> None:
         rows.append(measure(*case[:4], steps=args.steps or case[4], compiled=args.compiled))
         print(f"{_name(rows[-1])}: ratio {rows[-1]['ratio']:.3f}", file=sys.stderr, flush=True)
     result = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "rows": rows,
+              "torch": torch.__version__, "allocator": allocator, "rows": rows,
               "memory": memory(MEMORY_CASE) if not args.only else None}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

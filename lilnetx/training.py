@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from lilnetx.allocator import keep_freed_memory
 from lilnetx.artifact.format import DECODER_DTYPES, snap_decoder
 from lilnetx.errors import LilnetxError
 from lilnetx.files import atomic_file
@@ -196,6 +197,7 @@ class Trainer:
     def __init__(self, model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: TrainConfig,
                  run_dir: str | Path | None = None, progress: bool = True):
         config.validate()
+        keep_freed_memory()  # steps reuse the last step's freed memory instead of faulting in fresh pages
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)

@@ -1,0 +1,70 @@
+"""The C allocator setting Trainer applies: freed memory reused by the next step instead of fresh page faults."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import lilnetx
+from lilnetx import allocator, training
+
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Three LeNet5-Caffe training steps to warm up, then the minor page faults per step over five more.
+PROBE = """
+import json, resource, torch
+from torch.utils.data import TensorDataset
+import lilnetx, zoo
+from lilnetx.training import TrainConfig, Trainer
+torch.set_num_threads(2)
+torch.manual_seed(0)
+x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+model = lilnetx.reparameterize(zoo.create_model("lenet5_caffe"))
+trainer = Trainer(model, TensorDataset(x, y), None, TrainConfig(batch_size=128, epochs=10, device="cpu"),
+                  progress=False)
+for _ in range(3):
+    trainer.step(x, y)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    trainer.step(x, y)
+print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5))
+"""
+
+
+def _faults_per_step(setting: str | None) -> float:
+    env = {k: v for k, v in os.environ.items() if k != allocator.ENV_SWITCH}
+    if setting is not None:
+        env[allocator.ENV_SWITCH] = setting
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
+def test_trainer_steps_reuse_freed_memory_without_page_faults():
+    kept, default = _faults_per_step(None), _faults_per_step("default")
+    assert kept < 0.1 * default, (kept, default)
+
+
+def test_switch_leaves_the_allocator_alone(monkeypatch):
+    allocator.keep_freed_memory.cache_clear()
+    monkeypatch.setenv(allocator.ENV_SWITCH, "default")
+    try:
+        assert allocator.keep_freed_memory() is False
+    finally:
+        allocator.keep_freed_memory.cache_clear()
+    monkeypatch.delenv(allocator.ENV_SWITCH)
+    assert allocator.keep_freed_memory() is GLIBC
+
+
+def test_trainer_applies_the_setting(monkeypatch, convnet):
+    calls = []
+    monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append(1) or True)
+    data = TensorDataset(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    training.Trainer(lilnetx.reparameterize(convnet), data, None, training.TrainConfig(batch_size=4, device="cpu"),
+                     progress=False)
+    assert calls == [1]
