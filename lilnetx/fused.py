@@ -7,7 +7,7 @@ runs in one of two ways:
 - the C++ kernel ``lilnetx/csrc/fused_terms.cpp`` (built on first use by :mod:`lilnetx.native`): one pass over
   the members' latents in place (no concatenation) that draws the noise from a counter-based generator
   (SplitMix64 of a per-step seed taken from torch's default generator), writes the rounded latents -- or, for
-  scale decoders, the decoded weights -- and the rate histograms, and one pass back that writes every
+  the group's decoder, the decoded weights -- and the rate histograms, and one pass back that writes every
   latent's gradient; it also evaluates the density grids (:func:`native_bits_grid`). A training step runs
   every group's grid and pass in one autograd node (:func:`native_step_terms`: per-group nodes cost more than
   the small groups' arithmetic), every group's grid in one call whose channels share the threads (a width-1
@@ -283,9 +283,10 @@ def native_group_terms(latents: Sequence[Tensor], width: int, table: Tensor, lo:
     """``(outputs, bits, ΣZ², Σ‖row‖₂, bounds)`` of a group whose members' latents are ``latents`` (each a whole
     number of ``width``-wide rows, contiguous float32), by the C++ kernel (:func:`load_extension` must not be None).
 
-    The terms are those of :func:`group_terms` on the members' concatenated rows. ``decoder``, a scale
-    decoder of shape ``(1, 1)`` or ``(1, width)``: the outputs are the members' decoded weights
-    ``round(z) * decoder``, one per member (gradients reach the decoder too); without it, one ``(N, width)``
+    The terms are those of :func:`group_terms` on the members' concatenated rows. ``decoder`` (a scale of shape
+    ``(1, 1)`` or ``(1, width)``, or a full ``(width, width)`` matrix): the outputs are the members' decoded
+    weights ``round(z) * decoder`` (bit for bit as the eager decode) or ``round(rows) @ decoder`` (to float
+    rounding), one per member (gradients reach the decoder too); without it, one ``(N, width)``
     tensor of the rounded rows. ``draws`` (one value in [0, 1) per latent, in member order) replaces the
     kernel's own noise, for tests against the eager path; otherwise noise ``u - 1/2`` is drawn from ``seed``
     (default: one taken from torch's default generator, :func:`step_seed`).
@@ -430,7 +431,7 @@ def native_step_terms(groups: Sequence[StepGroup], decoders: Sequence[Tensor | N
     """The training terms of every group of a step by the C++ kernel, in one autograd node: per group, its
     density's grid table on the range its latents had in the last step (``group.table_range``; rebuilt on their
     own range where they left it, or had none), and the pass of :func:`native_group_terms` on it with noise
-    from :func:`step_seed` (one seed per group, drawn in group order). ``decoders[i]``: group i's scale
+    from :func:`step_seed` (one seed per group, drawn in group order). ``decoders[i]``: group i's
     decoder, whose decoded weights are its outputs (one per member), or ``None`` (one ``(N, width)`` tensor of
     rounded rows). Updates each group's ``table_range`` to its latents' range. Needs :func:`native_usable`
     latents and density parameters."""

@@ -92,7 +92,6 @@ class _GroupPlan:
         self.latents = [t.latent for t in members]
         self.parametrizations = [t.module.parametrizations[t.tensor_name][0] for t in members]
         self.fused_lasso = structure == "slice" and all(t.is_weight for t in members)
-        self.scale_decoder = group.width == 1 or group.form != "full"
         self.density_parameters = density_parameters(group.density)
         self.table_range: tuple[int, int] | None = None  # the native pass's range of the last step
 
@@ -188,16 +187,13 @@ class TrainingTerms:
 
     def _native_pass(self, plans: list[_GroupPlan], structure: str, decode: bool) -> None:
         """The C++ kernel: one pass per group over the members' latents in place, all groups in one autograd node
-        (``lilnetx.fused.native_step_terms``); scale decoders (width 1, diagonal, scalar) decoded in it."""
-        decoders = [plan.group.decoder if decode and plan.scale_decoder else None for plan in plans]
-        step = native_step_terms(plans, decoders)
+        (``lilnetx.fused.native_step_terms``), every decoder (scale or full matrix) applied in it."""
+        step = native_step_terms(plans, [plan.group.decoder if decode else None for plan in plans])
         self.bits, self.l2, self.lasso = step.bits, step.l2, step.lasso
-        for plan, outputs, decoder in zip(plans, step.outputs, decoders, strict=True):
+        for plan, outputs in zip(plans, step.outputs, strict=True):
             self._add_unfused_lasso(plan, structure)
-            if decoder is not None:
+            if decode:
                 self._use(plan, outputs)
-            elif decode:
-                self._use(plan, plan.group.decode(outputs[0]).reshape(-1).split([z.numel() for z in plan.latents]))
 
     def __enter__(self) -> TrainingTerms:
         for parametrization, weight in self._weights:

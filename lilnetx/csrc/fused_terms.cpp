@@ -6,7 +6,8 @@
 //   pos = ((u + z) - (lo + 1/2)) * res    (noise off: (z - lo) * res), k = floor(pos), frac = pos - k
 //   histogram of (c, k): count and sum of frac; per-element slope table[c, k + 1] - table[c, k] saved for
 //   the backward; Σz², and the slice lasso Σ|z| (w = 1) or Σ‖row‖₂ (w > 1); round(z) (+0.0 for -0.0), and
-//   for groups with scale decoders ((1, 1) or (1, w)) directly the decoded weight round(z) * d[c].
+//   given the group's decoder, directly the decoded weights: round(z) * d[c] for scale decoders ((1, 1) or
+//   (1, w); exactly the eager decode), round(row) @ D for a full (w, w) one (float sums in row order).
 // The rate Σ table[c, k] + frac * slope is summed from the histograms, which also give the table's gradient.
 // The pass also returns the latents' (min, max) -- the caller's next table range -- and whether the table covered
 // every position: 0 <= pos < points - 1, tested on the float (so NaN and infinity are outside on every CPU). A table
@@ -155,11 +156,47 @@ inline void block_positions(const float* __restrict z, int64_t n, Position posit
 int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, kGrainElements / width); }
 int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / width) * width; }
 
+// rows x w rounded values in out, each row replaced by row @ D (w x w, row-major): the full decoder. Zero values
+// are skipped (most rounded latents are zero); sums run over the row in order, in float like a matrix product.
+void decode_rows(float* __restrict out, int64_t rows, int64_t w, const float* __restrict D, float* __restrict row) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = out + r * w;
+    std::copy(o, o + w, row);
+    std::fill(o, o + w, 0.0f);
+    for (int64_t c = 0; c < w; ++c) {
+      const float v = row[c];
+      if (v == 0.0f) continue;
+      const float* d = D + c * w;
+      for (int64_t j = 0; j < w; ++j) o[j] += v * d[j];
+    }
+  }
+}
+
+// The backward of decode_rows for rows x w values: gr = go @ Dᵀ (the gradient of the rounded values), and
+// ds[c * w + j] += round(z[c]) * go[j] (the decoder's, in double).
+void decode_rows_backward(const float* __restrict z, const float* __restrict go, int64_t rows, int64_t w,
+                          const float* __restrict D, float* __restrict gr, double* __restrict ds) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = go + r * w;
+    for (int64_t c = 0; c < w; ++c) {
+      const float* d = D + c * w;
+      float acc = 0.0f;
+      for (int64_t j = 0; j < w; ++j) acc += g[j] * d[j];
+      gr[r * w + c] = acc;
+      const float v = std::nearbyint(z[r * w + c]);
+      if (v == 0.0f) continue;
+      double* dc = ds + c * w;
+      for (int64_t j = 0; j < w; ++j) dc[j] += static_cast<double>(v) * g[j];
+    }
+  }
+}
+
 }  // namespace
 
 // Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), (min, max) of the latents,
 // covered (0-dim bool), outputs...]: the outputs are the decoded weights of every member (shaped as the member)
-// when `decoder` is given, else one (N, w) tensor of the rounded rows. Where `covered` is false the other
+// when `decoder` is given ((1, 1) or (1, w) scales, or a full (w, w) matrix), else one (N, w) tensor of the
+// rounded rows. Where `covered` is false the other
 // values are meaningless.
 std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& table,
                                       const c10::optional<at::Tensor>& decoder, double lo, int64_t resolution,
@@ -176,12 +213,14 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     slopes[c * points + points - 1] = 0.0f;
   }
   const float* dec = nullptr;
-  bool diagonal = false;
+  bool diagonal = false, full = false;
   if (decoder.has_value()) {
     TORCH_CHECK(decoder->scalar_type() == at::kFloat && decoder->is_contiguous() &&
-                (decoder->numel() == 1 || decoder->numel() == w), "fused_terms: a scale decoder has 1 or w values");
+                (decoder->numel() == 1 || decoder->numel() == w || decoder->numel() == w * w),
+                "fused_terms: a decoder has 1, w or w * w values");
     dec = decoder->data_ptr<float>();
-    diagonal = decoder->numel() > 1;
+    full = w > 1 && decoder->numel() == w * w;
+    diagonal = w > 1 && decoder->numel() == w;
   }
   const float* drawp = nullptr;
   if (draws.has_value()) {
@@ -215,7 +254,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
   const float lo_half = static_cast<float>(lo + 0.5), lo_f = static_cast<float>(lo);
   const float res = static_cast<float>(resolution), last = static_cast<float>(points - 1);
   const uint64_t useed = static_cast<uint64_t>(seed);
-  const float out_scale = dec && !diagonal ? dec[0] : 1.0f;  // round(z) * d exactly as the eager decode
+  const float out_scale = dec && !diagonal && !full ? dec[0] : 1.0f;  // round(z) * d exactly as the eager decode
 
   at::parallel_for(0, N, grain_rows(w), [&](int64_t r0, int64_t r1) {
     const int tid = at::get_thread_num();
@@ -226,6 +265,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     bool outside = false;
     std::vector<float> frac_v(block_elements(w));
     std::vector<int32_t> k_v(block_elements(w));
+    std::vector<float> row_v(full ? w : 0);
     float* fracs = frac_v.data();
     int32_t* ks = k_v.data();
     mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
@@ -250,6 +290,8 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
       }
       if (diagonal) {
         for (int64_t j = 0; j < n; ++j) out[j] *= dec[j % w];
+      } else if (full) {
+        decode_rows(out, rows, w, dec, row_v.data());
       }
       if (lasso && w == 1) {
         l1 += abs_sum;
@@ -302,8 +344,8 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
 }
 
 // Gradient w.r.t. every member: slope * g_bits_res + g_l2x2 * z + g_lasso * (sign(z) or z / ‖row‖) + the
-// gradient of the outputs (times the decoder's scale where the outputs are decoded weights); and, for scale
-// decoders, the decoder's gradient Σ grad_out * round(z) per scale. `grad_outs`: one tensor per member
+// gradient of the outputs (through the decoder where the outputs are decoded weights: times its scale, or
+// grad_out @ Dᵀ); and the decoder's gradient Σ grad_out * round(z) per scale, or Σ round(z)ᵀ grad_out. `grad_outs`: one tensor per member
 // (decoded outputs) or a single (N * w) tensor (rounded rows); undefined ones count as zero.
 std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& slope,
                                        const c10::optional<at::Tensor>& decoder,
@@ -314,6 +356,7 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
   const float* sp = slope.data_ptr<float>();
   const float* dec = decoder.has_value() ? decoder->data_ptr<float>() : nullptr;
   const int64_t nscale = dec ? decoder->numel() : 0;
+  const bool full = w > 1 && nscale == w * w;
   std::vector<const float*> gp(latents.size(), nullptr);
   for (size_t m = 0; m < latents.size(); ++m) {
     const auto& g = dec ? grad_outs[m] : grad_outs[0];
@@ -336,8 +379,9 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
   at::parallel_for(0, N, grain_rows(w), [&](int64_t r0, int64_t r1) {
     const int tid = at::get_thread_num();
     double* ds = dsum.data() + tid * std::max<int64_t>(nscale, 1);
-    std::vector<float> scale_v(block_elements(w));
+    std::vector<float> scale_v(block_elements(w)), grad_rounded_v(full ? block_elements(w) : 0);
     float* scale = scale_v.data();
+    float* grad_rounded = grad_rounded_v.data();
     mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
       const int64_t n = rows * w;
       const float* z = mem.z[m] + local_row * w;
@@ -363,12 +407,15 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
           g[j] = gj + extra(j);
         }
       };
-      if (go && nscale <= 1) {
+      if (go && full) {
+        decode_rows_backward(z, go, rows, w, dec, grad_rounded, ds);
+        gradient([&](int64_t j) { return grad_rounded[j]; });
+      } else if (go && nscale <= 1) {
         gradient([&](int64_t j) { return go[j] * out_scale; });
       } else {
         gradient([&](int64_t) { return 0.0f; });
       }
-      if (go && nscale > 1) {
+      if (go && nscale > 1 && !full) {
         for (int64_t j = 0; j < n; ++j) {
           g[j] += go[j] * dec[j % w];
           ds[j % w] += static_cast<double>(go[j]) * (std::nearbyint(z[j]) + 0.0f);
