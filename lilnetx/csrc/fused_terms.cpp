@@ -7,7 +7,8 @@
 //   histogram of (c, k): count and sum of frac; per-element slope table[c, k + 1] - table[c, k] saved for
 //   the backward; Σz², and the slice lasso Σ|z| (w = 1) or Σ‖row‖₂ (w > 1); round(z) (+0.0 for -0.0), and
 //   given the group's decoder, directly the decoded weights: round(z) * d[c] for scale decoders ((1, 1) or
-//   (1, w); exactly the eager decode), round(row) @ D for a full (w, w) one (float sums in row order).
+//   (1, w); exactly the eager decode), or round(rows) @ D for a full (w, w) one (ATen's matrix product, per
+//   member, after the pass: the eager decode's kernel on the same rows).
 // The rate Σ table[c, k] + frac * slope is summed from the histograms, which also give the table's gradient.
 // The pass also returns the latents' (min, max) -- the caller's next table range -- and whether the table covered
 // every position: 0 <= pos < points - 1, tested on the float (so NaN and infinity are outside on every CPU). A table
@@ -156,41 +157,6 @@ inline void block_positions(const float* __restrict z, int64_t n, Position posit
 int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, kGrainElements / width); }
 int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / width) * width; }
 
-// rows x w rounded values in out, each row replaced by row @ D (w x w, row-major): the full decoder. Zero values
-// are skipped (most rounded latents are zero); sums run over the row in order, in float like a matrix product.
-void decode_rows(float* __restrict out, int64_t rows, int64_t w, const float* __restrict D, float* __restrict row) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* o = out + r * w;
-    std::copy(o, o + w, row);
-    std::fill(o, o + w, 0.0f);
-    for (int64_t c = 0; c < w; ++c) {
-      const float v = row[c];
-      if (v == 0.0f) continue;
-      const float* d = D + c * w;
-      for (int64_t j = 0; j < w; ++j) o[j] += v * d[j];
-    }
-  }
-}
-
-// The backward of decode_rows for rows x w values: gr = go @ Dᵀ (the gradient of the rounded values), and
-// ds[c * w + j] += round(z[c]) * go[j] (the decoder's, in double).
-void decode_rows_backward(const float* __restrict z, const float* __restrict go, int64_t rows, int64_t w,
-                          const float* __restrict D, float* __restrict gr, double* __restrict ds) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* g = go + r * w;
-    for (int64_t c = 0; c < w; ++c) {
-      const float* d = D + c * w;
-      float acc = 0.0f;
-      for (int64_t j = 0; j < w; ++j) acc += g[j] * d[j];
-      gr[r * w + c] = acc;
-      const float v = std::nearbyint(z[r * w + c]);
-      if (v == 0.0f) continue;
-      double* dc = ds + c * w;
-      for (int64_t j = 0; j < w; ++j) dc[j] += static_cast<double>(v) * g[j];
-    }
-  }
-}
-
 }  // namespace
 
 // Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), (min, max) of the latents,
@@ -233,10 +199,15 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
   at::Tensor slope_out = at::empty({total}, fopt);
   std::vector<at::Tensor> outs;
   std::vector<float*> outp;
+  at::Tensor rounded;  // a full decoder's input: the rounded rows, decoded member by member after the pass
+  if (full) {
+    rounded = at::empty({N, w}, fopt);
+    for (size_t m = 0; m < latents.size(); ++m) outp.push_back(rounded.data_ptr<float>() + mem.row_start[m] * w);
+  }
   if (dec) {
     for (const auto& t : latents) {
       outs.push_back(at::empty_like(t));
-      outp.push_back(outs.back().data_ptr<float>());
+      if (!full) outp.push_back(outs.back().data_ptr<float>());
     }
   } else {
     outs.push_back(at::empty({N, w}, fopt));
@@ -265,7 +236,6 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     bool outside = false;
     std::vector<float> frac_v(block_elements(w));
     std::vector<int32_t> k_v(block_elements(w));
-    std::vector<float> row_v(full ? w : 0);
     float* fracs = frac_v.data();
     int32_t* ks = k_v.data();
     mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
@@ -290,8 +260,6 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
       }
       if (diagonal) {
         for (int64_t j = 0; j < n; ++j) out[j] *= dec[j % w];
-      } else if (full) {
-        decode_rows(out, rows, w, dec, row_v.data());
       }
       if (lasso && w == 1) {
         l1 += abs_sum;
@@ -311,6 +279,13 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     maxs[tid] = std::max(maxs[tid], zmax);
   });
   const bool covered = std::none_of(bad.begin(), bad.end(), [](char b) { return b != 0; });
+  if (full) {
+    const at::Tensor D = decoder->view({w, w});
+    for (size_t m = 0; m < latents.size(); ++m) {
+      at::Tensor out = outs[m].view({-1, w});
+      at::mm_out(out, rounded.narrow(0, mem.row_start[m], out.size(0)), D);
+    }
+  }
   at::Tensor bounds = at::empty({2}, fopt);
   bounds.data_ptr<float>()[0] = *std::min_element(mins.begin(), mins.end());
   bounds.data_ptr<float>()[1] = *std::max_element(maxs.begin(), maxs.end());
@@ -371,22 +346,39 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
     grads.push_back(at::empty_like(t));
     grad_p.push_back(grads.back().data_ptr<float>());
   }
+  // A full decoder: the rounded rows' gradient go @ Dᵀ and the decoder's Σ round(rows)ᵀ go, member by member by
+  // ATen's matrix products (as the eager decode's backward).
+  at::Tensor grad_full;
+  std::vector<at::Tensor> grad_rounded(latents.size());
+  std::vector<const float*> grp(latents.size(), nullptr);
+  if (full) {
+    const at::Tensor D = decoder->view({w, w});
+    grad_full = at::zeros({w, w}, D.options());
+    for (size_t m = 0; m < latents.size(); ++m) {
+      if (!gp[m]) continue;
+      const at::Tensor go = grad_outs[m]->view({-1, w});
+      grad_rounded[m] = at::mm(go, D.t());
+      grp[m] = grad_rounded[m].data_ptr<float>();
+      grad_full.addmm_(at::round(latents[m].view({-1, w})).t(), go);
+    }
+  }
   const int threads = at::get_num_threads();
-  std::vector<double> dsum(threads * std::max<int64_t>(nscale, 1), 0.0);
+  const int64_t sums = full ? 1 : std::max<int64_t>(nscale, 1);  // the scale decoders' gradient, per thread
+  std::vector<double> dsum(threads * sums, 0.0);
   const float a = static_cast<float>(g_bits_res), b = static_cast<float>(g_l2x2), gl = static_cast<float>(g_lasso);
   const float out_scale = nscale == 1 ? dec[0] : 1.0f;  // gradient of round(z) from that of round(z) * d
 
   at::parallel_for(0, N, grain_rows(w), [&](int64_t r0, int64_t r1) {
     const int tid = at::get_thread_num();
-    double* ds = dsum.data() + tid * std::max<int64_t>(nscale, 1);
-    std::vector<float> scale_v(block_elements(w)), grad_rounded_v(full ? block_elements(w) : 0);
+    double* ds = dsum.data() + tid * sums;
+    std::vector<float> scale_v(block_elements(w));
     float* scale = scale_v.data();
-    float* grad_rounded = grad_rounded_v.data();
     mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
       const int64_t n = rows * w;
       const float* z = mem.z[m] + local_row * w;
       const float* s = sp + global_row * w;
       const float* go = gp[m] ? gp[m] + local_row * w : nullptr;
+      const float* gr = grp[m] ? grp[m] + local_row * w : nullptr;
       float* g = grad_p[m] + local_row * w;
       if (lasso && w > 1) {  // z / ‖row‖ (0 for an all-zero row, the subgradient torch's norm uses)
         for (int64_t row = 0; row < rows; ++row) {
@@ -407,9 +399,8 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
           g[j] = gj + extra(j);
         }
       };
-      if (go && full) {
-        decode_rows_backward(z, go, rows, w, dec, grad_rounded, ds);
-        gradient([&](int64_t j) { return grad_rounded[j]; });
+      if (gr) {
+        gradient([&](int64_t j) { return gr[j]; });
       } else if (go && nscale <= 1) {
         gradient([&](int64_t j) { return go[j] * out_scale; });
       } else {
@@ -429,7 +420,9 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
     });
   });
   std::vector<at::Tensor> result;
-  if (dec) {
+  if (full) {
+    result.push_back(grad_full.view_as(*decoder));
+  } else if (dec) {
     at::Tensor gd = at::zeros_like(*decoder);
     float* gdp = gd.data_ptr<float>();
     for (int64_t i = 0; i < nscale; ++i) {
