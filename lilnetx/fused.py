@@ -238,6 +238,7 @@ class _NativeGroupTerms(torch.autograd.Function):
         return (*outputs, bits, l2, lasso_sum, bounds, covered)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads):
         *grad_outputs, g_bits, g_l2, g_lasso, _, _ = grads
         slope, weights, dec, *latents = ctx.saved_tensors

@@ -156,7 +156,8 @@ class TrainingTerms:
         self.bits = self.l2 = self.lasso = torch.zeros(())
         self._weights: list[tuple[LatentWeight, Tensor]] = []
         if native is None:
-            native = native_usable([t for plan in layout.plans for t in (*plan.latents, *plan.density_parameters)])
+            native = native_usable([t for plan in layout.plans
+                                    for t in (*plan.latents, *plan.density_parameters, plan.group.decoder)])
         if native:
             self._native_pass(layout.plans, layout.structure, decode)
         else:

@@ -37,7 +37,7 @@ print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) /
 
 
 def _faults_per_step(setting: str | None) -> float:
-    env = {k: v for k, v in os.environ.items() if k != allocator.ENV_SWITCH}
+    env = {k: v for k, v in os.environ.items() if k not in (allocator.ENV_SWITCH, *allocator.USER_SETTINGS)}
     if setting is not None:
         env[allocator.ENV_SWITCH] = setting
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, check=True, capture_output=True, text=True)
@@ -58,6 +58,14 @@ def test_switch_leaves_the_allocator_alone(monkeypatch):
     finally:
         allocator.keep_freed_memory.cache_clear()
     monkeypatch.delenv(allocator.ENV_SWITCH)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")  # the user's own setting wins
+    try:
+        assert allocator.keep_freed_memory() is False
+    finally:
+        allocator.keep_freed_memory.cache_clear()
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    for name in allocator.USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
     assert allocator.keep_freed_memory() is GLIBC
 
 

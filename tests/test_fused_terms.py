@@ -235,7 +235,7 @@ def test_kernel_matches_the_eager_pass_with_the_same_draws(width, decoder_shape,
                                                                       noise=noise, draws=draws)
     assert bounds == (rows.min().item(), rows.max().item())
     got_out = torch.cat([o.reshape(-1, width) for o in outputs]) if decoder is not None else outputs[0]
-    if full:  # float sums in another order than the matrix product's
+    if full:  # one product per member, the eager decode one over all rows: may round differently
         torch.testing.assert_close(got_out, expected_out, rtol=1e-6, atol=1e-6 * expected_out.abs().max().item())
     else:
         assert torch.equal(got_out, expected_out) and torch.equal(got_out.signbit(), expected_out.signbit())
@@ -285,7 +285,7 @@ def test_kernel_grid_matches_the_density_in_float64(channels, lo, hi):
 def test_kernel_grids_of_several_densities_in_one_call_equal_each_alone():
     ext = _ext()
     torch.manual_seed(1)
-    densities = [FactorizedDensity(9), FactorizedDensity(1), FactorizedDensity(3)]
+    densities = [FactorizedDensity(9), FactorizedDensity(1, (2,)), FactorizedDensity(3, (4, 1, 5, 2))]
     ranges = [(-3, 4), (-20, 1), (0, 2)]
     with torch.no_grad():
         for density in densities:
@@ -349,7 +349,8 @@ def test_kernel_pass_matches_the_unfused_path(monkeypatch, structure):
     and float64: weights bit for bit, terms to 1e-5, and every gradient at least as close to the float64
     evaluation as the float32 unfused path is (up to 1e-5 of the tensor's largest gradient). The kernel's
     grids are float64 inside: there its gradients are ~10x closer to float64 than float32 PyTorch. Weights of
-    full (width x width) decoders are sums in another order than the matrix product's: equal to float rounding."""
+    full (width x width) decoders come from one product per member, the unfused path's from one per tensor:
+    equal to float rounding."""
     _ext()
     model = _model(structure)
     tensors = lilnetx.latent_tensors(model)
@@ -392,12 +393,26 @@ def test_kernel_step_skips_what_needs_no_gradient():
         return list(torch.autograd.grad(terms.bits + terms.l2 + _weight_probe(weights), latents))
 
     expected = latent_grads()
-    frozen = [p for g in latent_groups(model).values() for p in g.density.parameters()]
+    groups = list(latent_groups(model).values())
+    densities = [p for g in groups for p in g.density.parameters()]
+    torch.manual_seed(3)
+    with TrainingTerms(tensors, native=True) as terms:
+        pass
+    all_density_grads = torch.autograd.grad(terms.bits, densities)
+    frozen = [p for g in groups[::2] for p in g.density.parameters()]  # every other group: a mix
     for p in frozen:
         p.requires_grad_(False)
     for a, b in zip(latent_grads(), expected, strict=True):
         assert torch.equal(a, b)
-    assert all(p.grad is None for p in frozen)
+    torch.manual_seed(3)
+    with TrainingTerms(tensors, native=True) as terms:
+        pass
+    trained = [p for p in densities if p.requires_grad]
+    got = dict(zip(map(id, trained), torch.autograd.grad(terms.bits, trained), strict=True))
+    assert trained and len(trained) < len(densities)
+    for p, g in zip(densities, all_density_grads, strict=True):
+        if p.requires_grad:  # the unfrozen groups' density gradients land in their own places, unchanged
+            assert torch.equal(got[id(p)], g)
     group = next(iter(latent_groups(model).values()))
     group.density.double()
     assert not fused.native_usable([*latents, *fused.density_parameters(group.density)])

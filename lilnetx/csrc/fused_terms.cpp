@@ -8,7 +8,7 @@
 //   the backward; Σz², and the slice lasso Σ|z| (w = 1) or Σ‖row‖₂ (w > 1); round(z) (+0.0 for -0.0), and
 //   given the group's decoder, directly the decoded weights: round(z) * d[c] for scale decoders ((1, 1) or
 //   (1, w); exactly the eager decode), or round(rows) @ D for a full (w, w) one (ATen's matrix product, per
-//   member, after the pass: the eager decode's kernel on the same rows).
+//   member, after the pass; the eager decode takes one product over all rows, which may round differently).
 // The rate Σ table[c, k] + frac * slope is summed from the histograms, which also give the table's gradient.
 // The pass also returns the latents' (min, max) -- the caller's next table range -- and whether the table covered
 // every position: 0 <= pos < points - 1, tested on the float (so NaN and infinity are outside on every CPU). A table
@@ -162,11 +162,11 @@ int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / wid
 // Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), (min, max) of the latents,
 // covered (0-dim bool), outputs...]: the outputs are the decoded weights of every member (shaped as the member)
 // when `decoder` is given ((1, 1) or (1, w) scales, or a full (w, w) matrix), else one (N, w) tensor of the
-// rounded rows. Where `covered` is false the other
-// values are meaningless.
+// rounded rows. Where `covered` is false the other values are meaningless.
 std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& table,
                                       const c10::optional<at::Tensor>& decoder, double lo, int64_t resolution,
                                       int64_t seed, bool noise, const c10::optional<at::Tensor>& draws, bool lasso) {
+  const at::NoGradGuard no_grad;  // the ATen products below are the kernel's own arithmetic, not graph nodes
   const Members mem(latents, width);
   const int64_t w = width, N = mem.rows(), total = N * w;
   TORCH_CHECK(table.scalar_type() == at::kFloat && table.dim() == 2 && table.size(0) == w && table.is_contiguous(),
@@ -326,6 +326,7 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
                                        const c10::optional<at::Tensor>& decoder,
                                        const std::vector<c10::optional<at::Tensor>>& grad_outs, double g_bits_res,
                                        double g_l2x2, double g_lasso, bool lasso) {
+  const at::NoGradGuard no_grad;  // the ATen products below are the kernel's own arithmetic, not graph nodes
   const Members mem(latents, width);
   const int64_t w = width, N = mem.rows();
   const float* sp = slope.data_ptr<float>();
