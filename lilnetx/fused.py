@@ -332,6 +332,15 @@ def _split_inputs(groups: Sequence[StepGroup], decoded: Sequence[bool], inputs: 
     return result
 
 
+class _GroupSaved(NamedTuple):
+    """What :class:`_NativeStep`'s backward needs of one group's forward."""
+
+    slope: Tensor  # per latent: the table's slope at its position
+    weights: Tensor  # the table's gradient per unit of g_bits
+    grid_saved: Tensor  # the grid's activations
+    coef: Tensor  # the grid's derivatives w.r.t. its logits
+
+
 class _NativeStep(torch.autograd.Function):
     """The C++ passes of every group of a step in one autograd node: ``(*outputs, bits, ΣZ², lasso)`` summed over
     the groups (see :func:`native_step_terms`). What the backward needs is saved with ``save_for_backward``, so a
@@ -364,7 +373,7 @@ class _NativeStep(torch.autograd.Function):
             for t, value in enumerate((bits, l2, lasso_sum)):
                 totals[t] += float(value)
             outputs += outs
-            intermediates += [slope, weights, grid_saved, coef]
+            intermediates += _GroupSaved(slope, weights, grid_saved, coef)
         ctx.set_materialize_grads(False)
         ctx.step = (groups, decoded, resolution, ranges)
         ctx.save_for_backward(*inputs, *intermediates)
@@ -374,8 +383,9 @@ class _NativeStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *grads):
         groups, decoded, resolution, ranges = ctx.step
-        saved = ctx.saved_tensors
-        inputs, intermediates = saved[:len(saved) - 4 * len(groups)], saved[len(saved) - 4 * len(groups):]
+        saved, size = ctx.saved_tensors, len(_GroupSaved._fields)
+        inputs, rest = saved[:len(saved) - size * len(groups)], saved[len(saved) - size * len(groups):]
+        kept = [_GroupSaved(*rest[size * i:size * (i + 1)]) for i in range(len(groups))]
         grad_outputs, coefficients = grads[:-3], _coefficients(*grads[-3:])
         ext, needs = _extension(), iter(ctx.needs_input_grad[4:])
         parts = _split_inputs(groups, decoded, inputs)
@@ -385,7 +395,7 @@ class _NativeStep(torch.autograd.Function):
         for i, (group, part) in enumerate(zip(groups, parts, strict=True)):
             dec = part.decoder.contiguous() if part.decoder is not None else None
             count = len(part.latents) if dec is not None else 1
-            grad_dec, grad_latents = _group_backward(part.latents, group.width, intermediates[4 * i], dec,
+            grad_dec, grad_latents = _group_backward(part.latents, group.width, kept[i].slope, dec,
                                                      grad_outputs[o:o + count], coefficients, resolution,
                                                      group.fused_lasso)
             o += count
@@ -399,9 +409,8 @@ class _NativeStep(torch.autograd.Function):
             chosen = [i for i, _ in density_slots]
             flat = ext.grids_backward([parts[i].parameters for i in chosen], [groups[i].layers for i in chosen],
                                       [ranges[i][0] for i in chosen], [ranges[i][1] for i in chosen], resolution,
-                                      [intermediates[4 * i + 2] for i in chosen],
-                                      [intermediates[4 * i + 3] for i in chosen],
-                                      [intermediates[4 * i + 1] for i in chosen], coefficients[0])
+                                      [kept[i].grid_saved for i in chosen], [kept[i].coef for i in chosen],
+                                      [kept[i].weights for i in chosen], coefficients[0])
             k = 0
             for i, at in density_slots:
                 n = len(parts[i].parameters)
