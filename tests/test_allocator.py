@@ -32,11 +32,12 @@ for _ in range(3):
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     trainer.step(x, y)
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5))
+from lilnetx.allocator import keep_freed_memory
+print(json.dumps([keep_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5]))
 """
 
 
-def _faults_per_step(setting: str | None) -> float:
+def _faults_per_step(setting: str | None) -> tuple[bool, float]:
     env = {k: v for k, v in os.environ.items() if k not in (allocator.ENV_SWITCH, *allocator.USER_SETTINGS)}
     if setting is not None:
         env[allocator.ENV_SWITCH] = setting
@@ -46,8 +47,11 @@ def _faults_per_step(setting: str | None) -> float:
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
 def test_trainer_steps_reuse_freed_memory_without_page_faults():
-    kept, default = _faults_per_step(None), _faults_per_step("default")
-    assert kept < 0.1 * default, (kept, default)
+    """With the setting a LeNet5 step faults in at most a few hundred fresh pages (measured 67-290; glibc's default
+    adapts and gave from 1 to ~5,800 in different processes, so it is not a stable baseline to compare with)."""
+    applied, kept = _faults_per_step(None)
+    assert applied and kept < 1000, kept
+    assert _faults_per_step("default")[0] is False
 
 
 def test_switch_leaves_the_allocator_alone(monkeypatch):
