@@ -235,7 +235,7 @@ def test_kernel_matches_the_eager_pass_with_the_same_draws(width, decoder_shape,
                                                                       noise=noise, draws=draws)
     assert bounds == (rows.min().item(), rows.max().item())
     got_out = torch.cat([o.reshape(-1, width) for o in outputs]) if decoder is not None else outputs[0]
-    if full:  # one product per member, the eager decode one over all rows: may round differently
+    if full:  # the kernel sums the products per block of rows, the eager decode in its own order: may round differently
         torch.testing.assert_close(got_out, expected_out, rtol=1e-6, atol=1e-6 * expected_out.abs().max().item())
     else:
         assert torch.equal(got_out, expected_out) and torch.equal(got_out.signbit(), expected_out.signbit())
@@ -247,6 +247,33 @@ def test_kernel_matches_the_eager_pass_with_the_same_draws(width, decoder_shape,
     got = torch.autograd.grad(0.3 * n_bits + 0.7 * n_l2 + 1.3 * n_lasso + (got_out * probe).sum(), inputs)
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
+
+
+@pytest.mark.parametrize("width", [9, 25])
+def test_kernel_full_decoder_is_the_same_on_one_thread_and_two(width):
+    """A full decoder's products run per block of rows on each thread: the decoded weights do not depend on the
+    split, and the decoder's gradient (summed per thread) only to float rounding."""
+    _ext()
+    members = _members(width, sizes=(4000, 30, 2500))  # several blocks and both threads' ranges
+    rows = torch.cat(members)
+    (table, lo), = grid_tables([FactorizedDensity(width)], [rows])
+    decoder = torch.randn(width, width).requires_grad_(True)
+    draws = torch.rand_like(rows)
+    probe = torch.linspace(-1, 1, rows.numel())
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outputs, bits, *_ = fused.native_group_terms(members, width, table, lo, decoder=decoder, draws=draws)
+            decoded = torch.cat([o.reshape(-1) for o in outputs])
+            results.append((decoded.detach(), *torch.autograd.grad((decoded * probe).sum() + bits, [decoder, *members])))
+    finally:
+        torch.set_num_threads(threads)
+    (one, *grads_one), (two, *grads_two) = results
+    assert torch.equal(one, two)
+    for a, b in zip(grads_one, grads_two, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * a.abs().max().item())
 
 
 def test_kernel_draws_its_own_noise_from_the_step_seed(monkeypatch):
@@ -349,7 +376,7 @@ def test_kernel_pass_matches_the_unfused_path(monkeypatch, structure):
     and float64: weights bit for bit, terms to 1e-5, and every gradient at least as close to the float64
     evaluation as the float32 unfused path is (up to 1e-5 of the tensor's largest gradient). The kernel's
     grids are float64 inside: there its gradients are ~10x closer to float64 than float32 PyTorch. Weights of
-    full (width x width) decoders come from one product per member, the unfused path's from one per tensor:
+    full (width x width) decoders come from the kernel's block products, the unfused path's from one per tensor:
     equal to float rounding."""
     _ext()
     model = _model(structure)

@@ -7,8 +7,8 @@
 //   histogram of (c, k): count and sum of frac; per-element slope table[c, k + 1] - table[c, k] saved for
 //   the backward; Σz², and the slice lasso Σ|z| (w = 1) or Σ‖row‖₂ (w > 1); round(z) (+0.0 for -0.0), and
 //   given the group's decoder, directly the decoded weights: round(z) * d[c] for scale decoders ((1, 1) or
-//   (1, w); exactly the eager decode), or round(rows) @ D for a full (w, w) one (ATen's matrix product, per
-//   member, after the pass; the eager decode takes one product over all rows, which may round differently).
+//   (1, w); exactly the eager decode), or round(rows) @ D for a full (w, w) one (BlockProducts, per block of
+//   rows; the eager decode's matrix product may sum in another order, so the two agree to float rounding).
 // The rate Σ table[c, k] + frac * slope is summed from the histograms, which also give the table's gradient.
 // The pass also returns the latents' (min, max) -- the caller's next table range -- and whether the table covered
 // every position: 0 <= pos < points - 1, tested on the float (so NaN and infinity are outside on every CPU). A table
@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -159,6 +160,55 @@ inline void block_positions(const float* __restrict z, int64_t n, Position posit
 int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, kGrainElements / width); }
 int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / width) * width; }
 
+// A full decoder's products on one block of `rows` rows of width w (row-major, in L1), vectorised across rows: a
+// block is loaded transposed, (w, rows), so that each of the w * w multiply-adds runs over contiguous rows.
+// (ATen's matrix product had cost a call per member, and its first call after a convolution ~0.1 ms.)
+struct BlockProducts {
+  int64_t w, rows = 0;
+  std::vector<float> a_t, b_t, c_t;  // (w, rows) each, block_elements(w) long
+
+  explicit BlockProducts(int64_t width)
+      : w(width), a_t(block_elements(width)), b_t(block_elements(width)), c_t(block_elements(width)) {}
+
+  // a_t or b_t = f(in)ᵀ for a block of rows
+  template <typename F>
+  void load(const float* in, int64_t n_rows, std::vector<float>& dst, F f) {
+    rows = n_rows;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < w; ++k) dst[k * rows + r] = f(in[r * w + k]);
+  }
+
+  // out (+)= src @ M (M[k][c] = m[k * w + c]), or src @ Mᵀ (`transposed`); src: a loaded block.
+  void times(const std::vector<float>& src, const float* m, bool transposed, bool add, float* out) {
+    for (int64_t c = 0; c < w; ++c) {
+      float* o = c_t.data() + c * rows;
+      std::fill(o, o + rows, 0.0f);
+      for (int64_t k = 0; k < w; ++k) {
+        const float d = transposed ? m[c * w + k] : m[k * w + c];
+        const float* x = src.data() + k * rows;
+#pragma omp simd
+        for (int64_t r = 0; r < rows; ++r) o[r] += d * x[r];
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < w; ++c) out[r * w + c] = (add ? out[r * w + c] : 0.0f) + c_t[c * rows + r];
+  }
+
+  // acc[k * w + c] += Σ_rows a[r][k] * b[r][c] of the loaded a_t, b_t (float within the block, double across).
+  void outer(double* acc) const {
+    for (int64_t k = 0; k < w; ++k) {
+      const float* x = a_t.data() + k * rows;
+      for (int64_t c = 0; c < w; ++c) {
+        const float* y = b_t.data() + c * rows;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t r = 0; r < rows; ++r) sum += x[r] * y[r];
+        acc[k * w + c] += sum;
+      }
+    }
+  }
+};
+
 }  // namespace
 
 // Returns [bits, ΣZ², lasso (0-dim float), slopes (N*w), table weights (w, points), (min, max) of the latents,
@@ -168,7 +218,6 @@ int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / wid
 std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& table,
                                       const c10::optional<at::Tensor>& decoder, double lo, int64_t resolution,
                                       int64_t seed, bool noise, const c10::optional<at::Tensor>& draws, bool lasso) {
-  const at::NoGradGuard no_grad;  // the ATen products below are the kernel's own arithmetic, not graph nodes
   const Members mem(latents, width);
   const int64_t w = width, N = mem.rows(), total = N * w;
   TORCH_CHECK(table.scalar_type() == at::kFloat && table.dim() == 2 && table.size(0) == w && table.is_contiguous(),
@@ -201,15 +250,10 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
   at::Tensor slope_out = at::empty({total}, fopt);
   std::vector<at::Tensor> outs;
   std::vector<float*> outp;
-  at::Tensor rounded;  // a full decoder's input: the rounded rows, decoded member by member after the pass
-  if (full) {
-    rounded = at::empty({N, w}, fopt);
-    for (size_t m = 0; m < latents.size(); ++m) outp.push_back(rounded.data_ptr<float>() + mem.row_start[m] * w);
-  }
   if (dec) {
     for (const auto& t : latents) {
       outs.push_back(at::empty_like(t));
-      if (!full) outp.push_back(outs.back().data_ptr<float>());
+      outp.push_back(outs.back().data_ptr<float>());
     }
   } else {
     outs.push_back(at::empty({N, w}, fopt));
@@ -237,14 +281,16 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     double l2 = 0.0, l1 = 0.0;
     float zmin = INFINITY, zmax = -INFINITY;
     bool outside = false;
-    std::vector<float> frac_v(block_elements(w));
+    std::vector<float> frac_v(block_elements(w)), rounded_v(full ? block_elements(w) : 0);
     std::vector<int32_t> k_v(block_elements(w));
     float* fracs = frac_v.data();
     int32_t* ks = k_v.data();
+    std::optional<BlockProducts> products;
+    if (full) products.emplace(w);
     mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
       const int64_t n = rows * w;
       const float* z = mem.z[m] + local_row * w;
-      float* out = outp[m] + local_row * w;
+      float* out = full ? rounded_v.data() : outp[m] + local_row * w;  // a full decoder decodes the block below
       const uint64_t base = static_cast<uint64_t>(global_row * w);
       const float* u = drawp ? drawp + base : nullptr;
       float* slope = sp + base;
@@ -263,6 +309,9 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
       }
       if (diagonal) {
         for (int64_t j = 0; j < n; ++j) out[j] *= dec[j % w];
+      } else if (full) {
+        products->load(out, rows, products->a_t, [](float v) { return v; });
+        products->times(products->a_t, dec, false, false, outp[m] + local_row * w);
       }
       if (lasso && w == 1) {
         l1 += abs_sum;
@@ -282,13 +331,6 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
     maxs[tid] = std::max(maxs[tid], zmax);
   });
   const bool covered = std::none_of(bad.begin(), bad.end(), [](char b) { return b != 0; });
-  if (full) {
-    const at::Tensor D = decoder->view({w, w});
-    for (size_t m = 0; m < latents.size(); ++m) {
-      at::Tensor out = outs[m].view({-1, w});
-      at::mm_out(out, rounded.narrow(0, mem.row_start[m], out.size(0)), D);
-    }
-  }
   at::Tensor bounds = at::empty({2}, fopt);
   bounds.data_ptr<float>()[0] = *std::min_element(mins.begin(), mins.end());
   bounds.data_ptr<float>()[1] = *std::max_element(maxs.begin(), maxs.end());
@@ -329,18 +371,25 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
                                        const c10::optional<at::Tensor>& decoder,
                                        const std::vector<c10::optional<at::Tensor>>& grad_outs, double g_bits_res,
                                        double g_l2x2, double g_lasso, bool lasso) {
-  const at::NoGradGuard no_grad;  // the ATen products below are the kernel's own arithmetic, not graph nodes
   const Members mem(latents, width);
   const int64_t w = width, N = mem.rows();
   const float* sp = slope.data_ptr<float>();
+  TORCH_CHECK(slope.scalar_type() == at::kFloat && slope.is_contiguous() && slope.numel() == N * w,
+              "fused_terms: slope must be the forward's, one float32 per latent");
+  TORCH_CHECK(!decoder.has_value() || (decoder->scalar_type() == at::kFloat && decoder->is_contiguous() &&
+                                       (decoder->numel() == 1 || decoder->numel() == w || decoder->numel() == w * w)),
+              "fused_terms: a decoder has 1, w or w * w contiguous float32 values");
   const float* dec = decoder.has_value() ? decoder->data_ptr<float>() : nullptr;
   const int64_t nscale = dec ? decoder->numel() : 0;
   const bool full = w > 1 && nscale == w * w;
+  TORCH_CHECK(grad_outs.size() == (dec ? latents.size() : 1), "fused_terms: one gradient per output");
   std::vector<const float*> gp(latents.size(), nullptr);
   for (size_t m = 0; m < latents.size(); ++m) {
     const auto& g = dec ? grad_outs[m] : grad_outs[0];
     if (g.has_value() && g->defined()) {
-      TORCH_CHECK(g->scalar_type() == at::kFloat && g->is_contiguous(), "fused_terms: gradients must be contiguous");
+      TORCH_CHECK(g->scalar_type() == at::kFloat && g->is_contiguous() &&
+                  g->numel() == (dec ? latents[m].numel() : N * w),
+                  "fused_terms: gradients must be contiguous float32, shaped as their outputs");
       gp[m] = g->data_ptr<float>() + (dec ? 0 : mem.row_start[m] * w);
     }
   }
@@ -350,24 +399,8 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
     grads.push_back(at::empty_like(t));
     grad_p.push_back(grads.back().data_ptr<float>());
   }
-  // A full decoder: the rounded rows' gradient go @ Dᵀ and the decoder's Σ round(rows)ᵀ go, member by member by
-  // ATen's matrix products (as the eager decode's backward).
-  at::Tensor grad_full;
-  std::vector<at::Tensor> grad_rounded(latents.size());
-  std::vector<const float*> grp(latents.size(), nullptr);
-  if (full) {
-    const at::Tensor D = decoder->view({w, w});
-    grad_full = at::zeros({w, w}, D.options());
-    for (size_t m = 0; m < latents.size(); ++m) {
-      if (!gp[m]) continue;
-      const at::Tensor go = grad_outs[m]->view({-1, w});
-      grad_rounded[m] = at::mm(go, D.t());
-      grp[m] = grad_rounded[m].data_ptr<float>();
-      grad_full.addmm_(at::round(latents[m].view({-1, w})).t(), go);
-    }
-  }
   const int threads = at::get_num_threads();
-  const int64_t sums = full ? 1 : std::max<int64_t>(nscale, 1);  // the scale decoders' gradient, per thread
+  const int64_t sums = std::max<int64_t>(nscale, 1);  // the decoder's gradient (w * w for a full one), per thread
   std::vector<double> dsum(threads * sums, 0.0);
   const float a = static_cast<float>(g_bits_res), b = static_cast<float>(g_l2x2), gl = static_cast<float>(g_lasso);
   const float out_scale = nscale == 1 ? dec[0] : 1.0f;  // gradient of round(z) from that of round(z) * d
@@ -377,12 +410,13 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
     double* ds = dsum.data() + tid * sums;
     std::vector<float> scale_v(block_elements(w));
     float* scale = scale_v.data();
+    std::optional<BlockProducts> products;
+    if (full) products.emplace(w);
     mem.for_blocks(r0, r1, [&](size_t m, int64_t local_row, int64_t global_row, int64_t rows) {
       const int64_t n = rows * w;
       const float* z = mem.z[m] + local_row * w;
       const float* s = sp + global_row * w;
       const float* go = gp[m] ? gp[m] + local_row * w : nullptr;
-      const float* gr = grp[m] ? grp[m] + local_row * w : nullptr;
       float* g = grad_p[m] + local_row * w;
       if (lasso && w > 1) {  // z / ‖row‖ (0 for an all-zero row, the subgradient torch's norm uses)
         for (int64_t row = 0; row < rows; ++row) {
@@ -403,14 +437,17 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
           g[j] = gj + extra(j);
         }
       };
-      if (gr) {
-        gradient([&](int64_t j) { return gr[j]; });
-      } else if (go && nscale <= 1) {
+      if (go && nscale <= 1) {
         gradient([&](int64_t j) { return go[j] * out_scale; });
       } else {
         gradient([&](int64_t) { return 0.0f; });
       }
-      if (go && nscale > 1 && !full) {
+      if (go && full) {  // the rounded rows' gradient go @ Dᵀ, and the decoder's Σ round(rows)ᵀ go
+        products->load(go, rows, products->b_t, [](float v) { return v; });
+        products->times(products->b_t, dec, true, true, g);
+        products->load(z, rows, products->a_t, [](float v) { return std::nearbyint(v) + 0.0f; });
+        products->outer(ds);
+      } else if (go && nscale > 1) {
         for (int64_t j = 0; j < n; ++j) {
           g[j] += go[j] * dec[j % w];
           ds[j % w] += static_cast<double>(go[j]) * (std::nearbyint(z[j]) + 0.0f);
@@ -424,9 +461,7 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
     });
   });
   std::vector<at::Tensor> result;
-  if (full) {
-    result.push_back(grad_full.view_as(*decoder));
-  } else if (dec) {
+  if (dec) {
     at::Tensor gd = at::zeros_like(*decoder);
     float* gdp = gd.data_ptr<float>();
     for (int64_t i = 0; i < nscale; ++i) {
