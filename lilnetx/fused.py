@@ -169,9 +169,8 @@ def native_usable(tensors: Sequence[Tensor]) -> bool:
     CPU), is it wanted (``LILNETX_FUSED`` is not ``eager``) and built?"""
     if os.environ.get(ENV_SWITCH, "").strip().lower() == "eager":
         return False
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
-        return False
-    return load_extension() is not None
+    ext = load_extension()
+    return ext is not None and ext.all_usable(list(tensors))
 
 
 def native_grid_ranges(groups: list[list[Tensor]]) -> list[tuple[int, int]]:

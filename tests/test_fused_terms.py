@@ -468,7 +468,8 @@ def test_eager_switch_and_fallback_without_a_compiler(monkeypatch):
     monkeypatch.setenv(fused.ENV_SWITCH, "eager")
     assert not fused.native_usable(latents)
     monkeypatch.delenv(fused.ENV_SWITCH)
-    assert not fused.native_usable([torch.zeros(3, 9, dtype=torch.float64)])
+    assert fused.native_usable(latents) == (fused.load_extension() is not None)
+    assert not fused.native_usable([*latents, torch.zeros(3, 9, dtype=torch.float64)])
     assert not fused.native_usable([torch.zeros(9, 3).t()])  # not contiguous
     monkeypatch.setattr(fused, "load_extension", lambda: None)
     assert not fused.native_usable(latents)
