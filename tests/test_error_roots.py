@@ -43,9 +43,10 @@ def test_artifact_errors_stay_value_errors():
 
 
 BUILTIN_ERRORS = {"ValueError", "LookupError", "KeyError", "TypeError", "RuntimeError", "Exception"}
-# raise sites that stay builtin on purpose: an internal shape check (issue 10's density.py) and the remote
-# index parser's per-entry errors, which are caught and logged as "skipping remote entry ..." in the same module
-ALLOWED = {("lilnetx/density.py", "ValueError"), ("zoo/remote.py", "ValueError")}
+# raise sites that stay builtin on purpose: an internal shape check (issue 10's density.py), the remote
+# index parser's per-entry errors, which are caught and logged as "skipping remote entry ..." in the same module,
+# and reparam.py's weight getter, which TorchScript compiles: it raises torch's own parametrization error there
+ALLOWED = {("lilnetx/density.py", "ValueError"), ("zoo/remote.py", "ValueError"), ("lilnetx/reparam.py", "RuntimeError")}
 
 
 def test_no_raise_site_raises_a_bare_builtin_error():
