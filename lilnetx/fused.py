@@ -169,6 +169,8 @@ def native_usable(tensors: Sequence[Tensor]) -> bool:
     CPU), is it wanted (``LILNETX_FUSED`` is not ``eager``) and built?"""
     if os.environ.get(ENV_SWITCH, "").strip().lower() == "eager":
         return False
+    if tensors and (tensors[0].device.type != "cpu" or tensors[0].dtype != torch.float32):
+        return False  # a GPU or float64 model: no need to build the kernel to know
     ext = load_extension()
     return ext is not None and ext.all_usable(list(tensors))
 

@@ -339,7 +339,9 @@ def _step_weight_shortcut(module: nn.Module, tensor_name: str) -> None:
 
     torch's getter calls the ``ParametrizationList`` and the ``LatentWeight`` as modules and probes for a second
     parametrization with a failing attribute lookup: inside training steps MobileNetV2-0.5's 54 tensors cost
-    ~1 ms a forward pass that way. A tensor with more than one parametrization always takes torch's getter."""
+    ~1 ms a forward pass that way. A tensor with more than one parametrization always takes torch's getter. While a
+    step weight is set, module hooks on the parametrization modules do not fire for the access, and an active
+    ``parametrize.cached()`` returns the step weight, which is what it would have cached."""
     torch_property = type(module).__dict__[tensor_name]
 
     def get(self: nn.Module) -> Tensor:

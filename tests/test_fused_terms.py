@@ -215,7 +215,7 @@ def _members(width: int, sizes=(40, 700, 8)) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("width, decoder_shape", [(1, (1, 1)), (1, None), (9, None), (9, (1, 9)), (25, (1, 1)),
-                                                  (9, (9, 9)), (25, (25, 25))])
+                                                  (3, (3, 3)), (9, (9, 9)), (25, (25, 25))])
 @pytest.mark.parametrize("noise", [True, False])
 def test_kernel_matches_the_eager_pass_with_the_same_draws(width, decoder_shape, noise):
     _ext()
@@ -274,6 +274,29 @@ def test_kernel_full_decoder_is_the_same_on_one_thread_and_two(width):
     assert torch.equal(one, two)
     for a, b in zip(grads_one, grads_two, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("decoder_shape", [(9, 9), (1, 9)])
+def test_kernel_members_whose_outputs_are_unused_get_only_the_terms_gradient(decoder_shape):
+    """A member whose decoded weight takes no part in the loss (its output gradient is undefined) gets the rate,
+    L2 and lasso gradient only, and adds nothing to the decoder's gradient; as the eager pass."""
+    _ext()
+    members = _members(9)
+    rows = torch.cat(members)
+    (table, lo), = grid_tables([FactorizedDensity(9)], [rows])
+    decoder = torch.randn(decoder_shape).requires_grad_(True)
+    torch.manual_seed(5)
+    draws = torch.rand_like(rows)
+    outputs, bits, l2, lasso, _ = fused.native_group_terms(members, 9, table, lo, decoder=decoder, draws=draws)
+    first = members[0].shape[0]
+    probe = torch.linspace(-1, 1, outputs[0].numel()).view(outputs[0].shape)
+    got = torch.autograd.grad(bits + l2 + lasso + (outputs[0] * probe).sum(), [decoder, *members])
+    torch.manual_seed(5)  # the eager pass draws the same values with torch.rand_like
+    rounded, e_bits, e_l2, e_lasso = group_terms(rows, table, lo)
+    decoded = rounded @ decoder if decoder_shape == (9, 9) else rounded * decoder
+    expected = torch.autograd.grad(e_bits + e_l2 + e_lasso + (decoded[:first] * probe).sum(), [decoder, *members])
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * e.abs().max().item())
 
 
 def test_kernel_draws_its_own_noise_from_the_step_seed(monkeypatch):
@@ -470,6 +493,7 @@ def test_eager_switch_and_fallback_without_a_compiler(monkeypatch):
     monkeypatch.delenv(fused.ENV_SWITCH)
     assert fused.native_usable(latents) == (fused.load_extension() is not None)
     assert not fused.native_usable([*latents, torch.zeros(3, 9, dtype=torch.float64)])
+    assert not fused.native_usable([*latents, torch.zeros(3, 9, device="meta")])  # not on the CPU
     assert not fused.native_usable([torch.zeros(9, 3).t()])  # not contiguous
     monkeypatch.setattr(fused, "load_extension", lambda: None)
     assert not fused.native_usable(latents)

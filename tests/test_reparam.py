@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import lilnetx
-from lilnetx.reparam import ReparamError
+from lilnetx.reparam import LatentWeight, ReparamError
 
 
 def _decode_oracle(t: lilnetx.LatentTensor) -> np.ndarray:
@@ -63,15 +63,18 @@ def test_decoded_weights_match_independent_oracle(convnet):
         np.testing.assert_allclose(decoded, _decode_oracle(t), rtol=1e-5, atol=1e-7)
 
 
-def test_a_step_weight_is_what_the_layer_reads_and_other_parametrizations_still_apply(convnet):
-    """Inside a training step a layer reads the step's decoded weight directly (the shortcut getter); outside it,
-    or with a second parametrization on the tensor, torch's getter decodes (and applies the others)."""
+def test_a_step_weight_is_what_the_layer_reads_and_other_parametrizations_still_apply(convnet, monkeypatch):
+    """Inside a training step a layer reads the step's decoded weight directly (the shortcut getter, which runs no
+    parametrization module); outside it, or with a second parametrization on the tensor, torch's getter decodes
+    (and applies the others)."""
     lilnetx.reparameterize(convnet)
     t = lilnetx.latent_tensors(convnet)[0]
     latent_weight = t.module.parametrizations[t.tensor_name][0]
     step_weight = torch.randn(t.latent.shape)
     latent_weight.use_step_weight(step_weight)
-    assert getattr(t.module, t.tensor_name) is step_weight
+    with monkeypatch.context() as patched:
+        patched.setattr(LatentWeight, "forward", lambda self, z: pytest.fail("torch's getter ran"))
+        assert getattr(t.module, t.tensor_name) is step_weight
     latent_weight.use_step_weight(None)
     np.testing.assert_allclose(getattr(t.module, t.tensor_name).detach().double().numpy(), _decode_oracle(t),
                                rtol=1e-5, atol=1e-7)

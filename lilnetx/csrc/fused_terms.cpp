@@ -14,7 +14,8 @@
 // every position: 0 <= pos < points - 1, tested on the float (so NaN and infinity are outside on every CPU). A table
 // on the exact range (floor(min) - 1, ceil(max) + 1) always does; one built from an earlier step's range may not,
 // and the caller then rebuilds and reruns. The positions use the eager path's float operations in its order, so
-// with the same draws and table range they are equal bit for bit; sums are accumulated in double.
+// with the same draws and table range they are equal bit for bit; sums are accumulated in double (except a full
+// decoder's gradient: float within a block of rows, double across blocks, so it varies with the thread split).
 //
 // Noise: draw i of a step is the i-th output of SplitMix64 (Steele, Lea & Flood 2014) from the 64-bit seed
 // the Python side takes from torch's default generator once per group and step:
@@ -84,16 +85,17 @@ struct Members {
 };
 
 // Adds a block's grid positions (cell k, fraction) to the histograms of (channel, cell) counts and fraction sums,
-// and writes each value's slope; true if a position lies outside the table (cell -1). Value j goes to histogram copy j % 4
-// of `copies` (each `hist` long; a power of two): latents crowd into a few cells, and updates of one cell by
-// consecutive values would wait for each other (store-to-load forwarding); four copies make four independent
-// chains. Rows of kCopies or more channels need none: consecutive values fall in different channels. Not inlined:
+// and writes each value's slope; true if a position lies outside the table (cell -1). Value j goes to copy
+// j % per_thread of the thread's histograms (each `hist` long; per_thread is 1 or kCopies): latents crowd into a
+// few cells, and updates of one cell by consecutive values would wait for each other (store-to-load forwarding);
+// kCopies copies make independent chains. Rows of kCopies or more channels need one: consecutive values fall in
+// different channels. Not inlined:
 // inside the caller's lambda its pointers were spilled to the stack and reloaded for every value. Both measured:
 // the pass over LeNet5's 400,000-latent dense group, one thread, 1.06 -> 0.94 ms (best of 600).
 constexpr int64_t kCopies = 4;
 
 __attribute__((noinline)) bool histogram(const int32_t* __restrict ks, const float* __restrict fracs, int64_t n,
-                                         int64_t w, int64_t points, int64_t hist, int64_t copies,
+                                         int64_t w, int64_t points, int64_t hist, int64_t per_thread,
                                          const float* __restrict slopes,
                                          int32_t* __restrict counts, double* __restrict upper,
                                          float* __restrict slope) {
@@ -105,7 +107,7 @@ __attribute__((noinline)) bool histogram(const int32_t* __restrict ks, const flo
       slope[j] = 0.0f;
     } else {
       const int64_t t = c * points + k;
-      const int64_t copy = (j & (copies - 1)) * hist;
+      const int64_t copy = (j & (per_thread - 1)) * hist;
       counts[copy + t] += 1;
       upper[copy + t] += fracs[j];
       slope[j] = slopes[t];
@@ -162,7 +164,8 @@ int64_t block_elements(int64_t width) { return std::max<int64_t>(1, kBlock / wid
 
 // A full decoder's products on one block of `rows` rows of width w (row-major, in L1), vectorised across rows: a
 // block is loaded transposed, (w, rows), so that each of the w * w multiply-adds runs over contiguous rows.
-// (ATen's matrix product had cost a call per member, and its first call after a convolution ~0.1 ms.)
+// (ATen's matrix products had cost a call per member and direction, and in a step the first one after the
+// network's convolutions took ~0.1 ms more than the next.)
 struct BlockProducts {
   int64_t w, rows = 0;
   std::vector<float> a_t, b_t, c_t;  // (w, rows) each, block_elements(w) long
@@ -365,17 +368,18 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
 
 // Gradient w.r.t. every member: slope * g_bits_res + g_l2x2 * z + g_lasso * (sign(z) or z / ‖row‖) + the
 // gradient of the outputs (through the decoder where the outputs are decoded weights: times its scale, or
-// grad_out @ Dᵀ); and the decoder's gradient Σ grad_out * round(z) per scale, or Σ round(z)ᵀ grad_out. `grad_outs`: one tensor per member
-// (decoded outputs) or a single (N * w) tensor (rounded rows); undefined ones count as zero.
+// grad_out @ Dᵀ); and the decoder's gradient Σ grad_out * round(z) per scale, or Σ round(z)ᵀ grad_out.
+// `grad_outs`: one tensor per member (decoded outputs) or a single (N * w) tensor (rounded rows); undefined ones
+// count as zero.
 std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, int64_t width, const at::Tensor& slope,
                                        const c10::optional<at::Tensor>& decoder,
                                        const std::vector<c10::optional<at::Tensor>>& grad_outs, double g_bits_res,
                                        double g_l2x2, double g_lasso, bool lasso) {
   const Members mem(latents, width);
   const int64_t w = width, N = mem.rows();
-  const float* sp = slope.data_ptr<float>();
   TORCH_CHECK(slope.scalar_type() == at::kFloat && slope.is_contiguous() && slope.numel() == N * w,
               "fused_terms: slope must be the forward's, one float32 per latent");
+  const float* sp = slope.data_ptr<float>();
   TORCH_CHECK(!decoder.has_value() || (decoder->scalar_type() == at::kFloat && decoder->is_contiguous() &&
                                        (decoder->numel() == 1 || decoder->numel() == w || decoder->numel() == w * w)),
               "fused_terms: a decoder has 1, w or w * w contiguous float32 values");
