@@ -180,6 +180,9 @@ struct BlockProducts {
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t k = 0; k < w; ++k) dst[k * rows + r] = f(in[r * w + k]);
   }
+  void load(const float* in, int64_t n_rows, std::vector<float>& dst) {
+    load(in, n_rows, dst, [](float v) { return v; });
+  }
 
   // out (+)= src @ M (M[k][c] = m[k * w + c]), or src @ Mᵀ (`transposed`); src: a loaded block.
   void times(const std::vector<float>& src, const float* m, bool transposed, bool add, float* out) {
@@ -313,7 +316,7 @@ std::vector<at::Tensor> group_forward(const std::vector<at::Tensor>& latents, in
       if (diagonal) {
         for (int64_t j = 0; j < n; ++j) out[j] *= dec[j % w];
       } else if (full) {
-        products->load(out, rows, products->a_t, [](float v) { return v; });
+        products->load(out, rows, products->a_t);
         products->times(products->a_t, dec, false, false, outp[m] + local_row * w);
       }
       if (lasso && w == 1) {
@@ -447,7 +450,7 @@ std::vector<at::Tensor> group_backward(const std::vector<at::Tensor>& latents, i
         gradient([&](int64_t) { return 0.0f; });
       }
       if (go && full) {  // the rounded rows' gradient go @ Dᵀ, and the decoder's Σ round(rows)ᵀ go
-        products->load(go, rows, products->b_t, [](float v) { return v; });
+        products->load(go, rows, products->b_t);
         products->times(products->b_t, dec, true, true, g);
         products->load(z, rows, products->a_t, [](float v) { return std::nearbyint(v) + 0.0f; });
         products->outer(ds);
@@ -617,12 +620,19 @@ LILNETX_MAP_N(tanh_n, std::tanh, Sleef_tanhd8_u35avx512f, Sleef_tanhd4_u35avx2)
 LILNETX_MAP_N(exp_n, std::exp, Sleef_expd8_u10avx512f, Sleef_expd4_u10avx2)
 LILNETX_MAP_N(log2_n, std::log2, Sleef_log2d8_u35avx512f, Sleef_log2d4_u35avx2)
 
+// Row `which` (0: tanh(h), 1: a) of unit o of layer i in a channel's saved activations over n edges (the layout
+// cdf_logits writes and channel_backward reads).
+template <typename T>
+T* activation_row(T* saved, int64_t width, int64_t n, int64_t i, int64_t o, int64_t which) {
+  return saved + (2 * (i * width + o) + which) * n;
+}
+
 // Forward of all edges x[0..n) of one channel, layer by layer and vectorised across edges. saved is the
 // channel's (2 * layers * width, n) block: row 2 (i * width + o) holds tanh(h_i,o) of every edge (0 for the last
 // layer), the next row a_i,o, the input of layer i + 1; the logits are the last layer's a.
 const double* cdf_logits(const Net& net, const ChannelParams& p, const double* x, int64_t n, double* saved) {
   std::vector<double> h(n);
-  auto row = [&](int64_t i, int64_t o, int64_t which) { return saved + (2 * (i * net.width + o) + which) * n; };
+  auto row = [&](int64_t i, int64_t o, int64_t which) { return activation_row(saved, net.width, n, i, o, which); };
   for (int64_t i = 0; i < net.layers; ++i) {
     const int64_t din = net.dims[i], dout = net.dims[i + 1];
     for (int64_t o = 0; o < dout; ++o) {
@@ -741,7 +751,7 @@ void channel_backward(const Grid& grid, int64_t c, int64_t resolution, const dou
   const int64_t L = net.layers, Wd = net.width, points = grid.points, edges = grid.edges;
   const ChannelParams p(net, c);
   const double* sc = sp + grid.saved_off(c);
-  auto row = [&](int64_t i, int64_t o, int64_t which) { return sc + (2 * (i * Wd + o) + which) * edges; };
+  auto row = [&](int64_t i, int64_t o, int64_t which) { return activation_row(sc, Wd, edges, i, o, which); };
   std::vector<double> x(edges), ga(Wd * edges, 0.0), gh(Wd * edges), gprev(Wd * edges);
   edge_values(edges, resolution, static_cast<double>(grid.lo), x);
   for (int64_t q = 0; q < points; ++q) {  // the logits' gradient: edge q is point q's lower, q + res its upper
