@@ -181,37 +181,29 @@ def native_grid_ranges(groups: list[list[Tensor]]) -> list[tuple[int, int]]:
 
 
 class _NativeGrid(torch.autograd.Function):
-    """``FactorizedDensity.bits_grid`` in the C++ kernel (double inside), differentiable in the density; the
-    forward keeps its activations, so the backward is arithmetic only."""
+    """``FactorizedDensity.bits_grid`` in the C++ kernel (double inside), differentiable in the density's flat
+    parameters; the forward keeps its activations, so the backward is arithmetic only."""
 
     @staticmethod
-    def forward(ctx, lo: int, hi: int, resolution: int, layers: int, *params: Tensor) -> Tensor:
-        bits, saved, coef = _extension().grids_forward([list(params)], [layers], [lo], [hi], resolution)
-        ctx.grid = (lo, hi, resolution, layers)
-        ctx.save_for_backward(saved, coef, *params)
+    def forward(ctx, lo: int, hi: int, resolution: int, filters: tuple[int, ...], flat: Tensor) -> Tensor:
+        bits, saved, coef = _extension().grids_forward([flat], [filters], [lo], [hi], resolution)
+        ctx.grid = (lo, hi, resolution, filters)
+        ctx.save_for_backward(saved, coef, flat)
         return bits
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        lo, hi, resolution, layers = ctx.grid
-        saved, coef, *params = ctx.saved_tensors
-        grads = _extension().grids_backward([params], [layers], [lo], [hi], resolution, [saved], [coef],
-                                            [grad.contiguous()], 1.0)
-        return (None, None, None, None, *grads)
+        lo, hi, resolution, filters = ctx.grid
+        saved, coef, flat = ctx.saved_tensors
+        grad_flat, = _extension().grids_backward([flat], [filters], [lo], [hi], resolution, [saved], [coef],
+                                                 [grad.contiguous()], 1.0)
+        return None, None, None, None, grad_flat
 
 
-def density_parameters(density: FactorizedDensity) -> list[Tensor]:
-    """The density's parameters in the C++ grid's order: matrices, biases, factors."""
-    return [*density.matrices, *density.biases, *density.factors]
-
-
-def native_bits_grid(density: FactorizedDensity, lo: int, hi: int, resolution: int = GRID_RESOLUTION, *,
-                     parameters: list[Tensor] | None = None) -> Tensor:
+def native_bits_grid(density: FactorizedDensity, lo: int, hi: int, resolution: int = GRID_RESOLUTION) -> Tensor:
     """``density.bits_grid(lo, hi, resolution)`` by the C++ kernel: one call forward, one back, instead of some
-    forty small tensor operations (float32 parameters on the CPU; ``parameters``: :func:`density_parameters`,
-    if the caller keeps them)."""
-    params = density_parameters(density) if parameters is None else parameters
-    return _NativeGrid.apply(lo, hi, resolution, len(density.matrices), *params)
+    forty small tensor operations (float32 parameters on the CPU)."""
+    return _NativeGrid.apply(lo, hi, resolution, density.filters, density.flat)
 
 
 def step_seed() -> int:
@@ -307,8 +299,8 @@ class StepGroup(Protocol):
     name: str
     width: int
     latents: list[Tensor]
-    density_parameters: list[Tensor]  # matrices, biases, factors (:func:`density_parameters`)
-    layers: int
+    density: Tensor  # the density's flat parameters (FactorizedDensity.flat)
+    filters: tuple[int, ...]  # its hidden layers' sizes
     fused_lasso: bool
     table_range: tuple[int, int] | None  # the range of the last step; None before the first
 
@@ -316,7 +308,7 @@ class StepGroup(Protocol):
 class _GroupInputs(NamedTuple):
     """One group's slice of :class:`_NativeStep`'s flat inputs."""
 
-    parameters: list[Tensor]
+    density: Tensor
     decoder: Tensor | None
     latents: list[Tensor]
 
@@ -324,11 +316,9 @@ class _GroupInputs(NamedTuple):
 def _split_inputs(groups: Sequence[StepGroup], decoded: Sequence[bool], inputs: Sequence[Tensor]) -> list[_GroupInputs]:
     result, i = [], 0
     for group, has_decoder in zip(groups, decoded, strict=True):
-        params = list(inputs[i:i + len(group.density_parameters)])
-        i += len(params)
-        decoder = inputs[i] if has_decoder else None
-        i += has_decoder
-        result.append(_GroupInputs(params, decoder, list(inputs[i:i + len(group.latents)])))
+        decoder = inputs[i + 1] if has_decoder else None
+        i += 1 + has_decoder
+        result.append(_GroupInputs(inputs[i - 1 - has_decoder], decoder, list(inputs[i:i + len(group.latents)])))
         i += len(group.latents)
     return result
 
@@ -400,23 +390,21 @@ class _NativeStep(torch.autograd.Function):
                                                      grad_outputs[o:o + count], coefficients, resolution,
                                                      group.fused_lasso)
             o += count
-            if any([next(needs) for _ in part.parameters]):
+            if next(needs):
                 density_slots.append((i, len(result)))
-            result += [None] * len(part.parameters)
+            result.append(None)
             if dec is not None:
                 result.append(grad_dec if next(needs) else None)
             result += [g if next(needs) else None for g in grad_latents]
         if density_slots:  # every grid's density gradients in one call, g_bits times each table's weights
             chosen = [i for i, _ in density_slots]
-            flat = ext.grids_backward([parts[i].parameters for i in chosen], [groups[i].layers for i in chosen],
-                                      [ranges[i][0] for i in chosen], [ranges[i][1] for i in chosen], resolution,
-                                      [kept[i].grid_saved for i in chosen], [kept[i].coef for i in chosen],
-                                      [kept[i].weights for i in chosen], coefficients[0])
-            k = 0
-            for i, at in density_slots:
-                n = len(parts[i].parameters)
-                result[at:at + n] = flat[k:k + n]
-                k += n
+            density_grads = ext.grids_backward(
+                [parts[i].density for i in chosen], [groups[i].filters for i in chosen],
+                [ranges[i][0] for i in chosen], [ranges[i][1] for i in chosen], resolution,
+                [kept[i].grid_saved for i in chosen], [kept[i].coef for i in chosen],
+                [kept[i].weights for i in chosen], coefficients[0])
+            for (_, at), grad in zip(density_slots, density_grads, strict=True):
+                result[at] = grad
         return (None, None, None, None, *result)
 
 
@@ -424,7 +412,7 @@ def _grids_forward(ext: ModuleType, groups: Sequence[StepGroup], parts: Sequence
                    ranges: Sequence[tuple[int, int]], resolution: int) -> list[Tensor]:
     """``[bits, saved, coef]`` of each group's grid on its range, one after the other (one C++ call, all the
     grids' channels in one parallel loop)."""
-    return ext.grids_forward([part.parameters for part in parts], [group.layers for group in groups],
+    return ext.grids_forward([part.density for part in parts], [group.filters for group in groups],
                              [lo for lo, _ in ranges], [hi for _, hi in ranges], resolution)
 
 
@@ -453,7 +441,7 @@ def native_step_terms(groups: Sequence[StepGroup], decoders: Sequence[Tensor | N
     seeds = [step_seed() for _ in groups]
     decoded = [d is not None for d in decoders]
     inputs = [t for g, d in zip(groups, decoders, strict=True)
-              for t in (*g.density_parameters, *([d] if d is not None else []), *g.latents)]
+              for t in (g.density, *([d] if d is not None else []), *g.latents)]
     *flat, bits, l2, lasso = _NativeStep.apply(groups, decoded, seeds, resolution, *inputs)
     outputs, i = [], 0
     for group, has_decoder in zip(groups, decoded, strict=True):

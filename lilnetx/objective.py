@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lilnetx.errors import LilnetxError
-from lilnetx.fused import density_parameters, grid_tables, group_terms, native_step_terms, native_usable
+from lilnetx.fused import grid_tables, group_terms, native_step_terms, native_usable
 from lilnetx.reparam import LatentGroup, LatentTensor, LatentWeight, latent_tensors
 
 
@@ -87,12 +87,12 @@ class _GroupPlan:
 
     def __init__(self, group: LatentGroup, members: list[LatentTensor], structure: str):
         self.group = group
-        self.name, self.width, self.layers = group.name, group.width, len(group.density.matrices)
+        self.name, self.width, self.filters = group.name, group.width, group.density.filters
         self.members = members
         self.latents = [t.latent for t in members]
         self.parametrizations = [t.module.parametrizations[t.tensor_name][0] for t in members]
         self.fused_lasso = structure == "slice" and all(t.is_weight for t in members)
-        self.density_parameters = density_parameters(group.density)
+        self.density = group.density.flat
         self.table_range: tuple[int, int] | None = None  # the native pass's range of the last step
 
 
@@ -157,7 +157,7 @@ class TrainingTerms:
         self._weights: list[tuple[LatentWeight, Tensor]] = []
         if native is None:
             native = native_usable([t for plan in layout.plans
-                                    for t in (*plan.latents, *plan.density_parameters, plan.group.decoder)])
+                                    for t in (*plan.latents, plan.density, plan.group.decoder)])
         if native:
             self._native_pass(layout.plans, layout.structure, decode)
         else:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lilnetx.allocator import keep_freed_memory
 from lilnetx.artifact.format import DECODER_DTYPES, snap_decoder
+from lilnetx.density import FactorizedDensity
 from lilnetx.errors import LilnetxError
 from lilnetx.files import atomic_file
 from lilnetx.metrics import stats
@@ -146,6 +147,25 @@ def parameter_groups(model: nn.Module, config: TrainConfig) -> tuple[list[dict],
         (density if ".density." in dotted else decoders if dotted.endswith(".decoder") else rest).append(p)
     decoder_lr = config.decoder_lr if config.decoder_lr is not None else config.lr
     return [{"params": rest, "lr": config.lr}, {"params": decoders, "lr": decoder_lr}], density
+
+
+def flat_density_state(saved: dict[str, Any], model: nn.Module, params: list[nn.Parameter]) -> dict[str, Any]:
+    """``saved`` (an optimiser state dict over ``params``, the model's densities' flat parameters) as it is, or,
+    from a checkpoint written when each density was ``3 * layers - 1`` tensors, converted: each density's
+    per-tensor states concatenated in the flat parameter's order (the same values, so the run resumes exactly)."""
+    density_of = {id(m.flat): m for m in model.modules() if isinstance(m, FactorizedDensity)}
+    counts = [len(density_of[id(p)].view_names) for p in params]
+    ids = [i for group in saved["param_groups"] for i in group["params"]]
+    if len(ids) == len(params) or len(ids) != sum(counts) or len(saved["param_groups"]) != 1:
+        return saved  # current layout, or another model's: load_state_dict names the mismatch
+    state, start = {}, 0
+    for new_id, count in enumerate(counts):
+        old = [saved["state"].get(i) for i in ids[start:start + count]]
+        start += count
+        if all(old):  # a density that has taken steps (every tensor of it has)
+            state[new_id] = {k: v if k == "step" else torch.cat([s[k].reshape(-1) for s in old])
+                             for k, v in old[0].items()}
+    return {"state": state, "param_groups": [{**saved["param_groups"][0], "params": list(range(len(params)))}]}
 
 
 # Adam's fused kernel (one per tensor instead of about ten small operations): the density's many tiny tensors
@@ -278,6 +298,8 @@ class Trainer:
             kernel = {"fused": opt.defaults["fused"], "foreach": opt.defaults["foreach"]}
             saved = state[key]  # another Adam variant's checkpoint resumes on this kernel (set before loading:
             # torch places the step counters by the loaded groups' flags)
+            if opt is self.opt_density:
+                saved = flat_density_state(saved, self.model, self.opt_density.param_groups[0]["params"])
             opt.load_state_dict({**saved, "param_groups": [{**g, **kernel} for g in saved["param_groups"]]})
         for s, sd in zip(self.schedulers, state["schedulers"], strict=True):
             s.load_state_dict(sd)

@@ -341,18 +341,18 @@ def test_kernel_grids_of_several_densities_in_one_call_equal_each_alone():
         for density in densities:
             for p in density.parameters():
                 p.add_(torch.randn_like(p) * 0.3)
-    params = [fused.density_parameters(d) for d in densities]
-    layers = [len(d.matrices) for d in densities]
-    together = ext.grids_forward(params, layers, [lo for lo, _ in ranges], [hi for _, hi in ranges], 32)
+    flats = [d.flat.detach() for d in densities]
+    filters = [d.filters for d in densities]
+    together = ext.grids_forward(flats, filters, [lo for lo, _ in ranges], [hi for _, hi in ranges], 32)
     grads = [torch.randn_like(together[3 * i]) for i in range(len(densities))]
-    g_together = ext.grids_backward(params, layers, [lo for lo, _ in ranges], [hi for _, hi in ranges], 32,
+    g_together = ext.grids_backward(flats, filters, [lo for lo, _ in ranges], [hi for _, hi in ranges], 32,
                                     together[1::3], together[2::3], grads, 0.5)
     g_alone = []
-    for i, (p, n, (lo, hi)) in enumerate(zip(params, layers, ranges, strict=True)):
-        alone = ext.grids_forward([p], [n], [lo], [hi], 32)
+    for i, (flat, f, (lo, hi)) in enumerate(zip(flats, filters, ranges, strict=True)):
+        alone = ext.grids_forward([flat], [f], [lo], [hi], 32)
         assert torch.equal(alone[0], together[3 * i]) and torch.equal(alone[2], together[3 * i + 2])  # bits, derivatives
-        g_alone += ext.grids_backward([p], [n], [lo], [hi], 32, alone[1:2], alone[2:3], [grads[i] * 0.5], 1.0)
-    assert len(g_together) == len(g_alone) == sum(len(p) for p in params)
+        g_alone += ext.grids_backward([flat], [f], [lo], [hi], 32, alone[1:2], alone[2:3], [grads[i] * 0.5], 1.0)
+    assert [g.shape for g in g_together] == [g.shape for g in g_alone] == [f.shape for f in flats]
     for a, b in zip(g_alone, g_together, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
 
@@ -465,7 +465,7 @@ def test_kernel_step_skips_what_needs_no_gradient():
             assert torch.equal(got[id(p)], g)
     group = next(iter(latent_groups(model).values()))
     group.density.double()
-    assert not fused.native_usable([*latents, *fused.density_parameters(group.density)])
+    assert not fused.native_usable([*latents, group.density.flat])
 
 
 def test_kernel_step_frees_what_its_backward_needed():

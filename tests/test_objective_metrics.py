@@ -29,6 +29,29 @@ def test_interpolated_training_rate_matches_direct_evaluation():
         torch.testing.assert_close(p.grad, g, rtol=0.02, atol=1e-2 * g.abs().max().item())
 
 
+def test_density_parameters_are_one_flat_tensor_with_per_view_state_dict_keys():
+    density = FactorizedDensity(3, (3, 2))
+    assert [name for name, _ in density.named_parameters()] == ["flat"]
+    state = density.state_dict()
+    assert list(state) == ["matrices.0", "matrices.1", "matrices.2", "biases.0", "biases.1", "biases.2",
+                           "factors.0", "factors.1"]
+    assert [tuple(v.shape) for v in state.values()] == [(3, 3, 1), (3, 2, 3), (3, 1, 2), (3, 3, 1), (3, 2, 1),
+                                                        (3, 1, 1), (3, 3, 1), (3, 2, 1)]
+    with torch.no_grad():  # the views are the flat parameter's storage, in state-dict order
+        density.flat.copy_(torch.arange(density.flat.numel(), dtype=torch.float32))
+    assert torch.equal(torch.cat([v.reshape(-1) for v in density.state_dict().values()]), density.flat.detach())
+    other = FactorizedDensity(3, (3, 2))
+    other.load_state_dict(density.state_dict())
+    assert torch.equal(other.flat, density.flat) and torch.equal(other.biases[1], density.biases[1])
+    with pytest.raises(RuntimeError, match="Missing key.*factors.1"):
+        other.load_state_dict({k: v for k, v in state.items() if k != "factors.1"})
+    with pytest.raises(RuntimeError, match="Unexpected key.*matrices.3"):
+        other.load_state_dict({**state, "matrices.3": state["matrices.0"]})
+    with pytest.raises(RuntimeError, match=r"size mismatch for biases.0.*\(3, 3, 1\)"):
+        other.load_state_dict({**state, "biases.0": torch.zeros(2)})
+    assert torch.equal(other.flat, density.flat)  # a refused load changed nothing it could not place
+
+
 def test_evaluation_rate_is_exact_at_integers():
     density = FactorizedDensity(4)
     values = torch.randint(-6, 7, (300, 4)).float()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import lilnetx
+from lilnetx.density import FactorizedDensity
 from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, warmup_cosine
 from plugins.datasets import digits
 
@@ -72,6 +73,26 @@ def test_resume_from_a_checkpoint_of_torchs_default_adam(data, tmp_path):
     assert all(g["fused"] and not g["foreach"] for opt in (new.opt_model, new.opt_density) for g in opt.param_groups)
     assert new.layout.saved_ranges() == old.layout.saved_ranges() and None not in old.layout.saved_ranges()
     assert new.fit()["epoch"] == 2
+
+
+def test_resume_from_a_checkpoint_of_per_tensor_density_parameters(data, tmp_path):
+    """Checkpoints written when each density was 3·layers − 1 tensors (its optimiser state per tensor) resume
+    exactly: the state is concatenated in the flat parameter's order."""
+    straight = run(data, epochs=2)
+    run(data, epochs=2, stop_epoch=1, run_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    densities = [m for m in digits_net().modules() if isinstance(m, FactorizedDensity)]
+    flat_state, per_tensor = state["opt_density"]["state"], {}
+    for i, density in enumerate(densities):
+        sizes = [v.numel() for v in density.views()]
+        parts = {k: v.split(sizes) if k != "step" else [v] * len(sizes) for k, v in flat_state[i].items()}
+        for j in range(len(sizes)):
+            per_tensor[len(per_tensor)] = {k: v[j] for k, v in parts.items()}
+    state["opt_density"] = {"state": per_tensor,
+                            "param_groups": [{**state["opt_density"]["param_groups"][0], "params": list(per_tensor)}]}
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = run(data, epochs=2, resume=tmp_path / "checkpoint.pt")
+    assert resumed == {**straight, "seconds": resumed["seconds"]}
 
 
 def test_raising_lambda_rate_lowers_bits(data):

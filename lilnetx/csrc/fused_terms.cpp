@@ -535,30 +535,36 @@ namespace {
 struct Net {
   int64_t layers = 0, channels = 0, width = 1;  // width: the largest layer
   std::vector<int64_t> dims;                     // d_0 = 1, ..., d_L = 1
+  std::vector<int64_t> w_at, b_at, f_at;         // where each layer's matrix / bias / factor starts in `flat`
   std::vector<const float*> W, B, F;
 
-  Net(const std::vector<at::Tensor>& matrices, const std::vector<at::Tensor>& biases,
-      const std::vector<at::Tensor>& factors) {
-    layers = static_cast<int64_t>(matrices.size());
-    TORCH_CHECK(layers > 0 && biases.size() == matrices.size() && factors.size() + 1 == matrices.size(),
-                "fused_terms: density parameters do not fit (layers, layers, layers - 1)");
-    channels = matrices[0].size(0);
-    dims.push_back(matrices[0].size(2));
+  // `flat`: the density's matrices (channels, d_i+1, d_i), biases (channels, d_i+1, 1) and factors (channels,
+  // d_i+1, 1) of the layers in that order, concatenated (FactorizedDensity.flat); `filters`: d_1 .. d_L-1.
+  Net(const at::Tensor& flat, const std::vector<int64_t>& filters) {
+    dims.push_back(1);
+    dims.insert(dims.end(), filters.begin(), filters.end());
+    dims.push_back(1);
+    layers = static_cast<int64_t>(dims.size()) - 1;
+    int64_t per_channel = 0;
     for (int64_t i = 0; i < layers; ++i) {
-      const auto& m = matrices[i];
-      TORCH_CHECK(m.scalar_type() == at::kFloat && m.is_contiguous() && m.dim() == 3 && m.size(0) == channels &&
-                  m.size(2) == dims.back(), "fused_terms: density matrix ", i, " has the wrong shape or type");
-      TORCH_CHECK(biases[i].is_contiguous() && biases[i].numel() == channels * m.size(1), "fused_terms: bias ", i);
-      dims.push_back(m.size(1));
-      width = std::max(width, m.size(1));
-      W.push_back(m.data_ptr<float>());
-      B.push_back(biases[i].data_ptr<float>());
-      if (i + 1 < layers) {
-        TORCH_CHECK(factors[i].is_contiguous() && factors[i].numel() == channels * m.size(1), "fused_terms: factor ", i);
-        F.push_back(factors[i].data_ptr<float>());
-      }
+      TORCH_CHECK(dims[i + 1] > 0, "fused_terms: a density layer has no units");
+      per_channel += dims[i + 1] * dims[i] + dims[i + 1] + (i + 1 < layers ? dims[i + 1] : 0);
+      width = std::max(width, dims[i + 1]);
     }
-    TORCH_CHECK(dims.front() == 1 && dims.back() == 1, "fused_terms: the density network maps 1 value to 1 logit");
+    TORCH_CHECK(flat.scalar_type() == at::kFloat && flat.is_contiguous() && flat.dim() == 1 &&
+                flat.numel() > 0 && flat.numel() % per_channel == 0,
+                "fused_terms: a density's flat parameters do not fit its filters");
+    channels = flat.numel() / per_channel;
+    int64_t at = 0;
+    for (int64_t i = 0; i < layers; ++i) w_at.push_back(at), at += channels * dims[i + 1] * dims[i];
+    for (int64_t i = 0; i < layers; ++i) b_at.push_back(at), at += channels * dims[i + 1];
+    for (int64_t i = 0; i + 1 < layers; ++i) f_at.push_back(at), at += channels * dims[i + 1];
+    const float* base = flat.data_ptr<float>();
+    for (int64_t i = 0; i < layers; ++i) {
+      W.push_back(base + w_at[i]);
+      B.push_back(base + b_at[i]);
+      if (i + 1 < layers) F.push_back(base + f_at[i]);
+    }
   }
 
   // Offset of channel c's block of layer i's matrix / bias / factor.
@@ -691,10 +697,8 @@ struct Grid {
   Net net;
   int64_t lo, points, edges, act;
 
-  Grid(const std::vector<at::Tensor>& params, int64_t layers, int64_t lo_, int64_t hi, int64_t resolution)
-      : net(std::vector<at::Tensor>(params.begin(), params.begin() + layers),
-            std::vector<at::Tensor>(params.begin() + layers, params.begin() + 2 * layers),
-            std::vector<at::Tensor>(params.begin() + 2 * layers, params.end())),
+  Grid(const at::Tensor& flat, const std::vector<int64_t>& filters, int64_t lo_, int64_t hi, int64_t resolution)
+      : net(flat, filters),
         lo(lo_), points((hi - lo_) * resolution + 1), edges(points + resolution), act(net.layers * net.width) {}
   // Channel c's block of the saved activations (2 * act rows of `edges`).
   int64_t saved_off(int64_t c) const { return c * edges * 2 * act; }
@@ -742,11 +746,11 @@ void channel_forward(const Grid& grid, int64_t c, int64_t resolution, float* op,
   for (int64_t q = 0; q < points; ++q) op[c * points + q] = static_cast<float>(-clamped[q]);
 }
 
-// Channel c's parameter gradients (written into gw, gb, gf) from the gradient of its bits, scaled by `scale`:
+// Channel c's parameter gradients (written into `grad`, laid out as the flat parameters) from the gradient of its
+// bits, scaled by `scale`:
 // back through the layers with every edge at once (vectorised like the forward).
 void channel_backward(const Grid& grid, int64_t c, int64_t resolution, const double* sp, const double* cp,
-                      const float* gp, double scale, std::vector<at::Tensor>& gw, std::vector<at::Tensor>& gb,
-                      std::vector<at::Tensor>& gf) {
+                      const float* gp, double scale, float* grad) {
   const Net& net = grid.net;
   const int64_t L = net.layers, Wd = net.width, points = grid.points, edges = grid.edges;
   const ChannelParams p(net, c);
@@ -788,42 +792,41 @@ void channel_backward(const Grid& grid, int64_t c, int64_t resolution, const dou
       }
     }
     std::copy(gprev.begin(), gprev.begin() + din * edges, ga.begin());
-    float* w = gw[i].data_ptr<float>() + net.w_off(i, c);
+    float* w = grad + net.w_at[i] + net.w_off(i, c);
     for (size_t k = 0; k < acc_w.size(); ++k) w[k] = static_cast<float>(acc_w[k] * p.sig_w[i][k]);
-    float* b = gb[i].data_ptr<float>() + net.b_off(i, c);
+    float* b = grad + net.b_at[i] + net.b_off(i, c);
     for (size_t k = 0; k < acc_b.size(); ++k) b[k] = static_cast<float>(acc_b[k]);
     if (i + 1 < L) {
-      float* f = gf[i].data_ptr<float>() + net.b_off(i, c);
+      float* f = grad + net.f_at[i] + net.b_off(i, c);
       for (size_t k = 0; k < acc_f.size(); ++k) f[k] = static_cast<float>(acc_f[k] * (1.0 - p.tf[i][k] * p.tf[i][k]));
     }
   }
 }
 
-std::vector<Grid> make_grids(const std::vector<std::vector<at::Tensor>>& params, const std::vector<int64_t>& layers,
+std::vector<Grid> make_grids(const std::vector<at::Tensor>& flats, const std::vector<std::vector<int64_t>>& filters,
                              const std::vector<int64_t>& los, const std::vector<int64_t>& his, int64_t resolution) {
-  TORCH_CHECK(layers.size() == params.size() && los.size() == params.size() && his.size() == params.size(),
-              "fused_terms: one (parameters, layers, lo, hi) per grid");
+  TORCH_CHECK(filters.size() == flats.size() && los.size() == flats.size() && his.size() == flats.size(),
+              "fused_terms: one (parameters, filters, lo, hi) per grid");
   std::vector<Grid> grids;
-  for (size_t g = 0; g < params.size(); ++g) {
-    TORCH_CHECK(layers[g] > 0 && static_cast<int64_t>(params[g].size()) == 3 * layers[g] - 1,
-                "fused_terms: density parameters do not fit (layers, layers, layers - 1)");
+  for (size_t g = 0; g < flats.size(); ++g) {
     TORCH_CHECK(his[g] >= los[g], "fused_terms: a grid's range is empty");
-    grids.emplace_back(params[g], layers[g], los[g], his[g], resolution);
+    grids.emplace_back(flats[g], filters[g], los[g], his[g], resolution);
   }
   return grids;
 }
 
 }  // namespace
 
-// Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel of every grid g (its density's
-// parameters params[g]: `layers` matrices, biases, then factors), all grids' channels in one parallel loop.
+// Bits of the grid points lo, lo + 1/resolution, ..., hi of every channel of every grid g (its density's flat
+// parameters flats[g] and hidden layer sizes filters[g], see Net), all grids' channels in one parallel loop.
 // Returns per grid [(channels, points) float bits, (channels, 2 * layers * width, edges) float64 activations,
 // (channels, points, 2) float64 derivatives of the bits w.r.t. the lower and upper logits], the last two kept
 // for the backward.
-std::vector<at::Tensor> grids_forward(const std::vector<std::vector<at::Tensor>>& params,
-                                      const std::vector<int64_t>& layers, const std::vector<int64_t>& los,
-                                      const std::vector<int64_t>& his, int64_t resolution) {
-  const std::vector<Grid> grids = make_grids(params, layers, los, his, resolution);
+std::vector<at::Tensor> grids_forward(const std::vector<at::Tensor>& flats,
+                                      const std::vector<std::vector<int64_t>>& filters,
+                                      const std::vector<int64_t>& los, const std::vector<int64_t>& his,
+                                      int64_t resolution) {
+  const std::vector<Grid> grids = make_grids(flats, filters, los, his, resolution);
   std::vector<at::Tensor> result;
   std::vector<float*> op;
   std::vector<double*> sp, cp;
@@ -840,17 +843,18 @@ std::vector<at::Tensor> grids_forward(const std::vector<std::vector<at::Tensor>>
   return result;
 }
 
-// Gradients of Σ_g scale * sum(grads[g] * bits of grid g) w.r.t. every grid's matrices, biases and factors (their
-// shapes, float; grid after grid), from grids_forward's activations and derivatives: arithmetic only.
-std::vector<at::Tensor> grids_backward(const std::vector<std::vector<at::Tensor>>& params,
-                                       const std::vector<int64_t>& layers, const std::vector<int64_t>& los,
-                                       const std::vector<int64_t>& his, int64_t resolution,
-                                       const std::vector<at::Tensor>& saved, const std::vector<at::Tensor>& coef,
-                                       const std::vector<at::Tensor>& grads, double scale) {
-  const std::vector<Grid> grids = make_grids(params, layers, los, his, resolution);
+// Gradients of Σ_g scale * sum(grads[g] * bits of grid g) w.r.t. every grid's flat parameters (one float tensor
+// per grid, laid out as flats[g]), from grids_forward's activations and derivatives: arithmetic only.
+std::vector<at::Tensor> grids_backward(const std::vector<at::Tensor>& flats,
+                                       const std::vector<std::vector<int64_t>>& filters,
+                                       const std::vector<int64_t>& los, const std::vector<int64_t>& his,
+                                       int64_t resolution, const std::vector<at::Tensor>& saved,
+                                       const std::vector<at::Tensor>& coef, const std::vector<at::Tensor>& grads,
+                                       double scale) {
+  const std::vector<Grid> grids = make_grids(flats, filters, los, his, resolution);
   TORCH_CHECK(saved.size() == grids.size() && coef.size() == grids.size() && grads.size() == grids.size(),
               "fused_terms: one saved, coef and grad tensor per grid");
-  std::vector<std::vector<at::Tensor>> gw(grids.size()), gb(grids.size()), gf(grids.size());
+  std::vector<at::Tensor> result;
   for (size_t g = 0; g < grids.size(); ++g) {
     const Grid& grid = grids[g];
     TORCH_CHECK(grads[g].scalar_type() == at::kFloat && grads[g].is_contiguous() &&
@@ -860,23 +864,12 @@ std::vector<at::Tensor> grids_backward(const std::vector<std::vector<at::Tensor>
                 coef[g].scalar_type() == at::kDouble && coef[g].is_contiguous() &&
                 coef[g].numel() == grid.net.channels * grid.points * 2,
                 "fused_terms: a grid's saved activations do not fit");
-    const int64_t L = grid.net.layers;
-    for (int64_t i = 0; i < L; ++i) {
-      gw[g].push_back(at::empty_like(params[g][i]));
-      gb[g].push_back(at::empty_like(params[g][L + i]));
-      if (i + 1 < L) gf[g].push_back(at::empty_like(params[g][2 * L + i]));
-    }
+    result.push_back(at::empty_like(flats[g]));
   }
   for_channels(grids, [&](int64_t g, int64_t c) {
     channel_backward(grids[g], c, resolution, saved[g].data_ptr<double>(), coef[g].data_ptr<double>(),
-                     grads[g].data_ptr<float>(), scale, gw[g], gb[g], gf[g]);
+                     grads[g].data_ptr<float>(), scale, result[g].data_ptr<float>());
   });
-  std::vector<at::Tensor> result;
-  for (size_t g = 0; g < grids.size(); ++g) {
-    result.insert(result.end(), gw[g].begin(), gw[g].end());
-    result.insert(result.end(), gb[g].begin(), gb[g].end());
-    result.insert(result.end(), gf[g].begin(), gf[g].end());
-  }
   return result;
 }
 
