@@ -316,9 +316,10 @@ class _GroupInputs(NamedTuple):
 def _split_inputs(groups: Sequence[StepGroup], decoded: Sequence[bool], inputs: Sequence[Tensor]) -> list[_GroupInputs]:
     result, i = [], 0
     for group, has_decoder in zip(groups, decoded, strict=True):
-        decoder = inputs[i + 1] if has_decoder else None
-        i += 1 + has_decoder
-        result.append(_GroupInputs(inputs[i - 1 - has_decoder], decoder, list(inputs[i:i + len(group.latents)])))
+        density, i = inputs[i], i + 1
+        decoder = inputs[i] if has_decoder else None
+        i += has_decoder
+        result.append(_GroupInputs(density, decoder, list(inputs[i:i + len(group.latents)])))
         i += len(group.latents)
     return result
 
