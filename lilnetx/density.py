@@ -32,8 +32,6 @@ class FactorizedDensity(nn.Module):
     (``matrices.0``, ..., ``biases.0``, ..., ``factors.0``, ...).
     """
 
-    __jit_unused_properties__ = ["layers", "matrices", "biases", "factors"]  # training-side views; not scripted
-
     def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0):
         super().__init__()
         self.channels = channels
@@ -54,27 +52,16 @@ class FactorizedDensity(nn.Module):
         self.view_shapes = [tuple(t.shape) for t in parts]
         self.flat = nn.Parameter(torch.cat([t.reshape(-1) for t in parts]))
 
-    @property
-    def layers(self) -> int:
-        return len(self.filters) + 1
-
     def views(self, flat: Tensor | None = None) -> list[Tensor]:
         """The matrices, biases and factors as views of ``flat`` (default: the parameter), in that order."""
         flat = self.flat if flat is None else flat
         sizes = [math.prod(shape) for shape in self.view_shapes]
         return [part.view(shape) for part, shape in zip(flat.split(sizes), self.view_shapes, strict=True)]
 
-    @property
-    def matrices(self) -> list[Tensor]:
-        return self.views()[:self.layers]
-
-    @property
-    def biases(self) -> list[Tensor]:
-        return self.views()[self.layers:2 * self.layers]
-
-    @property
-    def factors(self) -> list[Tensor]:
-        return self.views()[2 * self.layers:]
+    def network(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """``(matrices, biases, factors)``, views of the parameter."""
+        views, layers = self.views(), len(self.filters) + 1
+        return views[:layers], views[layers:2 * layers], views[2 * layers:]
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         flat = self.flat if keep_vars else self.flat.detach()
@@ -99,8 +86,7 @@ class FactorizedDensity(nn.Module):
 
     def _logits_cumulative(self, x: Tensor) -> Tensor:
         """``x``: ``(channels, 1, N)`` -> logits of the CDF, same shape."""
-        views = self.views()
-        return _cdf_logits(x, views[:self.layers], views[self.layers:2 * self.layers], views[2 * self.layers:])
+        return _cdf_logits(x, *self.network())
 
     def likelihood(self, rows: Tensor) -> Tensor:
         """Probability mass of the unit interval around each value; ``rows``: ``(N, channels)``."""
@@ -128,8 +114,7 @@ class FactorizedDensity(nn.Module):
         steps = torch.arange((hi - lo) * resolution + 1 + resolution, dtype=param.dtype, device=param.device)
         edges = (steps / resolution + (lo - 0.5)).expand(self.channels, -1)
         grid_bits = _compiled_grid_bits() if compiled else _grid_bits
-        views, layers = self.views(), self.layers
-        return grid_bits(edges, resolution, views[:layers], views[layers:2 * layers], views[2 * layers:])
+        return grid_bits(edges, resolution, *self.network())
 
     def total_bits(self, values: Tensor | Sequence[Tensor], resolution: int = GRID_RESOLUTION,
                    noise: bool = False) -> Tensor:

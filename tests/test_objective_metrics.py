@@ -42,7 +42,7 @@ def test_density_parameters_are_one_flat_tensor_with_per_view_state_dict_keys():
     assert torch.equal(torch.cat([v.reshape(-1) for v in density.state_dict().values()]), density.flat.detach())
     other = FactorizedDensity(3, (3, 2))
     other.load_state_dict(density.state_dict())
-    assert torch.equal(other.flat, density.flat) and torch.equal(other.biases[1], density.biases[1])
+    assert torch.equal(other.flat, density.flat) and torch.equal(other.network()[1][1], density.network()[1][1])
     with pytest.raises(RuntimeError, match="Missing key.*factors.1"):
         other.load_state_dict({k: v for k, v in state.items() if k != "factors.1"})
     with pytest.raises(RuntimeError, match="Unexpected key.*matrices.3"):

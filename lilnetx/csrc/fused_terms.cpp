@@ -536,7 +536,7 @@ struct Net {
   int64_t layers = 0, channels = 0, width = 1;  // width: the largest layer
   std::vector<int64_t> dims;                     // d_0 = 1, ..., d_L = 1
   std::vector<int64_t> w_at, b_at, f_at;         // where each layer's matrix / bias / factor starts in `flat`
-  std::vector<const float*> W, B, F;
+  const float* values = nullptr;                 // the flat parameters
 
   // `flat`: the density's matrices (channels, d_i+1, d_i), biases (channels, d_i+1, 1) and factors (channels,
   // d_i+1, 1) of the layers in that order, concatenated (FactorizedDensity.flat); `filters`: d_1 .. d_L-1.
@@ -559,12 +559,7 @@ struct Net {
     for (int64_t i = 0; i < layers; ++i) w_at.push_back(at), at += channels * dims[i + 1] * dims[i];
     for (int64_t i = 0; i < layers; ++i) b_at.push_back(at), at += channels * dims[i + 1];
     for (int64_t i = 0; i + 1 < layers; ++i) f_at.push_back(at), at += channels * dims[i + 1];
-    const float* base = flat.data_ptr<float>();
-    for (int64_t i = 0; i < layers; ++i) {
-      W.push_back(base + w_at[i]);
-      B.push_back(base + b_at[i]);
-      if (i + 1 < layers) F.push_back(base + f_at[i]);
-    }
+    values = flat.data_ptr<float>();
   }
 
   // Offset of channel c's block of layer i's matrix / bias / factor.
@@ -583,13 +578,13 @@ struct ChannelParams {
       const int64_t nw = net.dims[i + 1] * net.dims[i], nb = net.dims[i + 1];
       std::vector<double> s(nw), g(nw), bb(nb), t(nb);
       for (int64_t k = 0; k < nw; ++k) {
-        const double x = net.W[i][net.w_off(i, c) + k];
+        const double x = net.values[net.w_at[i] + net.w_off(i, c) + k];
         s[k] = softplus(x);
         g[k] = x > 20.0 ? 1.0 : sigmoid(x);  // softplus' (torch's threshold: identity above 20)
       }
       for (int64_t k = 0; k < nb; ++k) {
-        bb[k] = net.B[i][net.b_off(i, c) + k];
-        t[k] = i + 1 < net.layers ? std::tanh(static_cast<double>(net.F[i][net.b_off(i, c) + k])) : 0.0;
+        bb[k] = net.values[net.b_at[i] + net.b_off(i, c) + k];
+        t[k] = i + 1 < net.layers ? std::tanh(static_cast<double>(net.values[net.f_at[i] + net.b_off(i, c) + k])) : 0.0;
       }
       sw.push_back(std::move(s));
       sig_w.push_back(std::move(g));
