@@ -56,46 +56,12 @@ def sparse_speed(result: dict) -> str:
     return _script("sparse_speed").markdown(result["synthetic"], result["zoo_models"])
 
 
-REFERENCE_OVERHEAD = {"resnet20": "1.12×", "resnet20 width=4": "1.16×"}  # METHOD.md: the reference code's ratios
-
-
-def _arch(row: dict) -> str:
-    return row["arch"] + "".join(f" {k}={v}" for k, v in row["kwargs"].items())
-
-
-def _short(row: dict) -> str:
-    """Column name of a model in the profile table: no timm/ prefix, width as wN, class count left out."""
-    width = row["kwargs"].get("width")
-    return row["arch"].split("/")[-1] + (f" w{width}" if width is not None else "")
-
-
-def _ratio(row: dict, key: str) -> str:
-    return f"{row[key]:.2f}×" if key in row else "–"
-
-
 def train_overhead(result: dict) -> str:
-    """Plain (Trainer's fused Adam) vs LilNetX (C++ fused pass where built, the eager pass, compiled eager) median
-    ms per step, and LilNetX against plain on torch's default Adam."""
-    lines = ["| model | batch | steps | plain ms/step | LilNetX ms/step | ratio | ratio vs plain on torch's default "
-             "Adam | eager pass ms/step | ratio | compiled ms/step | ratio | C++ terms pass alone | reference code (METHOD.md) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in result["rows"]:
-        eager, compiled = (f"{r[key]:.1f}" if key in r else "–" for key in ("eager_ms", "compiled_ms"))
-        lines.append(f"| {_arch(r)} | {r['batch']} | {r['steps']} | {r['plain_ms']:.1f} | {r['lilnetx_ms']:.1f} "
-                     f"| {_ratio(r, 'ratio')} | {_ratio(r, 'default_adam_ratio')} | {eager} "
-                     f"| {_ratio(r, 'eager_ratio')} | {compiled} | {_ratio(r, 'compiled_ratio')} "
-                     f"| {_ratio(r, 'pass_alone_ratio')} | {REFERENCE_OVERHEAD.get(_arch(r), '–')} |")
-    return "\n".join(lines)
+    return _script("train_overhead").table(result["rows"])
 
 
 def train_overhead_profile(result: dict) -> str:
-    """Median ms (forward + backward) of each penalty pass and step phase, per model."""
-    rows = result["rows"]
-    lines = ["| pass (median ms, fwd + bwd) | " + " | ".join(_short(r) for r in rows) + " |",
-             "|---|" + "---:|" * len(rows)]
-    lines += [f"| {key} | " + " | ".join(f"{r['profile_ms'][key]:.1f}" for r in rows) + " |"
-              for key in rows[0]["profile_ms"]]
-    return "\n".join(lines)
+    return _script("train_overhead").profile_table(result["rows"])
 
 
 def load_time(result: dict) -> str:
