@@ -1,9 +1,9 @@
-"""Render the README's benchmark tables from ``benchmarks/results/*.json``.
+"""Render the generated tables of README.md and docs/*.md from ``benchmarks/results/*.json``.
 
     .venv/bin/python benchmarks/readme_tables.py [--check]
 
-Every table in README.md's Benchmarks section sits between ``<!-- generated: NAME -->`` and
-``<!-- /generated -->``; this rewrites those regions from the committed results (the prose around them is
+Every generated table sits between ``<!-- generated: NAME -->`` and ``<!-- /generated -->`` in the document
+``DOCUMENTS`` names for it; this rewrites those regions from the committed results (the prose around them is
 written by hand). ``--check`` rewrites nothing and exits 1 naming the tables that differ. Tables come from
 each benchmark script's own printer where it has one.
 """
@@ -21,12 +21,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
 REGION = re.compile(r"<!-- generated: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /generated -->", re.DOTALL)
 
 
 class ReadmeTablesError(ValueError):
-    """README markers that do not match the known tables."""
+    """Document markers that do not match the known tables, or a missing results file."""
 
 
 def _script(name: str) -> Any:
@@ -99,7 +98,57 @@ def dashboard_load(result: dict) -> str:
                       *(f"| {m} | {r} | {g} |" for m, r, g in rows)])
 
 
-TABLES: dict[str, Callable[[Any], str]] = {  # README region name -> renderer
+def _pct(fraction: float, digits: int = 1) -> str:
+    return f"{100 * fraction:.{digits}f} %"
+
+
+def zoo_summary(rows: list[dict]) -> str:
+    """The README's short table of the shipped models: size, accuracy, zero weights, MACs left."""
+    lines = ["| zoo entry | file bytes | smaller than float32 | MNIST top-1 | zero weights "
+             "| MACs with zero slices skipped |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| `{r['name']}` | {r['bytes']:,} | {r['fp32_bytes'] / r['bytes']:.0f}× | {_pct(r['top1'], 2)} "
+              f"| {_pct(r['unstructured_sparsity'])} | {_pct(r['macs_sparse'] / r['macs_dense'])} of dense |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def _span(values: list[float], unit: str = "×") -> str:
+    low, high = min(values), max(values)
+    return f"{low:.2f}{unit}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}–{high:.2f}{unit}"
+
+
+def headline(results: dict[str, Any]) -> str:
+    """The README's headline figures, one per benchmark, each linking to its section of docs/performance.md."""
+    zoo, size, train = results["zoo_models"], results["artifact_size"], results["train_overhead"]
+    best = min((r for r in zoo if r["top1"] >= 0.99), key=lambda r: r["bytes"])
+    lnx = next(r for r in size["rows"] if r["format"] == ".lnx as shipped")
+    xz = next(r for r in size["rows"] if r["format"] == "fp32 state_dict + xz")
+    cells = [c for c in results["sparse_speed"]["synthetic"] if c["sparsity"] == 0.95 and c["threads"] == 1]
+    load, paint = results["load_time"], results["dashboard_load"]
+    rows = [
+        ("smallest shipped model at ≥ 99 % MNIST top-1",
+         f"`{best['name']}`: {best['bytes']:,} B at {_pct(best['top1'], 2)}, "
+         f"{best['fp32_bytes'] / best['bytes']:.0f}× smaller than float32", "the-shipped-zoo-models"),
+        (f"`.lnx` vs float32 `state_dict` + xz, same model (`{Path(size['artifact']).name}`)",
+         f"{lnx['bytes']:,} B vs {xz['bytes']:,} B", "artifact-size"),
+        (f"training step vs plain PyTorch ({len(train['rows'])} models, C++ pass)",
+         _span([r["ratio"] for r in train["rows"]]) + f"; peak memory {train['memory']['ratio']:.2f}×",
+         "training-overhead"),
+        ("slice-sparse 3×3 conv vs dense `conv2d`, 95 % zero slices, 1 thread",
+         _span([c["chosen_vs_nchw"] for c in cells]) + " faster (ideal 20×)", "sparse-inference-speed"),
+        ("`zoo.load` in a new process vs `import torch`", f"{load['ratio']:.2f}×", "load-time"),
+        (f"dashboard first paint, {paint['entries']:,} entries",
+         f"{paint['browser']['first_paint_warm_median_s']:.2f} s (target {paint['targets']['first_paint_s']:g} s)",
+         "dashboard-load"),
+    ]
+    return "\n".join(["| figure | result | details |", "|---|---|---|",
+                      *(f"| {what} | {result} | [performance](docs/performance.md#{anchor}) |"
+                        for what, result, anchor in rows)])
+
+
+TABLES: dict[str, Callable[[Any], str]] = {  # region name -> renderer
+    "zoo_summary": zoo_summary,
+    "headline": headline,
     "zoo_models": zoo_models,
     "mnist_frontier": mnist_frontier,
     "train_overhead": train_overhead,
@@ -110,28 +159,47 @@ TABLES: dict[str, Callable[[Any], str]] = {  # README region name -> renderer
     "dashboard_load": dashboard_load,
 }
 
+DOCUMENTS: dict[str, tuple[str, ...]] = {  # document (relative to the repository) -> the tables it holds
+    "README.md": ("zoo_summary", "headline"),
+    "docs/performance.md": ("zoo_models", "mnist_frontier", "train_overhead", "train_overhead_profile",
+                            "artifact_size", "load_time", "sparse_speed", "dashboard_load"),
+}
 
-SOURCES = {"train_overhead_profile": "train_overhead"}  # tables whose results file is not NAME.json
+# tables whose results file is not NAME.json; a tuple hands the renderer {stem: results} of several files
+SOURCES: dict[str, str | tuple[str, ...]] = {
+    "zoo_summary": "zoo_models",
+    "train_overhead_profile": "train_overhead",
+    "headline": ("zoo_models", "artifact_size", "train_overhead", "sparse_speed", "load_time", "dashboard_load"),
+}
+
+
+def _results(stem: str, name: str, results: Path) -> Any:
+    source = results / f"{stem}.json"
+    if not source.is_file():
+        raise ReadmeTablesError(f"no {source} for table {name!r}: run benchmarks/{stem}.py first")
+    return json.loads(source.read_text())
 
 
 def render(name: str, results: Path = RESULTS) -> str:
-    """The Markdown of table NAME from its results file (``results/NAME.json`` unless SOURCES says)."""
+    """The Markdown of table NAME from its results file(s) (``results/NAME.json`` unless SOURCES says)."""
     if name not in TABLES:
-        raise ReadmeTablesError(f"unknown README table {name!r}: known tables are {', '.join(TABLES)}")
-    source = results / f"{SOURCES.get(name, name)}.json"
-    if not source.is_file():
-        raise ReadmeTablesError(f"no {source} for README table {name!r}: run benchmarks/{source.stem}.py first")
-    return TABLES[name](json.loads(source.read_text()))
+        raise ReadmeTablesError(f"unknown table {name!r}: known tables are {', '.join(TABLES)}")
+    source = SOURCES.get(name, name)
+    if isinstance(source, tuple):
+        return TABLES[name]({stem: _results(stem, name, results) for stem in source})
+    return TABLES[name](_results(source, name, results))
 
 
-def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
-    """README text with every marked table rendered afresh, and the names of the tables that changed."""
-    names = [m["name"] for m in REGION.finditer(text)]
-    missing = [n for n in TABLES if n not in names]
-    doubled = sorted({n for n in names if names.count(n) > 1})
-    if missing or doubled:
-        raise ReadmeTablesError(f"README markers: missing {missing or 'none'}, repeated {doubled or 'none'}; "
-                                "wrap each table in <!-- generated: NAME --> ... <!-- /generated --> once")
+def regenerate(text: str, names: tuple[str, ...], results: Path = RESULTS) -> tuple[str, list[str]]:
+    """``text`` with each of the tables ``names`` rendered afresh, and the names of the tables that changed."""
+    found = [m["name"] for m in REGION.finditer(text)]
+    missing = [n for n in names if n not in found]
+    doubled = sorted({n for n in found if found.count(n) > 1})
+    foreign = sorted({n for n in found if n not in names})
+    if missing or doubled or foreign:
+        raise ReadmeTablesError(f"markers: missing {missing or 'none'}, repeated {doubled or 'none'}, "
+                                f"not this document's {foreign or 'none'}; wrap each of {', '.join(names)} "
+                                "in <!-- generated: NAME --> ... <!-- /generated --> once")
     changed: list[str] = []
 
     def fresh(match: re.Match[str]) -> str:
@@ -146,21 +214,25 @@ def regenerate(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="rewrite nothing; exit 1 if a table differs")
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--root", type=Path, default=ROOT, help="the folder the documents are in")
     args = parser.parse_args()
-    text = args.readme.read_text()
-    try:
-        new, changed = regenerate(text)
-    except ReadmeTablesError as error:
-        sys.exit(f"error: {error}")
+    changed: list[str] = []
+    for document, names in DOCUMENTS.items():
+        path = args.root / document
+        text = path.read_text()
+        try:
+            new, differ = regenerate(text, names)
+        except ReadmeTablesError as error:
+            sys.exit(f"error: {document}: {error}")
+        changed += [f"{document}: {name}" for name in differ]
+        if new != text and not args.check:
+            path.write_text(new)
     if args.check:
         if changed:
-            sys.exit("README tables differ from benchmarks/results: " + ", ".join(changed)
+            sys.exit("tables differ from benchmarks/results: " + ", ".join(changed)
                      + " (run: python benchmarks/readme_tables.py)")
-        print("README tables match benchmarks/results")
+        print("tables match benchmarks/results")
         return
-    if new != text:
-        args.readme.write_text(new)
     print("regenerated: " + (", ".join(changed) or "nothing (all tables matched)"))
 
 
