@@ -9,6 +9,7 @@ torchvision and scikit-learn are imported by the loaders that use them.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import gzip
 import importlib.util
 import pickle
@@ -30,6 +31,7 @@ __all__ = [
     "cifar10",
     "cifar100",
     "digits",
+    "fashion_mnist",
     "image_folder",
     "mnist",
     "mnist_idx",
@@ -47,6 +49,9 @@ MNIST_IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 CIFAR10_DIR, CIFAR10_TRAIN, CIFAR10_TEST = (
     "cifar-10-batches-py",
     tuple(f"data_batch_{i}" for i in range(1, 6)),
@@ -269,6 +274,22 @@ def mnist_idx(root: str | Path, *, num_classes: int = 10, augment: bool = True, 
     )
 
 
+def fashion_mnist(root: str | Path = FASHION_MNIST_ROOT, *, augment: bool = True, pad: int = 0) -> DatasetBundle:
+    """Zalando's Fashion-MNIST idx files (Debian's ``dataset-fashion-mnist`` by default): 60000/10000 1x28x28.
+
+    Read like ``mnist-idx`` (mean and std from the training images, ``pad`` black pixels on every side);
+    the ten classes are clothing items (:data:`FASHION_MNIST_CLASSES`). Nothing is downloaded.
+    """
+    if Path(root) == FASHION_MNIST_ROOT and not FASHION_MNIST_ROOT.is_dir():
+        raise DatasetError(
+            f"dataset folder not found: {FASHION_MNIST_ROOT}. Install Debian's package "
+            "(apt-get install dataset-fashion-mnist, or `make system-deps`), or pass --data-root DIR "
+            "holding the four Fashion-MNIST idx files."
+        )
+    bundle = mnist_idx(root, num_classes=len(FASHION_MNIST_CLASSES), augment=augment, pad=pad)
+    return dataclasses.replace(bundle, name="fashion-mnist", classes=FASHION_MNIST_CLASSES)
+
+
 def _uint8_mean_std(images: np.ndarray) -> tuple[tuple[float], tuple[float]]:
     """Mean and std of uint8 pixels scaled to [0, 1], from a histogram (no large float copy)."""
     counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
@@ -462,6 +483,7 @@ DATASETS: dict[str, Callable[..., DatasetBundle]] = {
     "mnist": mnist,
     "digits": digits,
     "mnist-idx": mnist_idx,
+    "fashion-mnist": fashion_mnist,
     "cifar10": cifar10,
     "cifar100": cifar100,
     "imagenet-folder": image_folder,

@@ -94,18 +94,24 @@ class CifarResNet(nn.Module):
 
 
 class VGGCifar(nn.Module):
-    """VGG-16 with BatchNorm for 32x32 inputs: 13 convs, then 512-512-classes fully connected (15M params)."""
+    """VGG-16 with BatchNorm for 32x32 inputs: 13 convs, then 512-512-classes fully connected (15M params).
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3):
+    ``width`` multiplies every layer's channels (0.25: 64..512 become 16..128, 1/16 of the MACs).
+    """
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: float = 1.0):
         super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
         layers: list[nn.Module] = []
         prev = in_chans
         for v in VGG16_CFG:
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
-                layers += [*_conv_bn(prev, v), nn.ReLU(inplace=True)]
-                prev = v
+                out = max(1, round(v * width))
+                layers += [*_conv_bn(prev, out), nn.ReLU(inplace=True)]
+                prev = out
         self.features = nn.Sequential(*layers)
         self.num_classes, self.num_features = num_classes, prev
         self.pre_logits = nn.Sequential(nn.Linear(prev, prev), nn.ReLU(inplace=True))
@@ -166,9 +172,10 @@ def cifar_resnet(depth: int, *, num_classes: int, in_chans: int, input_size: tup
     return CifarResNet(depth, num_classes=num_classes, in_chans=in_chans, width=width)
 
 
-def vgg16_cifar(*, num_classes: int, in_chans: int, input_size: tuple[int, int, int]) -> VGGCifar:
+def vgg16_cifar(*, num_classes: int, in_chans: int, input_size: tuple[int, int, int],
+                width: float = 1.0) -> VGGCifar:
     """Inputs of at least 32x32 (five 2x2 poolings), then global pooling."""
-    return VGGCifar(num_classes=num_classes, in_chans=in_chans)
+    return VGGCifar(num_classes=num_classes, in_chans=in_chans, width=width)
 
 
 def lenet_300_100(*, num_classes: int, in_chans: int, input_size: tuple[int, int, int]) -> LeNet300100:
@@ -186,7 +193,7 @@ def lilnetx_register_architectures(register: ArchitectureRegistrar) -> None:
                  description=f"CIFAR ResNet-{depth}, option-A shortcuts; `width` multiplies the channels",
                  **CIFAR_CFG)
     register("vgg16_cifar", vgg16_cifar, tags=("paper", "cifar", "vgg"),
-             description="VGG-16 with BatchNorm for CIFAR (13 convs, 512-512 classifier)", **CIFAR_CFG)
+             description="VGG-16 with BatchNorm for CIFAR (13 convs, 512-512 classifier); `width` multiplies the channels", **CIFAR_CFG)
     register("lenet_300_100", lenet_300_100, tags=("paper", "mnist", "mlp"),
              description="LeNet-300-100 fully connected network (EPR's MNIST baseline)", **MNIST_CFG)
     register("lenet5_caffe", lenet5_caffe, tags=("paper", "mnist", "lenet"),

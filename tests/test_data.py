@@ -150,6 +150,28 @@ def test_read_idx_dtypes(tmp_path: Path, code: int, dtype: type) -> None:
     assert np.array_equal(data.read_idx(write_idx(tmp_path / "a.idx", array, code)), array)
 
 
+def test_fashion_mnist_reads_idx_files_with_class_names(tmp_path: Path) -> None:
+    folder = write_mnist_idx(tmp_path / "fashion", gz=True)  # Debian ships the four files gzipped
+    b = data.DATASETS["fashion-mnist"](root=folder, pad=2)
+    assert (b.name, len(b.train), len(b.test), b.input_size) == ("fashion-mnist", 12, 5, (1, 32, 32))
+    assert b.classes == data.FASHION_MNIST_CLASSES and len(b.classes) == b.num_classes == 10
+    assert b.mean == data.mnist_idx(folder).mean  # mean and std from the training images, as mnist-idx
+
+
+def test_fashion_mnist_without_the_debian_package_says_how_to_get_it(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "FASHION_MNIST_ROOT", tmp_path / "absent")
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist.*--data-root"):
+        data.fashion_mnist(tmp_path / "absent")
+
+
+@pytest.mark.skipif(not data.FASHION_MNIST_ROOT.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_debian_package() -> None:
+    b = data.fashion_mnist(augment=False)
+    assert (len(b.train), len(b.test), b.num_classes, b.input_size) == (60000, 10000, 10, (1, 28, 28))
+    assert np.bincount(b.test.labels.numpy()).tolist() == [1000] * 10
+
+
 def test_mnist_idx_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found") as err:
         data.mnist_idx(tmp_path / "nope")

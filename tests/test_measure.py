@@ -177,6 +177,23 @@ def test_datasets_read_from_files_are_found_under_the_data_root(env: Path, monke
     assert z.card("lenet_300_100.mnist-idx-a")["measured_on"]["images"] == 7
 
 
+def test_a_dataset_with_a_default_folder_is_measured_without_a_data_root(env: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugins import datasets
+
+    folder = env / "fashion"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 9)):
+        _write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_ROOT", folder)
+    monkeypatch.setattr(datasets.fashion_mnist, "__defaults__", (folder,))  # as if Debian's package were there
+    monkeypatch.delenv("LILNETX_DATA_ROOT", raising=False)
+    path = make_artifact(env / "f.lnx", top1=0.5, dataset="fashion-mnist")
+    assert measure(lilnetx.load(path), lilnetx.read_header(path)).images == 9
+
+
 def test_malformed_timeout_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LILNETX_MEASURE_TIMEOUT", "soon")
     with pytest.raises(ZooError, match="LILNETX_MEASURE_TIMEOUT='soon' is not a number of seconds"):

@@ -31,6 +31,7 @@ class DatasetBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     name: str
+    classes: tuple[str, ...] | None = None  # class names by label, when the dataset has them
 
 
 class TensorImageDataset(Dataset):

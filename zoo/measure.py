@@ -60,6 +60,15 @@ def _loader_options(loader: Any) -> set[str]:
         return set()
 
 
+def _has_default_root(loader: Any) -> bool:
+    """Whether the loader reads a default folder when no ``root`` is given."""
+    try:
+        parameter = inspect.signature(loader).parameters["root"]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return parameter.default is not inspect.Parameter.empty
+
+
 @functools.lru_cache(maxsize=4)
 def _test_split(name: str, root: str | None, options: tuple[tuple[str, Any], ...]) -> tuple[Dataset, int,
                                                                                            tuple[int, ...]]:
@@ -93,14 +102,15 @@ def _dataset(header: dict[str, Any], data_root: Path | None) -> tuple[str, Datas
     root = None
     if "root" in accepted:
         base = data_root or data_root_from_env()
-        if base is None:
+        if base is not None:
+            root = base / spec.name if (base / spec.name).is_dir() else base
+            if not root.is_dir():
+                raise MeasurementUnavailable(f"dataset {spec.name!r}: no folder {root}; check --data-root / "
+                                             f"{DATA_ROOT_ENV}")
+        elif not _has_default_root(spec.loader):  # else the loader reads its default folder (Fashion-MNIST's)
             raise MeasurementUnavailable(
                 f"dataset {spec.name!r} is read from files: give its folder with --data-root DIR or set "
                 f"{DATA_ROOT_ENV} to a folder holding a {spec.name}/ sub-folder")
-        root = base / spec.name if (base / spec.name).is_dir() else base
-        if not root.is_dir():
-            raise MeasurementUnavailable(f"dataset {spec.name!r}: no folder {root}; check --data-root / "
-                                         f"{DATA_ROOT_ENV}")
     try:
         test, classes, size = _test_split(spec.name, None if root is None else str(root),
                                           tuple(sorted(options.items())))
