@@ -167,7 +167,7 @@ def measure(artifact: Path, run_dir: Path) -> dict[str, Any]:
                 "ideal_latent_bytes": round(sum(layer["ideal_bits"] for layer in header["layers"]) / 8, 1),
                 "decoder_dtypes": sorted({g["dtype"] for g in header["groups"]}),
                 "encode_seconds": round(encode_s, 3), "decode_seconds": round(decode_s, 3),
-                "slice_sparsity": lilnetx.stats(decoded)["slice_sparsity"]},
+                "weight_sparsity": lilnetx.stats(decoded)["weight_sparsity"]},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "threads": torch.get_num_threads()},
     }

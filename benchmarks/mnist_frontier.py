@@ -65,7 +65,7 @@ def measure(path: Path) -> dict:
     stats = lilnetx.stats(model, tuple(header["input_size"]))
     info = lilnetx.verify(path)
     return {"bytes": info.size_bytes, "parts": info.parts, "top1": accuracy["top1"], "test_images": len(data.test),
-            "slice_sparsity": stats["slice_sparsity"], "unstructured_sparsity": stats["unstructured_sparsity"],
+            "conv_slice_sparsity": stats["conv_slice_sparsity"], "weight_sparsity": stats["weight_sparsity"],
             "macs_dense": stats["macs_dense"], "macs_sparse": stats["macs_sparse"], "sha256": info.sha256}
 
 

@@ -68,7 +68,7 @@ def lilnetx_run(data, seed: int, train_changes: dict, reparam_changes: dict) -> 
     model = lilnetx.reparameterize(new_user_net(), **reparam_changes)
     config = TrainConfig.from_dict({"epochs": EPOCHS, "seed": seed, "device": "cpu", **train_changes})
     result = Trainer(model, data.train, data.test, config, progress=False).fit()
-    return {"top1": result["top1"], "est_bytes": result["est_bytes"], "slice_sparsity": result["slice_sparsity"]}
+    return {"top1": result["top1"], "est_bytes": result["est_bytes"], "weight_sparsity": result["weight_sparsity"]}
 
 
 def main() -> None:

@@ -107,7 +107,7 @@ def zoo_summary(rows: list[dict]) -> str:
     lines = ["| zoo entry | file bytes | smaller than float32 | MNIST top-1 | zero weights "
              "| MACs with zero slices skipped |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| `{r['name']}` | {r['bytes']:,} | {r['fp32_bytes'] / r['bytes']:.0f}× | {_pct(r['top1'], 2)} "
-              f"| {_pct(r['unstructured_sparsity'])} | {_pct(r['macs_sparse'] / r['macs_dense'])} of dense |"
+              f"| {_pct(r['weight_sparsity'])} | {_pct(r['macs_sparse'] / r['macs_dense'])} of dense |"
               for r in rows]
     return "\n".join(lines)
 

@@ -44,7 +44,7 @@ def measure(name: str, path: Path) -> dict:
     info = lilnetx.verify(path)
     return {"name": name, "bytes": info.size_bytes, "parts": info.parts, "fp32_bytes": fp32,
             "top1": accuracy["top1"], "top5": accuracy["top5"], "recorded_top1": header["metrics"].get("top1"),
-            "slice_sparsity": stats["slice_sparsity"], "unstructured_sparsity": stats["unstructured_sparsity"],
+            "conv_slice_sparsity": stats["conv_slice_sparsity"], "weight_sparsity": stats["weight_sparsity"],
             "macs_dense": stats["macs_dense"], "macs_sparse": stats["macs_sparse"], "sha256": info.sha256}
 
 
@@ -73,12 +73,17 @@ def main() -> None:
     print(table(rows))
 
 
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"  # —: no K×K convolutions
+
+
 def table(rows: list[dict]) -> str:
     """The README's Markdown table of the measured shipped files."""
-    lines = ["| zoo entry | file bytes | vs fp32 | top-1 | slice sparsity | MACs with zero slices skipped "
-             "| prior work (whole model) |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| zoo entry | file bytes | vs fp32 | top-1 | conv slice sparsity | weight sparsity "
+             "| MACs with zero slices skipped | prior work (whole model) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     lines += [f"| `{r['name']}` | {r['bytes']:,} | {r['fp32_bytes'] / r['bytes']:.0f}× | {100 * r['top1']:.2f} % "
-              f"| {100 * r['slice_sparsity']:.1f} % | {r['macs_sparse'] / r['macs_dense']:.1%} of dense "
+              f"| {_share(r['conv_slice_sparsity'])} | {_share(r['weight_sparsity'])} "
+              f"| {r['macs_sparse'] / r['macs_dense']:.1%} of dense "
               f"| {PAPER.get(split_name(r['name'])[0], '')} |" for r in rows]
     return "\n".join(lines)
 

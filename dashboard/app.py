@@ -31,7 +31,7 @@ PAGES = [
     st.Page("app_pages/upload.py", title="Upload", icon=":material/upload_file:"),
 ]
 page = st.navigation(PAGES, position="top")
-for key in ("search", "datasets", "archs", "min_top1", "max_kb", "min_sparsity"):  # Browse's filters survive
+for key in ("search", "datasets", "archs", "min_top1", "max_kb", "min_sparsity", "min_weight_sparsity"):  # Browse's filters survive
     if key in st.session_state:                                                 # a visit to another page
         st.session_state[key] = st.session_state[key]
 st.html("<style>@media (max-width: 640px) { h1 { font-size: 1.75rem !important; } }</style>")  # long names on phones

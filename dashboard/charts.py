@@ -63,45 +63,49 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
     return _layout(fig, height=480)
 
 
-def layer_bars(layers: pd.DataFrame) -> go.Figure:
-    """Per layer: coded bytes (left) and slice / weight sparsity in % (right)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Coded size per layer", "Sparsity per layer"),
-                        horizontal_spacing=0.18)
-    names = layers["layer"]
-    fig.add_trace(go.Bar(y=names, x=layers["coded_bytes"], orientation="h", name="coded (bytes)",
-                         marker_color="#1f4e8c", hovertemplate="%{y}: %{x:,.0f} bytes<extra></extra>"), 1, 1)
-    fig.add_trace(go.Bar(y=names, x=layers["estimated_bytes"], orientation="h", name="estimated (bytes)",
-                         marker_color="#9db7dd", hovertemplate="%{y}: %{x:,.0f} bytes (estimated)<extra></extra>"),
-                  1, 1)
-    fig.add_trace(go.Bar(y=names, x=layers["slice_sparsity_pct"], orientation="h", name="zero K×K slices (%)",
-                         marker_color="#d9822b", hovertemplate="%{y}: %{x:.1f} % of slices zero<extra></extra>"),
-                  1, 2)
-    fig.add_trace(go.Bar(y=names, x=layers["unstructured_sparsity_pct"], orientation="h",
-                         name="zero weights (%)", marker_color="#f2c18d",
-                         hovertemplate="%{y}: %{x:.1f} % of weights zero<extra></extra>"), 1, 2)
-    fig.update_xaxes(title_text="bytes", row=1, col=1)
-    fig.update_xaxes(title_text="% zero", range=[0, 100], row=1, col=2)
+def _layer_height(count: int) -> int:
+    return max(300, 140 + 26 * count)
+
+
+def layer_size_bars(layers: pd.DataFrame) -> go.Figure:
+    """Coded and estimated bytes per layer (horizontal bars, layers top to bottom)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=layers["layer"], x=layers["coded_bytes"], orientation="h", name="coded",
+                         marker_color="#1f4e8c", hovertemplate="%{y}: %{x:,.0f} bytes<extra></extra>"))
+    fig.add_trace(go.Bar(y=layers["layer"], x=layers["estimated_bytes"], orientation="h", name="estimated",
+                         marker_color="#9db7dd", hovertemplate="%{y}: %{x:,.0f} bytes (estimated)<extra></extra>"))
+    fig.update_layout(title="Coded size per layer")
+    fig.update_xaxes(title_text="bytes")
     fig.update_yaxes(autorange="reversed", automargin=True)
-    return _layout(fig, height=max(320, 150 + 44 * len(layers)))
+    return _layout(fig, height=_layer_height(len(layers)))
 
 
-def layer_comparison(layers: pd.DataFrame) -> go.Figure:
-    """Coded bytes and slice sparsity (%) per layer, one bar colour per entry (long frame from
-    ``dashboard.data.compare_layers``)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Coded size per layer", "Zero K×K slices per layer"),
-                        horizontal_spacing=0.12)
+def layer_sparsity_bars(layers: pd.DataFrame) -> go.Figure:
+    """Per layer: zero K×K slices (K×K convolutions only) and zero weights, in %."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(y=layers["layer"], x=layers["conv_slice_sparsity_pct"], orientation="h",
+                         name="zero K×K slices (K×K convs)", marker_color="#d9822b",
+                         hovertemplate="%{y}: %{x:.1f} % of K×K slices zero<extra></extra>"))
+    fig.add_trace(go.Bar(y=layers["layer"], x=layers["weight_sparsity_pct"], orientation="h", name="zero weights",
+                         marker_color="#f2c18d", hovertemplate="%{y}: %{x:.1f} % of weights zero<extra></extra>"))
+    fig.update_layout(title="Sparsity per layer")
+    fig.update_xaxes(title_text="% zero", range=[0, 100])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return _layout(fig, height=_layer_height(len(layers)))
+
+
+def layer_comparison(layers: pd.DataFrame, column: str, title: str, axis: str) -> go.Figure:
+    """``column`` per layer of one architecture, one bar colour per entry (rows of
+    ``dashboard.data.compare_layers`` for entries of that architecture)."""
+    fig = go.Figure()
     for (entry, rows), colour in zip(layers.groupby("entry", sort=False), PALETTE, strict=False):
-        fig.add_trace(go.Bar(x=rows["layer"], y=rows["coded_bytes"], name=entry, marker_color=colour,
-                             legendgroup=entry, hovertemplate=f"{entry}<br>%{{x}}: %{{y:,.0f}} bytes<extra></extra>"),
-                      1, 1)
-        fig.add_trace(go.Bar(x=rows["layer"], y=rows["slice_sparsity_pct"], name=entry, marker_color=colour,
-                             legendgroup=entry, showlegend=False,
-                             hovertemplate=f"{entry}<br>%{{x}}: %{{y:.1f}} % zero<extra></extra>"), 1, 2)
-    fig.update_layout(barmode="group")
-    fig.update_yaxes(title_text="coded (bytes)", row=1, col=1)
-    fig.update_yaxes(title_text="zero slices (%)", range=[0, 100], row=1, col=2)
-    fig.update_xaxes(title_text="layer")
-    return _layout(fig, height=440)
+        fig.add_trace(go.Bar(y=rows["layer"], x=rows[column], name=entry, marker_color=colour, orientation="h",
+                             hovertemplate=f"{entry}<br>%{{y}}: %{{x:,.1f}}<extra></extra>"))
+    fig.update_layout(barmode="group", title=title)
+    fig.update_xaxes(title_text=axis, **({"range": [0, 100]} if axis.startswith("%") else {}))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    count = layers["layer"].nunique() * max(1, layers["entry"].nunique())
+    return _layout(fig, height=max(300, 140 + 14 * count))
 
 
 def slice_heatmap(mask: np.ndarray, layer: str) -> go.Figure:

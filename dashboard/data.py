@@ -17,6 +17,7 @@ import pandas as pd
 from torch import nn
 
 KB = 1000.0
+NO_CONVS = "—"  # the conv slice sparsity of a model without K×K convolutions
 MMAC = 1e6
 
 # internal column -> label shown to people (with its unit)
@@ -28,7 +29,8 @@ COLUMNS: dict[str, str] = {
     "accuracy_source": "Accuracy",
     "size_kb": "File size (KB)",
     "compression": "vs fp32 (×)",
-    "slice_sparsity_pct": "Slice sparsity (%)",
+    "conv_slice_sparsity_pct": "Conv slice sparsity (%)",
+    "weight_sparsity_pct": "Weight sparsity (%)",
     "macs_saved_pct": "MACs saved (%)",
     "macs_sparse_m": "MACs, zero slices skipped (MMACs)",
     "plugin": "Plugin",
@@ -70,7 +72,8 @@ def catalog_frame(rows: Iterable[Mapping[str, Any]], plugin_of: Callable[[str], 
     """One row per zoo entry with the columns of :data:`COLUMNS` (plus ``sha256``), sorted by name.
 
     ``rows`` are catalog rows (``name``, ``arch``, ``dataset``, ``bytes``, ``fp32_bytes``, accuracy as read
-    by :func:`accuracy_of`, ``slice_sparsity``, ``macs_dense``, ``macs_sparse``, ``added_at``, ``sha256``);
+    by :func:`accuracy_of`, ``conv_slice_sparsity`` (``None`` without K×K convs: NaN in the frame),
+    ``weight_sparsity``, ``macs_dense``, ``macs_sparse``, ``added_at``, ``sha256``);
     ``plugin_of(arch)`` names the installed plugin that provides an architecture.
     """
     plugins: dict[str, str] = {}
@@ -86,13 +89,15 @@ def catalog_frame(rows: Iterable[Mapping[str, Any]], plugin_of: Callable[[str], 
             "top1_pct": _pct(acc.top1), "accuracy_source": acc.source,
             "size_kb": row["bytes"] / KB,
             "compression": row["fp32_bytes"] / row["bytes"] if row.get("fp32_bytes") else None,
-            "slice_sparsity_pct": _pct(row.get("slice_sparsity")),
+            "conv_slice_sparsity_pct": _pct(row.get("conv_slice_sparsity")),
+            "weight_sparsity_pct": _pct(row.get("weight_sparsity")),
             "macs_saved_pct": 100.0 * (1 - sparse / dense) if dense and sparse is not None else None,
             "macs_sparse_m": None if sparse is None else sparse / MMAC,
             "plugin": plugins.get(arch, ""), "added": row.get("added_at"), "sha256": row["sha256"],
         })
     frame = pd.DataFrame.from_records(records, columns=[*COLUMNS, "sha256"])
-    for column in ("top1_pct", "size_kb", "compression", "slice_sparsity_pct", "macs_saved_pct", "macs_sparse_m"):
+    for column in ("top1_pct", "size_kb", "compression", "conv_slice_sparsity_pct", "weight_sparsity_pct",
+                   "macs_saved_pct", "macs_sparse_m"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     frame["added"] = pd.to_datetime(frame["added"], utc=True)
     return frame.sort_values("name", kind="stable").reset_index(drop=True)
@@ -108,11 +113,13 @@ def name_pattern(text: str) -> str:
 
 def filter_frame(frame: pd.DataFrame, *, search: str = "", datasets: Sequence[str] = (),
                  archs: Sequence[str] = (), min_top1_pct: float | None = None, max_size_kb: float | None = None,
-                 min_slice_sparsity_pct: float | None = None) -> pd.DataFrame:
+                 min_slice_sparsity_pct: float | None = None, min_weight_sparsity_pct: float | None = None
+                 ) -> pd.DataFrame:
     """The rows of ``frame`` passing every filter (the filters of ``zoo.list_models``, in display units).
 
     ``search`` is a name pattern (see :func:`name_pattern`, case-insensitive); empty selections and
-    ``None`` bounds do not filter. Entries without an accuracy never pass ``min_top1_pct``.
+    ``None`` or 0 bounds do not filter. Entries without an accuracy never pass ``min_top1_pct``, entries
+    without K×K convolutions never pass ``min_slice_sparsity_pct`` (the conv slice sparsity).
     """
     pattern = name_pattern(search)
     keep = frame["name"].str.lower().map(lambda n: fnmatch.fnmatchcase(n, pattern)).astype(bool)
@@ -125,7 +132,9 @@ def filter_frame(frame: pd.DataFrame, *, search: str = "", datasets: Sequence[st
     if max_size_kb is not None:
         keep &= frame["size_kb"] <= max_size_kb
     if min_slice_sparsity_pct is not None and min_slice_sparsity_pct > 0:
-        keep &= frame["slice_sparsity_pct"] >= min_slice_sparsity_pct
+        keep &= frame["conv_slice_sparsity_pct"] >= min_slice_sparsity_pct
+    if min_weight_sparsity_pct is not None and min_weight_sparsity_pct > 0:
+        keep &= frame["weight_sparsity_pct"] >= min_weight_sparsity_pct
     return frame[keep].reset_index(drop=True)
 
 
@@ -145,7 +154,10 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str = "top1_pct") -> pd.DataFra
 
 
 def layer_frame(card: Mapping[str, Any]) -> pd.DataFrame:
-    """Per conv / linear layer of a card: shape, parameters, coded bytes, sparsity (%) and MACs (MMACs)."""
+    """Per conv / linear layer of a card: shape, parameters, coded bytes, sparsity (%) and MACs (MMACs).
+
+    ``conv_slice_sparsity_pct`` is NaN for a layer that is not a K×K convolution.
+    """
     rows = []
     for layer in card.get("layers", []):
         coded, est = layer.get("coded_bits"), layer.get("estimated_bits")
@@ -155,20 +167,22 @@ def layer_frame(card: Mapping[str, Any]) -> pd.DataFrame:
             "shape": "×".join(str(s) for s in layer["shape"]), "params": layer["params"],
             "coded_bytes": None if coded is None else coded / 8,
             "estimated_bytes": None if est is None else est / 8,
-            "slice_sparsity_pct": 100.0 * layer["slice_sparsity"],
-            "unstructured_sparsity_pct": 100.0 * layer["unstructured_sparsity"],
+            "conv_slice_sparsity_pct": _pct(layer["conv_slice_sparsity"]),
+            "weight_sparsity_pct": 100.0 * layer["weight_sparsity"],
             "macs_dense_m": None if dense is None else dense / MMAC,
             "macs_sparse_m": None if sparse is None else sparse / MMAC,
         })
-    columns = ["layer", "group", "shape", "params", "coded_bytes", "estimated_bytes", "slice_sparsity_pct",
-               "unstructured_sparsity_pct", "macs_dense_m", "macs_sparse_m"]
-    return pd.DataFrame.from_records(rows, columns=columns)
+    columns = ["layer", "group", "shape", "params", "coded_bytes", "estimated_bytes", "conv_slice_sparsity_pct",
+               "weight_sparsity_pct", "macs_dense_m", "macs_sparse_m"]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    frame["conv_slice_sparsity_pct"] = frame["conv_slice_sparsity_pct"].astype(float)
+    return frame
 
 
 LAYER_COLUMNS: dict[str, str] = {
     "layer": "Layer", "group": "Latent group", "shape": "Weight shape", "params": "Parameters",
     "coded_bytes": "Coded (bytes)", "estimated_bytes": "Estimated (bytes)",
-    "slice_sparsity_pct": "Slice sparsity (%)", "unstructured_sparsity_pct": "Zero weights (%)",
+    "conv_slice_sparsity_pct": "Conv slice sparsity (%)", "weight_sparsity_pct": "Weight sparsity (%)",
     "macs_dense_m": "MACs dense (MMACs)", "macs_sparse_m": "MACs sparse (MMACs)",
 }
 
@@ -217,10 +231,11 @@ def training_history(card: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def compare_layers(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (entry, layer): coded bytes and slice sparsity (%), entries in the given order."""
-    frames = [layer_frame(card)[["layer", "coded_bytes", "slice_sparsity_pct"]].assign(entry=card["name"])
-              for card in cards]
-    columns = ["entry", "layer", "coded_bytes", "slice_sparsity_pct"]
+    """One row per (entry, layer): its architecture, coded bytes, conv slice and weight sparsity (%), entries
+    in the given order (layers of different architectures share no axis: group by ``arch``)."""
+    keep = ["layer", "coded_bytes", "conv_slice_sparsity_pct", "weight_sparsity_pct"]
+    frames = [layer_frame(card)[keep].assign(entry=card["name"], arch=card["architecture"]) for card in cards]
+    columns = ["arch", "entry", *keep]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
@@ -239,7 +254,10 @@ def summary_frame(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "Top-1 (%)": f"{num(_pct(acc.top1), 2)} ({acc.source})",
             "File size (KB)": num(card["size"]["bytes"] / KB, 2),
             "vs fp32 (×)": num(card["size"]["compression_ratio"], 1),
-            "Slice sparsity (%)": num(_pct(card["sparsity"]["slice"]), 2),
+            "Conv slice sparsity (%)": (NO_CONVS if card["sparsity"]["conv_slice"] is None
+                                        else num(_pct(card["sparsity"]["conv_slice"]), 2)),
+            "Weight sparsity (%)": num(_pct(card["sparsity"]["weight"]), 2),
+            "MACs saved (%)": num(_pct(macs.get("saved")), 1),
             "MACs dense (MMACs)": num(None if macs.get("dense") is None else macs["dense"] / MMAC, 4),
             "MACs sparse (MMACs)": num(None if macs.get("sparse") is None else macs["sparse"] / MMAC, 4),
         }

@@ -1,12 +1,21 @@
-"""Size, sparsity and MACs of a model, overall and per layer (METHOD.md §5).
+"""Size, sparsity and MACs of a model, overall and per layer.
 
 Sparsity is measured on rounded latents and on decoded weights, never on continuous latents. Works on plain
-models too (no bits then).
+models too (no bits then). Two sparsity figures, each named for what it counts:
+
+- ``conv_slice_sparsity``: the share of zero K×K kernel slices among the convolutions with K×K > 1 (a
+  model without such convolutions has none: ``None``). A zero slice is skipped whole by sparse inference.
+- ``weight_sparsity``: the share of zero weights among the compressed layers (all conv / linear layers of
+  a plain model).
+
+``macs_sparse`` counts the multiply-accumulates left when zero slices (a linear layer's zero weights) are
+skipped; ``macs_saved`` is ``1 - macs_sparse / macs_dense``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -32,6 +41,11 @@ def _sparsity(weight: Tensor, groups: int) -> dict[str, int]:
         "filters": nonzero_slice.shape[0],
         "zero_filters": int((~nonzero_slice.any(dim=1)).sum()),
     }
+
+
+def is_kxk(shape: tuple[int, ...] | list[int]) -> bool:
+    """Whether a weight of ``shape`` belongs to a convolution whose kernel has more than one tap (K×K > 1)."""
+    return len(shape) > 2 and math.prod(shape[2:]) > 1
 
 
 def _positions(module: nn.Module, out: Tensor) -> int:
@@ -74,12 +88,20 @@ def ratio(zero: int, total: int) -> float:
     return zero / total if total else 0.0
 
 
+def macs_saved(macs_dense: int | None, macs_sparse: int | None) -> float | None:
+    """The share of multiply-accumulates that skipping zero slices saves, or ``None`` when MACs are unknown."""
+    return None if not macs_dense or macs_sparse is None else 1 - macs_sparse / macs_dense
+
+
 @torch.no_grad()
-def stats(model: nn.Module, input_size: tuple[int, ...] | None = None, *, macs: bool = True) -> dict[str, Any]:
+def stats(model: nn.Module, input_size: tuple[int, ...] | None = None, *, macs: bool = True,
+          compressed: Collection[str] = ()) -> dict[str, Any]:
     """Bits, sparsity (on rounded latents and decoded weights) and MACs, overall and per layer.
 
     ``input_size`` (C, H, W) defaults to ``model.pretrained_cfg["input_size"]`` (timm's convention);
-    without either, or with ``macs=False`` (no forward pass), MACs are ``None``.
+    without either, or with ``macs=False`` (no forward pass), MACs are ``None``. ``compressed`` names the
+    weight tensors (``"conv1.weight"``) a decoded plain model held compressed in its file; a reparameterised
+    model's latent tensors count as compressed anyway.
     """
     input_size = (input_size or _input_size(model)) if macs else None
     positions = _output_numel(model, input_size)
@@ -90,10 +112,10 @@ def stats(model: nn.Module, input_size: tuple[int, ...] | None = None, *, macs: 
             continue
         groups = getattr(module, "groups", 1)
         weight = module.weight.detach()
-        entry: dict[str, Any] = {"type": type(module).__name__.removeprefix("Parametrized"),
-                                 "shape": list(weight.shape), "compressed": False,
-                                 "weights": _sparsity(weight, groups)}
         wname = f"{name}.weight" if name else "weight"
+        entry: dict[str, Any] = {"type": type(module).__name__.removeprefix("Parametrized"),
+                                 "shape": list(weight.shape), "kxk": is_kxk(weight.shape),
+                                 "compressed": wname in compressed, "weights": _sparsity(weight, groups)}
         if wname in latents:
             t = latents[wname]
             rounded = torch.round(t.latent.detach())
@@ -113,26 +135,34 @@ def stats(model: nn.Module, input_size: tuple[int, ...] | None = None, *, macs: 
 
 
 def _summarise(layers: dict[str, dict[str, Any]], has_latents: bool, has_macs: bool) -> dict[str, Any]:
-    def total(kind: str, key: str) -> int:
-        return sum(e[kind][key] for e in layers.values() if kind in e)
+    every = list(layers.values())
+    counted = [e for e in every if e["compressed"]] or every  # a plain model: every layer
+    convs = [e for e in every if e["kxk"]]
+
+    def total(kind: str, key: str, among: list[dict[str, Any]] = every) -> int:
+        return sum(e[kind][key] for e in among if kind in e)
+
+    def conv_slices(kind: str) -> float | None:
+        return ratio(total(kind, "zero_slices", convs), total(kind, "slices", convs)) if convs else None
 
     out: dict[str, Any] = {"layers": layers}
     for kind in ("weights", "latents"):
         if kind == "latents" and not has_latents:
             continue
         out[kind] = {
-            "unstructured_sparsity": ratio(total(kind, "zero_params"), total(kind, "params")),
-            "slice_sparsity": ratio(total(kind, "zero_slices"), total(kind, "slices")),
+            "weight_sparsity": ratio(total(kind, "zero_params", counted), total(kind, "params", counted)),
+            "conv_slice_sparsity": conv_slices(kind),
             "zero_in_channels": total(kind, "zero_in_channels"),
             "zero_filters": total(kind, "zero_filters"),
         }
-    summary = out["weights"]  # decoded weights of the whole model: what inference sees
-    out["unstructured_sparsity"] = summary["unstructured_sparsity"]
-    out["slice_sparsity"] = summary["slice_sparsity"]
+    summary = out["weights"]  # decoded weights: what inference sees
+    out["weight_sparsity"] = summary["weight_sparsity"]
+    out["conv_slice_sparsity"] = summary["conv_slice_sparsity"]
     out["params"] = total("weights", "params")
     out["bits"] = (sum(e.get("bits", 0.0) + e.get("bias_bits", 0.0) for e in layers.values())
                    if has_latents else None)
     out["macs_dense"] = sum(e["macs_dense"] for e in layers.values() if "macs_dense" in e) if has_macs else None
     out["macs_sparse"] = (sum(e["macs_sparse"] for e in layers.values() if "macs_sparse" in e)
                           if has_macs else None)
+    out["macs_saved"] = macs_saved(out["macs_dense"], out["macs_sparse"])
     return out

@@ -382,12 +382,14 @@ class Trainer:
 
     def _size_metrics(self) -> dict[str, float]:
         summary = stats(self.model, macs=False)  # no forward pass: input size unknown here
-        return {"est_bytes": summary["bits"] / 8, "slice_sparsity": summary["slice_sparsity"]}
+        return {"est_bytes": summary["bits"] / 8, "conv_slice_sparsity": summary["conv_slice_sparsity"],
+                "weight_sparsity": summary["weight_sparsity"]}
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.progress:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()
-                     if k in ("epoch", "train_total", "top1", "est_bytes", "slice_sparsity", "seconds")}
+                     if k in ("epoch", "train_total", "top1", "est_bytes", "conv_slice_sparsity", "weight_sparsity",
+                              "seconds")}
             tqdm.write(json.dumps(shown))
         if self.run_dir:
             with open(self.run_dir / "metrics.jsonl", "a") as f:

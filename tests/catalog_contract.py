@@ -76,20 +76,64 @@ class CatalogContract:
             (bench,) = queries.benchmarks(session, "tiny.mnist-a")
             assert (bench.variant, bench.machine_info, bench.slim) == ("dense", None, False)
 
+    def test_migration_0004_recomputes_sparsity_from_the_layers(self, url: str) -> None:
+        """0003 rows: one mixed slice sparsity; 0004 recomputes conv slice and weight sparsity per artifact."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        old = create_engine(url)
+        with old.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0003")
+        with old.begin() as conn:
+            tables = MetaData()
+            tables.reflect(conn)
+            t = tables.tables
+            now = datetime(2026, 1, 1, tzinfo=UTC)
+            for i, sha in ((1, "a"), (2, "b")):
+                conn.execute(t["artifacts"].insert().values(
+                    id=i, sha256=sha * 64, size_bytes=10, uri="store:" + sha * 64, format_version=1, arch="tiny",
+                    arch_kwargs={}, header={}, added_at=now, verified=True))
+                conn.execute(t["metrics"].insert().values(
+                    artifact_id=i, top1=0.97, top5=0.99, size_bytes=10, fp32_bytes=40, size_parts={}, params=10,
+                    slice_sparsity=0.99, unstructured_sparsity=0.9))
+            layer = dict(coded_bits=None, estimated_bits=None, macs_dense=None, macs_sparse=None)
+            conn.execute(t["layer_stats"].insert(), [  # artifact 1: a 3x3 conv (8 slices, 2 zero) and a linear
+                dict(artifact_id=1, position=0, name="conv", latent_group="c", shape=[4, 2, 3, 3], params=72,
+                     slice_sparsity=0.25, unstructured_sparsity=0.5, **layer),
+                dict(artifact_id=1, position=1, name="fc", latent_group="d", shape=[10, 10], params=100,
+                     slice_sparsity=0.99, unstructured_sparsity=0.99, **layer),
+                dict(artifact_id=1, position=2, name="head", latent_group=None, shape=[2, 10], params=20,
+                     slice_sparsity=0.0, unstructured_sparsity=0.0, **layer),
+                dict(artifact_id=2, position=0, name="fc", latent_group="d", shape=[5, 4], params=20,  # no convs
+                     slice_sparsity=0.5, unstructured_sparsity=0.5, **layer)])
+        old.dispose()
+        engine = get_engine(url)
+        with session_scope(engine) as session:
+            a, b = (queries.get_artifact(session, sha * 64) for sha in "ab")
+            assert a.metrics.conv_slice_sparsity == pytest.approx(0.25)
+            assert a.metrics.weight_sparsity == pytest.approx((36 + 99) / 172)  # compressed layers only
+            assert [x.conv_slice_sparsity for x in a.layers] == [0.25, None, None]
+            assert [x.weight_sparsity for x in a.layers] == [0.5, 0.99, 0.0]
+            assert (b.metrics.conv_slice_sparsity, b.metrics.weight_sparsity) == (None, 0.5)
+
     def test_list_filters(self, z: Zoo) -> None:
         put_fake(z, "tiny.mnist-a", b"a", top1=0.99, slice_sparsity=0.8)
         put_fake(z, "tiny.mnist-b", b"b" * 20, top1=0.90, slice_sparsity=0.2)
         put_fake(z, "other.cifar10-c", b"c" * 100, top1=0.70, slice_sparsity=0.5)
+        put_fake(z, "mlp.mnist-d", b"d" * 5, top1=0.80, slice_sparsity=None)  # no K×K convs
 
         def names(*args: str, **filters: float | str) -> list[str]:
             return [e["name"] for e in z.list(*args, **filters)]
 
-        assert names() == ["other.cifar10-c", "tiny.mnist-a", "tiny.mnist-b"]
+        assert names() == ["mlp.mnist-d", "other.cifar10-c", "tiny.mnist-a", "tiny.mnist-b"]
         assert names("tiny.*") == ["tiny.mnist-a", "tiny.mnist-b"]
         assert names("*-[ab]", dataset="mnist") == ["tiny.mnist-a", "tiny.mnist-b"]
-        assert names(max_bytes=20) == ["tiny.mnist-a", "tiny.mnist-b"]
+        assert names(max_bytes=20) == ["mlp.mnist-d", "tiny.mnist-a", "tiny.mnist-b"]
         assert names(min_accuracy=0.9) == ["tiny.mnist-a", "tiny.mnist-b"]
         assert names(min_slice_sparsity=0.5) == ["other.cifar10-c", "tiny.mnist-a"]
+        assert names(min_slice_sparsity=0.0) == ["other.cifar10-c", "tiny.mnist-a", "tiny.mnist-b"]  # no "—"
+        mlp = z.list("mlp.mnist-d")[0]
+        assert (mlp["conv_slice_sparsity"], mlp["weight_sparsity"], mlp["macs_saved"]) == (None, 0.5, 0.5)
         assert names(dataset="cifar10", min_accuracy=0.8) == []
         row = z.list("tiny.mnist-a")[0]
         assert row["bytes"] == 1 and row["compression_ratio"] == 200.0 and row["cached"]

@@ -23,6 +23,7 @@ from zoo.catalog import queries
 from zoo.catalog.engine import database_url, get_engine, session_scope
 from zoo.catalog.records import RecordError
 from zoo.errors import CatalogError, CatalogLockedError, InvalidNameError
+from zoo.model_card import to_markdown
 from zoo.seed import seed, seed_shipped
 from zoo.service import Zoo
 
@@ -45,7 +46,7 @@ def test_default_url_is_registry_db_in_the_working_folder(tmp_path: Path,
     with session_scope(engine) as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert session.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
-        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert session.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
 
 
 def test_head_is_the_newest_migration() -> None:
@@ -172,12 +173,15 @@ def test_add_describes_the_artifact_from_the_file(env: Path) -> None:
     assert card["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert card["size"]["bytes"] == path.stat().st_size == sum(card["size"]["parts"].values())
     assert card["parameters"] == n_params and card["size"]["fp32_bytes"] == 4 * n_params
-    assert card["sparsity"]["slice"] == pytest.approx(zeros) and 0.85 < zeros < 0.95
+    assert card["sparsity"]["weight"] == pytest.approx(zeros) and 0.85 < zeros < 0.95
+    assert card["sparsity"]["conv_slice"] is None  # an MLP has no K×K slices
+    assert "| Conv slice sparsity | — (no K×K convolutions) |" in to_markdown(card)
     assert card["accuracy"] == {"top1": 0.97, "top5": 0.99, "measured": False} and card["dataset"] == "mnist"
     assert card["claimed_accuracy"] == {"top1": 0.97, "top5": 0.99} and card["measured_on"] is None
     assert card["input"] == {"size": [1, 28, 28], "mean": [0.1307], "std": [0.3081]}
     assert card["macs"]["dense"] == sum(w.numel() for w in weights) > card["macs"]["sparse"]
     assert [x["name"] for x in card["layers"]] == ["fc1", "fc2", "fc3"]
+    assert {x["conv_slice_sparsity"] for x in card["layers"]} == {None}
     assert sum(x["coded_bits"] for x in card["layers"]) == sum(x["coded_bits"] for x in header["layers"])
     assert card["recipe"] == {"epochs": 1, "lambda_rate": 1e-4}
     assert z.store.refs() == {"lenet_300_100.mnist-keep10": card["sha256"]}

@@ -154,7 +154,7 @@ def test_resume_continues_an_interrupted_run_exactly(straight_run: tuple[Path, d
     assert code == 0
     resumed, straight = json.loads(out), straight_run[1]
     assert resumed["epochs"] == 4
-    for key in ("top1", "test_loss", "bits", "slice_sparsity"):
+    for key in ("top1", "test_loss", "bits", "weight_sparsity"):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 

@@ -79,9 +79,9 @@ def _errors(at: streamlit_testing.AppTest) -> list[str]:
 
 
 def _row(name: str, *, dataset: str = "mnist", top1: float | None = 0.98, measured: bool | None = None,
-         size: int = 5000, sparsity: float = 0.9) -> dict:
+         size: int = 5000, sparsity: float | None = 0.9) -> dict:
     row = {"name": name, "arch": name.split(".")[0], "dataset": dataset, "bytes": size, "fp32_bytes": 100 * size,
-           "slice_sparsity": sparsity, "macs_dense": 1_000_000, "macs_sparse": 250_000,
+           "conv_slice_sparsity": sparsity, "weight_sparsity": 0.5, "macs_dense": 1_000_000, "macs_sparse": 250_000,
            "added_at": datetime(2026, 1, 2, tzinfo=UTC), "sha256": "0" * 64}
     if measured is None:
         row.update(top1=top1, top5=None)  # a catalog row from before measured accuracy
@@ -101,7 +101,8 @@ def test_accuracy_accessor_reads_new_and_old_shapes() -> None:
 def test_catalog_frame_units_and_filters() -> None:
     rows = [_row("lenet5_caffe.mnist-a", top1=0.99, measured=True, size=2_840, sparsity=0.99),
             _row("lenet5_caffe.mnist-b", top1=0.97, size=12_000, sparsity=0.5),
-            _row("resnet20.cifar10-a", dataset="cifar10", top1=None, measured=False, size=60_000)]
+            _row("resnet20.cifar10-a", dataset="cifar10", top1=None, measured=False, size=60_000),
+            _row("mlp.mnist-a", size=60_000, sparsity=None)]  # no K×K convolutions
     frame = data.catalog_frame(rows, plugin_of=lambda arch: f"plugin-of-{arch}")
     first = frame.iloc[0]
     assert first["size_kb"] == pytest.approx(2.84) and first["top1_pct"] == pytest.approx(99.0)
@@ -111,11 +112,16 @@ def test_catalog_frame_units_and_filters() -> None:
     names = lambda f: f["name"].tolist()  # noqa: E731
     assert names(data.filter_frame(frame, search="mnist-b")) == ["lenet5_caffe.mnist-b"]  # plain text: anywhere
     assert names(data.filter_frame(frame, search="LENET5*")) == ["lenet5_caffe.mnist-a", "lenet5_caffe.mnist-b"]
-    assert names(data.filter_frame(frame, search="*-a")) == ["lenet5_caffe.mnist-a", "resnet20.cifar10-a"]
+    assert names(data.filter_frame(frame, search="*-a")) == ["lenet5_caffe.mnist-a", "mlp.mnist-a",
+                                                             "resnet20.cifar10-a"]
     assert names(data.filter_frame(frame, datasets=["cifar10"])) == ["resnet20.cifar10-a"]
-    assert names(data.filter_frame(frame, min_top1_pct=98.0)) == ["lenet5_caffe.mnist-a"]  # None never passes
+    assert names(data.filter_frame(frame, min_top1_pct=98.0)) == ["lenet5_caffe.mnist-a", "mlp.mnist-a"]
     assert names(data.filter_frame(frame, max_size_kb=12.0)) == ["lenet5_caffe.mnist-a", "lenet5_caffe.mnist-b"]
     assert names(data.filter_frame(frame, min_slice_sparsity_pct=95)) == ["lenet5_caffe.mnist-a"]
+    assert "mlp.mnist-a" not in names(data.filter_frame(frame, min_slice_sparsity_pct=0.5))  # "—" never passes
+    assert frame.set_index("name").loc["mlp.mnist-a", "conv_slice_sparsity_pct"] != \
+        frame.set_index("name").loc["mlp.mnist-a", "conv_slice_sparsity_pct"]  # NaN, not 0
+    assert len(data.filter_frame(frame, min_weight_sparsity_pct=50)) == 4
     assert data.filter_frame(frame, search="nothing*").empty
 
 
@@ -172,8 +178,10 @@ def test_model_card_frames_and_charts(seeded: Path) -> None:
     assert layers["coded_bytes"].sum() <= card["size"]["parts"]["coded_latents"]
     parts = data.parts_frame(card)
     assert parts["bytes"].sum() == card["size"]["bytes"] and parts["share_pct"].sum() == pytest.approx(100)
-    fig = charts.layer_bars(layers)
-    assert fig.layout.xaxis.title.text == "bytes" and fig.layout.xaxis2.title.text == "% zero"
+    assert layers["conv_slice_sparsity_pct"].isna().tolist() == [False, False, True, True]  # fc: no K×K slices
+    assert charts.layer_size_bars(layers).layout.xaxis.title.text == "bytes"
+    sparsity = charts.layer_sparsity_bars(layers)
+    assert sparsity.layout.xaxis.title.text == "% zero" and "K×K" in sparsity.data[0].name
     assert charts.parts_bar(parts).layout.xaxis.title.text == "bytes"
     table = data.catalog_frame(catalog.entry_rows(_zoo(seeded).engine))
     pareto = charts.pareto(table, "size_kb", "file size (KB, log scale)", references=PUBLISHED,
@@ -184,6 +192,7 @@ def test_model_card_frames_and_charts(seeded: Path) -> None:
     assert any(t.name == "frontier (zoo)" for t in pareto.data)
     side = data.compare_layers([card, _zoo(seeded).card("lenet5_caffe.mnist-lam5")])
     assert len(side) == 8 and set(side["entry"]) == {"lenet5_caffe.mnist-lam20", "lenet5_caffe.mnist-lam5"}
+    assert set(side["arch"]) == {"lenet5_caffe"}
     assert set(data.summary_frame([card]).index) >= {"Top-1 (%)", "File size (KB)", "MACs sparse (MMACs)"}
     import lilnetx
 
@@ -290,7 +299,7 @@ def test_browse_filters_change_the_table(env: Path) -> None:
 def test_compare_page_draws_pareto_charts_and_side_by_side(env: Path) -> None:
     at = _app("compare")
     assert not _errors(at)
-    assert len(at.get("plotly_chart")) == 3  # size and MACs Pareto views + per-layer comparison
+    assert len(at.get("plotly_chart")) == 4  # size and MACs Pareto views + per-layer size and sparsity
     assert at.multiselect(key="cmp_entries").value  # frontier entries chosen by default
 
 

@@ -105,11 +105,23 @@ def test_stats_counts_sparsity_on_latents_and_weights_for_convs_and_linears():
     assert layer["latents"]["zero_filters"] == 1 and layer["latents"]["zero_in_channels"] == 1
     lin = s["layers"]["2"]
     assert lin["weights"]["zero_params"] == 30 and lin["weights"]["zero_in_channels"] == 10
-    assert s["slice_sparsity"] == pytest.approx((7 + 30) / (12 + 300))
+    assert s["conv_slice_sparsity"] == pytest.approx(7 / 12)  # the linear layer's zero weights are no slices
+    assert s["weight_sparsity"] == pytest.approx((7 * 9 + 30) / (108 + 300))
     assert s["macs_dense"] == 25 * 4 * 3 * 9 + 300
     assert s["macs_sparse"] == 25 * 5 * 9 + 270
-    assert s["bits"] > 0 and set(s) >= {"bits", "slice_sparsity", "unstructured_sparsity", "macs_dense",
-                                        "macs_sparse", "layers"}
+    assert s["macs_saved"] == pytest.approx(1 - s["macs_sparse"] / s["macs_dense"])
+    assert s["bits"] > 0 and set(s) >= {"bits", "conv_slice_sparsity", "weight_sparsity", "macs_dense",
+                                        "macs_sparse", "macs_saved", "layers"}
+
+
+def test_weight_sparsity_counts_the_compressed_layers_of_a_decoded_model():
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[1].weight.fill_(1.0)
+    assert lilnetx.stats(model, (4,))["weight_sparsity"] == pytest.approx(16 / 24)  # a plain model: every layer
+    s = lilnetx.stats(model, (4,), compressed={"0.weight"})
+    assert s["weight_sparsity"] == 1.0 and s["conv_slice_sparsity"] is None
 
 
 def test_channel_structure_counts_conv_groups_like_stats():
@@ -139,4 +151,4 @@ def test_macs_of_a_linear_layer_count_every_token():
 
 def test_stats_of_a_plain_model_has_no_bits():
     s = lilnetx.stats(nn.Sequential(nn.Linear(4, 2)), input_size=(4,))
-    assert s["bits"] is None and s["macs_dense"] == 8 and s["unstructured_sparsity"] == 0
+    assert s["bits"] is None and s["macs_dense"] == 8 and s["weight_sparsity"] == 0

@@ -65,7 +65,7 @@ def test_a_field_of_the_wrong_type_skips_only_its_entry(env: Path, monkeypatch: 
 @pytest.mark.parametrize(("path", "value", "message"), [
     (("artifact", "metrics", "top1"), 1.5, "field metrics.top1: expected a number in [0, 1] or null, got 1.5"),
     (("artifact", "metrics", "params"), -1, "field metrics.params: expected an integer >= 0"),
-    (("artifact", "metrics", "slice_sparsity"), True, "field metrics.slice_sparsity: expected a number"),
+    (("artifact", "metrics", "conv_slice_sparsity"), True, "field metrics.conv_slice_sparsity: expected a number"),
     (("artifact", "metrics", "estimated_bits"), float("nan"), "field metrics.estimated_bits"),
     (("artifact", "size_bytes"), 0, "field size_bytes: expected an integer in [1, "),
     (("artifact", "input_size"), [1, "28"], "field input_size: expected a list of 1 to 4 integers"),
@@ -93,12 +93,31 @@ def test_every_field_is_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert message in caplog.text
 
 
+def test_a_version_1_index_is_read_with_its_sparsity_recomputed_from_the_layers(tmp_path: Path) -> None:
+    """Version 1 records held one mixed ``slice_sparsity``: conv slice and weight sparsity come from the layers."""
+    entry = _entry()
+    artifact = entry["artifact"]
+    for record in (artifact["metrics"], *artifact["layers"]):
+        record["slice_sparsity"] = record.pop("conv_slice_sparsity") or 0.9
+        record["unstructured_sparsity"] = record.pop("weight_sparsity")
+    artifact["layers"].append({**artifact["layers"][0], "name": "fc", "shape": [10, 360], "params": 3600,
+                               "slice_sparsity": 0.9, "unstructured_sparsity": 0.9})
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "index.json").write_text(json.dumps({"format": "lilnetx-zoo-index/1", "entries": [entry]}))
+    (parsed,) = remote.fetch_index(folder.as_uri())
+    metrics = parsed.artifact.metrics
+    assert metrics.conv_slice_sparsity == 0.5  # the 3x3 conv's slices only, not the linear layer's weights
+    assert metrics.weight_sparsity == pytest.approx((180 + 3240) / 3960)
+    assert [x.conv_slice_sparsity for x in parsed.artifact.layers] == [0.5, None]
+
+
 def test_a_valid_record_round_trips_and_ints_become_floats() -> None:
     record = fake_record(SHA, 100)
     assert ArtifactRecord.from_dict(record.to_dict()) == record
     data = record.to_dict()
-    data["metrics"]["slice_sparsity"] = 1
-    parsed = ArtifactRecord.from_dict(data).metrics.slice_sparsity
+    data["metrics"]["weight_sparsity"] = 1
+    parsed = ArtifactRecord.from_dict(data).metrics.weight_sparsity
     assert parsed == 1.0 and isinstance(parsed, float)
     with pytest.raises(RecordError, match="field artifact: expected a JSON object"):
         ArtifactRecord.from_dict([])
@@ -166,7 +185,7 @@ def test_fuzz_the_parser_never_fails_otherwise(raw: bytes) -> None:
 def test_fuzz_mutated_entries_parse_or_are_skipped(entries: list[Any]) -> None:
     raw = json.dumps({"format": remote.INDEX_FORMAT, "entries": entries}).encode()
     for entry in remote.parse_index(raw, "fuzz://index.json"):
-        assert entry.artifact.size_bytes > 0 and 0 <= entry.artifact.metrics.slice_sparsity <= 1
+        assert entry.artifact.size_bytes > 0 and 0 <= entry.artifact.metrics.weight_sparsity <= 1
         json.dumps(entry.to_dict())
 
 

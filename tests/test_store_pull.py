@@ -235,7 +235,7 @@ def test_pull_from_a_file_zoo_checks_the_artifact_and_refetches_a_corrupt_cached
 @pytest.mark.parametrize(("field", "lie", "message"), [
     ("arch", "timm/resnet18", "arch: claimed 'timm/resnet18', the artifact says 'lenet_300_100'"),
     ("size_bytes", 1, "size_bytes: claimed {size_bytes}, the artifact says {true}"),
-    ("slice_sparsity", 0.999, "metrics.slice_sparsity: claimed 0.999"),
+    ("weight_sparsity", 0.999, "metrics.weight_sparsity: claimed 0.999"),
     ("top1", 0.999, "metrics.top1: claimed 0.999, the artifact says 0.9"),
 ])
 def test_an_index_that_lies_about_its_artifact_is_rejected(env: Path, site: tuple[Path, dict[str, bytes]],

@@ -44,15 +44,22 @@ def local_zoo(tmp_path: Path, name: str = "local", remote_url: str | None = None
 
 
 def fake_record(sha256: str, size: int, *, arch: str = "tiny", dataset: str = "mnist", top1: float = 0.9,
-                slice_sparsity: float = 0.5) -> ArtifactRecord:
-    """A record for bytes that are not a real artifact (transport and catalog tests need no codec)."""
-    layer = LayerRecord(name="fc", latent_group="dense", shape=[10, 4], params=40, coded_bits=7,
-                        estimated_bits=50.0, slice_sparsity=slice_sparsity,
-                        unstructured_sparsity=slice_sparsity,
-                        macs_dense=40, macs_sparse=20)
+                slice_sparsity: float | None = 0.5) -> ArtifactRecord:
+    """A record for bytes that are not a real artifact (transport and catalog tests need no codec).
+
+    ``slice_sparsity`` is its 3×3 conv's share of zero slices (``None``: a model of one linear layer).
+    """
+    if slice_sparsity is None:
+        layer = LayerRecord(name="fc", latent_group="dense", shape=[10, 4], params=40, coded_bits=7,
+                            estimated_bits=50.0, conv_slice_sparsity=None, weight_sparsity=0.5,
+                            macs_dense=40, macs_sparse=20)
+    else:
+        layer = LayerRecord(name="conv", latent_group="conv3x3", shape=[10, 4, 3, 3], params=360, coded_bits=7,
+                            estimated_bits=50.0, conv_slice_sparsity=slice_sparsity,
+                            weight_sparsity=slice_sparsity, macs_dense=360, macs_sparse=180)
     metrics = MetricsRecord(top1=top1, top5=0.99, fp32_bytes=4 * 50, size_parts={"header": size}, params=50,
-                            estimated_bits=50.0, coded_latent_bytes=7, slice_sparsity=slice_sparsity,
-                            unstructured_sparsity=slice_sparsity, macs_dense=40, macs_sparse=20)
+                            estimated_bits=50.0, coded_latent_bytes=7, conv_slice_sparsity=slice_sparsity,
+                            weight_sparsity=layer.weight_sparsity, macs_dense=40, macs_sparse=20)
     return ArtifactRecord(sha256=sha256, size_bytes=size, format_version=1, arch=arch, arch_kwargs={},
                           dataset=dataset, num_classes=10, input_size=[1, 2, 2], mean=[0.5], std=[0.25],
                           metrics=metrics, recipe={"epochs": 1}, versions={"lilnetx-zoo": "0.1.0"},

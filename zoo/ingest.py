@@ -31,8 +31,8 @@ def _layers(stats: dict[str, Any], header_layers: list[dict[str, Any]]) -> list[
             params=w["params"],
             coded_bits=int(sum(t["coded_bits"] for t in tensors)) if tensors else None,
             estimated_bits=float(sum(t["est_bits"] for t in tensors)) if tensors else None,
-            slice_sparsity=ratio(w["zero_slices"], w["slices"]),
-            unstructured_sparsity=ratio(w["zero_params"], w["params"]),
+            conv_slice_sparsity=ratio(w["zero_slices"], w["slices"]) if entry["kxk"] else None,
+            weight_sparsity=ratio(w["zero_params"], w["params"]),
             macs_dense=entry.get("macs_dense"), macs_sparse=entry.get("macs_sparse"),
         ))
     return records
@@ -56,7 +56,8 @@ def describe(path: Path) -> Described:
     model = lilnetx.from_artifact(artifact, source=str(path))
     info, header = artifact.info(path), artifact.header
     input_size = header.get("input_size")
-    stats = lilnetx.stats(model, tuple(input_size) if input_size else None)
+    stats = lilnetx.stats(model, tuple(input_size) if input_size else None,
+                          compressed={layer["name"] for layer in header.get("layers") or []})
     state = model.state_dict().values()
     metrics = header.get("metrics") or {}
     record = ArtifactRecord(
@@ -69,8 +70,8 @@ def describe(path: Path) -> Described:
             fp32_bytes=4 * sum(t.numel() for t in state if t.is_floating_point()),
             size_parts=dict(info.parts),
             params=sum(p.numel() for p in model.parameters()), estimated_bits=info.estimated_bits,
-            coded_latent_bytes=info.coded_latent_bytes, slice_sparsity=stats["slice_sparsity"],
-            unstructured_sparsity=stats["unstructured_sparsity"], macs_dense=stats["macs_dense"],
+            coded_latent_bytes=info.coded_latent_bytes, conv_slice_sparsity=stats["conv_slice_sparsity"],
+            weight_sparsity=stats["weight_sparsity"], macs_dense=stats["macs_dense"],
             macs_sparse=stats["macs_sparse"],
         ),
         recipe=dict(header.get("recipe") or {}), versions=dict(header.get("versions") or {}),

@@ -50,8 +50,8 @@ def model_card(name: str, dataset: str, record: ArtifactRecord,
             "estimated_bits": m.estimated_bits,
             "coded_latent_bytes": m.coded_latent_bytes,
         },
-        "sparsity": {"slice": m.slice_sparsity, "unstructured": m.unstructured_sparsity},
-        "macs": {"dense": m.macs_dense, "sparse": m.macs_sparse},
+        "sparsity": {"conv_slice": m.conv_slice_sparsity, "weight": m.weight_sparsity},
+        "macs": {"dense": m.macs_dense, "sparse": m.macs_sparse, "saved": m.macs_saved},
         "layers": [vars(layer) for layer in record.layers],
         "recipe": record.recipe,
         "versions": record.versions,
@@ -67,6 +67,14 @@ def model_card(name: str, dataset: str, record: ArtifactRecord,
 def percent(value: float | None) -> str:
     """A fraction as a percentage with two decimals ("99.04 %"), or "n/a"."""
     return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+NO_CONVS = "—"  # the conv slice sparsity of a model without K×K convolutions
+
+
+def conv_slices_text(value: float | None) -> str:
+    """A conv slice sparsity as a percentage, or "—" for a model (layer) without K×K convolutions."""
+    return NO_CONVS if value is None else percent(value)
 
 
 def _count(value: int | None) -> str:
@@ -99,9 +107,11 @@ def _facts(card: dict[str, Any]) -> list[tuple[str, str]]:
         ("Top-1 / top-5 accuracy", accuracy_text(card)),
         ("Size", _bytes(size["bytes"])),
         ("Compression vs fp32", f"{size['compression_ratio']:,.1f}x ({_bytes(size['fp32_bytes'])} as fp32)"),
-        ("Slice / unstructured sparsity",
-         f"{percent(card['sparsity']['slice'])} / {percent(card['sparsity']['unstructured'])}"),
-        ("MACs dense / sparse", f"{_count(card['macs']['dense'])} / {_count(card['macs']['sparse'])}"),
+        ("Conv slice sparsity", conv_slices_text(card["sparsity"]["conv_slice"])
+         + ("" if card["sparsity"]["conv_slice"] is not None else " (no K×K convolutions)")),
+        ("Weight sparsity", f"{percent(card['sparsity']['weight'])} of the compressed layers' weights are zero"),
+        ("MACs dense / sparse", f"{_count(card['macs']['dense'])} / {_count(card['macs']['sparse'])}"
+         + ("" if card["macs"]["saved"] is None else f" ({percent(card['macs']['saved'])} saved)")),
         ("sha256", card["sha256"]),
     ]
 
@@ -125,11 +135,12 @@ def to_markdown(card: dict[str, Any]) -> str:
         lines += ["", f"Estimated information content of the latents: {size['estimated_bits'] / 8:,.0f} "
                       f"bytes; coded latents: {_count(size['coded_latent_bytes'])} bytes."]
     lines += ["", "## Layers", "",
-              "| layer | group | shape | params | coded bits | slice sparsity | MACs (sparse) |",
-              "|---|---|---|---:|---:|---:|---:|"]
+              "| layer | group | shape | params | coded bits | conv slice sparsity | weight sparsity | "
+              "MACs (sparse) |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {x['name']} | {x['latent_group'] or '-'} | {'x'.join(map(str, x['shape']))} | "
-              f"{x['params']:,} | {_count(x['coded_bits'])} | {percent(x['slice_sparsity'])} | "
-              f"{_count(x['macs_sparse'])} |" for x in card["layers"]]
+              f"{x['params']:,} | {_count(x['coded_bits'])} | {conv_slices_text(x['conv_slice_sparsity'])} | "
+              f"{percent(x['weight_sparsity'])} | {_count(x['macs_sparse'])} |" for x in card["layers"]]
     lines += ["", "## Recipe", "", "```json", json.dumps(card["recipe"], indent=2, sort_keys=True), "```"]
     lines += ["", "## How to load", "", "```python", card["how_to_load"]["python"], "```", "", "```bash",
               card["how_to_load"]["cli"], "```", ""]

@@ -23,13 +23,14 @@ import aiohttp
 import fsspec
 from fsspec.core import url_to_fs
 
-from zoo.catalog.records import ArtifactRecord, RecordError
+from zoo.catalog.records import ArtifactRecord, RecordError, from_legacy
 from zoo.errors import InvalidNameError, RemoteZooError
 from zoo.names import check_sha256, check_tag_dataset, split_name
 from zoo.store import Store, read_chunks
 
 INDEX = "index.json"
-INDEX_FORMAT = "lilnetx-zoo-index/1"
+INDEX_FORMAT = "lilnetx-zoo-index/2"
+LEGACY_FORMAT = "lilnetx-zoo-index/1"  # one mixed slice sparsity per record (see ``records.from_legacy``)
 MAX_INDEX_BYTES = 64 << 20
 HTTP_TIMEOUT_S = 30
 _TRANSPORT_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError, ImportError, ValueError,
@@ -124,7 +125,7 @@ def parse_index(raw: bytes, url: str) -> list[IndexEntry]:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RemoteZooError(f"malformed zoo index {url}: not JSON ({exc}); {fix}") from None
-    if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (INDEX_FORMAT, LEGACY_FORMAT):
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise RemoteZooError(f"malformed zoo index {url}: format {found!r}, expected {INDEX_FORMAT!r}; {fix}")
     items = data.get("entries")
@@ -135,7 +136,7 @@ def parse_index(raw: bytes, url: str) -> list[IndexEntry]:
         label = item.get("name") if isinstance(item, dict) and isinstance(item.get("name"), str) else None
         label = repr(label[:140]) if label is not None else f"#{position}"
         try:
-            entry = _index_entry(item)
+            entry = _index_entry(item, legacy=data["format"] == LEGACY_FORMAT)
             if entry.name in seen:
                 raise ValueError("field name: the index lists this name twice")
         except ValueError as exc:  # RecordError, InvalidNameError
@@ -146,7 +147,7 @@ def parse_index(raw: bytes, url: str) -> list[IndexEntry]:
     return entries
 
 
-def _index_entry(item: Any) -> IndexEntry:
+def _index_entry(item: Any, *, legacy: bool = False) -> IndexEntry:
     if not isinstance(item, dict):
         raise RecordError("entry", "a JSON object", item)
     for key in item:
@@ -164,7 +165,8 @@ def _index_entry(item: Any) -> IndexEntry:
         arch, tag = split_name(name)
         if not isinstance(dataset, str):
             raise RecordError("dataset", "a string", dataset)
-        record = ArtifactRecord.from_dict(item.get("artifact"))
+        artifact = item.get("artifact")
+        record = ArtifactRecord.from_dict(from_legacy(artifact) if legacy else artifact)
         if record.arch != arch:
             raise RecordError("artifact.arch", f"the name's architecture {arch!r}", record.arch)
         if check_tag_dataset(tag, record.dataset) != dataset:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from zoo.catalog import queries
 from zoo.catalog.engine import get_engine, run_write, session_scope
 from zoo.catalog.models import ZooEntry
-from zoo.catalog.records import ArtifactRecord, Measurement, disagreements
+from zoo.catalog.records import ArtifactRecord, Measurement, disagreements, macs_saved
 from zoo.errors import (
     CatalogError,
     ChecksumError,
@@ -122,7 +122,8 @@ class Zoo:
              min_slice_sparsity: float | None = None) -> list[dict[str, Any]]:
         """Summaries (name, dataset, bytes, accuracy, sparsity, ...) of the matching entries, by name.
 
-        ``min_accuracy`` applies to the accuracy shown: measured when it was, else the header's claim.
+        ``min_accuracy`` applies to the accuracy shown: measured when it was, else the header's claim;
+        ``min_slice_sparsity`` to the conv slice sparsity (entries without K×K convolutions never pass it).
         """
         _check_fraction(min_accuracy, "min_accuracy")
         _check_fraction(min_slice_sparsity, "min_slice_sparsity")
@@ -143,7 +144,9 @@ class Zoo:
         return {"name": entry.name, "dataset": entry.dataset, "bytes": a.size_bytes,
                 "top1": accuracy["accuracy"]["top1"], "top5": accuracy["accuracy"]["top5"], **accuracy,
                 "compression_ratio": m.fp32_bytes / a.size_bytes, "params": m.params,
-                "slice_sparsity": m.slice_sparsity, "macs_sparse": m.macs_sparse, "sha256": a.sha256,
+                "conv_slice_sparsity": m.conv_slice_sparsity, "weight_sparsity": m.weight_sparsity,
+                "macs_sparse": m.macs_sparse, "macs_saved": macs_saved(m.macs_dense, m.macs_sparse),
+                "sha256": a.sha256,
                 "cached": self.store.object_path(a.sha256).is_file(), "verified": a.verified}
 
     def card(self, name: str) -> dict[str, Any]:

@@ -19,15 +19,20 @@ with st.container(border=True):
                                    help="Wildcards `*` `?` `[..]`; plain text matches anywhere in the name.")
     datasets = dataset_col.multiselect("Dataset", sorted(frame["dataset"].unique()), key="datasets")
     archs = arch_col.multiselect("Architecture", sorted(frame["arch"].unique()), key="archs")
-    acc_col, size_col, sparse_col = st.columns(3)
+    acc_col, size_col, slices_col, weights_col = st.columns(4)
     min_top1 = acc_col.slider("Min top-1 (%)", 0.0, 100.0, 0.0, 0.5, key="min_top1")
     max_kb = float(frame["size_kb"].max())
     max_size = size_col.number_input("Max file size (KB)", min_value=0.0, value=None, step=1.0, key="max_kb",
                                      placeholder=f"any (largest: {max_kb:,.1f} KB)")
-    min_sparse = sparse_col.slider("Min slice sparsity (%)", 0.0, 100.0, 0.0, 0.5, key="min_sparsity")
+    min_slices = slices_col.slider("Min conv slice sparsity (%)", 0.0, 100.0, 0.0, 0.5, key="min_sparsity",
+                                   help="zero K×K slices of the K×K convolutions; above 0, models without "
+                                        "such convolutions are hidden")
+    min_weights = weights_col.slider("Min weight sparsity (%)", 0.0, 100.0, 0.0, 0.5, key="min_weight_sparsity",
+                                     help="zero weights of the compressed layers")
 
 shown = data.filter_frame(frame, search=search, datasets=datasets, archs=archs, min_top1_pct=min_top1,
-                          max_size_kb=max_size, min_slice_sparsity_pct=min_sparse)
+                          max_size_kb=max_size, min_slice_sparsity_pct=min_slices,
+                          min_weight_sparsity_pct=min_weights)
 st.markdown(f"**{len(shown):,}** of {len(frame):,} entries · select a row to open its model card")
 
 config = {
@@ -40,8 +45,11 @@ config = {
     "size_kb": st.column_config.NumberColumn(data.COLUMNS["size_kb"], format="%.2f KB"),
     "compression": st.column_config.NumberColumn(data.COLUMNS["compression"], format="%.0f×",
                                                  help="fp32 checkpoint bytes ÷ file bytes"),
-    "slice_sparsity_pct": st.column_config.NumberColumn(data.COLUMNS["slice_sparsity_pct"], format="%.1f %%",
-                                                        help="share of K×K kernel slices that are zero"),
+    "conv_slice_sparsity_pct": st.column_config.NumberColumn(
+        data.COLUMNS["conv_slice_sparsity_pct"], format="%.1f %%",
+        help="zero K×K slices of the convolutions with K×K kernels (K > 1); empty without such convolutions"),
+    "weight_sparsity_pct": st.column_config.NumberColumn(data.COLUMNS["weight_sparsity_pct"], format="%.1f %%",
+                                                         help="zero weights of the compressed layers"),
     "macs_saved_pct": st.column_config.NumberColumn(data.COLUMNS["macs_saved_pct"], format="%.1f %%",
                                                     help="multiply-accumulates skipped with zero slices"),
     "plugin": data.COLUMNS["plugin"],

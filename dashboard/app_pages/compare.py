@@ -44,9 +44,22 @@ with state.friendly_errors("read the model cards"):
     st.dataframe(data.summary_frame(cards), key="cmp_summary")
     st.subheader("Per layer")
     per_layer = data.compare_layers(cards)
-    st.plotly_chart(charts.layer_comparison(per_layer), key="cmp_layer_chart")
+    for arch, rows in per_layer.groupby("arch", sort=False):  # layers of different architectures differ
+        st.markdown(f"**{arch}**")
+        size_col, sparsity_col = st.columns(2)
+        size_col.plotly_chart(charts.layer_comparison(rows, "coded_bytes", "Coded size per layer", "bytes"),
+                              key=f"cmp_size_{arch}")
+        if rows["conv_slice_sparsity_pct"].notna().any():  # slices are what sparse inference skips
+            sparsity = charts.layer_comparison(rows.dropna(subset=["conv_slice_sparsity_pct"]),
+                                               "conv_slice_sparsity_pct", "Zero K×K slices per conv layer",
+                                               "% zero K×K slices")
+        else:
+            sparsity = charts.layer_comparison(rows, "weight_sparsity_pct", "Zero weights per layer (no K×K convs)",
+                                               "% zero weights")
+        sparsity_col.plotly_chart(sparsity, key=f"cmp_sparsity_{arch}")
     with st.expander("Per-layer table"):
         st.dataframe(per_layer, hide_index=True, key="cmp_layers", column_config={
-            "entry": "Entry", "layer": "Layer",
+            "arch": "Architecture", "entry": "Entry", "layer": "Layer",
             "coded_bytes": st.column_config.NumberColumn("Coded (bytes)", format="%.1f"),
-            "slice_sparsity_pct": st.column_config.NumberColumn("Slice sparsity (%)", format="%.1f")})
+            "conv_slice_sparsity_pct": st.column_config.NumberColumn("Conv slice sparsity (%)", format="%.1f"),
+            "weight_sparsity_pct": st.column_config.NumberColumn("Weight sparsity (%)", format="%.1f")})

@@ -27,19 +27,24 @@ st.title(name)
 st.caption(f"{card['architecture']} · {card['dataset']} ({card['num_classes']} classes) · "
            f"input {card['input']['size']} · format v{card['format_version']}")
 
-m = st.columns(5)
+m = st.columns(3) + st.columns(3)
 m[0].metric(f"Top-1 ({acc.source})", "n/a" if acc.top1 is None else f"{100 * acc.top1:.2f} %",
             help="measured on this installation" if acc.measured else
             "claimed by the file's header; not measured on this installation")
 m[1].metric("File size", f"{card['size']['bytes'] / data.KB:,.2f} KB", help=f"{card['size']['bytes']:,} bytes")
 m[2].metric("vs fp32", f"{card['size']['compression_ratio']:,.0f}×",
             help=f"fp32 checkpoint: {card['size']['fp32_bytes']:,} bytes")
-m[3].metric("Slice sparsity", f"{100 * card['sparsity']['slice']:.1f} %", help="share of K×K kernels that are zero")
+conv_slices = card["sparsity"]["conv_slice"]
+m[3].metric("Conv slice sparsity", data.NO_CONVS if conv_slices is None else f"{100 * conv_slices:.1f} %",
+            help="share of the K×K kernel slices (K > 1) of the convolutions that are zero"
+            if conv_slices is not None else "this model has no convolutions with K×K kernels (K > 1)")
+m[4].metric("Weight sparsity", f"{100 * card['sparsity']['weight']:.1f} %",
+            help="share of the compressed layers' weights that are zero")
 macs = card["macs"]
-if macs.get("dense"):
-    m[4].metric("Sparse MACs (MMACs)", f"{macs['sparse'] / data.MMAC:,.3f}",
-                delta=f"-{100 * (1 - macs['sparse'] / macs['dense']):.1f} % vs dense", delta_color="inverse",
-                help=f"multiply-accumulates per image with zero slices skipped; dense: {macs['dense']:,}")
+if macs.get("saved") is not None:
+    m[5].metric("MACs saved", f"{100 * macs['saved']:.1f} %",
+                help=f"multiply-accumulates per image skipped with zero slices: {macs['sparse']:,} of "
+                     f"{macs['dense']:,} are left")
 measured_on = card.get("measured_on") or {}
 if acc.measured and measured_on:
     st.caption(f":material/verified: Accuracy measured on this installation: {measured_on.get('dataset')}, "
@@ -78,12 +83,14 @@ layers = data.layer_frame(card)
 if layers.empty:
     st.info("The catalog holds no per-layer figures for this model.")
 else:
-    st.plotly_chart(charts.layer_bars(layers), key="layer_bars")
+    size_col, sparsity_col = st.columns(2)  # side by side on a wide screen, stacked on a phone
+    size_col.plotly_chart(charts.layer_size_bars(layers), key="layer_size")
+    sparsity_col.plotly_chart(charts.layer_sparsity_bars(layers), key="layer_sparsity")
     with st.expander("Per-layer table"):
         st.dataframe(layers.rename(columns=data.LAYER_COLUMNS), hide_index=True,
                      column_config={data.LAYER_COLUMNS[c]: st.column_config.NumberColumn(format="%.2f")
-                                    for c in ("coded_bytes", "estimated_bytes", "slice_sparsity_pct",
-                                              "unstructured_sparsity_pct")})
+                                    for c in ("coded_bytes", "estimated_bytes", "conv_slice_sparsity_pct",
+                                              "weight_sparsity_pct")})
 
 st.subheader("Zero K×K slices per conv layer")
 with state.friendly_errors("decode the model for its slice maps"):

@@ -31,7 +31,7 @@ DEFAULT_URL = "sqlite:///registry.db"
 BUSY_TIMEOUT_S = 30.0
 WRITE_ATTEMPTS = 5
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0003"  # the newest revision in migrations/versions
+HEAD = "0004"  # the newest revision in migrations/versions
 _PG_MIGRATION_LOCK = 0x4C4E58  # pg_advisory_xact_lock key serialising concurrent first-use migrations
 
 T = TypeVar("T")

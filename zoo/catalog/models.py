@@ -106,8 +106,8 @@ class Metrics(Base):
     params: Mapped[int] = mapped_column(BigInteger)
     estimated_bits: Mapped[float | None]
     coded_latent_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    slice_sparsity: Mapped[float]
-    unstructured_sparsity: Mapped[float]
+    conv_slice_sparsity: Mapped[float | None]  # zero K×K slices of the K×K > 1 convs; NULL without any
+    weight_sparsity: Mapped[float]  # zero weights of the compressed layers
     macs_dense: Mapped[int | None] = mapped_column(BigInteger)
     macs_sparse: Mapped[int | None] = mapped_column(BigInteger)
 
@@ -129,8 +129,8 @@ class LayerStat(Base):
     params: Mapped[int] = mapped_column(BigInteger)
     coded_bits: Mapped[int | None] = mapped_column(BigInteger)
     estimated_bits: Mapped[float | None]
-    slice_sparsity: Mapped[float]
-    unstructured_sparsity: Mapped[float]
+    conv_slice_sparsity: Mapped[float | None]  # NULL for a linear layer or a 1×1 conv
+    weight_sparsity: Mapped[float]
     macs_dense: Mapped[int | None] = mapped_column(BigInteger)
     macs_sparse: Mapped[int | None] = mapped_column(BigInteger)
 

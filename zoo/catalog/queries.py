@@ -65,7 +65,8 @@ def find_entries(
     """Entries whose name matches the fnmatch ``pattern`` and every given filter, sorted by name.
 
     ``min_accuracy`` is top-1 as a fraction, measured when it was, else claimed; entries with neither never
-    pass it.
+    pass it. ``min_slice_sparsity`` bounds the conv slice sparsity (zero K×K slices of the convolutions with
+    K×K > 1); entries without such convolutions never pass it.
     """
     query = select(ZooEntry).join(ZooEntry.artifact).join(Artifact.metrics).order_by(ZooEntry.name)
     if dataset is not None:
@@ -75,7 +76,7 @@ def find_entries(
     if min_accuracy is not None:  # the figure shown: measured when measured, else the header's claim
         query = query.where(func.coalesce(Metrics.measured_top1, Metrics.top1) >= min_accuracy)
     if min_slice_sparsity is not None:
-        query = query.where(Metrics.slice_sparsity >= min_slice_sparsity)
+        query = query.where(Metrics.conv_slice_sparsity >= min_slice_sparsity)
     return [e for e in session.scalars(query) if fnmatch.fnmatchcase(e.name, pattern)]
 
 
@@ -221,8 +222,8 @@ def artifact_record(artifact: Artifact) -> ArtifactRecord:
         metrics=MetricsRecord(
             top1=m.top1, top5=m.top5, fp32_bytes=m.fp32_bytes, size_parts=m.size_parts, params=m.params,
             estimated_bits=m.estimated_bits,
-            coded_latent_bytes=m.coded_latent_bytes, slice_sparsity=m.slice_sparsity,
-            unstructured_sparsity=m.unstructured_sparsity, macs_dense=m.macs_dense, macs_sparse=m.macs_sparse,
+            coded_latent_bytes=m.coded_latent_bytes, conv_slice_sparsity=m.conv_slice_sparsity,
+            weight_sparsity=m.weight_sparsity, macs_dense=m.macs_dense, macs_sparse=m.macs_sparse,
         ),
         recipe=artifact.run.recipe if artifact.run else {},
         versions=artifact.run.versions if artifact.run else {},
@@ -259,7 +260,7 @@ def entry_table(session: Session) -> list[dict[str, Any]]:
     columns = [ZooEntry.name, ZooEntry.dataset, ZooEntry.added_at, Architecture.name.label("arch"),
                Artifact.sha256, Artifact.size_bytes, Artifact.verified, Metrics.top1, Metrics.top5,
                Metrics.measured_top1, Metrics.measured_top5, Metrics.fp32_bytes, Metrics.params,
-               Metrics.slice_sparsity, Metrics.macs_dense, Metrics.macs_sparse]
+               Metrics.conv_slice_sparsity, Metrics.weight_sparsity, Metrics.macs_dense, Metrics.macs_sparse]
     query = (select(*columns).join(ZooEntry.architecture).join(ZooEntry.artifact).join(Artifact.metrics)
              .order_by(ZooEntry.name))
     return [row._asdict() for row in session.execute(query)]

@@ -24,7 +24,11 @@ CLAIMS = ("arch", "arch_kwargs", "dataset", "num_classes", "input_size", "mean",
 
 @dataclass(frozen=True)
 class LayerRecord:
-    """One conv / linear layer of a decoded model."""
+    """One conv / linear layer of a decoded model.
+
+    ``conv_slice_sparsity`` is the share of zero K×K slices of a convolution with K×K > 1 (``None`` for other
+    layers); ``weight_sparsity`` the share of zero weights.
+    """
 
     name: str
     latent_group: str | None
@@ -32,8 +36,8 @@ class LayerRecord:
     params: int
     coded_bits: int | None
     estimated_bits: float | None
-    slice_sparsity: float
-    unstructured_sparsity: float
+    conv_slice_sparsity: float | None
+    weight_sparsity: float
     macs_dense: int | None
     macs_sparse: int | None
 
@@ -43,6 +47,8 @@ class MetricsRecord:
     """Accuracy (fractions in [0, 1]), sizes, sparsity and MACs of a decoded model.
 
     ``params`` counts every parameter; ``fp32_bytes`` is 4 bytes per floating-point value of the state_dict.
+    Sparsity as ``lilnetx.metrics`` defines it: ``conv_slice_sparsity`` over the convolutions with K×K > 1
+    (``None`` without any), ``weight_sparsity`` over the compressed layers.
     """
 
     top1: float | None
@@ -52,10 +58,20 @@ class MetricsRecord:
     params: int
     estimated_bits: float | None
     coded_latent_bytes: int | None
-    slice_sparsity: float
-    unstructured_sparsity: float
+    conv_slice_sparsity: float | None
+    weight_sparsity: float
     macs_dense: int | None
     macs_sparse: int | None
+
+    @property
+    def macs_saved(self) -> float | None:
+        return macs_saved(self.macs_dense, self.macs_sparse)
+
+
+def macs_saved(macs_dense: int | None, macs_sparse: int | None) -> float | None:
+    """The share of multiply-accumulates skipped with zero slices (``lilnetx.metrics.macs_saved``, without
+    importing torch), or ``None`` when MACs are unknown."""
+    return None if not macs_dense or macs_sparse is None else 1 - macs_sparse / macs_dense
 
 
 @dataclass(frozen=True)
@@ -152,14 +168,15 @@ _SCHEMA: dict[type, dict[str, tuple[tuple[str, Callable[[Any], bool]], bool]]] =
     LayerRecord: {
         "name": (("a string of at most 512 characters", lambda v: isinstance(v, str) and len(v) <= 512), False),
         "latent_group": (_STR, True), "shape": (_SHAPE, False), "params": (_int(), False),
-        "coded_bits": (_int(), True), "estimated_bits": (_NONNEG, True), "slice_sparsity": (_FRACTION, False),
-        "unstructured_sparsity": (_FRACTION, False), "macs_dense": (_int(), True), "macs_sparse": (_int(), True),
+        "coded_bits": (_int(), True), "estimated_bits": (_NONNEG, True),
+        "conv_slice_sparsity": (_FRACTION, True), "weight_sparsity": (_FRACTION, False),
+        "macs_dense": (_int(), True), "macs_sparse": (_int(), True),
     },
     MetricsRecord: {
         "top1": (_FRACTION, True), "top5": (_FRACTION, True), "fp32_bytes": (_int(), False),
         "size_parts": (_PARTS, False), "params": (_int(), False), "estimated_bits": (_NONNEG, True),
-        "coded_latent_bytes": (_int(), True), "slice_sparsity": (_FRACTION, False),
-        "unstructured_sparsity": (_FRACTION, False), "macs_dense": (_int(), True), "macs_sparse": (_int(), True),
+        "coded_latent_bytes": (_int(), True), "conv_slice_sparsity": (_FRACTION, True),
+        "weight_sparsity": (_FRACTION, False), "macs_dense": (_int(), True), "macs_sparse": (_int(), True),
     },
     ArtifactRecord: {
         "sha256": (_HEX, False), "size_bytes": (_int(1, 1 << 40), False), "format_version": (_int(1, 1000), False),
@@ -203,6 +220,41 @@ def _fields(kind: type, data: Any, prefix: str) -> dict[str, Any]:
             value = float(value)
         fields[key] = value
     return fields
+
+
+def from_legacy(artifact: Any) -> Any:
+    """An artifact record of a version-1 index (one mixed ``slice_sparsity``) with the sparsity fields of today.
+
+    Recomputed from its layers as revision 0004 of the catalog does: a layer's zero slices count towards the
+    conv slice sparsity when it is a K×K convolution, its zero weights towards the weight sparsity when it is
+    compressed (every layer when none is). Anything malformed is returned as it is, for
+    :meth:`ArtifactRecord.from_dict` to name.
+    """
+    layers, metrics = (artifact.get("layers"), artifact.get("metrics")) if isinstance(artifact, dict) else (0, 0)
+    if not (isinstance(layers, list) and isinstance(metrics, dict)
+            and all(isinstance(x, dict) and _SHAPE[1](x.get("shape")) and _int()[1](x.get("params"))
+                    and _FRACTION[1](x.get("slice_sparsity")) and _FRACTION[1](x.get("unstructured_sparsity"))
+                    for x in layers)):
+        return artifact
+    new_layers = []
+    conv_zero = conv_total = weight_zero = weight_total = 0
+    compressed = any(x.get("latent_group") is not None for x in layers)
+    for x in layers:
+        old = {k: v for k, v in x.items() if k not in ("slice_sparsity", "unstructured_sparsity")}
+        shape, kxk = x["shape"], len(x["shape"]) > 2 and math.prod(x["shape"][2:]) > 1
+        if kxk:
+            slices = shape[0] * shape[1]
+            conv_zero += round(x["slice_sparsity"] * slices)
+            conv_total += slices
+        if x.get("latent_group") is not None or not compressed:
+            weight_zero += round(x["unstructured_sparsity"] * x["params"])
+            weight_total += x["params"]
+        new_layers.append({**old, "conv_slice_sparsity": x["slice_sparsity"] if kxk else None,
+                           "weight_sparsity": x["unstructured_sparsity"]})
+    new_metrics = {k: v for k, v in metrics.items() if k not in ("slice_sparsity", "unstructured_sparsity")}
+    new_metrics["conv_slice_sparsity"] = conv_zero / conv_total if conv_total else None
+    new_metrics["weight_sparsity"] = weight_zero / weight_total if weight_total else 0.0
+    return {**artifact, "layers": new_layers, "metrics": new_metrics}
 
 
 def _same(claimed: Any, actual: Any) -> bool:

@@ -110,14 +110,14 @@ def run_train(args: argparse.Namespace) -> int:
         if dist.is_initialized() and dist.get_rank() != 0:
             return 0
     summary = {"run_dir": str(args.out), **{k: result[k] for k in (
-        "arch", "dataset", "epochs", "top1", "top5", "test_loss", "params", "bits", "slice_sparsity",
-        "unstructured_sparsity", "macs_dense", "macs_sparse")}}
+        "arch", "dataset", "epochs", "top1", "top5", "test_loss", "params", "bits",
+        "conv_slice_sparsity", "weight_sparsity", "macs_dense", "macs_sparse")}}
     if args.json:
         print_json(summary)
     else:
         kb = f"{summary['bits'] / 8192:.2f} KB" if summary["bits"] is not None else "n/a"
         print(f"{summary['arch']} on {summary['dataset']}: top-1 {summary['top1']:.4f}, latents {kb}, "
-              f"slice sparsity {summary['slice_sparsity']:.4f}; run folder {args.out}")
+              f"weight sparsity {summary['weight_sparsity']:.4f}; run folder {args.out}")
     return 0
 
 

@@ -37,6 +37,10 @@ def _top1(row: dict[str, Any]) -> str:
     return f"{100 * top1:.2f}%" + ("" if row["accuracy"]["measured"] else " (claimed)")
 
 
+def _share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
 def _list(args: argparse.Namespace) -> int:
     rows = _zoo(args, first_use=True).list(args.pattern, dataset=args.dataset, max_bytes=args.max_bytes,
                                min_accuracy=args.min_accuracy, min_slice_sparsity=args.min_slice_sparsity)
@@ -46,9 +50,10 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no zoo entries match (add one with `lilnetx zoo add FILE.lnx --tag DATASET-...`)")
         return 0
-    table = [("NAME", "DATASET", "BYTES", "TOP-1", "VS FP32", "SLICE SPARSITY")]
-    table += [(r["name"], r["dataset"], f"{r['bytes']:,}", _top1(r),
-               f"{r['compression_ratio']:.1f}x", f"{100 * r['slice_sparsity']:.1f}%") for r in rows]
+    table = [("NAME", "DATASET", "BYTES", "TOP-1", "VS FP32", "CONV SLICES 0", "WEIGHTS 0", "MACS SAVED")]
+    table += [(r["name"], r["dataset"], f"{r['bytes']:,}", _top1(r), f"{r['compression_ratio']:.1f}x",
+               _share(r["conv_slice_sparsity"]), _share(r["weight_sparsity"]), _share(r["macs_saved"]))
+              for r in rows]
     print_table(table, right_align_from=2)
     if any(not r["accuracy"]["measured"] and r["top1"] is not None for r in rows):
         print("(claimed): top-1 from the artifact's header, not measured here; `lilnetx zoo verify NAME` "
