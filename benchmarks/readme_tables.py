@@ -35,7 +35,11 @@ def _script(name: str) -> Any:
         spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().parent / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[key] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]  # a script that fails to import is not cached half-built
+            raise
     return sys.modules[key]
 
 
