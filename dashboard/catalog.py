@@ -1,8 +1,9 @@
 """What the dashboard reads from the catalog, in few queries (no Streamlit here).
 
-``entry_rows`` lists every entry in ONE joined query (``queries.entry_table``; ``Zoo.list`` builds
-each row from ORM objects and lacks the architecture, dense MACs and dates), and ``fingerprint`` is a cheap key that changes whenever an entry
-is added, removed or re-pointed, so cached frames are rebuilt exactly when the catalog changed.
+``entry_rows`` lists every entry through the query and the rows of ``Zoo.list`` (``queries.entry_table``,
+``zoo.model_card.list_row``: one joined query, the one measured-else-claimed accuracy rule) without
+reading the remote zoo's index; ``fingerprint`` is a cheap key that changes whenever an entry is added,
+removed or re-pointed, so cached frames are rebuilt exactly when the catalog changed.
 """
 
 from __future__ import annotations
@@ -13,24 +14,13 @@ from sqlalchemy import Engine
 
 from zoo.catalog import queries
 from zoo.catalog.engine import describe_url, session_scope
+from zoo.model_card import list_row
 
 
 def entry_rows(engine: Engine) -> list[dict[str, Any]]:
-    """Every zoo entry as a plain dict shaped like a ``Zoo.list()`` row (``accuracy``, ``claimed_accuracy``,
-    ``bytes``) plus ``arch``, ``fp32_bytes``, ``macs_dense`` and ``added_at``, by name."""
+    """Every zoo entry as a ``Zoo.list()`` row (``zoo.model_card.list_row``), by name."""
     with session_scope(engine) as session:
-        rows = queries.entry_table(session)
-    for row in rows:
-        measured_top1, measured_top5 = row.pop("measured_top1"), row.pop("measured_top5")
-        claimed = {"top1": row["top1"], "top5": row["top5"]}
-        if measured_top1 is not None:
-            row["accuracy"] = {"top1": measured_top1, "top5": measured_top5, "measured": True}
-        else:
-            row["accuracy"] = {**claimed, "measured": False}
-        row["claimed_accuracy"] = claimed
-        row["bytes"] = row.pop("size_bytes")
-        row["top1"], row["top5"] = row["accuracy"]["top1"], row["accuracy"]["top5"]
-    return rows
+        return [list_row(row) for row in queries.entry_table(session)]
 
 
 def fingerprint(engine: Engine) -> tuple[str, ...]:

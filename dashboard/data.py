@@ -52,15 +52,10 @@ class Accuracy:
 
 
 def accuracy_of(item: Mapping[str, Any]) -> Accuracy:
-    """The accuracy a catalog row or model card shows: measured when the catalog has it, else claimed.
-
-    Reads ``item["accuracy"] = {"top1", "top5", "measured"}``; rows and cards from catalogs without
-    measured figures (a flat ``top1`` / ``top5``, or an ``accuracy`` dict without ``measured``) are claims.
-    """
-    acc = item.get("accuracy")
-    if isinstance(acc, Mapping):
-        return Accuracy(acc.get("top1"), acc.get("top5"), bool(acc.get("measured", False)))
-    return Accuracy(item.get("top1"), item.get("top5"), False)
+    """The accuracy a listing row or model card shows (``item["accuracy"]``, chosen by
+    ``zoo.model_card.accuracy_fields``: measured when the catalog has it, else claimed)."""
+    acc = item["accuracy"]
+    return Accuracy(acc["top1"], acc["top5"], acc["measured"])
 
 
 def _pct(value: float | None) -> float | None:

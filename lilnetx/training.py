@@ -191,23 +191,32 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> dict[str, float]:
-    """Top-1 / top-5 accuracy and mean cross-entropy of ``model`` on ``loader``."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None, *,
+             before_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy and mean cross-entropy of ``model`` on ``loader``.
+
+    The one measuring loop of the project (training, the zoo's ``measure``, the benchmarks):
+    ``before_batch(images_seen)`` runs before each batch, e.g. to stop by raising when time is up.
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct1 = correct5 = seen = 0
     loss = 0.0
-    with parametrize.cached():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(dim=1).sum().item()
-            seen += len(y)
-    model.train(was_training)
+    try:
+        with parametrize.cached():
+            for x, y in loader:
+                if before_batch is not None:
+                    before_batch(seen)
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                correct1 += (top[:, 0] == y).sum().item()
+                correct5 += (top == y[:, None]).any(dim=1).sum().item()
+                seen += len(y)
+    finally:
+        model.train(was_training)
     return {"top1": correct1 / max(seen, 1), "top5": correct5 / max(seen, 1), "test_loss": loss / max(seen, 1)}
 
 

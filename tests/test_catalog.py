@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from zoo_helpers import isolate, local_zoo, make_artifact, put_fake
 
 import lilnetx
-from zoo import service
+from zoo import mirror
 from zoo.catalog import engine as catalog_engine
 from zoo.catalog import queries
 from zoo.catalog.engine import database_url, get_engine, session_scope
@@ -305,7 +305,7 @@ def test_a_read_only_catalog_lists_and_reads_write_nothing(env: Path, caplog: py
     assert readonly.card("tiny.mnist-a")["name"] == "tiny.mnist-a"
     put_fake(local_zoo(env, "publisher"), "tiny.cifar10-c", b"c")
     local_zoo(env, "publisher").publish(str(site))
-    service._synced.clear()  # a new process: the index is read again
+    mirror._synced.clear()  # a new process: the index is read again
     readonly = Zoo(readonly.engine, z.store, remote_url=site.as_uri(), measure_timeout_s=0)
     with caplog.at_level(logging.WARNING):
         assert [e["name"] for e in readonly.list()] == ["tiny.mnist-a", "tiny.mnist-b"]

@@ -78,24 +78,19 @@ def _errors(at: streamlit_testing.AppTest) -> list[str]:
 # -- data -------------------------------------------------------------------------------------------------
 
 
-def _row(name: str, *, dataset: str = "mnist", top1: float | None = 0.98, measured: bool | None = None,
+def _row(name: str, *, dataset: str = "mnist", top1: float | None = 0.98, measured: bool = False,
          size: int = 5000, sparsity: float | None = 0.9) -> dict:
-    row = {"name": name, "arch": name.split(".")[0], "dataset": dataset, "bytes": size, "fp32_bytes": 100 * size,
-           "conv_slice_sparsity": sparsity, "weight_sparsity": 0.5, "macs_dense": 1_000_000, "macs_sparse": 250_000,
-           "added_at": datetime(2026, 1, 2, tzinfo=UTC), "sha256": "0" * 64}
-    if measured is None:
-        row.update(top1=top1, top5=None)  # a catalog row from before measured accuracy
-    else:
-        row["accuracy"] = {"top1": top1, "top5": None, "measured": measured}
-    return row
+    """A listing row as ``zoo.model_card.list_row`` makes one."""
+    return {"name": name, "arch": name.split(".")[0], "dataset": dataset, "bytes": size, "fp32_bytes": 100 * size,
+            "conv_slice_sparsity": sparsity, "weight_sparsity": 0.5, "macs_dense": 1_000_000,
+            "macs_sparse": 250_000, "added_at": datetime(2026, 1, 2, tzinfo=UTC).isoformat(), "sha256": "0" * 64,
+            "accuracy": {"top1": top1, "top5": None, "measured": measured}}
 
 
-def test_accuracy_accessor_reads_new_and_old_shapes() -> None:
+def test_accuracy_accessor_reads_the_shown_figure() -> None:
     assert data.accuracy_of({"accuracy": {"top1": 0.99, "top5": 1.0, "measured": True}}) == \
         data.Accuracy(0.99, 1.0, True)
-    assert data.accuracy_of({"top1": 0.97, "top5": 0.99}) == data.Accuracy(0.97, 0.99, False)
-    old_card = {"accuracy": {"top1": 0.9, "top5": None}}
-    assert data.accuracy_of(old_card).source == "claimed"
+    assert data.accuracy_of({"accuracy": {"top1": 0.9, "top5": None, "measured": False}}).source == "claimed"
 
 
 def test_catalog_frame_units_and_filters() -> None:
@@ -166,7 +161,7 @@ def test_entry_rows_is_one_query_that_agrees_with_zoo_list(seeded: Path) -> None
     assert [r["name"] for r in rows] == sorted(listed) == sorted(SEEDED)
     for row in rows:
         assert row["bytes"] == listed[row["name"]]["bytes"]
-        assert data.accuracy_of(row).top1 == pytest.approx(data.accuracy_of(listed[row["name"]]).top1)
+        assert row == {k: v for k, v in listed[row["name"]].items() if k != "cached"}  # one query, one rule
     assert catalog.plugin_of("lenet5_caffe") == "plugins.paper_models"
     assert catalog.plugin_of("no_such_arch") == "not installed"
 

@@ -106,23 +106,6 @@ def test_stream_with_wrong_hash_or_too_many_bytes_stores_nothing(tmp_path: Path)
     assert not [p for p in store.root.rglob("*") if p.is_file()]
 
 
-def test_check_sees_the_complete_temporary_file_and_its_error_stores_nothing(tmp_path: Path) -> None:
-    store, src, seen = Store(tmp_path / "store"), tmp_path / "a.lnx", []
-    src.write_bytes(DATA)
-
-    def check(path: Path) -> None:
-        seen.append((path.name.endswith(".tmp"), path.read_bytes()))
-        raise ValueError("not an artifact")
-
-    with open(src, "rb") as f, pytest.raises(ValueError, match="not an artifact"):
-        store.put_stream(_sha(DATA), f, check=check)
-    assert seen == [(True, DATA)]
-    assert not [p for p in store.root.rglob("*") if p.is_file()]
-    with open(src, "rb") as f:
-        stored = store.put_stream(_sha(DATA), f, check=lambda path: seen.append(path.read_bytes()))
-    assert stored.read_bytes() == DATA and seen[-1] == DATA and stored.stat().st_mode & 0o777 == 0o444
-
-
 def test_an_unwritable_destination_names_the_file_asked_for(tmp_path: Path) -> None:
     import re
 

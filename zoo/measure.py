@@ -129,37 +129,29 @@ def measure(model: nn.Module, header: dict[str, Any], *, data_root: Path | None 
             timeout_s: float = DEFAULT_TIMEOUT_S) -> Measurement:
     """Top-1 / top-5 of ``model`` (decoded from an artifact with ``header``) on its dataset's test split.
 
-    Batched, under ``torch.inference_mode``; :class:`MeasurementUnavailable` when measuring is off
+    Batched, by ``lilnetx.evaluate``; :class:`MeasurementUnavailable` when measuring is off
     (``timeout_s == 0``), the dataset is not available offline or does not fit the model, or it takes longer
     than ``timeout_s`` seconds (checked after loading the data and after every batch).
     """
     if timeout_s <= 0:
         raise MeasurementUnavailable(f"accuracy measuring is off ({TIMEOUT_ENV}=0 / --measure-timeout 0)")
-    import torch
     from torch.utils.data import DataLoader
+
+    from lilnetx import evaluate
 
     start = time.monotonic()
     dataset, test = _dataset(header, data_root)
-    correct1 = correct5 = seen = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for x, y in DataLoader(test, batch_size=BATCH):
-                if time.monotonic() - start > timeout_s:
-                    raise MeasurementUnavailable(
-                        f"measuring on {dataset} took longer than {timeout_s:g} s (stopped after {seen:,} of "
-                        f"{len(test):,} images); raise {TIMEOUT_ENV} / --measure-timeout")
-                logits = model(x)
-                top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-                correct1 += (top[:, 0] == y).sum().item()
-                correct5 += (top == y[:, None]).any(dim=1).sum().item()
-                seen += len(y)
-    finally:
-        model.train(was_training)
-    if seen == 0:
+    if len(test) == 0:
         raise MeasurementUnavailable(f"the test split of {dataset} is empty")
-    return Measurement(top1=correct1 / seen, top5=correct5 / seen, dataset=dataset, images=seen,
+
+    def in_time(seen: int) -> None:
+        if time.monotonic() - start > timeout_s:
+            raise MeasurementUnavailable(f"measuring on {dataset} took longer than {timeout_s:g} s (stopped after "
+                                         f"{seen:,} of {len(test):,} images); raise {TIMEOUT_ENV} / "
+                                         "--measure-timeout")
+
+    result = evaluate(model, DataLoader(test, batch_size=BATCH), before_batch=in_time)
+    return Measurement(top1=result["top1"], top5=result["top5"], dataset=dataset, images=len(test),
                        measured_at=datetime.now(UTC))
 
 

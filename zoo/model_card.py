@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
-from zoo.catalog.records import ArtifactRecord, Measurement
+from zoo.catalog.queries import measurement_of
+from zoo.catalog.records import ArtifactRecord, Measurement, macs_saved
 
 
 def accuracy_fields(claimed_top1: float | None, claimed_top5: float | None,
@@ -27,6 +29,25 @@ def accuracy_fields(claimed_top1: float | None, claimed_top5: float | None,
             "claimed_accuracy": claimed,
             "measured_on": {"dataset": measured.dataset, "images": measured.images,
                             "measured_at": measured.measured_at.isoformat()}}
+
+
+def list_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing row (``Zoo.list``, ``lilnetx zoo list --json``, the dashboard's Browse table) from a row of
+    ``zoo.catalog.queries.entry_table``: accuracy by :func:`accuracy_fields` (``top1`` / ``top5`` repeat the
+    figure shown), sparsity and MACs as on a card, ``verified`` False for an entry copied from a remote index
+    that no pull has checked yet."""
+    measured = measurement_of(row["measured_top1"], row["measured_top5"], row["measured_dataset"],
+                              row["measured_images"], row["measured_at"])
+    accuracy = accuracy_fields(row["top1"], row["top5"], measured)
+    added = row["added_at"]
+    return {"name": row["name"], "arch": row["arch"], "dataset": row["dataset"], "bytes": row["size_bytes"],
+            "top1": accuracy["accuracy"]["top1"], "top5": accuracy["accuracy"]["top5"], **accuracy,
+            "fp32_bytes": row["fp32_bytes"], "compression_ratio": row["fp32_bytes"] / row["size_bytes"],
+            "params": row["params"], "conv_slice_sparsity": row["conv_slice_sparsity"],
+            "weight_sparsity": row["weight_sparsity"], "macs_dense": row["macs_dense"],
+            "macs_sparse": row["macs_sparse"], "macs_saved": macs_saved(row["macs_dense"], row["macs_sparse"]),
+            "sha256": row["sha256"], "verified": row["verified"],
+            "added_at": (added if added.tzinfo else added.replace(tzinfo=UTC)).isoformat()}
 
 
 def model_card(name: str, dataset: str, record: ArtifactRecord,

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import posixpath
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,15 +176,11 @@ def _index_entry(item: Any, *, legacy: bool = False) -> IndexEntry:
     return IndexEntry(name=name, dataset=dataset, artifact=record)
 
 
-def fetch_artifact(url: str, sha256: str, size: int, store: Store, *,
-                   check: Callable[[Path], None] | None = None) -> Path:
-    """Download the artifact at ``url`` into ``store``, rejecting any byte that is not ``sha256``.
-
-    ``check(path)`` may inspect the downloaded file before it enters the store (see ``Store.put_stream``).
-    """
+def fetch_artifact(url: str, sha256: str, size: int, store: Store) -> Path:
+    """Download the artifact at ``url`` into ``store``, rejecting any byte that is not ``sha256``."""
     check_artifact_url(url, sha256)
     with _remote("download the artifact", url), _open_read(url) as f:
-        return store.put_stream(sha256, f, size=size, source=url, check=check)
+        return store.put_stream(sha256, f, size=size, source=url)
 
 
 def publish(entries: list[tuple[IndexEntry, Path]], dest: str) -> str:

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,11 +41,10 @@ def sha256_file(path: Path) -> str:
 
 
 def _write_atomic(final: Path, chunks: Iterable[bytes], *, expect: str | None = None, source: str = "",
-                  mode: int | None = None, check: Callable[[Path], None] | None = None) -> str:
+                  mode: int | None = None) -> str:
     """Write ``chunks`` to a temporary file beside ``final``, fsync, rename; return the sha256 written.
 
-    With ``expect``, bytes hashing to anything else raise :class:`ChecksumError` and ``final`` is untouched;
-    ``check(temporary_path)`` runs on the complete file before the rename, and whatever it raises does too.
+    With ``expect``, bytes hashing to anything else raise :class:`ChecksumError` and ``final`` is untouched.
     """
     digest = hashlib.sha256()
     with atomic_file(final, mode=mode) as f:
@@ -57,9 +56,6 @@ def _write_atomic(final: Path, chunks: Iterable[bytes], *, expect: str | None = 
                 f"{source} has sha256 {digest.hexdigest()}, not the expected {expect}: the file is corrupt "
                 "or was replaced; it was rejected and nothing was stored"
             )
-        if check is not None:
-            f.flush()
-            check(Path(f.name))
     return digest.hexdigest()
 
 
@@ -95,17 +91,11 @@ class Store:
     def _ref_path(self, name: str) -> Path:
         return self.root / "refs" / to_filename(name)
 
-    def put_stream(self, sha256: str, f: BinaryIO, *, size: int | None = None, source: str = "stream",
-                   check: Callable[[Path], None] | None = None) -> Path:
-        """Store the bytes of ``f``, which must hash to ``sha256`` (and be at most ``size`` bytes when given).
-
-        ``check(path)`` may inspect the complete, hash-checked file before it enters the store; whatever it
-        raises rejects the file and stores nothing. It is not called when the store already holds the object.
-        """
+    def put_stream(self, sha256: str, f: BinaryIO, *, size: int | None = None, source: str = "stream") -> Path:
+        """Store the bytes of ``f``, which must hash to ``sha256`` (and be at most ``size`` bytes when given)."""
         final = self.object_path(sha256)
         if self.get(sha256) is None:
-            _write_atomic(final, read_chunks(f, size, source), expect=sha256, source=source, mode=0o444,
-                          check=check)
+            _write_atomic(final, read_chunks(f, size, source), expect=sha256, source=source, mode=0o444)
         return final
 
     def put_file(self, path: Path, sha256: str | None = None) -> tuple[str, Path]:

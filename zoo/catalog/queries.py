@@ -7,10 +7,10 @@ import fnmatch
 import logging
 import math
 import statistics
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from zoo.catalog.models import (
@@ -68,7 +68,14 @@ def find_entries(
     pass it. ``min_slice_sparsity`` bounds the conv slice sparsity (zero K×K slices of the convolutions with
     K×K > 1); entries without such convolutions never pass it.
     """
-    query = select(ZooEntry).join(ZooEntry.artifact).join(Artifact.metrics).order_by(ZooEntry.name)
+    query = _filtered(select(ZooEntry), dataset, max_bytes, min_accuracy, min_slice_sparsity)
+    return [e for e in session.scalars(query) if fnmatch.fnmatchcase(e.name, pattern)]
+
+
+def _filtered(query: Select[Any], dataset: str | None, max_bytes: int | None, min_accuracy: float | None,
+              min_slice_sparsity: float | None) -> Select[Any]:
+    """``query`` over entries joined with their artifact and metrics, filtered as :func:`find_entries` says."""
+    query = query.join(ZooEntry.artifact).join(Artifact.metrics).order_by(ZooEntry.name)
     if dataset is not None:
         query = query.where(ZooEntry.dataset == dataset)
     if max_bytes is not None:
@@ -77,7 +84,7 @@ def find_entries(
         query = query.where(func.coalesce(Metrics.measured_top1, Metrics.top1) >= min_accuracy)
     if min_slice_sparsity is not None:
         query = query.where(Metrics.conv_slice_sparsity >= min_slice_sparsity)
-    return [e for e in session.scalars(query) if fnmatch.fnmatchcase(e.name, pattern)]
+    return query
 
 
 def _architecture(session: Session, name: str) -> Architecture:
@@ -246,24 +253,33 @@ def set_measurement(session: Session, sha256: str, measured: Measurement) -> Non
 def measurement(artifact: Artifact) -> Measurement | None:
     """What this installation measured for ``artifact``, or ``None`` when it only has the header's claim."""
     m = artifact.metrics
-    if m.measured_top1 is None or m.measured_dataset is None or m.measured_images is None \
-            or m.measured_at is None:
+    return measurement_of(m.measured_top1, m.measured_top5, m.measured_dataset, m.measured_images, m.measured_at)
+
+
+def measurement_of(top1: float | None, top5: float | None, dataset: str | None, images: int | None,
+                   at: datetime | None) -> Measurement | None:
+    """The :class:`Measurement` stored in a metrics row's ``measured_*`` columns, ``None`` when incomplete."""
+    if top1 is None or dataset is None or images is None or at is None:
         return None
-    at = m.measured_at if m.measured_at.tzinfo else m.measured_at.replace(tzinfo=UTC)  # SQLite drops the zone
-    return Measurement(top1=m.measured_top1, top5=m.measured_top5, dataset=m.measured_dataset,
-                       images=m.measured_images, measured_at=at)
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite drops the zone
+    return Measurement(top1=top1, top5=top5, dataset=dataset, images=images, measured_at=at)
 
 
-def entry_table(session: Session) -> list[dict[str, Any]]:
-    """Every entry's listing columns (name, arch, dataset, sizes, claimed and measured accuracy, sparsity,
-    MACs, sha256, dates) as plain dicts, by name, in ONE joined query (for views of thousands of entries)."""
+def entry_table(session: Session, pattern: str = "*", *, dataset: str | None = None,
+                max_bytes: int | None = None, min_accuracy: float | None = None,
+                min_slice_sparsity: float | None = None) -> list[dict[str, Any]]:
+    """The listing columns of the entries :func:`find_entries` finds (name, arch, dataset, sizes, claimed and
+    measured accuracy, sparsity, MACs, sha256, dates) as plain dicts, by name, in ONE joined query (views of
+    thousands of entries); ``zoo.model_card.list_row`` turns one into a listing row."""
     columns = [ZooEntry.name, ZooEntry.dataset, ZooEntry.added_at, Architecture.name.label("arch"),
                Artifact.sha256, Artifact.size_bytes, Artifact.verified, Metrics.top1, Metrics.top5,
-               Metrics.measured_top1, Metrics.measured_top5, Metrics.fp32_bytes, Metrics.params,
-               Metrics.conv_slice_sparsity, Metrics.weight_sparsity, Metrics.macs_dense, Metrics.macs_sparse]
-    query = (select(*columns).join(ZooEntry.architecture).join(ZooEntry.artifact).join(Artifact.metrics)
-             .order_by(ZooEntry.name))
-    return [row._asdict() for row in session.execute(query)]
+               Metrics.measured_top1, Metrics.measured_top5, Metrics.measured_dataset, Metrics.measured_images,
+               Metrics.measured_at, Metrics.fp32_bytes, Metrics.params, Metrics.conv_slice_sparsity,
+               Metrics.weight_sparsity, Metrics.macs_dense, Metrics.macs_sparse]
+    query = _filtered(select(*columns).join(ZooEntry.architecture), dataset, max_bytes, min_accuracy,
+                      min_slice_sparsity)
+    rows = [row._asdict() for row in session.execute(query)]
+    return [row for row in rows if fnmatch.fnmatchcase(row["name"], pattern)] if pattern != "*" else rows
 
 
 def catalog_fingerprint(session: Session) -> tuple[str, ...]:
