@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 import lilnetx
 from lilnetx.artifact import ArtifactInfo, snap_decoder
+from lilnetx.artifact.format import is_latent_key
 from lilnetx.dead_paths import remove_dead_paths
 from lilnetx.training import Trainer, evaluate, seed_everything
 from zoo import recipe as recipes
@@ -119,8 +120,12 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None
     return recipe, spec, stats, checkpoint
 
 
-def _changes_weights(model: nn.Module, decoder_dtype: str | None) -> bool:
-    """Whether storing ``model``'s decoders as ``decoder_dtype`` rounds any of them (a lossy export)."""
+def _changes_weights(model: nn.Module, decoder_dtype: str | None, float_dtype: str) -> bool:
+    """Whether storing ``model``'s decoders as ``decoder_dtype`` rounds any of them, or ``float_dtype`` its float
+    parameters and BatchNorms (a lossy export)."""
+    if float_dtype != "float32" and any(value.is_floating_point() for key, value in model.state_dict().items()
+                                        if not is_latent_key(key)):
+        return True
     if decoder_dtype is None:
         return False
     return any(not torch.equal(snap_decoder(g.decoder.detach(), decoder_dtype), g.decoder.detach())
@@ -139,15 +144,15 @@ def _run_model(run_dir: Path, recipe: dict[str, Any], spec: dict[str, Any] | Non
 
 
 def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None,
-               dead_paths: bool | None = None) -> ArtifactInfo:
+               dead_paths: bool | None = None, float_dtype: str | None = None) -> ArtifactInfo:
     """Write the model of training run ``run_dir`` to ``output`` with its dataset, metrics and recipe.
 
-    ``decoder_dtype`` and ``dead_paths`` default to the recipe's ``export`` section (else: the smallest exact
-    decoder type, dead paths removed).
+    ``decoder_dtype``, ``dead_paths`` and ``float_dtype`` default to the recipe's ``export`` section (else: the
+    smallest exact decoder type, dead paths removed, BatchNorm as float16 scale and shift).
 
     ``dead_paths`` zeroes the weights that cannot change any output first (``lilnetx.dead_paths``: lossless).
     The recipe in the header has machine paths (``dataset_kwargs.root``) removed. The metrics are the run's,
-    unless ``decoder_dtype`` rounds the decoders: then they are measured on the decoded artifact itself, on
+    unless ``decoder_dtype`` rounds the decoders or ``float_dtype`` the float parameters: then they are measured on the decoded artifact itself, on
     the dataset's test split (the only case that loads the dataset).
     """
     recipe, spec, stats, checkpoint = read_run(run_dir)
@@ -157,6 +162,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
         raise RunFolderError(f"{Path(run_dir) / 'recipe.yaml'}: {exc}") from exc
     decoder_dtype = decoder_dtype or settings["decoder_dtype"]
     dead_paths = settings["dead_paths"] if dead_paths is None else dead_paths
+    float_dtype = float_dtype or settings["float_dtype"]
     model = _run_model(Path(run_dir), recipe, spec)
     try:
         model.load_state_dict(checkpoint["model"])
@@ -166,11 +172,11 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
         remove_dead_paths(model)
     metadata = {"dataset": recipe.get("dataset"), "metrics": {k: stats[k] for k in METRIC_KEYS if k in stats},
                 "recipe": recipes.published(recipe), "run": {"epochs": stats.get("epochs", checkpoint.get("epoch"))}}
-    if _changes_weights(model, decoder_dtype):
+    if _changes_weights(model, decoder_dtype, float_dtype):
         with tempfile.TemporaryDirectory() as tmp:
-            lilnetx.save(model, Path(tmp) / "lossy.lnx", decoder_dtype=decoder_dtype)
+            lilnetx.save(model, Path(tmp) / "lossy.lnx", decoder_dtype=decoder_dtype, float_dtype=float_dtype)
             decoded = lilnetx.load(Path(tmp) / "lossy.lnx")
         test = registry.get_dataset(recipe["dataset"], **(recipe.get("dataset_kwargs") or {})).test
         measured = evaluate(decoded, DataLoader(test, batch_size=EVAL_BATCH_SIZE), torch.device("cpu"))
         metadata["metrics"] = {k: measured[k] for k in METRIC_KEYS}
-    return lilnetx.save(model, output, metadata=metadata, decoder_dtype=decoder_dtype)
+    return lilnetx.save(model, output, metadata=metadata, decoder_dtype=decoder_dtype, float_dtype=float_dtype)

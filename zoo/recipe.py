@@ -32,6 +32,7 @@ TYPED = ("reparam", "train", "export")
 EXPORT_OPTIONS: dict[str, tuple[Any, str]] = {  # zoo.pipeline.export_run's settings: (default, type)
     "decoder_dtype": (None, "str | None"),  # None: the smallest exact type; else lossy, re-measured on export
     "dead_paths": (True, "bool"),  # zero the weights no output can see (lossless)
+    "float_dtype": ("float16", "str"),  # BatchNorm as float16 (or qint8) scale and shift; float32: exact
 }
 
 
@@ -153,6 +154,9 @@ def export_settings(recipe: dict[str, Any]) -> dict[str, Any]:
     if settings["decoder_dtype"] not in (None, *lilnetx.artifact.DECODER_DTYPES):
         raise RecipeError(f"recipe export.decoder_dtype {settings['decoder_dtype']!r} is not one of "
                           f"{', '.join(lilnetx.artifact.DECODER_DTYPES)} (or null: the smallest exact type)")
+    if settings["float_dtype"] not in lilnetx.artifact.FLOAT_PARAM_DTYPES:
+        raise RecipeError(f"recipe export.float_dtype {settings['float_dtype']!r} is not one of "
+                          f"{', '.join(lilnetx.artifact.FLOAT_PARAM_DTYPES)}")
     return settings
 
 

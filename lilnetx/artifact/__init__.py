@@ -4,7 +4,8 @@ Sections (byte lengths in the header, layout in ``format``): ``tables``, one bit
 integer frequency tables (``lilnetx.entropy_coding``, frozen from each group's density by
 ``FactorizedDensity.freeze``), groups in header order; ``decoders``, each group's decoder (``width x width``
 unless its form is diagonal or scalar), raw little-endian, or as qint8 (a float16 scale per row, then int8s); ``float_params``, every state-dict entry that is not a latent (BatchNorm, biases and layers
-left uncompressed, buffers), raw little-endian, dtype and shape in the header; ``coded_latents``, one ANS
+left uncompressed, buffers), raw little-endian, dtype and shape in the header (from format 4 a BatchNorm is
+one entry: its per-channel scale and shift, float16 or qint8); ``coded_latents``, one ANS
 stream of every latent tensor (layer order, then channel order); each layer's share of it in bits is the
 header's ``coded_bits``, which the decoder checks as it goes. ``load`` compares the architecture's tensor
 names and shapes with the header (on the meta device) before decoding anything. Nothing is pickled.
@@ -27,6 +28,7 @@ from lilnetx.artifact.format import (
     DECODER_DTYPES,
     DTYPES,
     FLOAT_DTYPES,
+    FLOAT_PARAM_DTYPES,
     FORMAT_VERSION,
     SECTIONS,
     ArtifactInfo,
@@ -38,7 +40,7 @@ from lilnetx.artifact.rebuild import BUILDER_GROUP, Builder, from_artifact, load
 from lilnetx.artifact.writer import save
 
 __all__ = [
-    "BUILDER_GROUP", "DECODER_DTYPES", "DTYPES", "FLOAT_DTYPES", "FORMAT_VERSION", "SECTIONS",
+    "BUILDER_GROUP", "DECODER_DTYPES", "DTYPES", "FLOAT_DTYPES", "FLOAT_PARAM_DTYPES", "FORMAT_VERSION", "SECTIONS",
     "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "ArtifactNotFoundError", "BadMagicError", "Builder", "ChecksumMismatchError",
     "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError",
     "from_artifact", "load", "read_artifact", "read_header", "save", "snap_decoder", "verify",

@@ -1,9 +1,14 @@
-"""Format 3 of the ``.lnx`` file (reads 1 and 2 too): constants, framing, varints, the compressed header and raw
+"""Format 4 of the ``.lnx`` file (reads 1 to 3 too): constants, framing, varints, the compressed header and raw
 tensor bytes. Format 2 adds ``reparam.decoder_forms``: a group's decoder may be stored as ``1 x width``
 (diagonal) or ``1 x 1`` (scalar) instead of ``width x width``. Format 3 compresses the header with a preset
 dictionary of today's header fields (``ZDICT_V3``), leaves out the per-layer figures a reader recomputes from
 the latents (``ideal_bits``, ``zeros``, ``zero_slices``) and adds the decoder type ``qint8``: int8 values with
-one float16 scale per decoder row (value = q * scale). Older files are read unchanged.
+one float16 scale per decoder row (value = q * scale). Format 4 stores each BatchNorm as one ``float_params``
+entry ``{"fold": "batchnorm"}``: its per-channel scale ``weight / sqrt(running_var + eps)`` and shift
+``bias - running_mean * scale`` as a (2, C) float16 or qint8 tensor, the scale stored times ``sqrt(1 + eps)``
+(running statistics dropped; on reading, weight = stored scale, bias = shift, mean = 0, var = 1, so the
+BatchNorm computes ``x * scale + shift``), and may store other float parameters as float16 (``"as"``: the
+dtype they are read back as). Older files are read unchanged.
 
 Layout (varints are unsigned LEB128)::
 
@@ -39,9 +44,9 @@ from lilnetx.reparam import decoder_shape
 
 MAGIC = b"\x89LNX"
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 DIGEST_SIZE = 32
 
@@ -69,6 +74,10 @@ FLOAT_DTYPES = ("float32", "float64", "float16", "bfloat16")
 DECODER_DTYPES = (*FLOAT_DTYPES, "qint8")  # qint8: format 3
 
 QINT8_MAX = 127
+
+FLOAT_PARAM_DTYPES = ("float32", "float16", "qint8")  # save(float_dtype=): float32 keeps every tensor as it is
+
+BATCHNORM_KEYS = ("weight", "bias", "running_mean", "running_var")  # then num_batches_tracked, in state-dict order
 
 DERIVED_LAYER_FIELDS = ("ideal_bits", "zeros", "zero_slices")  # stored up to format 2, recomputed from format 3
 
@@ -153,7 +162,7 @@ ZDICT_V3 = json.dumps(_HEADER_TEMPLATE, separators=(",", ":")).encode() + json.d
 
 
 def _zdict(version: int) -> bytes:
-    return ZDICT_V3 if version >= 3 else ZDICT
+    return ZDICT_V3 if version >= 3 else ZDICT  # format 4 keeps format 3's dictionary
 
 
 @dataclass(frozen=True)
@@ -379,4 +388,70 @@ def split_tensors(data: bytes, entries: list[tuple[str, str, list[int]]]) -> dic
         pos += count * np_dtype.itemsize
         tensor = torch.from_numpy(array)
         out[name] = (tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor).reshape(shape)
+    return out
+
+
+def param_layout(entry: dict[str, Any]) -> list[tuple[str, str, list[int]]]:
+    """The state-dict tensors ``(name, dtype, shape)`` that one header ``float_params`` entry stands for."""
+    if entry.get("fold") == "batchnorm":
+        name, shape, dtype = entry["name"], entry["shape"], entry["as"]
+        return [*((f"{name}.{key}", dtype, shape) for key in BATCHNORM_KEYS), (f"{name}.num_batches_tracked", "int64", [])]
+    return [(entry["name"], entry.get("as", entry["dtype"]), entry["shape"])]
+
+
+def param_nbytes(entry: dict[str, Any]) -> int:
+    """Bytes one ``float_params`` entry takes in the file (a folded BatchNorm: its (2, C) scale and shift)."""
+    if entry.get("fold") == "batchnorm":
+        return decoder_nbytes(entry["dtype"], [2, *entry["shape"]])
+    return math.prod(entry["shape"]) * np.dtype(DTYPES[entry["dtype"]][0]).itemsize
+
+
+def param_entry_error(entry: dict[str, Any], version: int) -> str | None:
+    """What is wrong with the format-4 keys of a ``float_params`` entry (``name``, ``dtype`` and ``shape`` are
+    checked by the caller), or ``None``."""
+    extra = {"fold", "as"} & entry.keys()
+    if version < 4:
+        if extra or entry["dtype"] == "qint8":
+            return f"has {sorted(extra) or 'dtype qint8'}, which format {version} does not have"
+        return None
+    if "as" in entry and entry["as"] not in FLOAT_DTYPES:
+        return f"'as' {entry['as']!r} is not one of {FLOAT_DTYPES}"
+    if "fold" not in entry:
+        return "dtype 'qint8' belongs to a folded BatchNorm" if entry["dtype"] == "qint8" else None
+    if (entry["fold"] != "batchnorm" or "as" not in entry or len(entry["shape"]) != 1
+            or entry["dtype"] not in FLOAT_PARAM_DTYPES):
+        return f"a folded BatchNorm needs fold 'batchnorm', a shape [C], a dtype in {FLOAT_PARAM_DTYPES} and 'as'"
+    return None
+
+
+def fold_batchnorm(module: torch.nn.modules.batchnorm._BatchNorm, dtype: str) -> torch.Tensor:
+    """The (2, C) scale and shift of an eval-mode BatchNorm as the file stores them (rounded to ``dtype``), the
+    scale times ``sqrt(1 + eps)``: the BatchNorm read back with variance 1 divides by that again."""
+    weight, bias = module.weight.detach().double(), module.bias.detach().double()
+    scale = weight / torch.sqrt(module.running_var.detach().double() + module.eps)
+    shift = bias - module.running_mean.detach().double() * scale
+    rows = torch.stack([scale * math.sqrt(1 + module.eps), shift]).float()
+    return snap_decoder(rows, dtype)
+
+
+def batchnorm_bytes(module: torch.nn.modules.batchnorm._BatchNorm, dtype: str) -> bytes:
+    return decoder_bytes(fold_batchnorm(module, dtype), dtype)
+
+
+def unfold_params(entries: list[dict[str, Any]], data: bytes) -> dict[str, torch.Tensor]:
+    """Every state-dict tensor the ``float_params`` section stands for (sizes already checked)."""
+    out, pos = {}, 0
+    for entry in entries:
+        size = param_nbytes(entry)
+        chunk, pos = data[pos:pos + size], pos + size
+        if entry.get("fold") != "batchnorm":
+            stored = split_tensors(chunk, [(entry["name"], entry["dtype"], entry["shape"])])[entry["name"]]
+            out[entry["name"]] = stored.to(DTYPES[entry.get("as", entry["dtype"])][1])
+            continue
+        scale, shift = split_decoders(chunk, [("bn", entry["dtype"], [2, *entry["shape"]])])["bn"].float()
+        dtype = DTYPES[entry["as"]][1]
+        names = [name for name, _, _ in param_layout(entry)]
+        tensors = (scale, shift, torch.zeros_like(scale), torch.ones_like(scale), torch.zeros((), dtype=torch.int64))
+        for name, tensor in zip(names, tensors, strict=True):
+            out[name] = tensor if tensor.dtype == torch.int64 else tensor.to(dtype)
     return out

@@ -27,7 +27,7 @@ from lilnetx.artifact.format import (
     read_varint,
     section_parts,
     split_decoders,
-    split_tensors,
+    unfold_params,
 )
 from lilnetx.artifact.validation import check_header
 
@@ -82,8 +82,7 @@ def decode(data: bytes, header: dict[str, Any], sections: dict[str, bytes], sour
     latents = _decode_latents(header, sections, source, layer_stats)
     shapes = decoder_shapes(header)
     decoders = split_decoders(sections["decoders"], [(g["name"], g["dtype"], shapes[g["name"]]) for g in header["groups"]])
-    params = split_tensors(sections["float_params"],
-                            [(p["name"], p["dtype"], p["shape"]) for p in header["float_params"]])
+    params = unfold_params(header["float_params"], sections["float_params"])  # folded BatchNorms unfolded
     return DecodedArtifact(header=header, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
                     parts=section_parts(header, len(data)), latents=latents, decoders=decoders, float_params=params)
 

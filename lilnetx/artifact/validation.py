@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +22,9 @@ from lilnetx.artifact.format import (
     SECTIONS,
     decoder_nbytes,
     decoder_shapes,
+    param_entry_error,
+    param_layout,
+    param_nbytes,
 )
 from lilnetx.reparam import DECODER_FORMS, INITS, STRUCTURES
 
@@ -88,8 +90,12 @@ def check_header(h: dict[str, Any], source: str) -> None:
         "est_bits": is_number,
         **{key: is_number for key in DERIVED_LAYER_FIELDS if h["format_version"] < 3}})
     check_entries(h.get("float_params"), source, "float_params", {
-        "name": is_name, "dtype": lambda v: isinstance(v, str) and v in DTYPES, "shape": is_shape})
-    both = sorted({layer["name"] for layer in h["layers"]} & {p["name"] for p in h["float_params"]})
+        "name": is_name, "dtype": lambda v: isinstance(v, str) and (v in DTYPES or v == "qint8"), "shape": is_shape})
+    for i, entry in enumerate(h["float_params"]):
+        if (error := param_entry_error(entry, h["format_version"])) is not None:
+            raise corrupt(source, f"header['float_params'][{i}] ({entry['name']!r}): {error}")
+    both = sorted({layer["name"] for layer in h["layers"]}
+                  & {name for p in h["float_params"] for name, _, _ in param_layout(p)})
     if both:
         raise corrupt(source, f"header names {both[0]!r} both as a compressed layer and as a float parameter")
     total = 0
@@ -103,8 +109,7 @@ def check_header(h: dict[str, Any], source: str) -> None:
         raise corrupt(source, f"the layers claim {total} latents, more than the limit of {MAX_ELEMENTS}")
     shapes = decoder_shapes(h)
     sizes = {"decoders": sum(decoder_nbytes(g["dtype"], shapes[g["name"]]) for g in h["groups"]),
-             "float_params": sum(math.prod(p["shape"]) * np.dtype(DTYPES[p["dtype"]][0]).itemsize
-                                 for p in h["float_params"])}
+             "float_params": sum(param_nbytes(p) for p in h["float_params"])}
     for section, size in sizes.items():
         if size != sections[section]:
             raise corrupt(source, f"the {section} described in the header take {size} bytes, "
@@ -123,7 +128,7 @@ def check_tensors(header: dict[str, Any], built: TensorSpecs, source: str) -> No
     (and dtypes, for float parameters)."""
     arch = header["arch"]
     recorded = {e["name"]: (e["shape"], None) for e in header["layers"]}
-    recorded |= {e["name"]: (e["shape"], DTYPES[e["dtype"]][1]) for e in header["float_params"]}
+    recorded |= {name: (shape, DTYPES[dtype][1]) for e in header["float_params"] for name, dtype, shape in param_layout(e)}
     if recorded.keys() != built.keys():
         only_file = sorted(recorded.keys() - built.keys())[:5]
         only_model = sorted(built.keys() - recorded.keys())[:5]

@@ -16,10 +16,13 @@ from lilnetx import entropy_coding as ec
 from lilnetx.artifact.errors import ArtifactError
 from lilnetx.artifact.format import (
     DECODER_DTYPES,
+    FLOAT_DTYPES,
+    FLOAT_PARAM_DTYPES,
     FORMAT_VERSION,
     SECTIONS,
     ArtifactInfo,
     assemble,
+    batchnorm_bytes,
     decoder_bytes,
     decoder_nbytes,
     dtype_name,
@@ -43,6 +46,7 @@ def save(
     metadata: dict[str, Any] | None = None,
     tables: Literal["best", "learned"] = "best",
     decoder_dtype: str | None = None,
+    float_dtype: str = "float16",
 ) -> ArtifactInfo:
     """Write the reparameterised ``model`` to ``path`` atomically; same model, same bytes.
 
@@ -53,7 +57,9 @@ def save(
     follows the learned density. Each decoder is stored in the smallest type that holds it exactly (float16,
     bfloat16, or ``"qint8"``: int8 with a float16 scale per row, which decoders trained with
     ``TrainConfig(decoder_dtype="qint8")`` are); ``decoder_dtype`` forces a type: a smaller file whose weights
-    may differ slightly from ``model``'s (lossy).
+    may differ slightly from ``model``'s (lossy). ``float_dtype`` stores each BatchNorm as its per-channel scale
+    and shift in float16 (default) or qint8, and other float parameters in float16: lossy too, so measure the
+    decoded model; ``"float32"`` keeps every float parameter (running statistics included) as it is.
     """
     tensors = latent_tensors(model)
     if not tensors:
@@ -63,9 +69,11 @@ def save(
         raise ArtifactError(f"tables must be 'best' or 'learned', not {tables!r}")
     if decoder_dtype not in (None, *DECODER_DTYPES):
         raise ArtifactError(f"decoder_dtype must be one of {DECODER_DTYPES}, not {decoder_dtype!r}")
+    if float_dtype not in FLOAT_PARAM_DTYPES:
+        raise ArtifactError(f"float_dtype must be one of {FLOAT_PARAM_DTYPES}, not {float_dtype!r}")
     arch, arch_kwargs = _arch(model, arch, arch_kwargs)
     sections, groups, layers = _encode_latents(model, tensors, tables, decoder_dtype)
-    float_meta, sections["float_params"] = _encode_float_params(model)
+    float_meta, sections["float_params"] = _encode_float_params(model, float_dtype)
     header = {
         "format_version": FORMAT_VERSION, "arch": arch, "arch_kwargs": arch_kwargs,
         **_input_cfg(model), **_split_metadata(metadata or {}), "versions": _versions(model),
@@ -185,11 +193,43 @@ def _layer_entry(t: LatentTensor, rows: np.ndarray, coded_bits: int) -> dict[str
             "range": [int(rows.min()), int(rows.max())], "est_bits": round(est, 1), "coded_bits": int(coded_bits)}
 
 
-def _encode_float_params(model: nn.Module) -> tuple[list[dict[str, Any]], bytes]:
-    meta, chunks = [], []
-    for key, value in model.state_dict().items():
-        if is_latent_key(key):
+def _encode_float_params(model: nn.Module, float_dtype: str) -> tuple[list[dict[str, Any]], bytes]:
+    """The header's ``float_params`` entries and their bytes: every state-dict tensor that is not a latent, as
+    it is (``float32``), or BatchNorms folded to scale and shift and other float tensors in float16."""
+    state = {key: value for key, value in model.state_dict().items() if not is_latent_key(key)}
+    folded = {} if float_dtype == "float32" else _foldable_batchnorms(model, state)
+    meta, chunks, skip = [], [], set()
+    for key, value in state.items():
+        if key in skip:
             continue
-        meta.append({"name": key, "dtype": dtype_name(value, key), "shape": list(value.shape)})
+        module_name = key.removesuffix(".weight")
+        if module_name in folded:
+            bn = folded[module_name]
+            meta.append({"name": module_name, "fold": "batchnorm", "dtype": float_dtype,
+                         "shape": [bn.num_features], "as": dtype_name(bn.weight, key)})
+            chunks.append(batchnorm_bytes(bn, float_dtype))
+            skip |= {f"{module_name}.{k}" for k in ("bias", "running_mean", "running_var", "num_batches_tracked")}
+            continue
+        dtype = dtype_name(value, key)
+        entry = {"name": key, "dtype": dtype, "shape": list(value.shape)}
+        if float_dtype != "float32" and dtype in FLOAT_DTYPES and dtype != "float16":
+            entry, value = {**entry, "dtype": "float16", "as": dtype}, value.to(torch.float16)
+        meta.append(entry)
         chunks.append(raw_bytes(value))
     return meta, b"".join(chunks)
+
+
+def _foldable_batchnorms(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """BatchNorms with affine parameters and running statistics whose five state-dict entries come in order."""
+    names = list(state)
+    position = {key: i for i, key in enumerate(names)}
+    out = {}
+    for name, module in model.named_modules():
+        if not (name and isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+                and module.running_mean is not None and module.weight.dtype in (torch.float32, torch.float64)):
+            continue
+        keys = [f"{name}.{k}" for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+        start = position.get(keys[0], -1)
+        if start >= 0 and names[start:start + 5] == keys:
+            out[name] = module
+    return out

@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 import lilnetx
-from lilnetx.artifact import DECODER_DTYPES
+from lilnetx.artifact import DECODER_DTYPES, FLOAT_PARAM_DTYPES
 from zoo.cli.output import format_table, print_json
 from zoo.pipeline import export_run
 
@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="store decoders in this type (default: the recipe's export.decoder_dtype, else the smallest "
                         "exact one; qint8 = int8 with a float16 scale per row); when that changes the weights, "
                         "the artifact is re-evaluated on the dataset's test split")
+    p.add_argument("--float-dtype", choices=FLOAT_PARAM_DTYPES,
+                   help="store each BatchNorm as its per-channel scale and shift in this type, other float "
+                        "parameters in float16 (default: the recipe's export.float_dtype, else float16; lossy: the "
+                        "artifact is re-evaluated); float32 keeps every float parameter exactly")
     p.add_argument("--keep-dead-paths", action="store_true",
                    help="store weights on dead paths too (by default, or unless the recipe's export.dead_paths "
                         "is false, they are zeroed: lossless, smaller)")
@@ -55,7 +59,7 @@ def run_export(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise CLIError(str(exc)) from None
     info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype,
-                      dead_paths=False if args.keep_dead_paths else None)
+                      dead_paths=False if args.keep_dead_paths else None, float_dtype=args.float_dtype)
     onnx = _export_onnx(str(info.path), args.onnx) if args.onnx else None
     if args.json:
         print_json({**dataclasses.asdict(info), "path": str(info.path), **({"onnx": onnx} if onnx else {})})
