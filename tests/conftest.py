@@ -36,3 +36,12 @@ def timm_lnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          dataset="digits", top1=0.5)
     path.chmod(0o444)
     return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A zoo of its own under ``tmp_path``: catalog, store and shipped folder there; no remote; measuring off."""
+    from zoo_helpers import isolate
+
+    isolate(tmp_path, monkeypatch)
+    return tmp_path

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 from catalog_contract import CatalogContract
 from sqlalchemy import create_engine, text
-from zoo_helpers import isolate, local_zoo, make_artifact, put_fake
+from zoo_helpers import local_zoo, make_artifact, put_fake
 
 import lilnetx
 from zoo import mirror
@@ -152,12 +152,6 @@ def test_catalog_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     catalog_engine._engines.clear()
     with pytest.raises(CatalogError, match="newer lilnetx-zoo"):
         get_engine(f"sqlite:///{db}")
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    isolate(tmp_path, monkeypatch)
-    return tmp_path
 
 
 def test_add_describes_the_artifact_from_the_file(env: Path) -> None:

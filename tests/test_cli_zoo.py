@@ -8,16 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from zoo_helpers import isolate, make_artifact, put_fake
+from zoo_helpers import make_artifact, put_fake
 
 from zoo.cli import main
 from zoo.service import Zoo
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    isolate(tmp_path, monkeypatch)
-    return tmp_path
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 import streamlit.testing.v1 as streamlit_testing  # a hard dependency: a broken install fails, never skips
 import torch
 from torch import nn
+from zoo_helpers import isolate
 
-import zoo.seed
 from dashboard import benchmark_worker, catalog, charts, data, upload
 from dashboard.references import PUBLISHED, references_for
 from zoo.catalog.engine import get_engine
@@ -45,18 +45,9 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _point_env_at(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LILNETX_DB", f"sqlite:///{root / 'registry.db'}")
-    monkeypatch.setenv("LILNETX_HOME", str(root / "home"))
-    monkeypatch.delenv("LILNETX_ZOO_URL", raising=False)
-    monkeypatch.delenv("LILNETX_OFFLINE", raising=False)
-    monkeypatch.setenv("LILNETX_MEASURE_TIMEOUT", "0")
-    monkeypatch.setattr(zoo.seed, "SHIPPED_DIR", root / "no-shipped-models")  # no seeding behind our back
-
-
 @pytest.fixture
 def env(seeded: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    _point_env_at(seeded, monkeypatch)
+    isolate(seeded, monkeypatch)  # its shipped folder is missing: no seeding behind our back
     return seeded
 
 
@@ -328,7 +319,7 @@ def test_upload_of_corrupt_file_is_refused_and_changes_nothing(env: Path) -> Non
 
 
 def test_upload_of_valid_file_adds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _point_env_at(tmp_path, monkeypatch)
+    isolate(tmp_path, monkeypatch)
     at = _app("upload")
     at.get("file_uploader")[0].upload("lam1.lnx", _shipped_bytes()).run()
     assert not _errors(at) and at.success
@@ -339,7 +330,7 @@ def test_upload_of_valid_file_adds_it(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_empty_catalog_says_how_to_add_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _point_env_at(tmp_path, monkeypatch)
+    isolate(tmp_path, monkeypatch)
     for page in (None, "compare", "model", "benchmark"):
         at = _app(page)
         assert any("catalog is empty" in i.value for i in at.info), page
@@ -366,7 +357,7 @@ def test_benchmark_frames_and_chart() -> None:
 
 
 def test_benchmark_page_runs_a_live_benchmark_in_a_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _point_env_at(tmp_path, monkeypatch)
+    isolate(tmp_path, monkeypatch)
     _zoo(tmp_path).add(SHIPPED / "lenet5_caffe.mnist-lam20.lnx", "mnist-lam20")
     at = _app("benchmark")
     assert not _errors(at) and "No benchmark" in at.info[0].value

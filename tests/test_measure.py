@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from torch.utils.data import DataLoader
-from zoo_helpers import isolate, local_zoo, make_artifact
+from zoo_helpers import local_zoo, make_artifact
 
 import lilnetx
 from zoo import registry
@@ -28,10 +28,10 @@ NAME = "lenet_300_100.digits-a"
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    isolate(tmp_path, monkeypatch)
+def env(env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shared isolated zoo, with measuring on (these tests measure real accuracy)."""
     monkeypatch.setenv("LILNETX_MEASURE_TIMEOUT", "120")
-    return tmp_path
+    return env
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from zoo_helpers import fake_record, isolate, put_fake
+from zoo_helpers import fake_record, put_fake
 
 from zoo import remote
 from zoo.catalog.records import ArtifactRecord, RecordError
@@ -38,12 +38,6 @@ def _write(folder: Path, entries: list[Any]) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "index.json").write_text(json.dumps({"format": remote.INDEX_FORMAT, "entries": entries}))
     return folder.as_uri()
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    isolate(tmp_path, monkeypatch)
-    return tmp_path
 
 
 def test_a_field_of_the_wrong_type_skips_only_its_entry(env: Path, monkeypatch: pytest.MonkeyPatch,

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from zoo_helpers import dead_url, http_zoo, isolate, local_zoo, make_artifact, put_fake
+from zoo_helpers import dead_url, http_zoo, local_zoo, make_artifact, put_fake
 
 from zoo import remote
 from zoo.catalog.engine import get_engine
@@ -31,12 +31,6 @@ from zoo.store import Store
 
 DATA = b"not really an artifact, but bytes with a hash" * 20
 LENET, TIMM = "lenet_300_100.mnist-a", "timm/mobilenetv3_small_050.digits-b"
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    isolate(tmp_path, monkeypatch)
-    return tmp_path
 
 
 def _sha(data: bytes) -> str:
