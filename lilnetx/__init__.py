@@ -4,49 +4,39 @@ Public API: ``reparameterize``, ``objective``, ``train`` / ``TrainConfig``, ``st
 (and, from the artifact codec, ``save`` / ``load``).
 """
 
-from lilnetx.artifact import (
-    ArchitectureBuildError,
-    ArtifactError,
-    ArtifactInfo,
-    ArtifactNotFoundError,
-    BadMagicError,
-    ChecksumMismatchError,
-    CorruptHeaderError,
-    DecodedArtifact,
-    TruncatedArtifactError,
-    UnsupportedVersionError,
-    from_artifact,
-    load,
-    read_artifact,
-    read_header,
-    save,
-    verify,
-)
-from lilnetx.density import FactorizedDensity
-from lilnetx.errors import LilnetxError
-from lilnetx.metrics import stats
-from lilnetx.objective import Lambdas, objective, rate_bits
-from lilnetx.reparam import (
-    LatentGroup,
-    LatentTensor,
-    ReparamError,
-    is_reparameterized,
-    latent_groups,
-    latent_tensors,
-    reparameterize,
-    round_ste,
-    strip,
-)
-from lilnetx.slim import slim
-from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, evaluate, train
+from __future__ import annotations
 
-__all__ = [
-    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "ArtifactNotFoundError", "BadMagicError",
-    "ChecksumMismatchError",
-    "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError", "from_artifact",
-    "load", "read_artifact", "read_header", "save", "verify",
-    "LilnetxError",
-    "CheckpointError", "ConfigError", "FactorizedDensity", "Lambdas", "LatentGroup", "LatentTensor",
-    "ReparamError", "TrainConfig", "Trainer", "evaluate", "is_reparameterized", "latent_groups",
-    "latent_tensors", "objective", "rate_bits", "reparameterize", "round_ste", "slim", "stats", "strip", "train",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {  # public name -> the module that defines it; imported on first use, so that importing a light
+    # submodule (``lilnetx.files``, ``lilnetx.errors``) does not import torch
+    **dict.fromkeys(("ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "ArtifactNotFoundError",
+                     "BadMagicError", "ChecksumMismatchError", "CorruptHeaderError", "DecodedArtifact",
+                     "TruncatedArtifactError", "UnsupportedVersionError", "from_artifact", "load", "read_artifact",
+                     "read_header", "save", "verify"), "lilnetx.artifact"),
+    "FactorizedDensity": "lilnetx.density",
+    "LilnetxError": "lilnetx.errors",
+    "stats": "lilnetx.metrics",
+    **dict.fromkeys(("Lambdas", "objective", "rate_bits"), "lilnetx.objective"),
+    **dict.fromkeys(("LatentGroup", "LatentTensor", "ReparamError", "is_reparameterized", "latent_groups",
+                     "latent_tensors", "reparameterize", "round_ste", "strip"), "lilnetx.reparam"),
+    "slim": "lilnetx.slim",
+    **dict.fromkeys(("CheckpointError", "ConfigError", "TrainConfig", "Trainer", "evaluate", "train"),
+                    "lilnetx.training"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported lazily (submodules such as ``lilnetx.artifact`` import as usual)."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lilnetx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,4 +1,4 @@
-"""``lilnetx train`` (also under ``torchrun``), ``lilnetx archs``, ``lilnetx datasets``, ``lilnetx plugins``."""
+"""``lilnetx train`` (also under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import torch.distributed as dist
 import yaml
 
 import lilnetx
-from zoo import pipeline, registry
+from zoo import pipeline
 from zoo import recipe as recipes
 from zoo.cli import CLIError
-from zoo.cli.output import print_json, print_table
-from zoo.plugins import list_plugins
+from zoo.cli.output import print_json
 
 # flags that set the recipe key of the same name in `train` / `reparam`
 TRAIN_FLAGS = ("lambda_rate", "lambda_slice", "lambda_l2", "epochs", "lr", "density_lr", "batch_size", "seed",
@@ -52,19 +51,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary (and no progress bar)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
-
-    p = subparsers.add_parser("archs", help="list architectures and the plugin providing each")
-    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern or exact name (e.g. 'timm/resnet*')")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run_archs)
-
-    p = subparsers.add_parser("datasets", help="list datasets and the plugin providing each")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run_datasets)
-
-    p = subparsers.add_parser("plugins", help="list loaded plugins and the hooks they implement")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=run_plugins)
 
 
 # -- train -------------------------------------------------------------------------------------------------
@@ -118,46 +104,4 @@ def run_train(args: argparse.Namespace) -> int:
         kb = f"{summary['bits'] / 8192:.2f} KB" if summary["bits"] is not None else "n/a"
         print(f"{summary['arch']} on {summary['dataset']}: top-1 {summary['top1']:.4f}, latents {kb}, "
               f"weight sparsity {summary['weight_sparsity']:.4f}; run folder {args.out}")
-    return 0
-
-
-# -- listings ----------------------------------------------------------------------------------------------
-
-def _print_rows(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
-    print_table([columns, *([r[c] for c in columns] for r in rows)])
-
-
-def run_archs(args: argparse.Namespace) -> int:
-    names = registry.list_architectures(args.pattern)
-    if not names and not any(ch in args.pattern for ch in "*?["):
-        names = [args.pattern]  # an on-demand name such as timm/<model>; unknown names raise with suggestions
-    specs = [registry.get_architecture(n) for n in names]
-    rows = [{"name": s.name, "plugin": s.plugin, "input_size": list(s.input_size), "num_classes": s.num_classes,
-             "tags": list(s.tags), "description": s.description} for s in specs]
-    if args.json:
-        print_json(rows)
-    elif rows:
-        _print_rows([{**r, "input_size": "x".join(map(str, r["input_size"]))} for r in rows],
-                     ("name", "plugin", "input_size", "num_classes", "description"))
-    else:
-        print(f"no architecture matches {args.pattern!r}")
-    return 0
-
-
-def run_datasets(args: argparse.Namespace) -> int:
-    specs = [registry.get_registry().dataset(n) for n in registry.list_datasets()]
-    rows = [{"name": s.name, "plugin": s.plugin, "description": s.description} for s in specs]
-    if args.json:
-        print_json(rows)
-    else:
-        _print_rows(rows, ("name", "plugin", "description"))
-    return 0
-
-
-def run_plugins(args: argparse.Namespace) -> int:
-    rows = list_plugins()
-    if args.json:
-        print_json(rows)
-    else:
-        _print_rows([{**r, "hooks": ", ".join(r["hooks"])} for r in rows], ("name", "source", "hooks"))
     return 0
