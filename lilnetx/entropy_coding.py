@@ -22,6 +22,7 @@ from lilnetx.errors import LilnetxError
 PRECISION = 16
 TOTAL = 1 << PRECISION
 MAX_SYMBOLS = 1 << 14  # symbols per channel table
+MAX_TABLE_SYMBOLS = 1 << 20  # symbols of all the tables of one file together (the reader loops over them)
 STEPS = (1, 2, 4, 8, 16, 32)  # table resolution candidates: steps per bit of log2-probability ratio
 Q_CAP_BITS = 24  # ratios below 2**-24 all give frequency 1
 WEIGHT_BITS = 40  # fixed-point precision of the rebuilt weights
@@ -74,7 +75,7 @@ def ideal_bits(freq: np.ndarray, counts: np.ndarray) -> float:
 def rows_ideal_bits(tables: Sequence[Table], rows: np.ndarray) -> float:
     """Bits of integer ``rows`` (one column per table) under ``tables`` with an ideal coder."""
     return sum(ideal_bits(t.freq, np.bincount(rows[:, c] - t.lo, minlength=t.hi - t.lo + 1))
-               for c, t in enumerate(tables))
+               for c, t in enumerate(tables) if len(t.freq) > 1)
 
 
 # --------------------------------------------------------------------------- bits
@@ -121,33 +122,52 @@ class BitWriter:
 
 
 class BitReader:
-    """Reads what ``BitWriter`` wrote; every read is checked against the end of the data."""
+    """Reads what ``BitWriter`` wrote, straight from the bytes (no bit string is built); every read is checked
+    against the end of the data."""
 
     def __init__(self, data: bytes) -> None:
-        self._bits = "".join(format(b, "08b") for b in data)
-        self._pos = 0
+        self._data = data
+        self._pos = 0  # in bits
+        self._end = 8 * len(data)
+
+    def _peek(self, bits: int) -> int:
+        """The next ``bits`` bits (``bits`` <= what is left) without moving."""
+        end = self._pos + bits
+        first, last = self._pos >> 3, (end + 7) >> 3
+        return (int.from_bytes(self._data[first:last], "big") >> (8 * last - end)) & ((1 << bits) - 1)
 
     def read(self, bits: int) -> int:
-        end = self._pos + bits
-        if end > len(self._bits):
+        if self._pos + bits > self._end:
             raise CodingError("table data ends early")
-        value = int(self._bits[self._pos:end], 2) if bits else 0
-        self._pos = end
+        value = self._peek(bits) if bits else 0
+        self._pos += bits
         return value
 
+    def read_golombs(self, n: int, k: int) -> list[int]:
+        """``n`` Exp-Golomb(k) numbers, each from one slice of the bytes."""
+        data, pos, end, out = self._data, self._pos, self._end, []
+        longest = 2 * MAX_PREFIX_ZEROS + 1 + k
+        for _ in range(n):
+            avail = min(longest, end - pos)
+            last = (pos + avail + 7) >> 3
+            head = (int.from_bytes(data[pos >> 3:last], "big") >> (8 * last - pos - avail)) & ((1 << avail) - 1)
+            zeros = avail - head.bit_length()
+            length = 2 * zeros + 1 + k
+            if length > avail:
+                raise CodingError("table data holds an impossibly large number" if zeros > MAX_PREFIX_ZEROS
+                                  else "table data ends early")
+            out.append((head >> (avail - length)) - (1 << k))
+            pos += length
+        self._pos = pos
+        return out
+
     def read_golomb(self, k: int) -> int:
-        zeros = 0
-        while self.read(1) == 0:
-            zeros += 1
-            if zeros > MAX_PREFIX_ZEROS:
-                raise CodingError("table data holds an impossibly large number")
-        x = (1 << zeros) | self.read(zeros)
-        return ((x - 1) << k) | self.read(k)
+        return self.read_golombs(1, k)[0]
 
     def finish(self) -> None:
         """The rest must be the zero padding of the last byte."""
-        rest = self._bits[self._pos:]
-        if len(rest) >= 8 or "1" in rest:
+        rest = self._end - self._pos
+        if rest >= 8 or (rest and self._peek(rest)):
             raise CodingError("table data has trailing bits")
 
 
@@ -203,12 +223,11 @@ class Table:
         if step_index >= len(STEPS):
             raise CodingError(f"unknown table step code {step_index}")
         step = STEPS[step_index]
-        q = [reader.read_golomb(k)]
-        for _ in range(n - 1):
-            q.append(q[-1] + _unzigzag(reader.read_golomb(k)))
-        if min(q) < 0 or max(q) > step * Q_CAP_BITS:
+        codes = np.array(reader.read_golombs(n, k), dtype=np.int64)  # the first q, then zigzagged differences
+        q = np.cumsum(np.concatenate([codes[:1], np.where(codes[1:] % 2 == 0, codes[1:] // 2, -(codes[1:] + 1) // 2)]))
+        if q.min() < 0 or q.max() > step * Q_CAP_BITS:
             raise CodingError("table log-ratios out of range")
-        return cls(lo, freq_from_q(np.array(q), step), step, tuple(q))
+        return cls(lo, freq_from_q(q, step), step, tuple(int(v) for v in q))
 
 
 def _log_ratio_codes(pmf: np.ndarray, step: int) -> np.ndarray:
@@ -244,6 +263,10 @@ def choose_table(lo: int, counts: np.ndarray, learned: np.ndarray, *, histogram:
 
 
 def write_tables(tables: Sequence[Table]) -> bytes:
+    symbols = sum(len(t.freq) for t in tables)
+    if symbols > MAX_TABLE_SYMBOLS:
+        raise CodingError(f"the tables span {symbols:,} symbols together, more than a file may hold "
+                          f"({MAX_TABLE_SYMBOLS:,}); train with a rate penalty (fewer distinct latent values)")
     out = BitWriter()
     for table in tables:
         table.write(out)
@@ -315,8 +338,9 @@ def _decode_rows(coder: constriction.stream.stack.AnsCoder, num_rows: int, table
     columns = {c: _decode_column(coder, num_rows, table, owed)
                for c, table in enumerate(tables) if len(table.freq) > 1}
     rows = np.empty((num_rows, len(tables)), dtype=np.int32)
-    for c, table in enumerate(tables):
-        rows[:, c] = columns.pop(c) if c in columns else table.lo
+    rows[:] = np.array([table.lo for table in tables], dtype=np.int32)  # the one-symbol channels
+    for c, column in columns.items():
+        rows[:, c] = column
     return rows
 
 

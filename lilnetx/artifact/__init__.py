@@ -18,6 +18,7 @@ from lilnetx.artifact.errors import (
     ArchitectureBuildError,
     ArtifactError,
     ArtifactNotFoundError,
+    ArtifactTooLargeError,
     BadMagicError,
     ChecksumMismatchError,
     CorruptHeaderError,
@@ -41,7 +42,8 @@ from lilnetx.artifact.writer import save
 
 __all__ = [
     "BUILDER_GROUP", "DECODER_DTYPES", "DTYPES", "FLOAT_DTYPES", "FLOAT_PARAM_DTYPES", "FORMAT_VERSION", "SECTIONS",
-    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "ArtifactNotFoundError", "BadMagicError", "Builder", "ChecksumMismatchError",
+    "ArchitectureBuildError", "ArtifactError", "ArtifactInfo", "ArtifactNotFoundError", "ArtifactTooLargeError",
+    "BadMagicError", "Builder", "ChecksumMismatchError",
     "CorruptHeaderError", "DecodedArtifact", "TruncatedArtifactError", "UnsupportedVersionError",
     "from_artifact", "load", "read_artifact", "read_header", "save", "snap_decoder", "verify",
 ]

@@ -49,6 +49,11 @@ class CorruptHeaderError(ArtifactError):
     or with the architecture the builder builds. The file was edited or written by a broken writer."""
 
 
+class ArtifactTooLargeError(ArtifactError):
+    """The file declares more than this installation reads from a file (parameters, see
+    ``lilnetx.artifact.validation``): set the limit higher only for files you trust."""
+
+
 class ArchitectureBuildError(ArtifactError):
     """No model builder can build the file's architecture: install the plugin providing it or pass builder=."""
 

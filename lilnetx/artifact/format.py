@@ -54,8 +54,6 @@ SECTIONS = ("tables", "decoders", "float_params", "coded_latents")
 
 MAX_HEADER_BYTES = 1 << 24  # decompressed JSON header
 
-MAX_ELEMENTS = 1 << 28  # latents per file
-
 MAX_WIDTH = 1 << 12  # values per latent row (kernel positions)
 
 MAX_NDIM = 8
@@ -232,12 +230,23 @@ def decompress_header(blob: bytes, source: str, version: int = FORMAT_VERSION) -
     if inflate.unconsumed_tail or inflate.unused_data or not inflate.eof:
         raise corrupt(source, f"the header is incomplete, followed by junk or over {MAX_HEADER_BYTES} bytes")
     try:
-        header = json.loads(text)
+        header = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise corrupt(source, f"the header is not valid JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise corrupt(source, "the header is not a JSON object")
     return header
+
+
+def _not_a_number(text: str) -> float:
+    raise ValueError(f"{text} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a float")
+    return value
 
 
 def assemble(header: dict[str, Any], sections: list[bytes]) -> bytes:

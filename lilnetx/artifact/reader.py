@@ -115,14 +115,26 @@ def _decode_latents(header: dict[str, Any], sections: dict[str, bytes], source: 
 
 
 def _read_tables(header: dict[str, Any], data: bytes) -> dict[str, list[ec.Table]]:
-    """Each latent tensor's tables: one set per group when shared, else one set per tensor."""
+    """Each latent tensor's tables: one set per group when shared, else one set per tensor. The number of
+    tables is bounded by the header's checks, their symbols by ``MAX_TABLE_SYMBOLS``."""
     reader = ec.BitReader(data)
     tables: dict[str, list[ec.Table]] = {}
+    symbols = 0
+
+    def read() -> ec.Table:
+        nonlocal symbols
+        table = ec.Table.read(reader)
+        symbols += len(table.freq)
+        if symbols > ec.MAX_TABLE_SYMBOLS:
+            raise ec.CodingError(f"the tables span more than {ec.MAX_TABLE_SYMBOLS:,} symbols, more than a file "
+                                 "may hold")
+        return table
+
     for group in header["groups"]:
         own: list[ec.Table] = []
         for layer in (entry for entry in header["layers"] if entry["group"] == group["name"]):
             if not own or not group["shared"]:
-                own = [ec.Table.read(reader) for _ in range(group["width"])]
+                own = [read() for _ in range(group["width"])]
             tables[layer["name"]] = own
     reader.finish()
     return tables

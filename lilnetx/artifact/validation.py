@@ -1,21 +1,29 @@
-"""Checks of a parsed header (types, names, shapes, section sizes) and of a built model against it."""
+"""Checks of a parsed header (types, names, shapes, section sizes, the reader's limits) and of a built model
+against it.
+
+A file is data from a stranger: every count that drives an allocation or a loop is bounded here, before
+anything is decoded. Parameters (latents and float parameters together) by :func:`max_params`; latent
+channels (each layer's rows times its group's width: tables and decoding calls) by :data:`MAX_CHANNELS`;
+the tables by the bytes of their section (a table takes at least :data:`MIN_TABLE_BITS`) and their symbols
+by ``entropy_coding.MAX_TABLE_SYMBOLS``; float parameters and decoders by their section's length.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from lilnetx.artifact.errors import corrupt, mismatch
+from lilnetx.artifact.errors import ArtifactError, ArtifactTooLargeError, corrupt, mismatch
 from lilnetx.artifact.format import (
     DECODER_DTYPES,
     DERIVED_LAYER_FIELDS,
     DTYPES,
     FLOAT_DTYPES,
-    MAX_ELEMENTS,
     MAX_NDIM,
     MAX_WIDTH,
     READABLE_VERSIONS,
@@ -27,6 +35,24 @@ from lilnetx.artifact.format import (
     param_nbytes,
 )
 from lilnetx.reparam import DECODER_FORMS, INITS, STRUCTURES
+
+MAX_PARAMS_ENV = "LILNETX_MAX_PARAMS"
+DEFAULT_MAX_PARAMS = 1 << 25  # 33.5 M: ResNet-50's 25.6 M fit; about 134 MB a copy in float32
+MAX_CHANNELS = 1 << 17  # latent channels (group width, per layer) of one file; the shipped files have <= 200
+MIN_TABLE_BITS = 7  # a one-symbol table: Exp-Golomb codes of its first symbol (>= 3 bits) and count (>= 4)
+
+
+def max_params() -> int:
+    """The most parameters a file may declare: ``LILNETX_MAX_PARAMS`` or :data:`DEFAULT_MAX_PARAMS`."""
+    raw = os.environ.get(MAX_PARAMS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PARAMS
+    try:
+        return max(1, int(float(raw)))
+    except ValueError:
+        raise ArtifactError(f"{MAX_PARAMS_ENV}={raw!r} is not a number of parameters; e.g. "
+                            f"{MAX_PARAMS_ENV}=200000000") from None
+
 
 REPARAM_CHECKS: dict[str, Callable[[Any], bool]] = {  # reparameterize options a header may hold
     "init": lambda v: v in INITS, "structure": lambda v: v in STRUCTURES,
@@ -76,7 +102,7 @@ def check_header(h: dict[str, Any], source: str) -> None:
     if sorted(sections) != sorted(SECTIONS) or not all(is_int(v) for v in sections.values()):
         raise corrupt(source, f"header['sections'] must give the byte length of {', '.join(SECTIONS)}")
     is_name = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
-    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    is_number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     decoder_dtypes = DECODER_DTYPES if h["format_version"] >= 3 else FLOAT_DTYPES
     check_entries(h.get("groups"), source, "groups", {
         "name": is_name, "width": lambda v: is_int(v, 1, MAX_WIDTH),
@@ -98,15 +124,7 @@ def check_header(h: dict[str, Any], source: str) -> None:
                   & {name for p in h["float_params"] for name, _, _ in param_layout(p)})
     if both:
         raise corrupt(source, f"header names {both[0]!r} both as a compressed layer and as a float parameter")
-    total = 0
-    for layer in h["layers"]:
-        numel = math.prod(layer["shape"])
-        if numel % widths[layer["group"]]:
-            raise corrupt(source, f"layer {layer['name']!r} of shape {layer['shape']} does not split into rows "
-                                   f"of its group's width {widths[layer['group']]}")
-        total += numel
-    if total > MAX_ELEMENTS:
-        raise corrupt(source, f"the layers claim {total} latents, more than the limit of {MAX_ELEMENTS}")
+    _check_counts(h, widths, source)
     shapes = decoder_shapes(h)
     sizes = {"decoders": sum(decoder_nbytes(g["dtype"], shapes[g["name"]]) for g in h["groups"]),
              "float_params": sum(param_nbytes(p) for p in h["float_params"])}
@@ -114,6 +132,32 @@ def check_header(h: dict[str, Any], source: str) -> None:
         if size != sections[section]:
             raise corrupt(source, f"the {section} described in the header take {size} bytes, "
                                    f"but the section holds {sections[section]}")
+
+
+def _check_counts(h: dict[str, Any], widths: dict[str, int], source: str) -> None:
+    """Parameters, channels and tables within the reader's limits (see the module doc)."""
+    latents = channels = 0
+    tables = {g["name"]: 0 for g in h["groups"]}
+    shared = {g["name"]: g["shared"] for g in h["groups"]}
+    for layer in h["layers"]:
+        numel, width = math.prod(layer["shape"]), widths[layer["group"]]
+        if numel % width:
+            raise corrupt(source, f"layer {layer['name']!r} of shape {layer['shape']} does not split into rows "
+                                   f"of its group's width {width}")
+        latents += numel
+        channels += width
+        tables[layer["group"]] = width if shared[layer["group"]] else tables[layer["group"]] + width
+    params = latents + sum(math.prod(p["shape"]) for p in h["float_params"])
+    if params > (limit := max_params()):
+        raise ArtifactTooLargeError(f"{source} declares {params:,} parameters, over this installation's limit of "
+                                    f"{limit:,} for a file; if you trust the file, set {MAX_PARAMS_ENV} higher")
+    if channels > MAX_CHANNELS:
+        raise corrupt(source, f"the layers hold {channels:,} latent channels, more than a file may "
+                               f"({MAX_CHANNELS:,})")
+    count, size = sum(tables.values()), h["sections"]["tables"]
+    if count * MIN_TABLE_BITS > 8 * size:
+        raise corrupt(source, f"the header describes {count:,} probability tables, which cannot fit in the "
+                               f"{size:,} bytes of the tables section")
 
 
 TensorSpecs = dict[str, tuple[list[int], torch.dtype]]  # state-dict name -> (shape, dtype)
