@@ -686,6 +686,27 @@ def test_cli_export_a_training_run(cli, run, tmp_path, capsys, monkeypatch):
     assert "checkpoint.pt is missing" in capsys.readouterr().err
 
 
+def test_export_keeps_the_training_curves_in_the_header(cli, run, tmp_path):
+    """metrics.jsonl's per-epoch figures travel in the header (metadata.run.history) and reach the model card."""
+    from zoo.model_card import training_history
+
+    folder, _, _ = run
+    lines = [{"epoch": e, "train_task": 1.0 / e, "train_bits": 9.0, "top1": 0.5 + e / 10, "top5": 1.0,
+              "test_loss": 0.123456789, "est_bytes": 1000.0 * e, "conv_slice_sparsity": 0.1 * e,
+              "weight_sparsity": 0.2, "lr": 0.01, "seconds": 12.5} for e in (1, 2, 3)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert cli(["export", str(folder), "-o", str(tmp_path / "h.lnx"), "--float-dtype", "float32"]) == 0
+    history = lilnetx.read_header(tmp_path / "h.lnx")["metadata"]["run"]["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3] and history[0]["test_loss"] == 0.1235  # 4 digits
+    assert set(history[0]) == {"epoch", "train_task", "test_loss", "top1", "est_bytes", "conv_slice_sparsity",
+                               "weight_sparsity", "seconds"}
+    assert training_history(lilnetx.read_header(tmp_path / "h.lnx")) == history
+    lying = {"metadata": {"run": {"history": [{"epoch": 1, "top1": float("nan")}, "x", {"top1": 0.5},
+                                              {"epoch": 2, "top1": True}, {"epoch": 3, "top1": 0.9}]}}}
+    assert training_history(lying) == [{"epoch": 3, "top1": 0.9}]  # only rows of finite numbers with an epoch
+    assert training_history({"metadata": {"run": {"history": [{"epoch": 1}] * 10_001}}}) == []
+
+
 def test_published_header_holds_no_machine_path(cli, run, tmp_path):
     folder, _, _ = run
     recipe = yaml.safe_load((folder / "recipe.yaml").read_text())

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC
 from typing import Any
 
@@ -75,6 +76,7 @@ def model_card(name: str, dataset: str, record: ArtifactRecord,
         "macs": {"dense": m.macs_dense, "sparse": m.macs_sparse, "saved": m.macs_saved},
         "layers": [vars(layer) for layer in record.layers],
         "recipe": record.recipe,
+        "training": {"history": training_history(record.header)},
         "versions": record.versions,
         "sha256": record.sha256,
         "format_version": record.format_version,
@@ -83,6 +85,22 @@ def model_card(name: str, dataset: str, record: ArtifactRecord,
             "cli": f"lilnetx zoo pull {name} -o .",
         },
     }
+
+
+MAX_EPOCHS = 10_000
+
+
+def training_history(header: dict[str, Any] | None) -> list[dict[str, float]]:
+    """The per-epoch figures ``lilnetx export`` keeps in the header (``metadata.run.history``: epoch, train and
+    test loss, top-1, estimated bytes, sparsity, seconds), or ``[]``. A header is untrusted: only a list of
+    at most ``MAX_EPOCHS`` objects of finite numbers with an epoch is kept."""
+    run = ((header or {}).get("metadata") or {}).get("run")
+    history = run.get("history") if isinstance(run, dict) else None
+    if not isinstance(history, list) or len(history) > MAX_EPOCHS:
+        return []
+    is_number = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    return [row for row in history if isinstance(row, dict) and "epoch" in row
+            and all(isinstance(k, str) and is_number(v) for k, v in row.items())]
 
 
 def percent(value: float | None) -> str:

@@ -33,6 +33,8 @@ from zoo import registry
 from zoo.errors import ZooError
 
 METRIC_KEYS = ("top1", "top5", "test_loss")
+HISTORY_KEYS = ("epoch", "train_task", "test_loss", "top1", "est_bytes", "conv_slice_sparsity", "weight_sparsity",
+                "seconds")  # the per-epoch figures an export keeps in the header (metadata.run.history)
 EVAL_BATCH_SIZE = 256
 ARCH_FILE = "arch.json"
 
@@ -132,6 +134,20 @@ def _changes_weights(model: nn.Module, decoder_dtype: str | None, float_dtype: s
                for g in lilnetx.latent_groups(model).values())
 
 
+def _history(run_dir: Path) -> dict[str, Any]:
+    """``{"history": [...]}``: the run's per-epoch ``HISTORY_KEYS`` from ``metrics.jsonl`` (4 significant
+    digits: about 25 header bytes an epoch), or ``{}`` without the file."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        rows.append({k: float(f"{record[k]:.4g}") if isinstance(record[k], float) else record[k]
+                     for k in HISTORY_KEYS if isinstance(record.get(k), int | float)})
+    return {"history": [row for row in rows if "epoch" in row]}
+
+
 def _run_model(run_dir: Path, recipe: dict[str, Any], spec: dict[str, Any] | None) -> nn.Module:
     """The run's reparameterised model, from its stored spec (no dataset), or through the dataset for runs
     trained before ``arch.json`` existed."""
@@ -170,8 +186,9 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
         raise RunFolderError(f"the checkpoint in {run_dir} does not fit the model its recipe builds: {exc}") from exc
     if dead_paths:
         remove_dead_paths(model)
+    run = {"epochs": stats.get("epochs", checkpoint.get("epoch"))} | _history(Path(run_dir))
     metadata = {"dataset": recipe.get("dataset"), "metrics": {k: stats[k] for k in METRIC_KEYS if k in stats},
-                "recipe": recipes.published(recipe), "run": {"epochs": stats.get("epochs", checkpoint.get("epoch"))}}
+                "recipe": recipes.published(recipe), "run": run}
     if _changes_weights(model, decoder_dtype, float_dtype):
         with tempfile.TemporaryDirectory() as tmp:
             lilnetx.save(model, Path(tmp) / "lossy.lnx", decoder_dtype=decoder_dtype, float_dtype=float_dtype)
