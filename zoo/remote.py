@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import posixpath
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from zoo.catalog.records import ArtifactRecord, RecordError, from_legacy
-from zoo.errors import InvalidNameError, RemoteZooError
+from zoo.errors import ChecksumError, InvalidNameError, RemoteZooError
 from zoo.names import check_sha256, check_tag_dataset, split_name
 from zoo.store import Store, read_chunks
 
@@ -32,7 +33,9 @@ INDEX = "index.json"
 INDEX_FORMAT = "lilnetx-zoo-index/2"
 LEGACY_FORMAT = "lilnetx-zoo-index/1"  # one mixed slice sparsity per record (see ``records.from_legacy``)
 MAX_INDEX_BYTES = 64 << 20
-HTTP_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 30  # to open a connection
+READ_TIMEOUT_S = 60  # between two reads of a body: a slow download goes on as long as bytes arrive
+PROGRESS_BYTES = 1 << 20  # downloads at least this large show a progress bar on a terminal
 _TRANSPORT_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError, ImportError, ValueError,
                      NotImplementedError)
 READ_FIX = "check LILNETX_ZOO_URL and the network, or set LILNETX_OFFLINE=1 to use only the local cache"
@@ -75,7 +78,8 @@ def check_artifact_url(url: str, sha256: str) -> str:
 def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     options: dict[str, Any] = {}
     if url.startswith(("http://", "https://")):
-        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)}
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S,
+                                                                     sock_read=READ_TIMEOUT_S)}
     return url_to_fs(url, **options)
 
 
@@ -114,7 +118,10 @@ def fetch_index(base: str) -> list[IndexEntry]:
     """
     url = f"{base.rstrip('/')}/{INDEX}"
     with _remote("read the zoo index", url), _open_read(url) as f:
-        raw = b"".join(read_chunks(f, MAX_INDEX_BYTES, url))
+        try:
+            raw = b"".join(read_chunks(f, MAX_INDEX_BYTES, url))
+        except ChecksumError as exc:  # over the size limit: the index is skipped like an unreachable one
+            raise RemoteZooError(f"{exc}; {READ_FIX}") from None
     return parse_index(raw, url)
 
 
@@ -154,10 +161,10 @@ def _index_entry(item: Any, *, legacy: bool = False) -> IndexEntry:
         if key not in ("name", "dataset", "artifact"):
             raise RecordError(key, "no such field", item[key])
     try:
-        json.dumps(item, ensure_ascii=False).encode()
-    except (UnicodeEncodeError, RecursionError):  # a lone surrogate ("\ud800"), or nesting no database stores
-        raise RecordError("entry", "valid Unicode text (no lone surrogates), nested at most a few hundred deep",
-                          item.get("name")) from None
+        json.dumps(item, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):  # a lone surrogate ("\ud800"), NaN / Infinity, or nesting no database stores
+        raise RecordError("entry", "valid Unicode text (no lone surrogates), finite numbers, nested at most a few "
+                          "hundred deep", item.get("name")) from None
     name, dataset = item.get("name"), item.get("dataset")
     if not isinstance(name, str):
         raise RecordError("name", "an entry name ARCH.TAG", name)
@@ -179,8 +186,32 @@ def _index_entry(item: Any, *, legacy: bool = False) -> IndexEntry:
 def fetch_artifact(url: str, sha256: str, size: int, store: Store) -> Path:
     """Download the artifact at ``url`` into ``store``, rejecting any byte that is not ``sha256``."""
     check_artifact_url(url, sha256)
-    with _remote("download the artifact", url), _open_read(url) as f:
-        return store.put_stream(sha256, f, size=size, source=url)
+    with _remote("download the artifact", url), _open_read(url) as f, _progress(f, size, sha256) as counted:
+        return store.put_stream(sha256, counted, size=size, source=url)
+
+
+@contextmanager
+def _progress(f: IO[bytes], size: int, sha256: str) -> Iterator[IO[bytes]]:
+    """``f``, with a progress bar on stderr while it is read when stderr is a terminal and ``size`` is large."""
+    if size < PROGRESS_BYTES or not sys.stderr.isatty():
+        yield f
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"pull {sha256[:12]}", leave=False) as bar:
+        yield _Counted(f, bar.update)
+
+
+class _Counted:
+    """A binary file whose reads are reported to ``report(number of bytes)``."""
+
+    def __init__(self, f: IO[bytes], report: Callable[[int], object]) -> None:
+        self._f, self._report = f, report
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._f.read(n)
+        self._report(len(chunk))
+        return chunk
 
 
 def publish(entries: list[tuple[IndexEntry, Path]], dest: str) -> str:
@@ -205,7 +236,7 @@ def publish(entries: list[tuple[IndexEntry, Path]], dest: str) -> str:
         payload = {"format": INDEX_FORMAT, "entries": [existing[name] for name in sorted(existing)]}
         fs.makedirs(root, exist_ok=True)
         partial = f"{index_path}.partial-{os.getpid()}"
-        fs.pipe_file(partial, json.dumps(payload, indent=1, sort_keys=True).encode())
+        fs.pipe_file(partial, json.dumps(payload, indent=1, sort_keys=True, allow_nan=False).encode())
         fs.mv(partial, index_path)
     return index_path
 

@@ -23,6 +23,7 @@ from zoo.errors import ChecksumError, InvalidNameError
 from zoo.names import check_sha256, from_filename, to_filename
 
 CHUNK = 1 << 20
+LEFTOVER_AGE_S = 600  # a download's temporary file untouched this long was left by a killed process
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +70,18 @@ def read_chunks(f: BinaryIO, limit: int | None = None, source: str = "stream") -
         yield chunk
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """Remove the temporary files of writes into ``folder`` that were killed (kill -9, power loss): untouched
+    for :data:`LEFTOVER_AGE_S` (a live download writes at least every read timeout)."""
+    cutoff = time.time() - LEFTOVER_AGE_S
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:  # removed meanwhile by another process
+            continue
+
+
 def copy_file_atomic(src: Path, dest: Path) -> None:
     """Copy ``src`` to ``dest`` so that ``dest`` is never seen half-written."""
     with open(src, "rb") as f:
@@ -95,6 +108,7 @@ class Store:
         """Store the bytes of ``f``, which must hash to ``sha256`` (and be at most ``size`` bytes when given)."""
         final = self.object_path(sha256)
         if self.get(sha256) is None:
+            _remove_leftovers(final.parent)
             _write_atomic(final, read_chunks(f, size, source), expect=sha256, source=source, mode=0o444)
         return final
 

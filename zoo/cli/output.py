@@ -30,4 +30,4 @@ def print_table(rows: Sequence[Sequence[Any]], right_align_from: int | None = No
 
 def print_json(data: Any) -> None:
     """``data`` as indented JSON on stdout (tuples become lists; non-JSON values are an error)."""
-    print(json.dumps(data, indent=2))
+    print(json.dumps(data, indent=2, allow_nan=False))
