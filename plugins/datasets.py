@@ -490,7 +490,12 @@ DATASETS: dict[str, Callable[..., DatasetBundle]] = {
 }
 
 
+# what an artifact's recipe may ask of a dataset it is measured on (anything else: the dataset's defaults)
+MEASURE_OPTIONS = {name: {"pad": (int, 0, 4)} for name in ("mnist", "mnist-idx", "fashion-mnist")}
+
+
 @hookimpl
 def lilnetx_register_datasets(register: DatasetRegistrar) -> None:
     for name, loader in DATASETS.items():
-        register(name, loader, description=(loader.__doc__ or "").strip().splitlines()[0])
+        register(name, loader, description=(loader.__doc__ or "").strip().splitlines()[0],
+                 options=MEASURE_OPTIONS.get(name))

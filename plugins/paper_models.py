@@ -191,7 +191,7 @@ def lilnetx_register_architectures(register: ArchitectureRegistrar) -> None:
     for depth in CIFAR_RESNET_DEPTHS:
         register(f"resnet{depth}", functools.partial(cifar_resnet, depth), tags=("paper", "cifar", "resnet"),
                  description=f"CIFAR ResNet-{depth}, option-A shortcuts; `width` multiplies the channels",
-                 **CIFAR_CFG)
+                 options={"width": (float, 1 / 16, 8.0)}, **CIFAR_CFG)
     register("vgg16_cifar", vgg16_cifar, tags=("paper", "cifar", "vgg"),
              description="VGG-16 with BatchNorm for CIFAR (13 convs, 512-512 classifier); `width` multiplies the channels", **CIFAR_CFG)
     register("lenet_300_100", lenet_300_100, tags=("paper", "mnist", "mlp"),

@@ -83,7 +83,8 @@ def _spec(timm_name: str, family: str, config: dict[str, Any]) -> dict[str, Any]
     return {"builder": functools.partial(build, timm_name), "input_size": input_size,
             "num_classes": config["num_classes"], "in_chans": input_size[0], "mean": tuple(config["mean"]),
             "std": tuple(config["std"]), "tags": ("timm", family),
-            "description": f"timm {timm_name} (timm.models.{family})"}
+            "description": f"timm {timm_name} (timm.models.{family})",
+            "options": {"drop_rate": (float, 0.0, 1.0), "drop_path_rate": (float, 0.0, 1.0)}}
 
 
 @hookimpl

@@ -43,7 +43,7 @@ class MlpPlugin:
     @hookimpl
     def lilnetx_register_architectures(self, register: hookspecs.ArchitectureRegistrar) -> None:
         register(self.name, mlp, input_size=(1, 4, 4), num_classes=3, in_chans=1, mean=(0.5,), std=(0.2,),
-                 tags=("test",), description="a two-layer perceptron")
+                 tags=("test",), description="a two-layer perceptron", options={"hidden": (int, 1, 1024)})
 
 
 @pytest.fixture

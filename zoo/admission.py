@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.catalog.records import ArtifactRecord, Measurement, disagreements
-from zoo.errors import MeasurementUnavailable
+from zoo.errors import MeasurementRefused, MeasurementUnavailable
 from zoo.measure import check_claim
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ def admit(name: str, path: Path, *, claimed: ArtifactRecord | None = None, data_
         except MeasurementUnavailable as exc:
             if must_measure:
                 raise
-            if timeout_s > 0:
+            if isinstance(exc, MeasurementRefused):  # its dataset is here: the claim could be checked, and fails
+                problems.append(f"accuracy: cannot be measured on its dataset, which is at hand ({exc})")
+            elif timeout_s > 0:
                 log.warning("lilnetx: %s keeps only the accuracy its header claims: %s", name, exc)
     top1 = (claimed or record).metrics.top1
     if measured is not None and (why := check_claim(name, top1, measured)):

@@ -49,3 +49,7 @@ class CatalogLockedError(CatalogError):
 
 class MeasurementUnavailable(ZooError):
     """An artifact's accuracy cannot be measured here (dataset not available offline, time limit, mismatch)."""
+
+
+class MeasurementRefused(MeasurementUnavailable):
+    """The dataset is here, but the model does not fit it (classes, input size): its claim cannot be checked."""

@@ -15,8 +15,8 @@ Built-in plugins (``plugins/``) are written exactly the same way. Architecture b
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pluggy
@@ -43,6 +43,9 @@ class ArchitectureSpec:
     tags: tuple[str, ...] = ()
     description: str = ""
     plugin: str = ""  # filled in by the registry: the plugin that registered it
+    # builder keyword arguments a ``.lnx`` file's header may set: name -> (type, min, max); any other one is
+    # refused when a file is rebuilt (num_classes, in_chans, input_size, mean and std are always checked)
+    options: Mapping[str, tuple[type, float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,25 +56,31 @@ class DatasetSpec:
     loader: Callable[..., Any]
     description: str = ""
     plugin: str = ""
+    # loader keyword arguments an artifact's recipe may ask for when it is measured: name -> (type, min, max)
+    options: Mapping[str, tuple[type, float, float]] = field(default_factory=dict)
 
 
 class ArchitectureRegistrar(Protocol):
     def __call__(self, name: str, builder: Builder, *, input_size: tuple[int, int, int], num_classes: int,
                  in_chans: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 tags: tuple[str, ...] = (), description: str = "") -> None: ...
+                 tags: tuple[str, ...] = (), description: str = "",
+                 options: Mapping[str, tuple[type, float, float]] | None = None) -> None: ...
 
 
 class DatasetRegistrar(Protocol):
-    def __call__(self, name: str, loader: Callable[..., Any], description: str = "") -> None: ...
+    def __call__(self, name: str, loader: Callable[..., Any], description: str = "",
+                 options: Mapping[str, tuple[type, float, float]] | None = None) -> None: ...
 
 
 @hookspec
 def lilnetx_register_architectures(register: ArchitectureRegistrar) -> None:
     """Register architectures by calling ``register(name, builder, *, input_size, num_classes, in_chans,
-    mean, std, tags=(), description="")`` once per architecture.
+    mean, std, tags=(), description="", options=None)`` once per architecture.
 
-    ``input_size`` is ``(C, H, W)``; ``mean``/``std`` are the per-channel input normalisation. A name may
-    be registered by one plugin only.
+    ``input_size`` is ``(C, H, W)``; ``mean``/``std`` are the per-channel input normalisation. ``options``
+    declares the builder keyword arguments a ``.lnx`` file may pass, ``{name: (type, min, max)}`` (e.g.
+    ``{"width": (float, 0.0625, 4.0)}``); a file passing any other is refused. A name may be registered by
+    one plugin only.
     """
 
 

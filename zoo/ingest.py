@@ -13,8 +13,10 @@ from typing import Any
 from torch import nn
 
 import lilnetx
+from lilnetx.artifact.rebuild import read_and_load
 from lilnetx.metrics import ratio
 from zoo.catalog.records import ArtifactRecord, LayerRecord, MetricsRecord
+from zoo.file_options import check_header_claims
 
 
 def _layers(stats: dict[str, Any], header_layers: list[dict[str, Any]]) -> list[LayerRecord]:
@@ -52,9 +54,9 @@ def describe(path: Path) -> Described:
 
     Raises ``lilnetx.ArtifactError`` (a ``ValueError``) when it is not a valid artifact.
     """
-    artifact = lilnetx.read_artifact(path)
-    model = lilnetx.from_artifact(artifact, source=str(path))
+    artifact, model = read_and_load(path)  # the architecture checked against the header before decoding
     info, header = artifact.info(path), artifact.header
+    check_header_claims(header, str(path))
     input_size = header.get("input_size")
     stats = lilnetx.stats(model, tuple(input_size) if input_size else None,
                           compressed={layer["name"] for layer in header.get("layers") or []})

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zoo.catalog.records import Measurement
-from zoo.errors import MeasurementUnavailable, ZooError
+from zoo.errors import MeasurementRefused, MeasurementUnavailable, ZooError
+from zoo.file_options import within
 
 if TYPE_CHECKING:  # torch is imported when measuring, not when this module is (``import zoo`` stays cheap)
     from torch import nn
@@ -95,8 +96,8 @@ def _dataset(header: dict[str, Any], data_root: Path | None) -> tuple[str, Datas
         raise MeasurementUnavailable(f"{exc}; install the plugin that provides it") from None
     accepted = _loader_options(spec.loader)
     recipe_kwargs = (header.get("recipe") or {}).get("dataset_kwargs") or {}
-    options = {k: v for k, v in recipe_kwargs.items() if k in accepted and k not in ("root", "augment")
-               and isinstance(v, str | int | float | bool)}
+    options = {k: v for k, v in recipe_kwargs.items()  # only what the dataset declares; else its defaults
+               if k in accepted and k in spec.options and within(v, spec.options[k])}
     if "augment" in accepted:
         options["augment"] = False
     root = None
@@ -120,7 +121,7 @@ def _dataset(header: dict[str, Any], data_root: Path | None) -> tuple[str, Datas
     for what, theirs, ours in (("classes", header.get("num_classes"), classes),
                                ("input size", None if expected_size is None else list(expected_size), list(size))):
         if theirs is not None and theirs != ours:
-            raise MeasurementUnavailable(f"the artifact expects {what} {theirs}, dataset {spec.name!r} has "
+            raise MeasurementRefused(f"the artifact expects {what} {theirs}, dataset {spec.name!r} has "
                                          f"{ours}")
     return spec.name, test
 

@@ -21,6 +21,7 @@ import lilnetx
 from lilnetx.reparam import LayerPolicy
 from zoo.datasets import DatasetBundle
 from zoo.errors import ZooError
+from zoo.file_options import check_file_kwargs, option_declaration_error
 from zoo.hookspecs import ArchitectureSpec, Builder, DatasetSpec
 from zoo.plugins import DISABLE_AUTOLOAD_ENV, PluginManager, get_plugin_manager
 
@@ -100,6 +101,8 @@ def _validated(spec: ArchitectureSpec) -> ArchitectureSpec:
     mean, std = tuple(float(v) for v in spec.mean), tuple(float(v) for v in spec.std)
     if len(mean) != spec.in_chans or len(std) != spec.in_chans:
         raise RegistrationError(f"{where}: mean and std need one value per input channel ({spec.in_chans})")
+    if (problem := option_declaration_error(spec.options)) is not None:
+        raise RegistrationError(f"{where}: options {problem}")
     return replace(spec, input_size=input_size, mean=mean, std=std, tags=tuple(spec.tags))
 
 
@@ -120,15 +123,20 @@ class Registry:
         def register_architecture(plugin: str, name: str, builder: Builder, *,
                                   input_size: tuple[int, int, int], num_classes: int, in_chans: int,
                                   mean: tuple[float, ...], std: tuple[float, ...],
-                                  tags: tuple[str, ...] = (), description: str = "") -> None:
+                                  tags: tuple[str, ...] = (), description: str = "",
+                                  options: dict[str, tuple[type, float, float]] | None = None) -> None:
             spec = _validated(ArchitectureSpec(name, builder, input_size, num_classes, in_chans, mean, std,
-                                               tags, description, plugin))
+                                               tags, description, plugin, dict(options or {})))
             _claim(archs, name, spec, "architecture")
 
-        def register_dataset(plugin: str, name: str, loader: Any, description: str = "") -> None:
+        def register_dataset(plugin: str, name: str, loader: Any, description: str = "",
+                             options: dict[str, tuple[type, float, float]] | None = None) -> None:
             if not isinstance(name, str) or not name or not callable(loader):
                 raise RegistrationError(f"dataset {name!r} of plugin {plugin!r}: needs a name and a callable loader")
-            _claim(datasets, _dataset_key(name), DatasetSpec(name, loader, description, plugin), "dataset")
+            if (problem := option_declaration_error(options or {})) is not None:
+                raise RegistrationError(f"dataset {name!r} of plugin {plugin!r}: options {problem}")
+            _claim(datasets, _dataset_key(name), DatasetSpec(name, loader, description, plugin, dict(options or {})),
+                   "dataset")
 
         for plugin, call in pm.implementations("lilnetx_register_architectures"):
             call(register=functools.partial(register_architecture, plugin))
@@ -232,7 +240,9 @@ def create_model(arch: str, **kwargs: Any) -> nn.Module:
 
 
 def build_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Entry point ``lilnetx.model_builders``: rebuild ``model.lilnetx_arch`` (``name``, ``kwargs``)."""
+    """Entry point ``lilnetx.model_builders``: rebuild ``model.lilnetx_arch`` (``name``, ``kwargs``) read from a
+    file, whose keyword arguments are checked against what the architecture declares first."""
+    check_file_kwargs(get_architecture(name), kwargs)
     return create_model(name, **kwargs)
 
 

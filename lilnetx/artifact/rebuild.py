@@ -66,6 +66,16 @@ def from_artifact(artifact: DecodedArtifact, *, builder: Builder | None = None, 
     return _load_plain(_build(artifact.header, builder, source), artifact, source)
 
 
+def read_and_load(path: str | Path, *, builder: Builder | None = None) -> tuple[DecodedArtifact, nn.Module]:
+    """``read_artifact(path)`` and ``load(path)`` from one reading: the architecture is built and checked
+    against the header (on the meta device) before anything is decoded, as in ``load``."""
+    data = read_file(path)
+    header, sections = parse(data, str(path))
+    model = _build(header, builder, str(path))
+    artifact = decode(data, header, sections, str(path))
+    return artifact, _load_plain(model, artifact, str(path))
+
+
 def decoded_state(artifact: DecodedArtifact, specs: TensorSpecs) -> dict[str, torch.Tensor]:
     """Every state-dict tensor of the artifact's model: the compressed ones decoded from their integer
     latents and their group's decoder, in the dtype ``specs`` gives them, and the stored float parameters."""
