@@ -1,18 +1,45 @@
 """``lilnetx dashboard``: start the Streamlit dashboard on the catalog and print its URL.
 
-An empty catalog that was never seeded first gets the shipped models (``zoo.seed.seed_on_first_use``).
+An empty catalog that was never seeded first gets the shipped models (``zoo.seed.seed_on_first_use``). On
+an address other than loopback, uploads need ``--token`` (or ``LILNETX_DASHBOARD_TOKEN``) or are off
+(``--read-only``, or no token): see ``dashboard.access``.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import os
 import socket
 import sys
 from pathlib import Path
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+MODE_ENV = "LILNETX_DASHBOARD_WRITES"  # what the server lets visitors change: open, token or off
+TOKEN_ENV = "LILNETX_DASHBOARD_TOKEN"
+MODE_NOTES = {"open": "uploads are open (this address is reachable from this machine only)",
+              "token": "uploads need the token",
+              "off": "read-only: no uploads (give --token or LILNETX_DASHBOARD_TOKEN to allow them)"}
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def write_mode(host: str, token: str | None, read_only: bool) -> str:
+    """``off`` when read-only, ``token`` when a token is set, ``open`` on loopback, else ``off``."""
+    if read_only:
+        return "off"
+    if token:
+        return "token"
+    return "open" if is_loopback(host) else "off"
 
 
 def streamlit_command(host: str, port: int, app: Path = APP) -> list[str]:
@@ -61,12 +88,17 @@ def run_dashboard(args: argparse.Namespace) -> int:
     check_can_serve(args.host, args.port)
     if args.db:
         os.environ["LILNETX_DB"] = args.db
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if token:
+        os.environ[TOKEN_ENV] = token
+    mode = os.environ[MODE_ENV] = write_mode(args.host, token, args.read_only)
     from zoo.seed import seed_on_first_use
     from zoo.service import Zoo
 
     seed_on_first_use(Zoo.from_env())  # like every `lilnetx zoo` command: an empty, new catalog gets the shipped models
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"LilNetX Zoo dashboard: http://{shown}:{args.port}  (Ctrl+C stops it)", flush=True)
+    print(f"Dashboard: {MODE_NOTES[mode]}", flush=True)
     command = streamlit_command(args.host, args.port)
     os.execve(command[0], command, os.environ)  # this process becomes the server: signals reach it directly
 
@@ -79,4 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--db", help="catalog URL, e.g. sqlite:///registry.db (default: LILNETX_DB or "
                                      "registry.db in the working folder)")
+    parser.add_argument("--token", help="uploads need this token (default: LILNETX_DASHBOARD_TOKEN); without one, "
+                                        "a dashboard on a non-loopback address is read-only")
+    parser.add_argument("--read-only", action="store_true", help="no uploads, whatever the address")
     parser.set_defaults(func=run_dashboard)
