@@ -139,16 +139,21 @@ def parts_bar(parts: pd.DataFrame) -> go.Figure:
     return _layout(fig, height=260)
 
 
+HISTORY_PANELS = (  # (column, scale, trace name, panel) of the recorded per-epoch figures
+    ("top1", 100, "test top-1 (%)", 1), ("train_task", 1, "train loss", 2), ("test_loss", 1, "test loss", 2),
+    ("est_bytes", 1 / 1000, "estimated latents (KB)", 3), ("conv_slice_sparsity", 100, "zero K×K slices (%)", 4),
+    ("weight_sparsity", 100, "zero weights (%)", 4))
+
+
 def history_lines(history: pd.DataFrame) -> go.Figure:
-    """Training curves: top-1 (%) and estimated size (KB) per epoch, when recorded."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Test top-1", "Estimated latent size"))
-    if "top1" in history:
-        fig.add_trace(go.Scatter(x=history["epoch"], y=100 * history["top1"], name="top-1 (%)"), 1, 1)
-    if "est_bytes" in history:
-        fig.add_trace(go.Scatter(x=history["epoch"], y=history["est_bytes"] / 1000, name="estimated (KB)"), 1, 2)
+    """Training curves per epoch, where recorded: test top-1, train and test loss, estimated latents, sparsity."""
+    fig = make_subplots(rows=1, cols=4, subplot_titles=("Test top-1 (%)", "Loss", "Estimated latents (KB)",
+                                                        "Sparsity (%)"))
+    for column, scale, name, panel in HISTORY_PANELS:
+        if column in history:
+            fig.add_trace(go.Scatter(x=history["epoch"], y=scale * history[column], name=name,
+                                     mode="lines+markers"), 1, panel)
     fig.update_xaxes(title_text="epoch")
-    fig.update_yaxes(title_text="top-1 (%)", row=1, col=1)
-    fig.update_yaxes(title_text="KB", row=1, col=2)
     return _layout(fig, height=340)
 
 
