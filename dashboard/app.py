@@ -20,7 +20,8 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts dashboard
 from dashboard import state  # noqa: E402
 
 st.set_page_config(page_title="LilNetX Zoo", page_icon=":material/compress:", layout="wide",
-                   menu_items={"About": "LilNetX Zoo: tiny, entropy-coded, slice-sparse networks."})
+                   menu_items={"About": "LilNetX Zoo: tiny, entropy-coded, slice-sparse networks "
+                                        "(https://arxiv.org/abs/2204.02965)."})
 
 PAGES = [
     st.Page("app_pages/browse.py", title="Browse", icon=":material/table_view:", default=True),
@@ -31,9 +32,12 @@ PAGES = [
     st.Page("app_pages/upload.py", title="Upload", icon=":material/upload_file:"),
 ]
 page = st.navigation(PAGES, position="top")
-for key in ("search", "datasets", "archs", "min_top1", "max_kb", "min_sparsity", "min_weight_sparsity"):  # Browse's filters survive
-    if key in st.session_state:                                                 # a visit to another page
-        st.session_state[key] = st.session_state[key]
+BROWSE_FILTERS = {"search": "", "datasets": [], "archs": [], "min_top1": 0.0, "max_kb": None, "min_sparsity": 0.0,
+                  "min_weight_sparsity": 0.0}
+# Browse's filters: defaults set here once, and kept across visits to other pages (widgets take their value
+# from the session state, so the pages pass none: a default beside a session value is a Streamlit warning)
+for key, default in BROWSE_FILTERS.items():
+    st.session_state[key] = st.session_state.get(key, default)
 st.html("<style>@media (max-width: 640px) { h1 { font-size: 1.75rem !important; } }</style>")  # long names on phones
 
 with state.friendly_errors("open the catalog"):

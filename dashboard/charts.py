@@ -37,7 +37,7 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
     fig = px.scatter(points, x=x, y="top1_pct", color="arch", log_x=True, symbol="accuracy_source",
                      color_discrete_sequence=PALETTE,
                      symbol_map={"measured": "circle", "claimed": "circle-open"},
-                     hover_name="name", title=title,
+                     hover_name="name", title=title, custom_data=["name"],
                      hover_data={"arch": False, "dataset": True, "accuracy_source": True, x: ":.3f",
                                  "top1_pct": ":.2f"},
                      labels={x: x_title, "top1_pct": "Top-1 accuracy (%)", "arch": "Architecture",
@@ -108,8 +108,36 @@ def layer_comparison(layers: pd.DataFrame, column: str, title: str, axis: str) -
     return _layout(fig, height=max(300, 140 + 14 * count))
 
 
+DEPTHWISE_ROW = 32  # channels per row of a depthwise layer's map
+
+
+def depthwise_grid(mask: np.ndarray, layer: str) -> go.Figure:
+    """A depthwise conv (one K×K kernel per channel): its channels as a grid of cells, 32 to a row."""
+    channels = mask.shape[0]
+    width = min(DEPTHWISE_ROW, channels)
+    rows = -(-channels // width)
+    grid = np.full(rows * width, np.nan)
+    grid[:channels] = (~mask[:, 0]).astype(float)
+    index = np.arange(rows * width).reshape(rows, width)
+    state = np.where(np.isnan(grid), "", np.where(grid == 1, "non-zero", "zero (skipped)")).reshape(rows, width)
+    fig = go.Figure(go.Heatmap(
+        z=grid.reshape(rows, width), zmin=0, zmax=1, colorscale=[[0, ZERO_COLOUR], [1, KEPT_COLOUR]],
+        showscale=False, xgap=2, ygap=2, customdata=np.dstack([index, state]),
+        hovertemplate="channel %{customdata[0]}: %{customdata[1]}<extra></extra>"))
+    zero = int(mask.sum())
+    fig.update_layout(title=f"{layer} (depthwise): {zero:,} of {channels:,} channel kernels zero "
+                            f"({100 * zero / channels:.1f} %) — dark = kept")
+    fig.update_xaxes(title=f"channel mod {width}", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(title=f"channel ÷ {width}", autorange="reversed", showgrid=False, zeroline=False,
+                     scaleanchor="x")
+    return _layout(fig, height=min(640, max(220, 120 + 28 * rows)), legend_below=False)
+
+
 def slice_heatmap(mask: np.ndarray, layer: str) -> go.Figure:
-    """Which K×K slices of a conv are zero: filters (rows) × input channels (columns)."""
+    """Which K×K slices of a conv are zero: filters (rows) × input channels (columns); a depthwise conv
+    (one input channel per filter) as :func:`depthwise_grid`."""
+    if mask.shape[1] == 1:
+        return depthwise_grid(mask, layer)
     filters, channels = mask.shape
     fig = go.Figure(go.Heatmap(
         z=(~mask).astype(int), x=list(range(channels)), y=list(range(filters)), zmin=0, zmax=1, colorscale=[[0, ZERO_COLOUR], [1, KEPT_COLOUR]],
@@ -139,24 +167,6 @@ def parts_bar(parts: pd.DataFrame) -> go.Figure:
     return _layout(fig, height=260)
 
 
-HISTORY_PANELS = (  # (column, scale, trace name, panel) of the recorded per-epoch figures
-    ("top1", 100, "test top-1 (%)", 1), ("train_task", 1, "train loss", 2), ("test_loss", 1, "test loss", 2),
-    ("est_bytes", 1 / 1000, "estimated latents (KB)", 3), ("conv_slice_sparsity", 100, "zero K×K slices (%)", 4),
-    ("weight_sparsity", 100, "zero weights (%)", 4))
-
-
-def history_lines(history: pd.DataFrame) -> go.Figure:
-    """Training curves per epoch, where recorded: test top-1, train and test loss, estimated latents, sparsity."""
-    fig = make_subplots(rows=1, cols=4, subplot_titles=("Test top-1 (%)", "Loss", "Estimated latents (KB)",
-                                                        "Sparsity (%)"))
-    for column, scale, name, panel in HISTORY_PANELS:
-        if column in history:
-            fig.add_trace(go.Scatter(x=history["epoch"], y=scale * history[column], name=name,
-                                     mode="lines+markers"), 1, panel)
-    fig.update_xaxes(title_text="epoch")
-    return _layout(fig, height=340)
-
-
 def benchmark_bars(results: pd.DataFrame) -> go.Figure:
     """Median latency (ms per batch, log scale) per variant, grouped by batch × threads, one panel per entry;
     whiskers reach the 90th percentile."""
@@ -173,3 +183,21 @@ def benchmark_bars(results: pd.DataFrame) -> go.Figure:
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     fig.update_yaxes(dtick="D2")  # 1, 2, 5 per decade
     return _layout(fig, height=440)
+
+
+HISTORY_PANELS = (  # (column, scale, trace name, panel) of the recorded per-epoch figures
+    ("top1", 100, "test top-1 (%)", 1), ("train_task", 1, "train loss", 2), ("test_loss", 1, "test loss", 2),
+    ("est_bytes", 1 / 1000, "estimated latents (KB)", 3), ("conv_slice_sparsity", 100, "zero K×K slices (%)", 4),
+    ("weight_sparsity", 100, "zero weights (%)", 4))
+
+
+def history_lines(history: pd.DataFrame) -> go.Figure:
+    """Training curves per epoch, where recorded: test top-1, train and test loss, estimated latents, sparsity."""
+    fig = make_subplots(rows=1, cols=4, subplot_titles=("Test top-1 (%)", "Loss", "Estimated latents (KB)",
+                                                        "Sparsity (%)"))
+    for column, scale, name, panel in HISTORY_PANELS:
+        if column in history:
+            fig.add_trace(go.Scatter(x=history["epoch"], y=scale * history[column], name=name,
+                                     mode="lines+markers"), 1, panel)
+    fig.update_xaxes(title_text="epoch")
+    return _layout(fig, height=340)

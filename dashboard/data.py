@@ -17,7 +17,7 @@ import pandas as pd
 from torch import nn
 
 KB = 1000.0
-NO_CONVS = "—"  # the conv slice sparsity of a model without K×K convolutions
+NO_CONVS = "—"  # a figure that does not exist (the conv slice sparsity of a model without K×K convs)
 MMAC = 1e6
 
 # internal column -> label shown to people (with its unit)
@@ -206,6 +206,12 @@ def header_tensor_frame(header: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
+def download_name(name: str) -> str:
+    """The file name the dashboard offers a download under (and its snippets use): the entry name with ``/``
+    written ``_`` (browsers rewrite ``/`` and ``%`` in names they save) and ``.lnx``."""
+    return f"{name.replace('/', '_')}.lnx"
+
+
 def zero_slice_maps(model: nn.Module) -> dict[str, np.ndarray]:
     """For each conv with K×K kernels (K > 1): a filters × input-channels bool map, True where the slice is 0."""
     maps = {}
@@ -217,7 +223,7 @@ def zero_slice_maps(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def training_history(card: Mapping[str, Any]) -> pd.DataFrame:
-    """Epoch records of the run that trained the model, when the catalog holds them; else an empty frame.
+    """Epoch records of the run that trained the model, when its file holds them; else an empty frame.
 
     Read from ``card["training"]["history"]`` (a list of per-epoch metric dicts, as ``metrics.jsonl``).
     """
@@ -232,6 +238,26 @@ def compare_layers(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     frames = [layer_frame(card)[keep].assign(entry=card["name"], arch=card["architecture"]) for card in cards]
     columns = ["arch", "entry", *keep]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _flat(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in recipe.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def recipe_diff(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The recipe settings (``train.lr``, ``lambda_slice``...) on which the cards differ: one row per setting,
+    one text column per entry ("—" where a recipe lacks it), settings sorted."""
+    recipes = {card["name"]: _flat(card.get("recipe") or {}) for card in cards}
+    keys = sorted({k for flat in recipes.values() for k in flat})
+    differ = [k for k in keys if len({flat.get(k, NO_CONVS) for flat in recipes.values()}) > 1]
+    return pd.DataFrame({name: [flat.get(k, NO_CONVS) for k in differ] for name, flat in recipes.items()},
+                        index=pd.Index(differ, name="setting"))
 
 
 def summary_frame(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

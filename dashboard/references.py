@@ -1,7 +1,7 @@
 """Published results to compare with, as their authors report them (claims, not measured here).
 
 Source: the EPR paper (Oktay, Ballé, Singh, Shrivastava, "Scalable Model Compression by Entropy Penalized
-Reparameterization", ICLR 2020), as quoted in the project's METHOD.md, section 6. KB = 1,000 bytes.
+Reparameterization", ICLR 2020), as its authors report them. KB = 1,000 bytes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Reference:
         return f"{self.method} {self.arch} (published, claimed)"
 
 
-_EPR = "EPR (ICLR 2020), as quoted in METHOD.md §6"
+_EPR = "EPR (Oktay et al., ICLR 2020), as its authors report it"
 
 PUBLISHED: tuple[Reference, ...] = (
     Reference("EPR", "lenet5_caffe", "mnist", 2.84, 99.0, _EPR),

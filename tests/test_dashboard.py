@@ -128,18 +128,11 @@ def test_zero_slice_maps_match_zeroed_slices() -> None:
     np.testing.assert_array_equal(maps["0"], expected)
 
 
-def test_training_history_only_when_recorded() -> None:
-    assert data.training_history({"recipe": {}}).empty
-    history = data.training_history({"training": {"history": [{"epoch": 1, "top1": 0.5}, {"epoch": 2, "top1": 0.7}]}})
-    assert history["epoch"].tolist() == [1, 2]
-    assert charts.history_lines(history).layout.xaxis.title.text == "epoch"
-
-
 def test_published_points_are_the_method_notes() -> None:
     assert {(r.arch, r.size_kb, r.top1_pct) for r in PUBLISHED} == {("lenet5_caffe", 2.84, 99.0),
                                                                    ("lenet_300_100", 8.56, 98.1)}
     assert references_for({"cifar10"}) == []
-    assert all("METHOD.md" in r.source and "claimed" in r.label for r in PUBLISHED)
+    assert all("ICLR 2020" in r.source and "claimed" in r.label for r in PUBLISHED)
 
 
 # -- the seeded catalog -------------------------------------------------------------------------------------
@@ -267,7 +260,9 @@ def test_dashboard_bad_address_is_one_line_exit_2(argv: list[str], expected: str
 
 def test_browse_filters_change_the_table(env: Path) -> None:
     at = _app()
-    assert at.title[0].value == "Browse the zoo" and not _errors(at)
+    assert at.title[0].value == "LilNetX Zoo" and not _errors(at)
+    intro = at.markdown[0].value  # what LilNetX is and where to start, with links
+    assert "arxiv.org" in intro and "(./compare)" in intro and "Start here" in intro
     assert f"**{len(SEEDED)}** entries" in at.caption[0].value and "registry.db" in at.caption[0].value
     assert at.dataframe[0].value["name"].tolist() == sorted(SEEDED)
     at.text_input(key="search").input("lam20").run()
@@ -280,13 +275,37 @@ def test_browse_filters_change_the_table(env: Path) -> None:
     assert at.dataframe[0].value["name"].tolist() == ["lenet5_caffe.mnist-lam5"]  # the filters survived
     at.slider(key="min_top1").set_value(99.9).run()
     assert at.dataframe[0].value.empty and "No entry matches" in at.info[0].value
+    at = _app(model="lenet5_caffe.mnist-lam20")  # back from a model card: Browse drops ?model=
+    assert "model" not in at.query_params
 
 
 def test_compare_page_draws_pareto_charts_and_side_by_side(env: Path) -> None:
     at = _app("compare")
     assert not _errors(at)
-    assert len(at.get("plotly_chart")) == 4  # size and MACs Pareto views + per-layer size and sparsity
-    assert at.multiselect(key="cmp_entries").value  # frontier entries chosen by default
+    chosen = at.multiselect(key="cmp_entries").value  # frontier entries chosen by default
+    archs = {name.split(".")[0] for name in chosen}
+    assert len(at.get("plotly_chart")) == 2 + 2 * len(archs)  # two Pareto views, size and sparsity per arch
+    assert at.query_params["entries"] == ",".join(chosen)
+    wanted = ["lenet5_caffe.mnist-lam5", "lenet_300_100.mnist-lam2"]
+    at = _app("compare", entries=",".join(wanted), dataset="mnist")  # a shared address opens that comparison
+    assert at.multiselect(key="cmp_entries").value == wanted and not _errors(at)
+    diff = at.dataframe[1].value  # summary, then the recipe settings that differ
+    assert list(diff.columns) == wanted and len(diff) > 0
+
+
+def test_recipe_diff_keeps_only_differing_settings() -> None:
+    cards = [{"name": "a", "recipe": {"arch": "x", "train": {"lr": 0.1, "epochs": 5}}},
+             {"name": "b", "recipe": {"arch": "x", "train": {"lr": 0.2, "epochs": 5}, "seed": 1}}]
+    diff = data.recipe_diff(cards)
+    assert diff.to_dict("index") == {"seed": {"a": "—", "b": "1"}, "train.lr": {"a": "0.1", "b": "0.2"}}
+
+
+def test_depthwise_maps_draw_as_a_channel_grid() -> None:
+    mask = np.zeros((40, 1), dtype=bool)
+    mask[3] = True
+    fig = charts.slice_heatmap(mask, "dw")
+    assert np.asarray(fig.data[0].z).shape == (2, 32) and "1 of 40 channel kernels zero" in fig.layout.title.text
+    assert np.asarray(charts.slice_heatmap(np.zeros((4, 3), dtype=bool), "c").data[0].z).shape == (4, 3)
 
 
 def test_model_page_renders_card_charts_and_download(env: Path) -> None:
@@ -297,7 +316,8 @@ def test_model_page_renders_card_charts_and_download(env: Path) -> None:
     download = at.get("download_button")[0]
     assert f"{(SHIPPED / f'{name}.lnx').stat().st_size:,} bytes" in download.proto.label
     assert hashlib.sha256((SHIPPED / f"{name}.lnx").read_bytes()).hexdigest() in [c.value for c in at.code]
-    assert any("No training curves" in i.value for i in at.info)
+    assert any(f"-o {name}.lnx" in c.value for c in at.code)  # the snippet names the download's file
+    assert at.query_params["model"] == name
 
 
 def test_plugins_page_lists_plugins_and_architectures(env: Path) -> None:

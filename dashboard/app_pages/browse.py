@@ -1,33 +1,43 @@
-"""Browse: the zoo as a sortable, filterable table; select a row to open its model card."""
+"""Browse: what LilNetX is in two lines, then the zoo as a sortable, filterable table; select a row to open its
+model card."""
 
 import streamlit as st
 
 from dashboard import data, state
 
-st.title("Browse the zoo")
-st.caption("Every figure is computed from the model's `.lnx` file. Sizes are whole files "
-           "(1 KB = 1,000 bytes); accuracy is marked *measured* (on this installation) or *claimed* (by the file).")
+if "model" in st.query_params:  # back from a model card: Browse has no model
+    del st.query_params["model"]
+
+st.title("LilNetX Zoo")
+st.markdown(
+    "Tiny networks whose weights are entropy-coded and structurally sparse "
+    "([LilNetX, ICLR 2023](https://arxiv.org/abs/2204.02965)): each `.lnx` file decodes into an ordinary "
+    "PyTorch model, and sparse inference skips its zero kernel slices.  \n"
+    "**Start here:** select a row below to open its model card and download it; "
+    "[Compare](./compare) size against accuracy; [Benchmark](./benchmark) a model on this machine.")
+st.caption("Every figure is computed from the model's `.lnx` file. Sizes are whole files (1 KB = 1,000 bytes); "
+           "accuracy is marked *measured* (on this installation) or *claimed* (by the file).")
 
 frame = state.table()
 if frame.empty:
     state.empty_catalog_help()
     st.stop()
 
-with st.container(border=True):
-    search_col, dataset_col, arch_col = st.columns([2, 1, 1.4])
-    search = search_col.text_input("Search names", key="search", placeholder="e.g. lenet5*  or  *lam20",
-                                   help="Wildcards `*` `?` `[..]`; plain text matches anywhere in the name.")
-    datasets = dataset_col.multiselect("Dataset", sorted(frame["dataset"].unique()), key="datasets")
-    archs = arch_col.multiselect("Architecture", sorted(frame["arch"].unique()), key="archs")
+search_col, dataset_col, arch_col = st.columns([2, 1, 1.4])
+search = search_col.text_input("Search names", key="search", placeholder="e.g. lenet5*  or  *lam20",
+                               help="Wildcards `*` `?` `[..]`; plain text matches anywhere in the name.")
+datasets = dataset_col.multiselect("Dataset", sorted(frame["dataset"].unique()), key="datasets")
+archs = arch_col.multiselect("Architecture", sorted(frame["arch"].unique()), key="archs")
+with st.expander("Accuracy, size and sparsity filters"):
     acc_col, size_col, slices_col, weights_col = st.columns(4)
-    min_top1 = acc_col.slider("Min top-1 (%)", 0.0, 100.0, 0.0, 0.5, key="min_top1")
+    min_top1 = acc_col.slider("Min top-1 (%)", 0.0, 100.0, step=0.5, key="min_top1")
     max_kb = float(frame["size_kb"].max())
-    max_size = size_col.number_input("Max file size (KB)", min_value=0.0, value=None, step=1.0, key="max_kb",
+    max_size = size_col.number_input("Max file size (KB)", min_value=0.0, step=1.0, key="max_kb",
                                      placeholder=f"any (largest: {max_kb:,.1f} KB)")
-    min_slices = slices_col.slider("Min conv slice sparsity (%)", 0.0, 100.0, 0.0, 0.5, key="min_sparsity",
+    min_slices = slices_col.slider("Min conv slice sparsity (%)", 0.0, 100.0, step=0.5, key="min_sparsity",
                                    help="zero K×K slices of the K×K convolutions; above 0, models without "
                                         "such convolutions are hidden")
-    min_weights = weights_col.slider("Min weight sparsity (%)", 0.0, 100.0, 0.0, 0.5, key="min_weight_sparsity",
+    min_weights = weights_col.slider("Min weight sparsity (%)", 0.0, 100.0, step=0.5, key="min_weight_sparsity",
                                      help="zero weights of the compressed layers")
 
 shown = data.filter_frame(frame, search=search, datasets=datasets, archs=archs, min_top1_pct=min_top1,
@@ -36,7 +46,7 @@ shown = data.filter_frame(frame, search=search, datasets=datasets, archs=archs, 
 st.markdown(f"**{len(shown):,}** of {len(frame):,} entries · select a row to open its model card")
 
 config = {
-    "name": st.column_config.TextColumn(data.COLUMNS["name"], width="medium"),
+    "name": st.column_config.TextColumn(data.COLUMNS["name"], width="medium", pinned=True),
     "arch": st.column_config.TextColumn(data.COLUMNS["arch"]),
     "dataset": st.column_config.TextColumn(data.COLUMNS["dataset"], width="small"),
     "top1_pct": st.column_config.NumberColumn(data.COLUMNS["top1_pct"], format="%.2f %%"),

@@ -1,4 +1,8 @@
-"""Compare: Pareto views of the zoo (size and MACs against accuracy) and a side-by-side of chosen entries."""
+"""Compare: Pareto views of the zoo (size and MACs against accuracy) and a side-by-side of chosen entries.
+
+The dataset and the chosen entries live in the URL (``?dataset=mnist&entries=a,b``), so a comparison can be
+shared; clicking a point opens its model card.
+"""
 
 import streamlit as st
 
@@ -11,42 +15,66 @@ if frame.empty:
     state.empty_catalog_help()
     st.stop()
 
+
+def open_clicked(event: object) -> None:
+    """Open the model card of the point clicked (selected) on a chart."""
+    points = event.selection.points if event else []
+    if points and points[0].get("customdata"):
+        st.switch_page("app_pages/model.py", query_params={"model": points[0]["customdata"][0]})
+
+
 datasets = sorted(frame["dataset"].unique())
-dataset = st.segmented_control("Dataset", datasets, default=datasets[0], key="cmp_dataset") or datasets[0]
+wanted = st.query_params.get("dataset")
+dataset = st.segmented_control("Dataset", datasets, default=wanted if wanted in datasets else datasets[0],
+                               key="cmp_dataset") or datasets[0]
 points = frame[frame["dataset"] == dataset]
 refs = references_for({dataset})
-st.caption("Filled circles: accuracy measured on this installation; hollow circles: accuracy the file claims. "
-           "Stars: published results as their authors report them (claimed, not measured here). "
-           "Dotted line: the zoo's frontier (no entry is both smaller and more accurate).")
+st.caption("Click a point to open its model card. Filled circles: accuracy measured on this installation; "
+           "hollow circles: accuracy the file claims. Stars: published results as their authors report them "
+           "(claimed, not measured here). Dotted line: the zoo's frontier (no entry is both smaller and more "
+           "accurate).")
 
 size_tab, macs_tab = st.tabs(["File size vs accuracy", "MACs vs accuracy"])
 with size_tab:
-    st.plotly_chart(charts.pareto(points, "size_kb", "file size (KB, log scale)", references=refs,
-                                  front=data.pareto_front(points, "size_kb"),
-                                  title=f"{dataset}: whole-file size against top-1"), key="pareto_size")
+    open_clicked(st.plotly_chart(
+        charts.pareto(points, "size_kb", "file size (KB, log scale)", references=refs,
+                      front=data.pareto_front(points, "size_kb"), title=f"{dataset}: whole-file size against top-1"),
+        key="pareto_size", on_select="rerun", selection_mode="points"))
     if refs:
         st.caption("Published points: " + "; ".join(f"{r.method} {r.arch} {r.size_kb} KB at {r.top1_pct} % "
                                                     f"({r.source})" for r in refs))
 with macs_tab:
-    st.plotly_chart(charts.pareto(points, "macs_sparse_m", "MACs with zero slices skipped (MMACs, log scale)",
-                                  front=data.pareto_front(points, "macs_sparse_m"),
-                                  title=f"{dataset}: inference MACs against top-1"), key="pareto_macs")
+    open_clicked(st.plotly_chart(
+        charts.pareto(points, "macs_sparse_m", "MACs with zero slices skipped (MMACs, log scale)",
+                      front=data.pareto_front(points, "macs_sparse_m"),
+                      title=f"{dataset}: inference MACs against top-1"),
+        key="pareto_macs", on_select="rerun", selection_mode="points"))
     st.caption("The published results report no MACs, so none are drawn here.")
 
 st.header("Side by side")
-default = data.pareto_front(points, "size_kb")["name"].tolist()[:3] or points["name"].tolist()[:2]
-chosen = st.multiselect("Entries", frame["name"].tolist(), default=default, max_selections=4, key="cmp_entries")
+names = frame["name"].tolist()
+from_url = [n for n in st.query_params.get("entries", "").split(",") if n in names][:4]
+default = from_url or data.pareto_front(points, "size_kb")["name"].tolist()[:3] or points["name"].tolist()[:2]
+chosen = st.multiselect("Entries", names, default=default, max_selections=4, key="cmp_entries")
+st.query_params["dataset"] = dataset
+st.query_params["entries"] = ",".join(chosen)  # the comparison's address: shareable
 if len(chosen) < 2:
     st.info("Choose two to four entries to compare them layer by layer.", icon=":material/compare_arrows:")
     st.stop()
 with state.friendly_errors("read the model cards"):
     cards = [state.card(n) for n in chosen]
     st.dataframe(data.summary_frame(cards), key="cmp_summary")
+    st.subheader("Recipes: the settings that differ")
+    diff = data.recipe_diff(cards)
+    if diff.empty:
+        st.caption("The recipes of these entries are the same.")
+    else:
+        st.dataframe(diff, key="cmp_recipes")
     st.subheader("Per layer")
     per_layer = data.compare_layers(cards)
     for arch, rows in per_layer.groupby("arch", sort=False):  # layers of different architectures differ
         st.markdown(f"**{arch}**")
-        size_col, sparsity_col = st.columns(2)
+        size_col, sparsity_col = st.columns(2)  # side by side on a wide screen, stacked on a phone
         size_col.plotly_chart(charts.layer_comparison(rows, "coded_bytes", "Coded size per layer", "bytes"),
                               key=f"cmp_size_{arch}")
         if rows["conv_slice_sparsity_pct"].notna().any():  # slices are what sparse inference skips

@@ -6,7 +6,6 @@ import streamlit as st
 import yaml
 
 from dashboard import charts, data, state
-from zoo.names import to_filename
 
 frame = state.table()
 if frame.empty:
@@ -66,7 +65,7 @@ with st.container(border=True):
             if digest != card["sha256"]:
                 st.error("The stored file does not match the catalog's sha256: run `lilnetx zoo reindex`.")
             else:
-                st.download_button(f"Download .lnx ({len(blob):,} bytes)", blob, file_name=f"{to_filename(name)}.lnx",
+                st.download_button(f"Download .lnx ({len(blob):,} bytes)", blob, file_name=data.download_name(name),
                                    mime="application/octet-stream", on_click="ignore", type="primary",
                                    icon=":material/download:", key="download")
                 st.caption("sha256")
@@ -74,7 +73,8 @@ with st.container(border=True):
     with right:
         st.subheader("Load it")
         st.code(card["how_to_load"]["python"], language="python", wrap_lines=True)
-        st.code(f"{card['how_to_load']['cli']}\nlilnetx inspect {to_filename(name)}.lnx", language="bash",
+        file_name = data.download_name(name)  # the same name as the download's
+        st.code(f"lilnetx zoo pull {name} -o {file_name}\nlilnetx inspect {file_name}", language="bash",
                 wrap_lines=True)
 
 # -- layers -----------------------------------------------------------------------------------------------
@@ -123,8 +123,8 @@ with st.expander("Per-tensor coding (from the file's header)"), state.friendly_e
 st.header("Training")
 history = data.training_history(card)
 if history.empty:
-    st.info("No training curves were recorded in the catalog for this model (it holds the recipe and the "
-            "final metrics).", icon=":material/show_chart:")
+    st.info("No training curves were recorded in this model's file (it holds the recipe and the final "
+            "metrics).", icon=":material/show_chart:")
 else:
     st.plotly_chart(charts.history_lines(history), key="history")
 recipe_col, versions_col = st.columns([2, 1])
@@ -132,7 +132,7 @@ with recipe_col:
     st.subheader("Recipe")
     if card["recipe"]:
         st.code(yaml.safe_dump(card["recipe"], sort_keys=False, default_flow_style=None, width=100),
-                language="yaml")
+                language="yaml", wrap_lines=True)
     else:
         st.caption("No recipe was recorded in the file.")
 with versions_col:
