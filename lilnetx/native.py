@@ -1,19 +1,24 @@
-"""Build a C++ extension from ``lilnetx/csrc`` on first use; ``None`` (with one warning) where that fails.
+"""Build the C++ extensions in ``lilnetx/csrc``; ``None`` (with one warning) where a build fails.
 
-Sources are compiled with ``torch.utils.cpp_extension`` (``-O3 -march=native -fopenmp -fno-trapping-math``) and
-cached in torch's extension folder (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a name
-keyed by the source, torch version, CPU and flags, so an edited source, another torch or another machine builds
-afresh. Callers keep a pure PyTorch path for the ``None`` case (no compiler, failed build).
+Sources are compiled with ``torch.utils.cpp_extension`` and cached in torch's extension folder
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) under a name keyed by the source, torch version
+and flags, so an edited source or another torch builds afresh. ``build`` compiles for this CPU (``-march=native``,
+so the CPU is part of the key); ``build_isa`` compiles one of the instruction-set variants of :data:`ISAS` with an
+explicit ``-march``, so the AVX2 variant can be built (and tested) on an AVX-512 machine too. ``lilnetx
+build-kernels`` (run by ``make``) builds everything ahead of first use. Callers keep a pure PyTorch path for the
+``None`` case (no compiler, failed build).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import platform
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,37 +26,124 @@ from typing import Any
 from lilnetx.errors import LilnetxError
 
 CSRC = Path(__file__).parent / "csrc"
+COMMON_FLAGS = ("-O3", "-fopenmp", "-fno-trapping-math")  # the last: float selects vectorise; same values
+CFLAGS = ("-march=native", *COMMON_FLAGS)
 
 
 class NativeKernelError(LilnetxError):
     """A C++ kernel was asked for where it could not be built; the message names the pure PyTorch path."""
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math")  # the last: float selects vectorise; same values
+
+
+@dataclass(frozen=True)
+class Isa:
+    """One instruction-set variant of a kernel: its compiler flags and the CPU flags it needs to run."""
+
+    name: str
+    march: str
+    vector_width: int  # floats per vector register
+    registers: int  # vector registers the register blocks may fill
+    requires: tuple[str, ...]
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (f"-march={self.march}", f"-DLNX_VW={self.vector_width}", f"-DLNX_NREG={self.registers}",
+                *COMMON_FLAGS)
+
+
+ISAS = (  # best first
+    Isa("avx512", "x86-64-v4", 16, 32, ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma")),
+    Isa("avx2", "x86-64-v3", 8, 16, ("avx2", "fma", "bmi2", "f16c")),
+)
+GENERIC = Isa("generic", "native", 4, 16, ())
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in info.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, or the machine type where ``/proc/cpuinfo`` does not say."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_key() -> str:
     """CPU model and feature flags: a kernel built with ``-march=native`` is only valid on the same CPU."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
-        model = next((line for line in info.splitlines() if line.startswith("model name")), "")
-    except OSError:
-        flags, model = "", ""
-    return f"{platform.machine()} {model} {flags}"
+    return f"{platform.machine()} {cpu_model()} {' '.join(sorted(cpu_flags()))}"
+
+
+def runnable_isas() -> list[Isa]:
+    """The variants this CPU can run, best first (``generic``: ``-march=native`` off x86-64)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return [GENERIC]
+    return [isa for isa in ISAS if set(isa.requires) <= cpu_flags()] or [GENERIC]
+
+
+def isa_named(name: str) -> Isa:
+    """The variant called ``name`` (``avx512``, ``avx2``, ``generic``)."""
+    for isa in (*ISAS, GENERIC):
+        if isa.name == name:
+            return isa
+    raise NativeKernelError(f"unknown instruction set {name!r}; known: {', '.join(i.name for i in (*ISAS, GENERIC))}")
 
 
 def build(source: Path, prefix: str, *, owner: str, fallback: str) -> ModuleType | None:
-    """The extension compiled from ``source`` (module name ``prefix_<hash>``), or ``None`` after one warning
+    """The extension compiled from ``source`` for this CPU (``-march=native``), or ``None`` after one warning
     ``"{owner}: ...; {fallback}"`` naming why (no compiler, build error). Callers cache the result."""
+    return _build(source, prefix, CFLAGS, cpu_key(), owner=owner, fallback=fallback)
+
+
+def build_isa(source: Path, prefix: str, isa: Isa, *, owner: str, fallback: str) -> ModuleType | None:
+    """``source`` compiled for ``isa`` (module ``prefix_<isa>_<hash>``). Only for an ``isa`` this CPU runs
+    (:func:`runnable_isas`): loading a variant for another CPU could fault; :func:`compile_check` compiles one."""
+    if isa not in runnable_isas():
+        raise NativeKernelError(f"this CPU cannot run the {isa.name} variant; use lilnetx.native.compile_check")
+    key = cpu_key() if isa is GENERIC else isa.name
+    return _build(source, f"{prefix}_{isa.name}", isa.flags, key, owner=owner, fallback=fallback)
+
+
+def compile_check(source: Path, isa: Isa, out_dir: Path) -> Path:
+    """Compile ``source`` for ``isa`` to an object file in ``out_dir`` without loading it (any CPU);
+    raises ``NativeKernelError`` with the compiler's first error lines."""
+    import subprocess
+    import sysconfig
+
+    from torch.utils import cpp_extension
+
+    out = Path(out_dir) / f"{source.stem}_{isa.name}.o"
+    includes = [f"-I{p}" for p in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
+    cmd = [os.environ.get("CXX", "c++"), "-c", str(source), "-o", str(out), "-std=c++20", "-fPIC",
+           "-DTORCH_EXTENSION_NAME=lilnetx_check", *includes, *(f for f in isa.flags if f != "-O3"), "-O1"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NativeKernelError(f"compiling {source.name} for {isa.name} failed: {result.stderr[-2000:]}")
+    return out
+
+
+def _build(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str, *, owner: str, fallback: str
+           ) -> ModuleType | None:
     if not shutil.which(os.environ.get("CXX", "c++")):
         warnings.warn(f"{owner}: no C++ compiler found (install g++); {fallback}", stacklevel=3)
         return None
     import torch  # lazily: this module is imported by code that may never build anything
 
     text = source.read_text()
-    key = hashlib.sha256("\n".join((text, torch.__version__, cpu_key(), " ".join(CFLAGS))).encode())
+    key = hashlib.sha256("\n".join((text, torch.__version__, machine_key, " ".join(flags))).encode())
     name = f"{prefix}_{key.hexdigest()[:12]}"
     try:
-        return cpp_extension_load()(name, [str(source)], extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"],
+        return cpp_extension_load()(name, [str(source)], extra_cflags=list(flags), extra_ldflags=["-fopenmp"],
                                     verbose=False)
     except Exception as exc:  # compiler or ninja problems: stay correct on the fallback path
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""

@@ -14,8 +14,9 @@
    and the types responsible are named in a warning when that left removable channels in place.
    Removal repeats until nothing changes (a removed filter can leave its own inputs unread).
 3. ``sparse=True`` then replaces each remaining convolution with zero kernel taps by a
-   ``lilnetx.sparse_conv.SparseConv2d`` where that is faster (timed on ``example_input`` when one is given,
-   else by a cost model of tap density and output size), so the model is never knowingly slower than dense.
+   ``lilnetx.sparse_conv.SparseConv2d``, which runs the sparse kernel only where it measured faster than dense
+   on this machine for the input configuration it is called with (measured now on ``example_input`` or the
+   default probe, else at the first call; decisions cached per machine), so it is never knowingly slower.
 
 Channel removal needs tensor shapes: they come from ``example_input`` or ``model.pretrained_cfg["input_size"]``;
 without either only BatchNorm is folded (with a warning). The slimmed model is checked against the
@@ -69,7 +70,7 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
     probe = example_input if example_input is not None else _default_input(slimmed)
     traced = _trace(slimmed)
     if traced is None:
-        return _finish(slimmed, sparse, example_input, timed=example_input is not None)
+        return _finish(slimmed, sparse, example_input)
     _fold_batchnorm(slimmed, traced)
     if probe is None:
         warnings.warn("slim: no example_input and no model.pretrained_cfg['input_size']: BatchNorm folded, "
@@ -92,15 +93,19 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
         warnings.warn("slim: the slimmed model's outputs differ from the original's; returning it unslimmed "
                       "(please report this model)", stacklevel=2)
         slimmed = copy.deepcopy(source).eval()
-    return _finish(slimmed, sparse, example_input if example_input is not None else probe,
-                   timed=example_input is not None)
+    return _finish(slimmed, sparse, example_input if example_input is not None else probe)
 
 
-def _finish(model: nn.Module, sparse: bool, example_input: Tensor | None, *, timed: bool = False) -> nn.Module:
+def _finish(model: nn.Module, sparse: bool, example_input: Tensor | None) -> nn.Module:
     if sparse:
+        from lilnetx.fuse import fuse_epilogues
         from lilnetx.sparse_conv import sparsify
 
-        sparsify(model, example_input=example_input, timed=timed)
+        sparsify(model)
+        model = fuse_epilogues(model)
+        if example_input is not None:  # measure each layer's form now rather than at the first call
+            with torch.no_grad():
+                model(example_input)
     return model
 
 

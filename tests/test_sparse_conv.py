@@ -1,12 +1,18 @@
-"""The slice-sparse convolution computes what the dense one does; layers go sparse only where it pays."""
+"""The slice-sparse convolution computes what the dense one does, on every ISA variant, and runs only where
+it measured faster (decisions cached per machine)."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import lilnetx.sparse_conv as sc
+from lilnetx import calibration, native
+from lilnetx.fuse import fuse_epilogues
 
 
 def _sparse_conv(cin: int, cout: int, k: int, *, stride: int = 1, padding: int = 0, dilation: int = 1,
@@ -27,24 +33,62 @@ CASES = [
     dict(cin=4, cout=5, k=1, bias=False),
     dict(cin=3, cout=7, k=5),
     dict(cin=16, cout=16, k=3, stride=2),
+    dict(cin=5, cout=4, k=3, stride=3, padding=2),
 ]
 
 
+@pytest.fixture(autouse=True)
+def _own_calibration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LILNETX_HOME", str(tmp_path / "home"))
+
+
+def _needs_kernel() -> None:
+    if sc.load_extension() is None:
+        pytest.skip("no C++ compiler: the sparse kernel cannot be built")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
-@pytest.mark.parametrize("size", [(2, 17, 17), (1, 40, 23)])
+@pytest.mark.parametrize("size", [(2, 17, 17), (1, 40, 23), (1, 7, 7)])
 def test_sparse_conv_equals_dense(case: dict, size: tuple[int, int, int]) -> None:
+    _needs_kernel()
     conv = _sparse_conv(**case)
     x = torch.randn(size[0], case["cin"], *size[1:])
     sparse = sc.SparseConv2d(conv)
     with torch.no_grad():
-        assert torch.allclose(sparse(x), conv(x), atol=1e-5)
-        assert torch.allclose(sparse(x, slices=False), conv(x), atol=1e-5)  # the per-tap loop too
+        expected = conv(x)
+        assert torch.allclose(sparse.sparse(x), expected, atol=1e-5)
+        assert torch.allclose(sparse.sparse(x, slices=False), expected, atol=1e-5)  # the per-tap loop too
+        residual = torch.randn_like(expected)
+        sparse.relu = True
+        assert torch.allclose(sparse.sparse(x, residual), torch.relu(expected + residual), atol=1e-5)
+        assert torch.allclose(sparse.dense(x, residual), torch.relu(expected + residual), atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", native.ISAS, ids=[i.name for i in native.ISAS])
+def test_every_isa_variant_compiles_and_where_this_cpu_runs_it_equals_dense(
+        isa: native.Isa, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if native.runnable_isas() == [native.GENERIC]:
+        pytest.skip("not an x86-64 CPU with AVX2: the x86 variants are not built here")
+    if isa not in native.runnable_isas():  # e.g. AVX-512 on an AVX2 machine: compile it, it cannot run here
+        assert native.compile_check(sc.SOURCE, isa, tmp_path).stat().st_size > 0
+        with pytest.raises(native.NativeKernelError, match="cannot run"):
+            native.build_isa(sc.SOURCE, "x", isa, owner="t", fallback="f")
+        return
+    monkeypatch.setenv(sc.ISA_ENV, isa.name)
+    ext = sc.load_extension()
+    assert ext is not None and ext.vector_width == isa.vector_width
+    for case in CASES[:3]:
+        conv = _sparse_conv(**case)
+        x = torch.randn(3, case["cin"], 19, 21)
+        with torch.no_grad():
+            assert torch.allclose(sc.SparseConv2d(conv, form="sparse")(x), conv(x), atol=1e-5)
 
 
 def test_fallback_without_the_extension_is_dense(monkeypatch: pytest.MonkeyPatch) -> None:
     conv = _sparse_conv(8, 8, 3, padding=1)
     sparse = sc.SparseConv2d(conv)
     monkeypatch.setattr(sc, "load_extension", lambda: None)
+    monkeypatch.setattr(sc, "_loaded", {})
     x = torch.randn(2, 8, 9, 9)
     with torch.no_grad():
         assert torch.allclose(sparse(x), conv(x), atol=1e-6)
@@ -58,30 +102,94 @@ def test_gradients_and_other_dtypes_take_the_dense_path() -> None:
     x = torch.randn(1, 4, 6, 6, requires_grad=True)
     assert torch.allclose(sparse(x), conv(x), atol=1e-5)
     assert sparse(x.double()).dtype == torch.float64
+    assert not sparse.decisions  # nothing was measured for inputs the kernel does not take
 
 
-def test_sparsify_follows_the_cost_model() -> None:
-    model = nn.Sequential(_sparse_conv(16, 16, 3, padding=1, sparsity=0.95),
-                          _sparse_conv(16, 16, 3, padding=1, sparsity=0.0), nn.Conv2d(16, 16, 3))
-    report = sc.sparsify(model)
-    if sc.load_extension() is None:
-        pytest.skip("no C++ compiler: nothing is replaced")
-    assert set(report) == {"0", "1"}  # the fully dense conv is not even considered
-    assert report["0"]["sparse"] and report["0"]["decided_by"] == "model"
-    assert not report["1"]["sparse"] and type(model[1]) is nn.Conv2d
-    assert isinstance(model[0], sc.SparseConv2d) and model[0].density < 0.1
+def test_decisions_are_measured_once_then_cached_per_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    _needs_kernel()
+    conv = _sparse_conv(16, 16, 3, padding=1, sparsity=0.9)
+    measured: list[str] = []
+    real_measure = sc.SparseConv2d.measure
+
+    def counting(self: sc.SparseConv2d, x: torch.Tensor) -> dict:
+        measured.append(self.pattern)
+        return real_measure(self, x)
+
+    monkeypatch.setattr(sc.SparseConv2d, "measure", counting)
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        first = sc.SparseConv2d(conv)
+        first(x), first(x)
+        assert len(measured) == 1 and first.decisions[next(iter(first.decisions))]["decided_by"] == "measured"
+        second = sc.SparseConv2d(conv)  # a new process would see the same file: the cache hits
+        second(x)
+        assert len(measured) == 1 and next(iter(second.decisions.values()))["decided_by"] == "cache"
+        assert (calibration.home() / "calibration.json").is_file()
+        sc.SparseConv2d(conv)(torch.randn(3, 16, 12, 12))  # another batch size is another configuration
+        assert len(measured) == 2
+        monkeypatch.setattr(native, "cpu_model", lambda: "Another CPU")  # a CPU change invalidates the cache
+        sc.SparseConv2d(conv)(x)
+        assert len(measured) == 3
 
 
-def test_sparsify_times_layers_on_an_example_input() -> None:
-    model = nn.Sequential(_sparse_conv(8, 8, 3, padding=1, sparsity=0.9))
+def test_an_artificially_slow_kernel_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    _needs_kernel()
+    conv = _sparse_conv(16, 16, 3, padding=1, sparsity=0.99)
+    real_sparse = sc.SparseConv2d.sparse
+
+    def slow(self: sc.SparseConv2d, *args: object, **kwargs: object) -> torch.Tensor:
+        time.sleep(0.005)
+        return real_sparse(self, *args, **kwargs)
+
+    monkeypatch.setattr(sc.SparseConv2d, "sparse", slow)
+    model = nn.Sequential(conv)
+    report = sc.sparsify(model, example_input=torch.randn(1, 16, 8, 8))
+    assert report["0"]["form"] == "dense" and report["0"]["sparse_ms"] > report["0"]["dense_ms"]
+    calls: list[int] = []
+    monkeypatch.setattr(sc.SparseConv2d, "sparse", lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        model(torch.randn(1, 16, 8, 8))
+    assert not calls  # the dense form runs
+
+
+def test_sparsify_reports_each_layer() -> None:
+    _needs_kernel()
+    model = nn.Sequential(_sparse_conv(8, 8, 3, padding=1, sparsity=0.9),
+                          _sparse_conv(8, 8, 3, padding=1, sparsity=0.0), nn.Conv2d(8, 8, 3))
     report = sc.sparsify(model, example_input=torch.randn(1, 8, 12, 12))
-    if sc.load_extension() is None:
-        pytest.skip("no C++ compiler")
-    assert report["0"]["decided_by"] == "timed" and report["0"]["dense_ms"] > 0 and report["0"]["sparse_ms"] > 0
-    assert report["0"]["sparse"] == isinstance(model[0], sc.SparseConv2d)
+    assert set(report) == {"0", "1"}  # a conv without a zero tap is not considered
+    assert report["0"]["decided_by"] == "measured" and report["0"]["dense_ms"] > 0 and report["0"]["sparse_ms"] > 0
+    assert report["0"]["form"] in ("sparse", "dense") and report["0"]["zero_slice_share"] > 0.8
+    assert type(model[2]) is nn.Conv2d
+    assert sc.sparsify(nn.Sequential(_sparse_conv(8, 8, 3)))["0"]["form"] == "first call"
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = _sparse_conv(8, 8, 3, padding=1), nn.Identity()
+        self.conv2, self.conv3 = _sparse_conv(8, 8, 3, padding=1), _sparse_conv(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(x + self.conv2(out))  # the residual comes first
+        return self.conv3(out) + out  # an addition without ReLU
+
+
+def test_fused_epilogues_keep_the_outputs() -> None:
+    _needs_kernel()
+    block = _Block().eval()
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        expected = block(x)
+        sc.sparsify(block, form="sparse")
+        fused = fuse_epilogues(block)
+        assert fused.conv1.relu and fused.conv2.relu and not fused.conv3.relu
+        ops = [n.target for n in fused.graph.nodes if n.op == "call_function"]
+        assert not ops  # every ReLU and addition went into a convolution
+        assert torch.allclose(fused(x), expected, atol=1e-5)
 
 
 def test_sparse_conv_rejects_reflect_padding() -> None:
     with pytest.raises(sc.SparseConvError, match="zero padding"):
         sc.SparseConv2d(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
-

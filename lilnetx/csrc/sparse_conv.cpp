@@ -1,8 +1,15 @@
-// Slice-sparse direct 2-D convolution (fp32, NCHW): every output channel visits only its non-zero
-// kernel taps (3x3 stride-1 kernels: its non-zero slices, each input row loaded once for three taps). For each (sample, output channel) a block of R output rows x NV*16 columns is accumulated in
-// vector registers over the channel's non-zero taps (one broadcast weight, one unaligned row load per
-// accumulator), then stored once. Each sample's input is zero-padded into a thread-local buffer that stays
-// in cache, so borders need no branches. Threads come from ATen's pool (torch.set_num_threads).
+// Slice-sparse direct 2-D convolution (fp32, NCHW): every output channel visits only its non-zero kernel taps.
+//
+// One source, compiled once per instruction set: LNX_VW is the vector width in floats (8: AVX2 with 16 vector
+// registers, 16: AVX-512 with 32; 4 elsewhere) and LNX_NREG the register count; lilnetx/native.py builds each
+// variant with its own -march and picks the one the CPU runs. Register blocks (R output rows x NV vectors) are
+// chosen per layer shape so that the accumulators, three weights and one input vector fit the register file.
+//
+// For each (sample, output channel) a block of R rows x NV*LNX_VW columns is accumulated in registers over the
+// channel's non-zero taps and stored once. 3x3 stride-1 kernels visit whole slices: each loaded input vector
+// feeds the (up to) three output rows it touches. Each sample's input is zero-padded into a thread-local buffer
+// (strided layers: every row split into stride phases, so that every tap reads contiguous vectors), so borders
+// need no branches. Threads come from ATen's pool (torch.set_num_threads).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -10,127 +17,174 @@
 #include <cstring>
 #include <vector>
 
+#ifndef LNX_VW
+#define LNX_VW 16
+#endif
+#ifndef LNX_NREG
+#define LNX_NREG 32
+#endif
+
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
+constexpr int VW = LNX_VW;
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
 
-inline v16 load16(const float* p) {
-  v16 v;
+inline vf load(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline v16 load16_strided(const float* p, int64_t s) {
-  v16 v;
-  for (int k = 0; k < 16; ++k) v[k] = p[k * s];
-  return v;
-}
-
 struct Geometry {
-  int64_t C, H, W, O, Ho, Wo, Hp, Wp, pad_h, pad_w, stride_h, stride_w;
+  int64_t C, H, W, O, Ho, Wo, Hp, Wp, Wq, pad_h, pad_w, stride_h, stride_w;
 };
 
-// Zero-pad one sample's (C, H, W) planes into buf (C, Hp, Wp).
+// Zero-pad one sample's (C, H, W) planes into buf (C, Hp, Wp); with stride_w > 1 padded column c of a row is
+// stored at (c % stride_w) * Wq + c / stride_w.
 void pad_sample(const float* x, float* buf, const Geometry& g) {
   std::fill(buf, buf + g.C * g.Hp * g.Wp, 0.0f);
   for (int64_t c = 0; c < g.C; ++c) {
     for (int64_t h = 0; h < g.H; ++h) {
-      std::memcpy(buf + (c * g.Hp + h + g.pad_h) * g.Wp + g.pad_w, x + (c * g.H + h) * g.W, g.W * sizeof(float));
-    }
-  }
-}
-
-template <int R, int NV, bool UNIT>
-void conv_channel(const float* buf, float* out, const Geometry& g, const int64_t* offs, const float* wts,
-                  int64_t n_taps, float bias) {
-  constexpr int64_t COLS = NV * 16;
-  const int64_t row_step = g.stride_h * g.Wp;
-  for (int64_t oh0 = 0; oh0 < g.Ho; oh0 += R) {
-    for (int64_t ow0 = 0; ow0 < g.Wo; ow0 += COLS) {
-      v16 acc[R][NV];
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = v16{} + bias;
-      const float* base = buf + oh0 * row_step + ow0 * g.stride_w;
-      for (int64_t t = 0; t < n_taps; ++t) {
-        const float* src = base + offs[t];
-        const v16 w = v16{} + wts[t];
-        for (int r = 0; r < R; ++r) {
-          for (int v = 0; v < NV; ++v) {
-            if (UNIT) {
-              acc[r][v] += w * load16(src + r * row_step + v * 16);
-            } else {
-              acc[r][v] += w * load16_strided(src + r * row_step + v * 16 * g.stride_w, g.stride_w);
-            }
-          }
+      const float* src = x + (c * g.H + h) * g.W;
+      float* row = buf + (c * g.Hp + h + g.pad_h) * g.Wp;
+      if (g.stride_w == 1) {
+        std::memcpy(row + g.pad_w, src, g.W * sizeof(float));
+      } else {
+        for (int64_t w = 0; w < g.W; ++w) {
+          const int64_t col = w + g.pad_w;
+          row[(col % g.stride_w) * g.Wq + col / g.stride_w] = src[w];
         }
       }
-      const int64_t rows = std::min<int64_t>(R, g.Ho - oh0);
-      const int64_t cols = std::min<int64_t>(COLS, g.Wo - ow0);
-      for (int r = 0; r < rows; ++r) {
-        float tmp[COLS];
-        std::memcpy(tmp, acc[r], sizeof(tmp));
-        std::memcpy(out + (oh0 + r) * g.Wo + ow0, tmp, cols * sizeof(float));
+    }
+  }
+}
+
+// The output of one channel and what is fused into its store: a residual added (same shape; or null) and ReLU.
+struct Sink {
+  float* out;
+  const float* residual;
+  bool relu;
+};
+
+template <int R, int NV>
+inline void store_block(vf (&acc)[R][NV], const Sink& sink, const Geometry& g, int64_t oh0, int64_t ow0) {
+  constexpr int64_t COLS = NV * VW;
+  const int64_t rows = std::min<int64_t>(R, g.Ho - oh0);
+  const int64_t cols = std::min<int64_t>(COLS, g.Wo - ow0);
+  for (int r = 0; r < rows; ++r) {
+    const int64_t at = (oh0 + r) * g.Wo + ow0;
+    if (cols == COLS) {
+      for (int v = 0; v < NV; ++v) {
+        if (sink.residual) acc[r][v] += load(sink.residual + at + v * VW);
+        if (sink.relu) acc[r][v] = acc[r][v] > 0 ? acc[r][v] : vf{};
+      }
+      std::memcpy(sink.out + at, acc[r], sizeof(acc[r]));
+    } else {
+      float tmp[COLS];
+      std::memcpy(tmp, acc[r], sizeof(tmp));
+      for (int64_t c = 0; c < cols; ++c) {
+        float value = tmp[c] + (sink.residual ? sink.residual[at + c] : 0.0f);
+        sink.out[at + c] = sink.relu && value < 0 ? 0.0f : value;
       }
     }
   }
 }
 
-// 3x3, stride 1, dilation 1: iterate over each non-zero slice's (R + 2) input rows x 3 column shifts once and
-// feed every loaded vector to the (up to 3) output rows it touches: half the loads of the per-tap loop.
+// Any kernel, stride and dilation: one broadcast weight and one contiguous load per accumulator and tap.
 template <int R, int NV>
-void conv3x3_channel(const float* buf, float* out, const Geometry& g, const int64_t* offs, const float* wts,
-                     int64_t n_slices, float bias) {
-  constexpr int64_t COLS = NV * 16;
+void taps_channel(const float* buf, const Sink& out, const Geometry& g, const int64_t* offs, const float* wts,
+                  int64_t n_taps, float bias) {
+  const int64_t row_step = g.stride_h * g.Wp;
+  for (int64_t oh0 = 0; oh0 < g.Ho; oh0 += R) {
+    for (int64_t ow0 = 0; ow0 < g.Wo; ow0 += NV * VW) {
+      vf acc[R][NV];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = vf{} + bias;
+      const float* base = buf + oh0 * row_step + ow0;
+      for (int64_t t = 0; t < n_taps; ++t) {
+        const float* src = base + offs[t];
+        const vf w = vf{} + wts[t];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[r][v] += w * load(src + r * row_step + v * VW);
+      }
+      store_block<R, NV>(acc, out, g, oh0, ow0);
+    }
+  }
+}
+
+// 3x3, stride 1, dilation 1: per non-zero slice and kernel column, three weights stay in registers while the
+// slice's R + 2 input rows stream past, each row feeding the output rows it touches.
+template <int R, int NV>
+void slice3x3_channel(const float* buf, const Sink& out, const Geometry& g, const int64_t* offs, const float* wts,
+                      int64_t n_slices, float bias) {
   const int64_t Wp = g.Wp;
   for (int64_t oh0 = 0; oh0 < g.Ho; oh0 += R) {
-    for (int64_t ow0 = 0; ow0 < g.Wo; ow0 += COLS) {
-      v16 acc[R][NV];
+    for (int64_t ow0 = 0; ow0 < g.Wo; ow0 += NV * VW) {
+      vf acc[R][NV];
       for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] = v16{} + bias;
+        for (int v = 0; v < NV; ++v) acc[r][v] = vf{} + bias;
       const float* base = buf + oh0 * Wp + ow0;
       for (int64_t s = 0; s < n_slices; ++s) {
         const float* src = base + offs[s];
         const float* w = wts + 9 * s;
-        v16 wv[9];
-        for (int k = 0; k < 9; ++k) wv[k] = v16{} + w[k];
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {
+          const vf w0 = vf{} + w[kw], w1 = vf{} + w[3 + kw], w2 = vf{} + w[6 + kw];
 #pragma GCC unroll 16
-        for (int j = 0; j < R + 2; ++j) {
-#pragma GCC unroll 3
-          for (int kw = 0; kw < 3; ++kw) {
-#pragma GCC unroll 2
+          for (int j = 0; j < R + 2; ++j) {
+#pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-              const v16 xv = load16(src + j * Wp + kw + v * 16);
-#pragma GCC unroll 3
-              for (int kh = 0; kh < 3; ++kh) {
-                const int r = j - kh;
-                if (r >= 0 && r < R) acc[r][v] += wv[kh * 3 + kw] * xv;
-              }
+              const vf x = load(src + j * Wp + kw + v * VW);
+              if (j < R) acc[j][v] += w0 * x;
+              if (j >= 1 && j - 1 < R) acc[j - 1][v] += w1 * x;
+              if (j >= 2 && j - 2 < R) acc[j - 2][v] += w2 * x;
             }
           }
         }
       }
-      const int64_t rows = std::min<int64_t>(R, g.Ho - oh0);
-      const int64_t cols = std::min<int64_t>(COLS, g.Wo - ow0);
-      for (int r = 0; r < rows; ++r) {
-        float tmp[COLS];
-        std::memcpy(tmp, acc[r], sizeof(tmp));
-        std::memcpy(out + (oh0 + r) * g.Wo + ow0, tmp, cols * sizeof(float));
-      }
+      store_block<R, NV>(acc, out, g, oh0, ow0);
     }
   }
 }
 
-using ChannelFn = void (*)(const float*, float*, const Geometry&, const int64_t*, const float*, int64_t, float);
+using ChannelFn = void (*)(const float*, const Sink&, const Geometry&, const int64_t*, const float*, int64_t, float);
 
-template <bool UNIT>
-ChannelFn pick(int64_t Wo) {
-  if (Wo <= 16) return conv_channel<8, 1, UNIT>;
-  return conv_channel<4, 2, UNIT>;
-}
+struct Block {
+  int R, NV;
+  ChannelFn taps, slices;
+};
 
-ChannelFn pick3x3(int64_t Wo) {
-  if (Wo <= 16) return conv3x3_channel<8, 1>;
-  return conv3x3_channel<4, 2>;
+#define LNX_BLOCK(R, NV) Block{R, NV, taps_channel<R, NV>, slice3x3_channel<R, NV>}
+// Accumulator budgets: R * NV <= 12 with 16 registers (plus 3 weights and an input), <= 24 with 32.
+const Block BLOCKS[] = {
+    LNX_BLOCK(1, 1), LNX_BLOCK(2, 1), LNX_BLOCK(3, 1), LNX_BLOCK(4, 1), LNX_BLOCK(5, 1), LNX_BLOCK(6, 1),
+    LNX_BLOCK(7, 1), LNX_BLOCK(8, 1), LNX_BLOCK(12, 1), LNX_BLOCK(1, 2), LNX_BLOCK(2, 2), LNX_BLOCK(3, 2),
+    LNX_BLOCK(4, 2), LNX_BLOCK(6, 2), LNX_BLOCK(1, 3), LNX_BLOCK(2, 3), LNX_BLOCK(4, 3), LNX_BLOCK(1, 4),
+    LNX_BLOCK(2, 4), LNX_BLOCK(3, 4),
+#if LNX_NREG >= 32
+    LNX_BLOCK(7, 2), LNX_BLOCK(8, 2), LNX_BLOCK(12, 2), LNX_BLOCK(6, 3), LNX_BLOCK(7, 3), LNX_BLOCK(8, 3),
+    LNX_BLOCK(4, 4), LNX_BLOCK(6, 4),
+#endif
+};
+
+// The block with the least modelled work for an Ho x Wo output: padded outputs times the multiply-adds per
+// output vector, plus the loads that exceed them and a per-block cost for setting up and storing.
+const Block& pick_block(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_unit) {
+  const Block* best = &BLOCKS[0];
+  double best_cost = 1e300;
+  for (const Block& b : BLOCKS) {
+    const double blocks = double((Ho + b.R - 1) / b.R) * double((Wo + b.NV * VW - 1) / (b.NV * VW));
+    const double fma = double(b.R * b.NV) * taps_per_unit;
+    const double loads = slices ? 3.0 * (b.R + 2) * b.NV + 9 : double(b.R * b.NV + 1) * taps_per_unit;
+    const double cost = blocks * (std::max(fma, loads) + 2.0 * b.R * b.NV + 12.0);
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = &b;
+    }
+  }
+  return *best;
 }
 
 }  // namespace
@@ -138,11 +192,14 @@ ChannelFn pick3x3(int64_t Wo) {
 // x: (N, C, H, W) fp32; tap_ptr: (O + 1) int64 CSR row pointers over taps; tap_chan/tap_kh/tap_kw: int64 input
 // channel and kernel position of each non-zero tap; tap_w: fp32 weight of each tap; bias: (O) fp32 or empty.
 // use_slices: 3x3 stride-1 kernels run the slice kernel (false: the per-tap loop, for comparison).
+// residual: a tensor of the output's shape added before ReLU, or empty; relu: apply ReLU to the result.
 torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tensor tap_chan, torch::Tensor tap_kh,
                             torch::Tensor tap_kw, torch::Tensor tap_w, torch::Tensor bias, int64_t KH, int64_t KW,
                             int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dil_h,
-                            int64_t dil_w, bool use_slices) {
+                            int64_t dil_w, bool use_slices, torch::Tensor residual, bool relu) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "sparse_conv2d: x must be a 4-D float32 tensor");
+  TORCH_CHECK(stride_h >= 1 && stride_w >= 1 && dil_h >= 1 && dil_w >= 1 && pad_h >= 0 && pad_w >= 0,
+              "sparse_conv2d: stride and dilation must be >= 1, padding >= 0");
   x = x.contiguous();
   Geometry g;
   g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
@@ -152,15 +209,18 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   g.Wo = (g.W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1;
   TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "sparse_conv2d: input smaller than the kernel");
   const int64_t N = x.size(0);
-  const int64_t cols = g.Wo <= 16 ? 16 : 32;
-  const int64_t rows = g.Wo <= 16 ? 8 : 4;
-  const int64_t Ho_pad = (g.Ho + rows - 1) / rows * rows;
-  const int64_t Wo_pad = (g.Wo + cols - 1) / cols * cols;
+  const int64_t n_taps = tap_w.size(0);
+  const bool slices = use_slices && KH == 3 && KW == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 &&
+                      dil_w == 1;
+  const int64_t taps_per_channel = std::max<int64_t>(1, n_taps / std::max<int64_t>(1, g.O));
+  const Block& block = pick_block(g.Ho, g.Wo, slices, slices ? 9 : taps_per_channel);
+  const int64_t Ho_pad = (g.Ho + block.R - 1) / block.R * block.R;
+  const int64_t Wo_pad = (g.Wo + block.NV * VW - 1) / (block.NV * VW) * (block.NV * VW);
   // Room for the rounded-up block of rows / columns: reads beyond the real input see zeros.
   g.Hp = std::max<int64_t>(g.H + 2 * pad_h, (Ho_pad - 1) * stride_h + dil_h * (KH - 1) + 1);
-  g.Wp = std::max<int64_t>(g.W + 2 * pad_w, (Wo_pad - 1) * stride_w + dil_w * (KW - 1) + 1);
+  g.Wq = std::max<int64_t>((g.W + 2 * pad_w + stride_w - 1) / stride_w, Wo_pad + dil_w * (KW - 1) / stride_w + 1);
+  g.Wp = g.Wq * stride_w;
 
-  const int64_t n_taps = tap_w.size(0);
   const int64_t* chan = tap_chan.data_ptr<int64_t>();
   const int64_t* kh = tap_kh.data_ptr<int64_t>();
   const int64_t* kw = tap_kw.data_ptr<int64_t>();
@@ -169,8 +229,6 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   std::vector<int64_t> offs, ptr_v(g.O + 1);
   std::vector<float> w_v;
   ChannelFn fn;
-  const bool slices = use_slices && KH == 3 && KW == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 &&
-                      dil_w == 1;
   if (slices) {  // taps (sorted by output, input channel, kh, kw) grouped into 3x3 slices
     for (int64_t o = 0; o < g.O; ++o) {
       ptr_v[o] = static_cast<int64_t>(offs.size());
@@ -185,16 +243,25 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
       }
     }
     ptr_v[g.O] = static_cast<int64_t>(offs.size());
-    fn = pick3x3(g.Wo);
+    fn = block.slices;
   } else {
     offs.resize(n_taps);
-    for (int64_t t = 0; t < n_taps; ++t) offs[t] = (chan[t] * g.Hp + kh[t] * dil_h) * g.Wp + kw[t] * dil_w;
+    for (int64_t t = 0; t < n_taps; ++t) {
+      const int64_t col = kw[t] * dil_w;
+      offs[t] = (chan[t] * g.Hp + kh[t] * dil_h) * g.Wp + (col % stride_w) * g.Wq + col / stride_w;
+    }
     std::copy(tptr, tptr + g.O + 1, ptr_v.begin());
     w_v.assign(tw, tw + n_taps);
-    fn = (stride_w == 1) ? pick<true>(g.Wo) : pick<false>(g.Wo);
+    fn = block.taps;
   }
 
   auto out = torch::empty({N, g.O, g.Ho, g.Wo}, x.options());
+  if (residual.numel()) {
+    TORCH_CHECK(residual.sizes() == out.sizes() && residual.scalar_type() == torch::kFloat32,
+                "sparse_conv2d: the residual must be a float32 tensor of the output's shape");
+    residual = residual.contiguous();
+  }
+  const float* rp = residual.numel() ? residual.data_ptr<float>() : nullptr;
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t* ptr = ptr_v.data();
@@ -206,8 +273,9 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   const int64_t out_plane = g.O * g.Ho * g.Wo;
   auto run_channels = [&](const float* buf, int64_t n, int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
-      fn(buf, op + n * out_plane + o * g.Ho * g.Wo, g, offs.data() + ptr[o], wp + ptr[o] * w_step, ptr[o + 1] - ptr[o],
-         bp ? bp[o] : 0.0f);
+      const int64_t at = n * out_plane + o * g.Ho * g.Wo;
+      fn(buf, Sink{op + at, rp ? rp + at : nullptr, relu}, g, offs.data() + ptr[o], wp + ptr[o] * w_step,
+         ptr[o + 1] - ptr[o], bp ? bp[o] : 0.0f);
     }
   };
   if (N >= at::get_num_threads()) {
@@ -228,6 +296,14 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   return out;
 }
 
+// The register block (rows, vectors) and the vector width the kernel uses for an Ho x Wo output.
+std::vector<int64_t> block_for(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_channel) {
+  const Block& b = pick_block(Ho, Wo, slices, slices ? 9 : taps_per_channel);
+  return {b.R, b.NV, VW};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv2d", &sparse_conv2d, "slice-sparse direct conv2d (fp32, NCHW)");
+  m.def("block_for", &block_for, "register block (rows, vectors, vector width) chosen for an output size");
+  m.attr("vector_width") = VW;
 }

@@ -1,0 +1,94 @@
+"""Measured decisions, cached per machine: which form of a layer is faster here.
+
+A decision is measured once on the machine that runs the model and stored in ``$LILNETX_HOME/calibration.json``
+(default ``~/.cache/lilnetx``) under a key made of the machine (CPU model, the kernel's instruction set, thread
+count, torch version) and the layer's signature (shapes, strides, padding, the hash of its non-zero pattern,
+the input batch and size). Another CPU, ISA variant or torch version misses the cache and measures afresh. The
+file is written atomically; an unreadable one is ignored (and replaced on the next write), never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lilnetx.files import atomic_file
+
+MAX_ENTRIES = 20_000  # the oldest decisions go first beyond this
+
+
+def home() -> Path:
+    """``$LILNETX_HOME`` or ``~/.cache/lilnetx``: the cache and artifact store."""
+    return Path(os.environ.get("LILNETX_HOME") or Path.home() / ".cache" / "lilnetx").expanduser()
+
+
+def key(*parts: Any) -> str:
+    """A stable short key for a tuple of JSON-able parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds of each call, timed one call of each per round so that a noisy machine slows them
+    alike (every figure is comparable only with the others of the same rounds)."""
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+class DecisionCache:
+    """Decisions (small JSON dicts) by key, in memory and in one JSON file."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or home() / "calibration.json"
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] | None = None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._entries is None:
+            try:
+                data = json.loads(self.path.read_text())
+                entries = data.get("decisions") if isinstance(data, dict) else None
+                self._entries = {k: v for k, v in (entries or {}).items() if isinstance(v, dict)}
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._load().get(name)
+
+    def put(self, name: str, decision: dict[str, Any]) -> None:
+        """Store ``decision`` and rewrite the file (a failed write only loses the cache, never the result)."""
+        with self._lock:
+            entries = self._load()
+            entries[name] = decision
+            while len(entries) > MAX_ENTRIES:
+                entries.pop(next(iter(entries)))
+            try:
+                with atomic_file(self.path, mode=0o644) as f:
+                    f.write(json.dumps({"decisions": entries}, allow_nan=False).encode())
+            except (OSError, ValueError):
+                pass
+
+
+_caches: dict[Path, DecisionCache] = {}
+
+
+def cache() -> DecisionCache:
+    """The process's cache for the current ``$LILNETX_HOME``."""
+    path = home() / "calibration.json"
+    return _caches.setdefault(path, DecisionCache(path))

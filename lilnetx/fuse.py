@@ -1,0 +1,113 @@
+"""``fuse_epilogues(model)``: fold each ``SparseConv2d``'s following ReLU and residual addition into its store.
+
+A slimmed ResNet block ends ``relu(conv2(x) + shortcut)``: three passes over the activations, of which the
+addition and the ReLU only read and write memory. Traced with ``torch.fx``, every ``SparseConv2d`` whose only
+reader is a ReLU, or an addition of a same-shaped tensor (itself read only by a ReLU, or not followed by one),
+takes them over: ``conv(x, residual)`` with ``relu=True`` adds and rectifies in the kernel's store (dense
+``conv2d`` does the same after it, where that form runs). Outputs are unchanged; a model fx cannot trace is
+returned as it was.
+"""
+
+from __future__ import annotations
+
+import operator
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lilnetx.sparse_conv import SparseConv2d
+
+RELU_FUNCTIONS = {F.relu, torch.relu}
+RELU_METHODS = {"relu", "relu_"}
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+KEEP_ATTRIBUTES = ("pretrained_cfg", "default_cfg", "lilnetx_config", "lilnetx_header")
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, SparseConv2d) or super().is_leaf_module(m, qualname)
+
+
+def fuse_epilogues(model: nn.Module) -> nn.Module:
+    """``model`` as a ``torch.fx.GraphModule`` with ReLU / residual additions fused into its sparse convolutions
+    (``model`` itself where nothing fuses or it cannot be traced)."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # dynamic control flow and the like: leave the model as it is
+        warnings.warn(f"fuse_epilogues: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}); "
+                      "kept unfused", stacklevel=2)
+        return model
+    modules = dict(model.named_modules())
+    for node in list(graph.nodes):  # folded BatchNorm leaves nn.Identity between a convolution and its ReLU
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity and len(node.args) == 1:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    calls = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), SparseConv2d)]
+    targets = [n.target for n in calls]
+    fused = 0
+    for node in calls:
+        if len(node.args) == 1 and not node.kwargs and targets.count(node.target) == 1:  # not a shared module
+            fused += _fuse(node, modules[node.target], modules)
+    if not fused:
+        return model
+    result = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    result.graph.eliminate_dead_code()
+    result.recompile()
+    for name in KEEP_ATTRIBUTES:
+        if hasattr(model, name):
+            setattr(result, name, getattr(model, name))
+    return result.eval() if not model.training else result
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _is_relu(node: fx.Node | None, modules: dict[str, nn.Module]) -> bool:
+    if node is None:
+        return False
+    if node.op == "call_module":
+        return type(modules.get(node.target)) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in RELU_FUNCTIONS and len(node.args) == 1
+    return node.op == "call_method" and node.target in RELU_METHODS and len(node.args) == 1
+
+
+def _fuse(conv_node: fx.Node, conv: SparseConv2d, modules: dict[str, nn.Module]) -> int:
+    user = _only_user(conv_node)
+    if user is None:
+        return 0
+    if _is_relu(user, modules):
+        conv.relu = True
+        user.replace_all_uses_with(conv_node)
+        return 1
+    is_add = (user.op == "call_function" and user.target in ADD_FUNCTIONS and len(user.args) == 2
+              and not user.kwargs) or (user.op == "call_method" and user.target in ("add", "add_")
+                                       and len(user.args) == 2 and not user.kwargs)
+    if not is_add:
+        return 0
+    other = user.args[1] if user.args[0] is conv_node else user.args[0]
+    if not isinstance(other, fx.Node) or other is conv_node:
+        return 0
+    after = _only_user(user)
+    relu = _is_relu(after, modules)
+    if other not in _placed_before(conv_node):
+        user.prepend(conv_node)  # the residual is computed first: the convolution moves after it
+    conv_node.args = (conv_node.args[0], other)
+    conv.relu = relu
+    user.replace_all_uses_with(conv_node)
+    if relu:
+        after.replace_all_uses_with(conv_node)
+    return 1
+
+
+def _placed_before(conv_node: fx.Node) -> set[fx.Node]:
+    """The nodes placed before ``conv_node`` in the graph's order."""
+    before, node = set(), conv_node.prev
+    while node.op != "root":
+        before.add(node)
+        node = node.prev
+    return before
