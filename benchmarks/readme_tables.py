@@ -102,6 +102,10 @@ def dashboard_load(result: dict) -> str:
                       *(f"| {m} | {r} | {g} |" for m, r, g in rows)])
 
 
+def cli_latency(result: dict) -> str:
+    return _script("cli_latency").table(result)
+
+
 def _pct(fraction: float, digits: int = 1) -> str:
     return f"{100 * fraction:.{digits}f} %"
 
@@ -161,12 +165,13 @@ TABLES: dict[str, Callable[[Any], str]] = {  # region name -> renderer
     "load_time": load_time,
     "sparse_speed": sparse_speed,
     "dashboard_load": dashboard_load,
+    "cli_latency": cli_latency,
 }
 
 DOCUMENTS: dict[str, tuple[str, ...]] = {  # document (relative to the repository) -> the tables it holds
     "README.md": ("zoo_summary", "headline"),
     "docs/performance.md": ("zoo_models", "mnist_frontier", "train_overhead", "train_overhead_profile",
-                            "artifact_size", "load_time", "sparse_speed", "dashboard_load"),
+                            "artifact_size", "load_time", "cli_latency", "sparse_speed", "dashboard_load"),
 }
 
 # tables whose results file is not NAME.json; a tuple hands the renderer {stem: results} of several files

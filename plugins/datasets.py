@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
 
 from zoo.datasets import DatasetBundle, DatasetError, TensorImageDataset
 from zoo.hookspecs import DatasetRegistrar, hookimpl
 
 if TYPE_CHECKING:
+    import torch
     from torchvision.datasets import ImageFolder
 
 __all__ = [
@@ -197,6 +197,7 @@ def mnist(*, augment: bool = True, pad: int = 0) -> DatasetBundle:
 
 def _mnist_tensors(x: np.ndarray, y: np.ndarray, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = np.clip(np.rint(np.asarray(x, np.float32) * 256), 0, 255).astype(np.uint8)
+    import torch  # imported on use: registering the datasets imports no torch
     return _pad_images(torch.from_numpy(pixels.reshape(-1, 1, 28, 28)), pad), torch.from_numpy(np.asarray(y, np.int64))
 
 
@@ -212,6 +213,7 @@ def _check_pad(pad: object) -> int:
 
 def _pad_images(images: torch.Tensor, pad: int) -> torch.Tensor:
     """uint8 images ``(N, C, H, W)`` with ``pad`` zero (black) pixels added on every side."""
+    import torch
     return torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
 
 
@@ -225,6 +227,7 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0, augment: bool = True) -
     from sklearn.model_selection import train_test_split
 
     data = load_digits()
+    import torch
     images = torch.from_numpy(data.images.astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(data.target.astype(np.int64))
     train_idx, test_idx = train_test_split(
@@ -319,6 +322,7 @@ def _idx_split(
             f"{where} labels: expected values in [0, {num_classes}), found "
             f"{labels.min()}..{labels.max()}. Pass the right num_classes."
         )
+    import torch
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -390,6 +394,7 @@ def _cifar(
 
 def _cifar_batches(paths: list[Path], label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = zip(*(_cifar_batch(p, label_key, num_classes) for p in paths), strict=True)
+    import torch
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 

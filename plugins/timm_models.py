@@ -12,11 +12,12 @@ import functools
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from zoo.hookspecs import ArchitectureRegistrar, ArchitectureSpec, hookimpl
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PREFIX = "timm/"
 # (name pattern, timm module) of each listed family; the module keeps e.g. resnetv2 out of "resnet".

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-from torch.utils.data import Dataset
+from typing import TYPE_CHECKING
 
 from zoo.errors import ZooError
+
+if TYPE_CHECKING:  # plugins register their loaders without importing torch
+    import torch
+    from torch.utils.data import Dataset
 
 
 class DatasetError(ZooError, ValueError):
@@ -34,8 +36,9 @@ class DatasetBundle:
     classes: tuple[str, ...] | None = None  # class names by label, when the dataset has them
 
 
-class TensorImageDataset(Dataset):
-    """In-memory images ``(N, C, H, W)`` with labels; scales, augments and normalises per item.
+class TensorImageDataset:
+    """In-memory images ``(N, C, H, W)`` with labels; scales, augments and normalises per item (a map-style
+    dataset for ``torch.utils.data.DataLoader``).
 
     ``images / scale`` must lie in [0, 1]; ``augment`` acts on that [0, 1] float image.
     """
@@ -55,6 +58,8 @@ class TensorImageDataset(Dataset):
             )
         self.images, self.labels = images, labels.long()
         self.scale, self.augment = scale, augment
+        import torch
+
         self._mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 

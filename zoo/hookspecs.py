@@ -17,16 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
-from torch import nn
+
+if TYPE_CHECKING:  # hooks are declared and listed without importing torch
+    from torch import nn
 
 PROJECT = "lilnetx"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., "nn.Module"]
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,18 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-import lilnetx
-from lilnetx.reparam import LayerPolicy
-from zoo.datasets import DatasetBundle
 from zoo.errors import ZooError
 from zoo.file_options import check_file_kwargs, option_declaration_error
 from zoo.hookspecs import ArchitectureSpec, Builder, DatasetSpec
 from zoo.plugins import DISABLE_AUTOLOAD_ENV, PluginManager, get_plugin_manager
+
+if TYPE_CHECKING:  # listing architectures and datasets imports no torch; building does
+    from torch import nn
+
+    from lilnetx.reparam import LayerPolicy
+    from zoo.datasets import DatasetBundle
 
 BUILDER_ARGS = ("num_classes", "in_chans", "input_size")  # what every builder receives from create_model
 
@@ -259,6 +260,8 @@ def layer_policy_for(arch: str) -> LayerPolicy:
 def reparameterized_model(arch: str, model_kwargs: dict[str, Any] | None = None,
                           reparam_options: dict[str, Any] | None = None) -> nn.Module:
     """``create_model`` then ``lilnetx.reparameterize`` with the plugins' layer policy."""
+    import lilnetx
+
     model = create_model(arch, **(model_kwargs or {}))
     return lilnetx.reparameterize(model, layer_policy=layer_policy_for(arch), **(reparam_options or {}))
 

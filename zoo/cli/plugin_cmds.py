@@ -1,6 +1,7 @@
 """``lilnetx archs``, ``lilnetx datasets``, ``lilnetx plugins``: what the plugins provide, without importing torch.
 
-The registry lists names and metadata from the plugins' hooks; models and datasets are built only on use.
+The registry lists names and metadata from the plugins' hooks; the built-in plugins import torch only when a model
+or dataset is built (``tests/test_cli_light.py``).
 """
 
 from __future__ import annotations
