@@ -111,10 +111,11 @@ def _pct(fraction: float, digits: int = 1) -> str:
 
 
 def zoo_summary(rows: list[dict]) -> str:
-    """The README's short table of the shipped models: size, accuracy, zero weights, MACs left."""
-    lines = ["| zoo entry | file bytes | smaller than float32 | MNIST top-1 | zero weights "
-             "| MACs with zero slices skipped |", "|---|---:|---:|---:|---:|---:|"]
+    """The README's short table of the shipped models: size, accuracy, sparsity, MACs left."""
+    lines = ["| zoo entry | file bytes | smaller than float32 | MNIST top-1 | conv slice sparsity | weight sparsity "
+             "| MACs with zero slices skipped |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| `{r['name']}` | {r['bytes']:,} | {r['fp32_bytes'] / r['bytes']:.0f}× | {_pct(r['top1'], 2)} "
+              f"| {'—' if r['conv_slice_sparsity'] is None else _pct(r['conv_slice_sparsity'])} "
               f"| {_pct(r['weight_sparsity'])} | {_pct(r['macs_sparse'] / r['macs_dense'])} of dense |"
               for r in rows]
     return "\n".join(lines)
