@@ -1,0 +1,249 @@
+"""Hostile inputs: crafted ``.lnx`` files whose checksum and size fields are valid, read as a stranger's file is.
+
+    .venv/bin/python benchmarks/hostile_inputs.py [--out benchmarks/results/hostile_inputs.json] [--only NAME]
+
+Every file is made with the format's own writer functions (``assemble``, ``Table.write``) from the shipped
+LeNet5 file, then read by each path that takes files from strangers, in a fresh process with its peak memory
+(``ru_maxrss``) and time recorded: ``verify`` (``lilnetx.verify``), ``add`` (``Zoo.add`` into an empty zoo),
+``upload`` (the dashboard's ``check_upload``) and ``pull`` (the first pull of a remote entry, from a local
+static zoo whose index claims what the header claims). The reference is the same path on the shipped file.
+Targets: every case refused (one line) or accepted harmlessly, at most 300 MB and 10 s above the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "zoo_artifacts" / "lenet5_caffe.mnist-lam3.lnx"
+OUT = ROOT / "benchmarks" / "results" / "hostile_inputs.json"
+PATHS = ("verify", "add", "upload", "pull")
+TARGET_MB, TARGET_S = 300, 10.0
+
+
+# --------------------------------------------------------------------------- crafting
+
+
+def _parts(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """Header and sections of a valid file (read without any of the reader's limits)."""
+    from lilnetx.artifact import format as fmt
+
+    pos = len(fmt.MAGIC) + 1
+    _, pos = fmt.read_varint(data, pos, len(data))
+    length, pos = fmt.read_varint(data, pos, len(data))
+    header = fmt.decompress_header(data[pos:pos + length], "crafted", data[len(fmt.MAGIC)])
+    pos += length
+    sections = []
+    for name in fmt.SECTIONS:
+        sections.append(data[pos:pos + header["sections"][name]])
+        pos += header["sections"][name]
+    return header, sections
+
+
+def seal(header: dict[str, Any], sections: list[bytes]) -> bytes:
+    """A file with valid framing, size field and checksum around ``header`` and ``sections`` (section lengths
+    filled in), as ``format.assemble`` writes it but without its refusal of NaN and Infinity."""
+    import hashlib
+    import zlib
+
+    from lilnetx.artifact import format as fmt
+
+    header = {**header, "format_version": fmt.FORMAT_VERSION,
+              "sections": {n: len(s) for n, s in zip(fmt.SECTIONS, sections, strict=True)}}
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=fmt.ZDICT_V3)
+    blob = deflate.compress(json.dumps(header, separators=(",", ":")).encode()) + deflate.flush()
+    body = fmt.varint(len(blob)) + blob + b"".join(sections)
+    rest = len(fmt.MAGIC) + 1 + len(body) + fmt.DIGEST_SIZE
+    width = 1
+    while len(fmt.varint(rest + width)) != width:  # the file size counts its own varint
+        width += 1
+    content = fmt.MAGIC + bytes([fmt.FORMAT_VERSION]) + fmt.varint(rest + width) + body
+    return content + hashlib.sha256(content).digest()
+
+
+def shipped() -> tuple[dict[str, Any], list[bytes]]:
+    return _parts(SHIPPED.read_bytes())
+
+
+def one_symbol_tables(count: int) -> bytes:
+    """``count`` tables of one symbol (0): latents that cost no bits."""
+    from lilnetx import entropy_coding as ec
+
+    one = ec.BitWriter()
+    ec.Table(0, __import__("numpy").array([ec.TOTAL], dtype="uint32")).write(one)
+    bits = "".join(one._parts)  # 7 bits a table: repeated, then padded to whole bytes
+    text = bits * count
+    text += "0" * (-len(text) % 8)
+    return int(text, 2).to_bytes(len(text) // 8, "big") if text else b""
+
+
+def free_latents(shape: list[int], width: int) -> bytes:
+    """One layer of ``shape`` in a group of ``width`` whose tables all have one symbol (0 coded bits)."""
+    header, _ = shipped()
+    group = {"name": "g", "width": width, "shared": True, "dtype": "float32"}
+    layer = {"name": "conv1.weight", "group": "g", "shape": shape, "range": [0, 0], "est_bits": 0.0,
+             "coded_bits": 0}
+    header = {**header, "reparam": {"decoder_forms": {"g": "scalar"}}, "groups": [group], "layers": [layer],
+              "float_params": []}
+    return seal(header, [one_symbol_tables(width), b"\0" * 4, b"", b""])
+
+
+def big_tables(megabytes: float, valid: bool) -> bytes:
+    """The shipped file with its tables section grown to ``megabytes``: junk bits, or valid one-symbol tables
+    (as many as fit, for a group claiming that many channels)."""
+    header, sections = shipped()
+    size = int(megabytes * 1e6)
+    if not valid:
+        return seal(header, [b"\x01" * size, *sections[1:]])
+    width = 4096
+    layers = size * 8 // 7 // width  # one row of 4,096 channels each, every channel its own table
+    group = {"name": "g", "width": width, "shared": False, "dtype": "float32"}
+    header = {**header, "reparam": {"decoder_forms": {"g": "scalar"}}, "groups": [group], "float_params": [],
+              "layers": [{"name": f"l{i}.weight", "group": "g", "shape": [width], "range": [0, 0],
+                          "est_bits": 0.0, "coded_bits": 0} for i in range(layers)]}
+    return seal(header, [one_symbol_tables(layers * width), b"\0" * 4, b"", b""])
+
+
+def edited(edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """The shipped file with its header edited by ``edit`` (sections unchanged)."""
+    header, sections = shipped()
+    header = copy.deepcopy(header)
+    edit(header)
+    return seal(header, sections)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(header: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = header
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return edit
+
+
+CASES: dict[str, tuple[str, Callable[[], bytes]]] = {  # name -> (what it is, maker)
+    "shipped": ("the shipped LeNet5 file (reference)", lambda: SHIPPED.read_bytes()),
+    "free_2e28": ("2^28 latents in one channel of a one-symbol table (0 bits)", lambda: free_latents([1 << 28], 1)),
+    "free_65536x4096": ("2^28 latents as 65,536 x 4,096", lambda: free_latents([65536, 4096], 4096)),
+    "tables_junk_10mb": ("a 10 MB tables section of junk", lambda: big_tables(10, valid=False)),
+    "tables_junk_45mb": ("a 45 MB tables section of junk", lambda: big_tables(45, valid=False)),
+    "tables_valid_1mb": ("1 MB of valid one-symbol tables", lambda: big_tables(1, valid=True)),
+    "tables_valid_3mb": ("3 MB of valid one-symbol tables", lambda: big_tables(3, valid=True)),
+    "tables_valid_45mb": ("45 MB of valid one-symbol tables", lambda: big_tables(45, valid=True)),
+    "input_size_6000": ("header input_size [1, 6000, 6000]", lambda: edited(_set("input_size", [1, 6000, 6000]))),
+    "pad_60": ("recipe.dataset_kwargs.pad 60", lambda: edited(_set("recipe.dataset_kwargs.pad", 60))),
+    "pad_1000": ("recipe.dataset_kwargs.pad 1000", lambda: edited(_set("recipe.dataset_kwargs.pad", 1000))),
+    "checkpoint_path": ("arch_kwargs.checkpoint_path /etc/passwd",
+                        lambda: edited(_set("arch_kwargs.checkpoint_path", "/etc/passwd"))),
+    "num_classes_1e9": ("arch_kwargs.num_classes 10^9", lambda: edited(_set("arch_kwargs.num_classes", 10**9))),
+    "top1_nan": ("claimed metrics.top1 NaN", lambda: edited(_set("metrics.top1", float("nan")))),
+    "top1_inf": ("claimed metrics.top1 Infinity", lambda: edited(_set("metrics.top1", float("inf")))),
+    "top1_2": ("claimed metrics.top1 2.0 (200 %)", lambda: edited(_set("metrics.top1", 2.0))),
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+CHILD = r"""
+import json, os, resource, sys, time
+path, how = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+verdict = "accepted"
+try:
+    if how == "verify":
+        import lilnetx
+        lilnetx.verify(path)
+    elif how == "upload":
+        from dashboard.upload import check_upload
+        check_upload(open(path, "rb").read(), filename="crafted.lnx")
+    elif how == "add":
+        from zoo.service import Zoo
+        Zoo.from_env().add(path, "mnist-crafted")
+    elif how == "pull":
+        from zoo.service import Zoo
+        Zoo.from_env().pull(sys.argv[3])
+except Exception as exc:
+    verdict = "refused: " + (str(exc).splitlines() or [type(exc).__name__])[0]
+    if len(str(exc).splitlines()) > 1:
+        verdict += " [+%d lines]" % (len(str(exc).splitlines()) - 1)
+print(json.dumps({"verdict": verdict, "seconds": time.perf_counter() - start,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _publish(data: bytes, folder: Path) -> str:
+    """A static zoo at ``folder`` whose index claims what the crafted header claims; returns the entry name."""
+    import hashlib
+
+    from lilnetx.artifact import format as fmt
+    from zoo import remote
+
+    header, _ = _parts(data)
+    sha = hashlib.sha256(data).hexdigest()
+    target = folder / "artifacts" / sha[:2] / f"{sha}.lnx"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    name = f"{header['arch']}.mnist-crafted"
+    index = json.loads((folder / "template.json").read_text()) if (folder / "template.json").is_file() else None
+    del fmt, index
+    remote_index = {"format": remote.INDEX_FORMAT, "entries": [{"name": name, "dataset": "mnist", "artifact": {
+        "sha256": sha, "size_bytes": len(data)}}]}
+    (folder / "index.json").write_text(json.dumps(remote_index))
+    return name
+
+
+def run_case(data: bytes, how: str, timeout_s: float = 600) -> dict[str, Any]:
+    """Read ``data`` by path ``how`` in a fresh process; verdict, seconds and peak MB."""
+    with tempfile.TemporaryDirectory(prefix="lilnetx-hostile-") as tmp:
+        folder = Path(tmp)
+        path = folder / "crafted.lnx"
+        path.write_bytes(data)
+        env = {**os.environ, "LILNETX_HOME": str(folder / "home"), "LILNETX_DB": f"sqlite:///{folder}/zoo.db",
+               "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env.pop("LILNETX_ZOO_URL", None)
+        args = [sys.executable, "-c", CHILD, str(path), how]
+        try:
+            done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return {"verdict": f"timed out after {timeout_s:g} s", "seconds": timeout_s, "peak_mb": None}
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"verdict": f"crashed (exit {done.returncode}): {tail}", "seconds": None, "peak_mb": None}
+        return json.loads(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    parser.add_argument("--paths", nargs="*", default=list(PATHS), choices=PATHS)
+    args = parser.parse_args()
+    rows = []
+    for name, (what, make) in CASES.items():
+        if args.only and name not in args.only and name != "shipped":
+            continue
+        data = make()
+        for how in args.paths:
+            row = {"case": name, "input": what, "bytes": len(data), "path": how, **run_case(data, how)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    result = {"machine": platform.processor() or platform.machine(), "rows": rows}
+    if not args.only:
+        args.out.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()
