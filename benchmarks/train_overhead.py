@@ -292,7 +292,7 @@ def table(rows: list[dict], digits: int = 2) -> str:
 
     lines = ["| model | batch | steps | plain ms/step | LilNetX ms/step | ratio | ratio vs plain on torch's default "
              "Adam | eager pass ms/step | ratio | compiled ms/step | ratio | C++ terms pass alone | reference code "
-             "(METHOD.md) |",
+             "(as reported) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         eager, compiled = (f"{r[key]:.1f}" if key in r else "–" for key in ("eager_ms", "compiled_ms"))
