@@ -161,10 +161,10 @@ def _index_entry(item: Any, *, legacy: bool = False) -> IndexEntry:
         if key not in ("name", "dataset", "artifact"):
             raise RecordError(key, "no such field", item[key])
     try:
-        json.dumps(item, ensure_ascii=False, allow_nan=False).encode()
-    except (ValueError, RecursionError):  # a lone surrogate ("\ud800"), NaN / Infinity, or nesting no database stores
-        raise RecordError("entry", "valid Unicode text (no lone surrogates), finite numbers, nested at most a few "
-                          "hundred deep", item.get("name")) from None
+        json.dumps(item, ensure_ascii=False).encode()
+    except (UnicodeEncodeError, RecursionError):  # a lone surrogate ("\ud800"), or nesting no database stores
+        raise RecordError("entry", "valid Unicode text (no lone surrogates), nested at most a few hundred deep",
+                          item.get("name")) from None
     name, dataset = item.get("name"), item.get("dataset")
     if not isinstance(name, str):
         raise RecordError("name", "an entry name ARCH.TAG", name)
@@ -180,6 +180,10 @@ def _index_entry(item: Any, *, legacy: bool = False) -> IndexEntry:
             raise RecordError("dataset", f"the tag's dataset {tag.split('-')[0]!r}", dataset)
     except InvalidNameError as exc:
         raise ValueError(f"field name: {exc}") from None
+    try:  # the named fields are checked above; NaN or Infinity anywhere else (header, recipe) is refused too
+        json.dumps(item, allow_nan=False)
+    except ValueError:
+        raise RecordError("artifact", "finite numbers only (no NaN or Infinity)", item.get("name")) from None
     return IndexEntry(name=name, dataset=dataset, artifact=record)
 
 
