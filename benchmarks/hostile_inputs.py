@@ -5,8 +5,7 @@
 Every file is made with the format's own writer functions (``assemble``, ``Table.write``) from the shipped
 LeNet5 file, then read by each path that takes files from strangers, in a fresh process with its peak memory
 (``ru_maxrss``) and time recorded: ``verify`` (``lilnetx.verify``), ``add`` (``Zoo.add`` into an empty zoo),
-``upload`` (the dashboard's ``check_upload``) and ``pull`` (the first pull of a remote entry, from a local
-static zoo whose index claims what the header claims). The reference is the same path on the shipped file.
+``upload`` (the dashboard's ``check_upload``). The reference is the same path on the shipped file.
 Targets: every case refused (one line) or accepted harmlessly, at most 300 MB and 10 s above the reference.
 """
 
@@ -27,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "zoo_artifacts" / "lenet5_caffe.mnist-lam3.lnx"
 OUT = ROOT / "benchmarks" / "results" / "hostile_inputs.json"
-PATHS = ("verify", "add", "upload", "pull")
+PATHS = ("verify", "add", "upload")
 TARGET_MB, TARGET_S = 300, 10.0
 
 
@@ -171,9 +170,6 @@ try:
     elif how == "add":
         from zoo.service import Zoo
         Zoo.from_env().add(path, "mnist-crafted")
-    elif how == "pull":
-        from zoo.service import Zoo
-        Zoo.from_env().pull(sys.argv[3])
 except Exception as exc:
     verdict = "refused: " + (str(exc).splitlines() or [type(exc).__name__])[0]
     if len(str(exc).splitlines()) > 1:
@@ -181,27 +177,6 @@ except Exception as exc:
 print(json.dumps({"verdict": verdict, "seconds": time.perf_counter() - start,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def _publish(data: bytes, folder: Path) -> str:
-    """A static zoo at ``folder`` whose index claims what the crafted header claims; returns the entry name."""
-    import hashlib
-
-    from lilnetx.artifact import format as fmt
-    from zoo import remote
-
-    header, _ = _parts(data)
-    sha = hashlib.sha256(data).hexdigest()
-    target = folder / "artifacts" / sha[:2] / f"{sha}.lnx"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(data)
-    name = f"{header['arch']}.mnist-crafted"
-    index = json.loads((folder / "template.json").read_text()) if (folder / "template.json").is_file() else None
-    del fmt, index
-    remote_index = {"format": remote.INDEX_FORMAT, "entries": [{"name": name, "dataset": "mnist", "artifact": {
-        "sha256": sha, "size_bytes": len(data)}}]}
-    (folder / "index.json").write_text(json.dumps(remote_index))
-    return name
 
 
 def run_case(data: bytes, how: str, timeout_s: float = 600) -> dict[str, Any]:
@@ -223,6 +198,43 @@ def run_case(data: bytes, how: str, timeout_s: float = 600) -> dict[str, Any]:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             return {"verdict": f"crashed (exit {done.returncode}): {tail}", "seconds": None, "peak_mb": None}
         return json.loads(lines[-1])
+
+
+def _reason(verdict: str) -> str:
+    """The refusal without the temporary path and the standard advice."""
+    text = verdict.removeprefix("refused: ").split(". The checksum matches")[0]
+    text = text.split("crafted.lnx")[-1].lstrip(": ")
+    return text if len(text) <= 110 else f"{text[:107]}..."
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: each case's verdict by each path, with peak memory and time above the shipped file's."""
+    rows = result["rows"]
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    reference = {r["path"]: r for r in rows if r["case"] == "shipped"}
+    lines = ["| input | bytes | " + " | ".join(f"`{p}`" for p in paths) + " | first refusal |",
+             "|---|---:|" + "---|" * len(paths) + "---|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        if case == "shipped":
+            cells = [f"{reference[p]['peak_mb']:.0f} MB, {reference[p]['seconds']:.1f} s" for p in paths]
+            lines.append(f"| {CASES[case][0]} | {rows[0]['bytes']:,} | " + " | ".join(cells) + " | – |")
+            continue
+        mine = {r["path"]: r for r in rows if r["case"] == case}
+        cells, reasons = [], []
+        for p in paths:
+            r, ref = mine[p], reference[p]
+            if r["peak_mb"] is None:
+                cells.append(f"**{r['verdict']}**")
+                continue
+            extra_mb, extra_s = r["peak_mb"] - ref["peak_mb"], r["seconds"] - ref["seconds"]
+            met = extra_mb <= TARGET_MB and extra_s <= TARGET_S
+            word = "refused" if r["verdict"].startswith("refused") else "accepted"
+            cells.append(f"{word}, {extra_mb:+.0f} MB, {extra_s:+.1f} s" + ("" if met else " **(target missed)**"))
+            if word == "refused":
+                reasons.append(_reason(r["verdict"]))
+        size = next(iter(mine.values()))["bytes"]
+        lines.append(f"| {CASES[case][0]} | {size:,} | " + " | ".join(cells) + f" | {reasons[0] if reasons else '–'} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
