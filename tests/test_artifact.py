@@ -205,6 +205,22 @@ def test_batchnorm_is_stored_as_scale_and_shift(model, tmp_path, float_dtype):
     assert loaded.state_dict()["1.num_batches_tracked"] == 0
 
 
+def test_batchnorm_after_a_zero_filter_gets_scale_zero(model, tmp_path):
+    """A conv filter of zeros feeds its BatchNorm a constant 0 (running variance ~0, so a huge scale): the scale is
+    stored as 0 and the rest of the row keeps a fine qint8 step; the outputs stay the model's."""
+    conv = lilnetx.latent_tensors(model)[0]
+    assert conv.name == "0.weight"
+    with torch.no_grad():
+        conv.latent[0].zero_()
+        model[1].running_var[0] = 1e-12
+    lilnetx.save(model, tmp_path / "q.lnx", float_dtype="qint8")
+    loaded = lilnetx.load(tmp_path / "q.lnx", builder=golden.builder)
+    assert loaded.state_dict()["1.weight"][0] == 0 and loaded.state_dict()["1.weight"][1:].abs().min() > 0
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), rtol=0.05, atol=0.05)
+
+
 def test_float_params_other_than_batchnorm_are_stored_as_float16(tmp_path):
     model = lilnetx.reparameterize(golden.build(), density_filters=(2, 2), compress_bias=False)
     info = lilnetx.save(model, tmp_path / "b.lnx", arch=golden.ARCH, arch_kwargs=golden.KWARGS)

@@ -433,18 +433,24 @@ def param_entry_error(entry: dict[str, Any], version: int) -> str | None:
     return None
 
 
-def fold_batchnorm(module: torch.nn.modules.batchnorm._BatchNorm, dtype: str) -> torch.Tensor:
+def fold_batchnorm(module: torch.nn.modules.batchnorm._BatchNorm, dtype: str,
+                   zero_inputs: torch.Tensor | None = None) -> torch.Tensor:
     """The (2, C) scale and shift of an eval-mode BatchNorm as the file stores them (rounded to ``dtype``), the
-    scale times ``sqrt(1 + eps)``: the BatchNorm read back with variance 1 divides by that again."""
+    scale times ``sqrt(1 + eps)``: the BatchNorm read back with variance 1 divides by that again. Channels in
+    ``zero_inputs`` (inputs that are always exactly zero) get scale 0: their output is the shift either way, and
+    their running variance near 0 would otherwise give a huge scale that ruins the row's qint8 step."""
     weight, bias = module.weight.detach().double(), module.bias.detach().double()
     scale = weight / torch.sqrt(module.running_var.detach().double() + module.eps)
+    if zero_inputs is not None:
+        scale = torch.where(zero_inputs.to(scale.device), torch.zeros_like(scale), scale)
     shift = bias - module.running_mean.detach().double() * scale
     rows = torch.stack([scale * math.sqrt(1 + module.eps), shift]).float()
     return snap_decoder(rows, dtype)
 
 
-def batchnorm_bytes(module: torch.nn.modules.batchnorm._BatchNorm, dtype: str) -> bytes:
-    return decoder_bytes(fold_batchnorm(module, dtype), dtype)
+def batchnorm_bytes(module: torch.nn.modules.batchnorm._BatchNorm, dtype: str,
+                    zero_inputs: torch.Tensor | None = None) -> bytes:
+    return decoder_bytes(fold_batchnorm(module, dtype, zero_inputs), dtype)
 
 
 def unfold_params(entries: list[dict[str, Any]], data: bytes) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from lilnetx import entropy_coding as ec
 from lilnetx.artifact.errors import ArtifactError
@@ -198,6 +198,7 @@ def _encode_float_params(model: nn.Module, float_dtype: str) -> tuple[list[dict[
     it is (``float32``), or BatchNorms folded to scale and shift and other float tensors in float16."""
     state = {key: value for key, value in model.state_dict().items() if not is_latent_key(key)}
     folded = {} if float_dtype == "float32" else _foldable_batchnorms(model, state)
+    zero_inputs = _zero_inputs(model) if folded else {}
     meta, chunks, skip = [], [], set()
     for key, value in state.items():
         if key in skip:
@@ -207,7 +208,7 @@ def _encode_float_params(model: nn.Module, float_dtype: str) -> tuple[list[dict[
             bn = folded[module_name]
             meta.append({"name": module_name, "fold": "batchnorm", "dtype": float_dtype,
                          "shape": [bn.num_features], "as": dtype_name(bn.weight, key)})
-            chunks.append(batchnorm_bytes(bn, float_dtype))
+            chunks.append(batchnorm_bytes(bn, float_dtype, zero_inputs.get(module_name)))
             skip |= {f"{module_name}.{k}" for k in ("bias", "running_mean", "running_var", "num_batches_tracked")}
             continue
         dtype = dtype_name(value, key)
@@ -217,6 +218,30 @@ def _encode_float_params(model: nn.Module, float_dtype: str) -> tuple[list[dict[
         meta.append(entry)
         chunks.append(raw_bytes(value))
     return meta, b"".join(chunks)
+
+
+def _zero_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
+    """BatchNorm name -> its input channels that are always exactly zero: the output channels of the conv or
+    linear layer feeding it directly whose weights (and bias) are all zero. Found by ``torch.fx``; ``{}`` for a
+    model that cannot be traced."""
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception:  # data-dependent control flow and the like: no channel is known to be zero
+        return {}
+    modules = dict(model.named_modules())
+    out = {}
+    for node in graph.nodes:
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if not (isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm)
+                and isinstance(source, fx.Node) and source.op == "call_module"
+                and isinstance(modules.get(source.target), nn.Conv2d | nn.Linear)):
+            continue
+        layer = modules[source.target]
+        zero = layer.weight.detach().flatten(1).eq(0).all(dim=1)
+        if layer.bias is not None:
+            zero &= layer.bias.detach().eq(0)
+        out[str(node.target)] = zero
+    return out
 
 
 def _foldable_batchnorms(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
