@@ -366,7 +366,7 @@ def test_public_api_list_pull_load(env: Path) -> None:
 
 def test_add_parses_the_file_once_and_a_cached_pull_hashes_it_once(env: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from lilnetx.artifact import reader
+    from lilnetx.artifact import rebuild, reader
 
     path = make_artifact(env / "a.lnx")
     data = path.read_bytes()
@@ -397,6 +397,7 @@ def test_add_parses_the_file_once_and_a_cached_pull_hashes_it_once(env: Path,
 
     monkeypatch.setattr(hashlib, "sha256", CountingSha256)
     monkeypatch.setattr(reader, "parse", counting_parse)
+    monkeypatch.setattr(rebuild, "parse", counting_parse)  # describe reads through rebuild.read_and_load
     z = Zoo.from_env()
     z.add(path, "mnist-a")
     assert len(parses) == 1  # read, verified and decoded once; hashed by the reader and by the store's copy
