@@ -58,7 +58,8 @@ def lilnetx_register_architectures(register: ArchitectureRegistrar) -> None:
                  description=f"CIFAR ResNet-{depth}, option-A shortcuts; `width` multiplies the channels",
                  options={"width": (float, 1 / 16, 8.0)}, **CIFAR_CFG)
     register("vgg16_cifar", vgg16_cifar, tags=("paper", "cifar", "vgg"),
-             description="VGG-16 with BatchNorm for CIFAR (13 convs, 512-512 classifier); `width` multiplies the channels", **CIFAR_CFG)
+             description="VGG-16 with BatchNorm for CIFAR (13 convs, 512-512 classifier); `width` multiplies the channels",
+             options={"width": (float, 1 / 16, 4.0)}, **CIFAR_CFG)
     register("lenet_300_100", lenet_300_100, tags=("paper", "mnist", "mlp"),
              description="LeNet-300-100 fully connected network (EPR's MNIST baseline)", **MNIST_CFG)
     register("lenet5_caffe", lenet5_caffe, tags=("paper", "mnist", "lenet"),
