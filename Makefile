@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint venv system-deps clean
+.PHONY: run demo test lint venv kernels system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The C++ kernels for this CPU, compiled once (a minute or two) so that no first use waits for a compiler.
+kernels: $(STAMP)
+	@$(BIN)/lilnetx build-kernels || echo "note: kernels not built; sparse layers and fused training run in plain PyTorch"
+
 # The dashboard on registry.db, seeded (and measured) from zoo_artifacts/; it prints its URL. PORT=8502 make run
 PORT ?= 8501
-run: $(STAMP)
+run: $(STAMP) kernels
 	$(BIN)/lilnetx zoo seed
 	$(BIN)/lilnetx dashboard --port $(PORT)
 
@@ -42,7 +46,7 @@ system-deps:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
 		|| echo "note: dataset-fashion-mnist not installed; Fashion-MNIST entries will keep their claimed accuracy and its tests on real data will be skipped"; }
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) kernels system-deps lint
 	$(BIN)/python -m pytest -q -n 2 tests
 
 clean:

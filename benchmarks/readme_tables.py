@@ -56,7 +56,7 @@ def artifact_size(result: dict) -> str:
 
 
 def sparse_speed(result: dict) -> str:
-    return _script("sparse_speed").markdown(result["synthetic"], result["zoo_models"])
+    return _script("sparse_speed").markdown(result)
 
 
 def train_overhead(result: dict) -> str:
@@ -155,6 +155,10 @@ def headline(results: dict[str, Any]) -> str:
                         for what, result, anchor in rows)])
 
 
+def hostile_inputs(result: dict) -> str:
+    return _script("hostile_inputs").table(result)
+
+
 TABLES: dict[str, Callable[[Any], str]] = {  # region name -> renderer
     "zoo_summary": zoo_summary,
     "headline": headline,
@@ -167,12 +171,14 @@ TABLES: dict[str, Callable[[Any], str]] = {  # region name -> renderer
     "sparse_speed": sparse_speed,
     "dashboard_load": dashboard_load,
     "cli_latency": cli_latency,
+    "hostile_inputs": hostile_inputs,
 }
 
 DOCUMENTS: dict[str, tuple[str, ...]] = {  # document (relative to the repository) -> the tables it holds
     "README.md": ("zoo_summary", "headline"),
     "docs/performance.md": ("zoo_models", "mnist_frontier", "train_overhead", "train_overhead_profile",
                             "artifact_size", "load_time", "cli_latency", "sparse_speed", "dashboard_load"),
+    "docs/security.md": ("hostile_inputs",),
 }
 
 # tables whose results file is not NAME.json; a tuple hands the renderer {stem: results} of several files

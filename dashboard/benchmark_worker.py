@@ -1,10 +1,11 @@
 """Live benchmarks off the page: each run is its own Python process, reporting progress line by line.
 
-The page starts a :class:`BenchmarkJob` and polls it from a fragment, so the page stays responsive and
-other sessions (each with its own job) are never blocked. The worker (``python -m
+The page starts a :class:`BenchmarkJob` and polls it from a fragment, so the page stays responsive. One worker
+runs per server at a time (:data:`dashboard.worker_queue.QUEUE`): a job waits in line, saying its place, until
+the jobs ahead of it end, so timings never share the CPU with another benchmark. The worker (``python -m
 dashboard.benchmark_worker``, spec as JSON on stdin) calls ``zoo.benchmarks.bench_entry`` for each chosen
 entry, stores the results in the catalog with ``zoo.benchmarks.store_results`` and prints one JSON message
-per line (prefixed, so stray prints from libraries are ignored).
+per line (prefixed, so stray prints from libraries are ignored); its standard error goes to the server's log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
+
+from dashboard.worker_queue import QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "@@lilnetx-bench "
@@ -71,17 +74,36 @@ class BenchmarkJob:
     done: bool = False
 
     def __post_init__(self) -> None:
+        self._ticket = QUEUE.join()
+        self._process: subprocess.Popen | None = None
+        self._queue: queue_module.Queue = queue_module.Queue()
+        self._start_if_first()
+
+    def _start_if_first(self) -> bool:
+        """Start the worker when this job's turn has come; say the place in line otherwise."""
+        place = QUEUE.place(self._ticket)
+        if place is None:  # lost its place (not polled for a long time): back at the end of the line
+            self._ticket = QUEUE.join()
+            place = QUEUE.place(self._ticket)
+        if place:
+            self.message = f"waiting for {place} other benchmark{'s' if place > 1 else ''} on this server to finish"
+            return False
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self._process = subprocess.Popen([sys.executable, "-m", "dashboard.benchmark_worker"], env=env, text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self._queue: queue_module.Queue = queue_module.Queue()
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
         self._reader = threading.Thread(target=_pump, args=(self._process.stdout, self._queue), daemon=True)
         self._reader.start()
         self._process.stdin.write(json.dumps({"names": self.names, "options": self.options}))
         self._process.stdin.close()
+        self.message = "starting the benchmark process"
+        return True
 
     def poll(self) -> None:
         """Take in what the worker reported; notice a worker that died without saying so."""
+        if self.done:
+            return
+        if self._process is None and not self._start_if_first():
+            return
         finished = not self._reader.is_alive()  # the worker's output is all read (it exited or closed stdout)
         while True:
             try:
@@ -102,13 +124,17 @@ class BenchmarkJob:
             self._process.wait(timeout=10)
             self.done = True
             self.error = self.error or (f"the benchmark process stopped unexpectedly (exit code "
-                                        f"{self._process.returncode}); try fewer settings")
+                                        f"{self._process.returncode}; its messages are in the server's log); "
+                                        "try fewer settings")
+        if self.done:
+            QUEUE.leave(self._ticket)
 
     def cancel(self) -> None:
-        """Stop the worker; results it had not stored yet are lost."""
-        if self._process.poll() is None:
+        """Stop the worker (or leave the line); results it had not stored yet are lost."""
+        if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             self._process.wait(timeout=10)
+        QUEUE.leave(self._ticket)
         self.done, self.error = True, self.error or "cancelled"
 
 
@@ -127,6 +153,20 @@ def skipped(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """``"entry: variant — reason"`` for every variant a benchmark skipped."""
     return [f"{name}: {variant} — {reason}" for name, result in results.items()
             for variant, reason in (result.get("skipped") or {}).items()]
+
+
+def layers_frame(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """What the sparse variant ran: per entry and convolution, its zero-slice share and, per setting, the form
+    (sparse / dense / removed) with the kernel's measured speed-up over dense ``conv2d``."""
+    rows = []
+    for name, result in results.items():
+        for layer in result.get("layers") or []:
+            for setting, form in layer["forms"].items():
+                rows.append({"name": name, "layer": layer["name"], "kernel": layer["kernel"],
+                             "zero_slices": layer["zero_slice_share"], "setting": setting.replace("/", " · "),
+                             "form": form["form"], "kernel_speedup": form.get("speedup")})
+    columns = ["name", "layer", "kernel", "zero_slices", "setting", "form", "kernel_speedup"]
+    return pd.DataFrame.from_records(rows, columns=columns)
 
 
 def history_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

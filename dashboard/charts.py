@@ -58,7 +58,7 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
         lo, hi = np.log10(min(xs)), np.log10(max(xs))
         pad = max(0.12, 0.15 * (hi - lo))
         fig.update_xaxes(range=[lo - pad, hi + pad])
-    fig.update_xaxes(title=x_title)
+    fig.update_xaxes(title=x_title, dtick=1, tickformat=",~g")  # log axis: one label per decade (1, 10, 100)
     fig.update_yaxes(title="Top-1 accuracy (%)")
     return _layout(fig, height=480)
 
@@ -126,10 +126,10 @@ def depthwise_grid(mask: np.ndarray, layer: str) -> go.Figure:
         hovertemplate="channel %{customdata[0]}: %{customdata[1]}<extra></extra>"))
     zero = int(mask.sum())
     fig.update_layout(title=f"{layer} (depthwise): {zero:,} of {channels:,} channel kernels zero "
-                            f"({100 * zero / channels:.1f} %) — dark = kept")
-    fig.update_xaxes(title=f"channel mod {width}", showgrid=False, zeroline=False, constrain="domain")
-    fig.update_yaxes(title=f"channel ÷ {width}", autorange="reversed", showgrid=False, zeroline=False,
-                     scaleanchor="x")
+                            f"({100 * zero / channels:.1f} %)<br><sup>dark = kept, light = zero</sup>")
+    fig.update_xaxes(title="+ channel", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_yaxes(title="first channel of the row", autorange="reversed", showgrid=False, zeroline=False,
+                     scaleanchor="x", tickvals=list(range(rows)), ticktext=[str(r * width) for r in range(rows)])
     return _layout(fig, height=min(640, max(220, 120 + 28 * rows)), legend_below=False)
 
 
@@ -145,8 +145,8 @@ def slice_heatmap(mask: np.ndarray, layer: str) -> go.Figure:
         customdata=np.where(mask, "zero (skipped)", "non-zero"),
         hovertemplate="filter %{y}, input channel %{x}: %{customdata}<extra></extra>"))
     zero = int(mask.sum())
-    fig.update_layout(title=f"{layer}: {zero:,} of {mask.size:,} slices zero ({100 * zero / mask.size:.1f} %) "
-                            "— dark = kept")
+    fig.update_layout(title=f"{layer}: {zero:,} of {mask.size:,} slices zero ({100 * zero / mask.size:.1f} %)"
+                            "<br><sup>dark = kept, light = zero</sup>")
     fig.update_xaxes(title="input channel", showgrid=False, zeroline=False, dtick=max(1, channels // 25))
     fig.update_yaxes(title="filter (output channel)", autorange="reversed", showgrid=False, zeroline=False,
                      dtick=max(1, filters // 25))
@@ -181,8 +181,32 @@ def benchmark_bars(results: pd.DataFrame) -> go.Figure:
                          "speedup_vs_dense": "speed-up vs dense (×)"},
                  category_orders={"variant": ["dense", "slim", "sparse", "onnxruntime"]})
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_yaxes(dtick="D2")  # 1, 2, 5 per decade
+    fig.update_yaxes(**log_ticks(frame["median_ms"]))
     return _layout(fig, height=440)
+
+
+def log_ticks(values: pd.Series) -> dict:
+    """Tick values 1, 2, 5 × 10^k spanning ``values``, labelled in plain numbers (a log axis's own labels repeat
+    "2, 5" in every decade without the decade)."""
+    positive = values[values > 0]
+    if positive.empty:
+        return {}
+    low, high = int(np.floor(np.log10(positive.min()))), int(np.ceil(np.log10(positive.max())))
+    ticks = [m * 10.0 ** e for e in range(low, high + 1) for m in (1, 2, 5)]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+
+
+def history_latency(history: pd.DataFrame) -> go.Figure:
+    """Stored medians over time, one line per variant and setting (log scale)."""
+    frame = history.sort_values("measured_at").assign(
+        setting=lambda f: f["variant"] + " · batch " + f["batch"].astype(str) + " · " + f["threads"].astype(str)
+        + " thr")
+    fig = px.line(frame, x="measured_at", y="median_ms", color="setting", markers=True, log_y=True,
+                  color_discrete_sequence=PALETTE,
+                  labels={"measured_at": "measured (UTC)", "median_ms": "median latency (ms per batch, log)",
+                          "setting": "variant · batch · threads"})
+    fig.update_yaxes(**log_ticks(frame["median_ms"]))
+    return _layout(fig, height=380)
 
 
 HISTORY_PANELS = (  # (column, scale, trace name, panel) of the recorded per-epoch figures

@@ -5,9 +5,15 @@ every speedup is a ratio against dense measured in the same rounds.
 
 - ``dense``: the model as given (PyTorch, NCHW);
 - ``slim``: ``lilnetx.slim(model)`` (BatchNorm folded, zero channels removed);
-- ``sparse``: ``lilnetx.slim(model, sparse=True)``: the slimmed model plus the slice-sparse kernel where
-  the cost model says it beats dense;
-- ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the peer a user would pick).
+- ``sparse``: the LilNetX path, ``lilnetx.runtime.compile_sparse(model)`` (what ``zoo.load(name, slim=True)``
+  returns): the slimmed model, each convolution with zero taps running whichever of the slice-sparse kernel and
+  dense ``conv2d`` measured faster on this machine for the batch and thread count timed (measured in the
+  warm-up rounds, cached per machine), ReLU and residual additions fused, as frozen TorchScript per shape;
+- ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the dense-runtime reference).
+
+``result["layers"]`` says what ran: for every convolution of the dense model, its zero-slice share and, per
+batch and thread count, the form the sparse variant used (``sparse``, ``dense``, or ``removed`` by slimming)
+with the speed-up it measured over dense ``conv2d``.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ def _summary(variant: str, batch: int, threads: int, latencies: list[float], den
             "speedup_vs_dense": dense_median / median if dense_median else None}
 
 
-def _build(model: nn.Module, input_size: tuple[int, ...], variants: Sequence[str]
+def _build(model: nn.Module, input_size: tuple[int, ...], variants: Sequence[str], report: Progress
            ) -> tuple[dict[str, Any], dict[str, str]]:
     """Callables ``f(x: Tensor)`` per variant (onnxruntime: its model bytes), and skipped variants' reasons."""
     built: dict[str, Any] = {}
@@ -85,14 +91,16 @@ def _build(model: nn.Module, input_size: tuple[int, ...], variants: Sequence[str
         elif variant == "slim":
             built[variant] = slimmed
         elif variant == "sparse":
-            from lilnetx.sparse_conv import load_extension, sparsify
+            from lilnetx.sparse_conv import kernel_built, load_extension
 
+            if not kernel_built():
+                report(0.0, "compiling the sparse kernel for this CPU (first use, about a minute)")
             if load_extension() is None:
                 skipped[variant] = "the sparse kernel could not be built (no C++ compiler?)"
                 continue
-            sparse = copy.deepcopy(slimmed) if slimmed is not None else slim(model, example_input=example)
-            sparsify(sparse, example_input=example, timed=False)  # cost model: deterministic
-            built[variant] = sparse
+            from lilnetx.runtime import compile_sparse
+
+            built[variant] = compile_sparse(model, example)
         elif variant == "onnxruntime":
             try:
                 from lilnetx.onnx_export import require_onnxruntime, to_onnx
@@ -123,7 +131,7 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
     input_size = tuple(int(v) for v in input_size)
     model = (strip(copy.deepcopy(model)) if is_reparameterized(model) else model).eval()
     report(0.0, "building variants")
-    built, skipped = _build(model, input_size, variants)
+    built, skipped = _build(model, input_size, variants, report)
     counts = stats(model, input_size)
     previous_threads = torch.get_num_threads()
     results: list[dict[str, Any]] = []
@@ -135,7 +143,7 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
             x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
             calls = _calls(built, x, n_threads)
             latencies: dict[str, list[float]] = {name: [] for name in calls}
-            for _ in range(warmup):
+            for _ in range(max(1, warmup) if "sparse" in calls else warmup):  # sparse measures its forms here
                 for fn in calls.values():
                     fn()
             for _ in range(runs):
@@ -152,7 +160,36 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
     return {"machine": {**machine_info(), "threads": list(threads)}, "input_size": list(input_size),
             "macs_dense": dense_macs, "macs_sparse": sparse_macs,
             "mac_reduction": dense_macs / sparse_macs if sparse_macs else None,
-            "results": results, "skipped": skipped}
+            "results": results, "skipped": skipped, "layers": layer_forms(model, built.get("sparse"))}
+
+
+def layer_forms(dense: nn.Module, sparse: nn.Module | None) -> list[dict[str, Any]]:
+    """Per convolution of ``dense``: its zero-slice share and, per ``"b{batch}/t{threads}"`` the sparse variant
+    ran, the form used and its measured speed-up over dense ``conv2d``."""
+    from lilnetx.sparse_conv import SparseConv2d
+
+    if sparse is None:
+        return []
+    kept = dict(sparse.slimmed.named_modules())
+    rows = []
+    for name, conv in dense.named_modules():
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        slices = conv.weight.detach().ne(0).flatten(2).any(2)
+        row: dict[str, Any] = {"name": name, "kernel": "x".join(map(str, conv.kernel_size)),
+                               "zero_slice_share": float(1 - slices.float().mean()), "forms": {}}
+        layer = kept.get(name)
+        if not isinstance(layer, nn.Conv2d | SparseConv2d):
+            row["forms"] = {"all": {"form": "removed"}}
+        elif isinstance(layer, nn.Conv2d):
+            row["forms"] = {"all": {"form": "dense", "why": "no zero taps after slimming"}}
+        else:
+            for config, d in layer.decisions.items():
+                n, _, rest = config.partition("x")
+                threads = rest.split("/")[1]
+                row["forms"][f"b{n}/t{threads}"] = {"form": d["form"], "speedup": d["dense_ms"] / d["sparse_ms"]}
+        rows.append(row)
+    return rows
 
 
 def _calls(built: dict[str, Any], x: torch.Tensor, threads: int) -> dict[str, Callable[[], Any]]:

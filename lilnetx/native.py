@@ -114,6 +114,14 @@ def build_isa(source: Path, prefix: str, isa: Isa, *, owner: str, fallback: str)
     return _build(source, f"{prefix}_{isa.name}", isa.flags, key, owner=owner, fallback=fallback)
 
 
+def is_built(source: Path, prefix: str, isa: Isa) -> bool:
+    """Whether :func:`build_isa` finds ``source`` already compiled for ``isa`` (no compiler run needed)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    name = _module_name(source, f"{prefix}_{isa.name}", isa.flags, cpu_key() if isa is GENERIC else isa.name)
+    return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").is_file()
+
+
 def compile_check(source: Path, isa: Isa, out_dir: Path) -> Path:
     """Compile ``source`` for ``isa`` to an object file in ``out_dir`` without loading it (any CPU);
     raises ``NativeKernelError`` with the compiler's first error lines."""
@@ -137,11 +145,7 @@ def _build(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str, 
     if not shutil.which(os.environ.get("CXX", "c++")):
         warnings.warn(f"{owner}: no C++ compiler found (install g++); {fallback}", stacklevel=3)
         return None
-    import torch  # lazily: this module is imported by code that may never build anything
-
-    text = source.read_text()
-    key = hashlib.sha256("\n".join((text, torch.__version__, machine_key, " ".join(flags))).encode())
-    name = f"{prefix}_{key.hexdigest()[:12]}"
+    name = _module_name(source, prefix, flags, machine_key)
     try:
         return cpp_extension_load()(name, [str(source)], extra_cflags=list(flags), extra_ldflags=["-fopenmp"],
                                     verbose=False)
@@ -150,6 +154,13 @@ def _build(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str, 
         warnings.warn(f"{owner}: building the C++ kernel failed ({type(exc).__name__}: {detail}); {fallback}",
                       stacklevel=3)
         return None
+
+
+def _module_name(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str) -> str:
+    import torch
+
+    key = hashlib.sha256("\n".join((source.read_text(), torch.__version__, machine_key, " ".join(flags))).encode())
+    return f"{prefix}_{key.hexdigest()[:12]}"
 
 
 def cpp_extension_load() -> Any:
@@ -163,3 +174,16 @@ def cpp_extension_load() -> Any:
     finally:
         ext_log.setLevel(level)
     return load
+
+
+def build_kernels() -> dict[str, str]:
+    """Compile (or find compiled) every kernel this CPU uses, two at a time: ``{name: "ready" | "failed"}``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lilnetx import fused, sparse_conv
+
+    jobs = {f"sparse convolution ({sparse_conv.kernel_isa().name})": sparse_conv.load_extension,
+            "fused training terms": fused.load_extension}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(load) for name, load in jobs.items()}
+    return {name: "ready" if future.result() is not None else "failed" for name, future in futures.items()}

@@ -51,6 +51,11 @@ def _load(isa: native.Isa) -> ModuleType | None:
                             fallback="sparse layers run dense")
 
 
+def kernel_built() -> bool:
+    """Whether the kernel for :func:`kernel_isa` is loaded or already compiled (so no build is due)."""
+    return native.is_built(SOURCE, "lilnetx_sparse_conv", kernel_isa())
+
+
 def load_extension() -> ModuleType | None:
     """The compiled kernel for :func:`kernel_isa`, built on first use; ``None`` (one warning) where it cannot be."""
     return _load(kernel_isa())
@@ -60,6 +65,7 @@ def _extension() -> ModuleType | None:
     """:func:`load_extension`, remembered for this process's ISA choice (a cheap call per layer and forward)."""
     isa = os.environ.get(ISA_ENV, "")
     if _loaded.get("isa") != isa:
+        _loaded.clear()
         _loaded.update(isa=isa, ext=load_extension())
     return _loaded["ext"]
 
@@ -107,6 +113,8 @@ class SparseConv2d(nn.Module):
         self.zero_slice_share = float(1 - slices.float().mean()) if slices.numel() else 0.0
         self.pattern = hashlib.sha256(slices.numpy().tobytes() + nonzero.numpy().tobytes()).hexdigest()[:16]
         self.decisions: dict[str, dict[str, Any]] = {}
+        self._fast: dict[tuple[torch.Size, int], str] = {}  # (input shape, threads) -> form, for the hot path
+        self._geometry = (*self.kernel_size, *self.stride, *self.padding, *self.dilation)
 
     @property
     def density(self) -> float:
@@ -127,30 +135,32 @@ class SparseConv2d(nn.Module):
 
     def sparse(self, x: Tensor, residual: Tensor | None = None, *, slices: bool = True) -> Tensor:
         """The kernel (``slices=False``: the per-tap loop on 3x3 stride-1 kernels, for comparison)."""
-        ext = load_extension()
+        ext = _extension()
         if ext is None:
             raise native.NativeKernelError("the sparse kernel could not be built here (see the warning); "
                                            "use SparseConv2d.dense")
-        return ext.sparse_conv2d(x, self.tap_ptr, self.tap_chan, self.tap_kh, self.tap_kw, self.tap_w,
-                                 self.bias if self.bias is not None else _EMPTY, *self.kernel_size, *self.stride,
-                                 *self.padding, *self.dilation, slices,
+        b = self._buffers
+        kernel = getattr(torch.ops, ext.__name__).sparse_conv2d if torch.jit.is_tracing() else ext.sparse_conv2d
+        return kernel(x, b["tap_ptr"], b["tap_chan"], b["tap_kh"], b["tap_kw"], b["tap_w"],
+                                 _EMPTY if b["bias"] is None else b["bias"], *self._geometry, slices,
                                  _EMPTY if residual is None else residual, self.relu)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        if self.form == "dense" or not self._kernel_takes(x, residual):
-            return self.dense(x, residual)
-        if self.form == "sparse" or self.decide(x)["form"] == "sparse":
+        form = self.form
+        if form == "auto" and self._kernel_takes(x, residual):
+            form = self._fast.get((x.shape, torch.get_num_threads())) or self.decide(x)["form"]
+        if form == "sparse" and self._kernel_takes(x, residual):
             return self.sparse(x.contiguous(), residual)
         return self.dense(x, residual)
 
     def _kernel_takes(self, x: Tensor, residual: Tensor | None = None) -> bool:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 4 or _extension() is None:
+        if x.dtype is not torch.float32 or not x.is_cpu or x.dim() != 4 or _extension() is None:
             return False
-        if torch.is_grad_enabled() and x.requires_grad:
+        if x.requires_grad and torch.is_grad_enabled():
             return False
-        return residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"
+        return residual is None or (residual.dtype is torch.float32 and residual.is_cpu
                                     and residual.shape == self.output_shape(x)
-                                    and not (torch.is_grad_enabled() and residual.requires_grad))
+                                    and not (residual.requires_grad and torch.is_grad_enabled()))
 
     def output_shape(self, x: Tensor) -> tuple[int, ...]:
         n, _, h, w = x.shape
@@ -175,6 +185,7 @@ class SparseConv2d(nn.Module):
                 decision = self.measure(x.contiguous())
                 store.put(name, {k: v for k, v in decision.items() if k != "decided_by"})
             self.decisions[config] = decision
+        self._fast[(x.shape, torch.get_num_threads())] = decision["form"]
         return decision
 
     @torch.no_grad()

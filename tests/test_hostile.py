@@ -239,3 +239,18 @@ def test_an_upload_of_bytes_already_in_the_zoo_names_the_entry(env):
     name = zoo.add(hostile.SHIPPED, "mnist-first")
     with pytest.raises(upload.UploadError, match=f"already in the zoo as {name}"):
         upload.add_upload(zoo, hostile.SHIPPED.read_bytes(), "mnist-second")
+
+
+def test_a_benchmark_job_waits_for_its_turn(monkeypatch):
+    from dashboard import benchmark_worker
+    from dashboard.worker_queue import WorkerQueue
+
+    line = WorkerQueue(stale_s=60)
+    monkeypatch.setattr(benchmark_worker, "QUEUE", line)
+    ahead = line.join()
+    job = benchmark_worker.BenchmarkJob(["lenet5_caffe.mnist-lam20"], {"variants": ("dense",), "runs": 1})
+    job.poll()
+    assert job._process is None and "waiting for 1 other benchmark" in job.message
+    job.cancel()
+    assert job.done and len(line) == 1
+    line.leave(ahead)

@@ -46,8 +46,9 @@ def pull(name: str, dest: str | Path | None = None) -> Path:
 def load(name: str, *, slim: bool = False) -> nn.Module:
     """Pull entry ``name`` and decode it: an eval-mode plain PyTorch module with ordinary weights.
 
-    ``slim=True``: the slimmed model (``lilnetx.slim(model, sparse=True)``): BatchNorm folded, zero channels
-    removed and slice-sparse convolutions where they beat dense, with the same outputs.
+    ``slim=True``: the fast inference form, a ``lilnetx.runtime.SparseRuntime`` (an ``nn.Module``): BatchNorm
+    folded, zero channels removed, each convolution running the slice-sparse kernel or dense ``conv2d``,
+    whichever measured faster on this machine, traced to frozen TorchScript per input shape; same outputs.
     """
     import lilnetx
 

@@ -7,8 +7,10 @@ from dashboard import charts, state
 
 st.title("Live benchmark")
 st.caption("Times each model on this server's CPU: dense (the decoded model as stored), slim (zero filters and "
-           "channels removed) and sparse (zero K×K slices skipped). It runs in its own process, so this page "
-           "and other users stay responsive; results are stored in the catalog.")
+           "channels removed), sparse (the LilNetX path, `zoo.load(name, slim=True)`: each convolution runs the "
+           "sparse kernel or dense `conv2d`, whichever measured faster here) and onnxruntime (the slimmed model in "
+           "a dense runtime, for reference). One benchmark runs at a time per server, in its own process; "
+           "results are stored in the catalog.")
 
 frame = state.table()
 if frame.empty:
@@ -22,7 +24,7 @@ with st.form("bench_form", border=True):
     c1, c2, c3 = st.columns(3)
     batches = c1.multiselect("Batch sizes", [1, 8, 32, 128], default=[1, 32], key="bench_batches")
     threads = c2.multiselect("Threads", [1, 2, 4], default=[1], key="bench_threads")
-    variants = c3.multiselect("Variants", list(bw.VARIANTS), default=["dense", "slim", "sparse"], key="bench_variants")
+    variants = c3.multiselect("Variants", list(bw.VARIANTS), default=list(bw.VARIANTS), key="bench_variants")
     runs = st.slider("Timed runs per setting", 5, 50, 10, key="bench_runs",
                      help="each run is one forward pass of one batch; the median and 90th percentile are shown")
     start = st.form_submit_button("Run benchmark", type="primary", icon=":material/play_arrow:",
@@ -74,6 +76,17 @@ if job is not None and job.done:
             "speedup_vs_dense": st.column_config.NumberColumn("Speed-up vs dense (×)", format="%.2f×")})
     for line in bw.skipped(job.results):
         st.caption(f":material/skip_next: skipped {line}")
+    layers = bw.layers_frame(job.results)
+    if not layers.empty:
+        st.subheader("What the sparse variant ran")
+        st.caption("Per convolution and setting: the form used (the sparse kernel only where it measured faster "
+                   "than dense `conv2d` on this CPU; *removed*: slimming took the whole layer away) and the "
+                   "kernel's measured speed-up over dense.")
+        st.dataframe(layers, hide_index=True, key="bench_layers", column_config={
+            "name": "Entry", "layer": "Layer", "kernel": "Kernel", "setting": "Setting", "form": "Form",
+            "zero_slices": st.column_config.ProgressColumn("Zero K×K slices", format="percent", min_value=0,
+                                                           max_value=1),
+            "kernel_speedup": st.column_config.NumberColumn("Kernel vs dense (×)", format="%.2f×")})
 
 st.header("Earlier results")
 with state.friendly_errors("read earlier benchmark results"):
@@ -82,6 +95,9 @@ with state.friendly_errors("read earlier benchmark results"):
 
     here = machine_name(machine_info())
     left, right = st.columns([3, 1])
+    just_run = next(iter(job.results), None) if job is not None and job.done else None
+    if just_run in names and st.session_state.get("bench_history_for") != just_run:
+        st.session_state["bench_history_entry"] = st.session_state["bench_history_for"] = just_run
     entry = left.selectbox("Entry", names, key="bench_history_entry")
     only_here = right.toggle("This machine only", value=True, key="bench_history_here", help=here)
     rows = [r for r in list_results(state.zoo(), entry) if not only_here or r.get("machine") == here]
@@ -90,8 +106,10 @@ with state.friendly_errors("read earlier benchmark results"):
         st.info(f"No benchmark of {entry} has been stored{' from this machine' if only_here else ''} yet.",
                 icon=":material/history:")
     else:
-        st.dataframe(history, hide_index=True, key="bench_history", column_config={
-            "measured_at": st.column_config.DatetimeColumn("Measured (UTC)", format="YYYY-MM-DD HH:mm"),
-            "variant": "Variant", "batch": "Batch", "threads": "Threads",
-            "median_ms": st.column_config.NumberColumn("Median (ms per batch)", format="%.3f"),
-            "p90_ms": st.column_config.NumberColumn("p90 (ms)", format="%.3f"), "machine": "Machine"})
+        st.plotly_chart(charts.history_latency(history), key="bench_history_chart")
+        with st.expander("All stored rows"):
+            st.dataframe(history, hide_index=True, key="bench_history", column_config={
+                "measured_at": st.column_config.DatetimeColumn("Measured (UTC)", format="YYYY-MM-DD HH:mm"),
+                "variant": "Variant", "batch": "Batch", "threads": "Threads",
+                "median_ms": st.column_config.NumberColumn("Median (ms per batch)", format="%.3f"),
+                "p90_ms": st.column_config.NumberColumn("p90 (ms)", format="%.3f"), "machine": "Machine"})

@@ -38,17 +38,18 @@ def load(path: str | Path, *, builder: Builder | None = None, reparameterized: b
     names and shapes are checked against the header before any latent is decoded, and each compressed
     weight is decoded straight into it: ``round(Z) @ decoder`` (``round(Z) * decoder`` for a diagonal or
     scalar decoder). ``reparameterized=True`` keeps the latent parametrisation instead (integer latents and
-    decoders; the learned density itself is not stored, the header holds the bits). ``slim=True`` returns
-    ``lilnetx.slim(model, sparse=True)``: BatchNorm folded, zero channels removed, slice-sparse convolutions
-    where they beat dense (same outputs).
+    decoders; the learned density itself is not stored, the header holds the bits). ``slim=True`` returns a
+    ``lilnetx.runtime.SparseRuntime``: the model slimmed (BatchNorm folded, zero channels removed, ReLU and
+    residual additions fused), each convolution running the sparse kernel or dense ``conv2d``, whichever
+    measured faster on this machine, as frozen TorchScript per input shape (same outputs; inference only).
     """
     if slim and reparameterized:
         raise ArtifactError("load(slim=True) returns a plain slimmed model; it cannot keep the latents "
                          "(reparameterized=True)")
     if slim:
-        from lilnetx.slim import slim as slim_model
+        from lilnetx.runtime import compile_sparse
 
-        return slim_model(load(path, builder=builder), sparse=True)
+        return compile_sparse(load(path, builder=builder))
     data = read_file(path)
     header, sections = parse(data, str(path))
     if reparameterized:

@@ -162,7 +162,7 @@ const Block BLOCKS[] = {
     LNX_BLOCK(1, 1), LNX_BLOCK(2, 1), LNX_BLOCK(3, 1), LNX_BLOCK(4, 1), LNX_BLOCK(5, 1), LNX_BLOCK(6, 1),
     LNX_BLOCK(7, 1), LNX_BLOCK(8, 1), LNX_BLOCK(12, 1), LNX_BLOCK(1, 2), LNX_BLOCK(2, 2), LNX_BLOCK(3, 2),
     LNX_BLOCK(4, 2), LNX_BLOCK(6, 2), LNX_BLOCK(1, 3), LNX_BLOCK(2, 3), LNX_BLOCK(4, 3), LNX_BLOCK(1, 4),
-    LNX_BLOCK(2, 4), LNX_BLOCK(3, 4),
+    LNX_BLOCK(2, 4), LNX_BLOCK(5, 2), LNX_BLOCK(2, 5),
 #if LNX_NREG >= 32
     LNX_BLOCK(7, 2), LNX_BLOCK(8, 2), LNX_BLOCK(12, 2), LNX_BLOCK(6, 3), LNX_BLOCK(7, 3), LNX_BLOCK(8, 3),
     LNX_BLOCK(4, 4), LNX_BLOCK(6, 4),
@@ -170,11 +170,14 @@ const Block BLOCKS[] = {
 };
 
 // The block with the least modelled work for an Ho x Wo output: padded outputs times the multiply-adds per
-// output vector, plus the loads that exceed them and a per-block cost for setting up and storing.
+// output vector, plus the loads that exceed them and a per-block cost for setting up and storing. Blocks whose
+// accumulators leave no room for the weights, the input vector and a spare register are not considered.
 const Block& pick_block(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_unit) {
+  const int budget = LNX_NREG - (slices ? 5 : 3);
   const Block* best = &BLOCKS[0];
   double best_cost = 1e300;
   for (const Block& b : BLOCKS) {
+    if (b.R * b.NV > budget) continue;
     const double blocks = double((Ho + b.R - 1) / b.R) * double((Wo + b.NV * VW - 1) / (b.NV * VW));
     const double fma = double(b.R * b.NV) * taps_per_unit;
     const double loads = slices ? 3.0 * (b.R + 2) * b.NV + 9 : double(b.R * b.NV + 1) * taps_per_unit;
@@ -300,6 +303,16 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
 std::vector<int64_t> block_for(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_channel) {
   const Block& b = pick_block(Ho, Wo, slices, slices ? 9 : taps_per_channel);
   return {b.R, b.NV, VW};
+}
+
+// The same function as a TorchScript-visible operator, in a namespace named after this build
+// (torch.ops.<module name>.sparse_conv2d), so traced models run it without Python.
+#define LNX_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+LNX_LIBRARY(TORCH_EXTENSION_NAME, m) {
+  m.def("sparse_conv2d(Tensor x, Tensor tap_ptr, Tensor tap_chan, Tensor tap_kh, Tensor tap_kw, Tensor tap_w, "
+        "Tensor bias, int KH, int KW, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, "
+        "bool use_slices, Tensor residual, bool relu) -> Tensor",
+        &sparse_conv2d);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

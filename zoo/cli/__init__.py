@@ -26,6 +26,7 @@ COMMANDS = {  # command -> the module that registers it
     "zoo": "zoo.cli.zoo_cmds",
     "dashboard": "zoo.cli.dashboard_cmds",
     "bench": "zoo.cli.bench_cmds",
+    "build-kernels": "zoo.cli.bench_cmds",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

@@ -1,4 +1,5 @@
-"""``lilnetx bench MODEL_NAME|FILE.lnx``: dense vs slimmed vs slice-sparse vs onnxruntime latency."""
+"""``lilnetx bench MODEL_NAME|FILE.lnx``: dense vs slimmed vs slice-sparse vs onnxruntime latency, with the form
+each convolution ran; ``lilnetx build-kernels``: compile the C++ kernels ahead of first use."""
 
 from __future__ import annotations
 
@@ -47,6 +48,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--store", action="store_true", help="record the results in the catalog (zoo entries only)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run_bench)
+    k = subparsers.add_parser("build-kernels", help="compile the C++ kernels for this CPU (make does it at set-up)",
+                              description="Compile the sparse-inference kernel for this CPU's instruction set and "
+                                          "the fused training kernel, so that no first use waits for a compiler.")
+    k.add_argument("--json", action="store_true", help="print what was built as JSON")
+    k.set_defaults(func=run_build_kernels)
+
+
+def run_build_kernels(args: argparse.Namespace) -> int:
+    from lilnetx.native import build_kernels
+
+    built = build_kernels()
+    if args.json:
+        print_json(built)
+    else:
+        for name, status in built.items():
+            print(f"{name}: {status}")
+    if any(status != "ready" for status in built.values()):
+        raise CLIError("some kernels could not be built (see the warnings above); they run in plain PyTorch")
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -89,6 +109,25 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def layer_rows(layers: list[dict[str, Any]]) -> list[list[Any]]:
+    """A table of ``result["layers"]``: layer, kernel, zero slices, then the form per batch and threads."""
+    configs = sorted({c for layer in layers for c in layer["forms"] if c != "all"})
+    rows: list[list[Any]] = [["layer", "kernel", "zero slices", *configs]]
+    for layer in layers:
+        forms = layer["forms"]
+        cells = [_form_cell(forms.get(c) or forms.get("all")) for c in configs] or [_form_cell(forms.get("all"))]
+        rows.append([layer["name"], layer["kernel"], f"{layer['zero_slice_share']:.0%}", *cells])
+    return rows
+
+
+def _form_cell(form: dict[str, Any] | None) -> str:
+    if not form:
+        return "-"
+    if "speedup" in form:
+        return f"{form['form']} ({form['speedup']:.2f}x)"
+    return form["form"]
+
+
 def _print(target: str, result: dict[str, Any]) -> None:
     m = result["machine"]
     print(f"{target}: input {tuple(result['input_size'])}, MACs per image dense {result['macs_dense']:,}, "
@@ -102,6 +141,9 @@ def _print(target: str, result: dict[str, Any]) -> None:
         rows.append([r["variant"], r["batch"], r["threads"], f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                      f"{r['throughput_per_s']:,.0f}", speedup])
     print_table(rows, right_align_from=1)
+    if result.get("layers"):
+        print("\nwhat the sparse variant ran per convolution (speed-up of the kernel over dense conv2d, measured):")
+        print_table(layer_rows(result["layers"]), right_align_from=2)
     for variant, reason in result["skipped"].items():
         print(f"skipped {variant}: {reason}")
     if "stored_rows" in result:
