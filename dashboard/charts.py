@@ -125,11 +125,12 @@ def depthwise_grid(mask: np.ndarray, layer: str) -> go.Figure:
         showscale=False, xgap=2, ygap=2, customdata=np.dstack([index, state]),
         hovertemplate="channel %{customdata[0]}: %{customdata[1]}<extra></extra>"))
     zero = int(mask.sum())
-    fig.update_layout(title=f"{layer} (depthwise): {zero:,} of {channels:,} channel kernels zero "
-                            f"({100 * zero / channels:.1f} %)<br><sup>dark = kept, light = zero</sup>")
-    fig.update_xaxes(title="+ channel", showgrid=False, zeroline=False, constrain="domain")
+    fig.update_layout(title=f"{layer} (depthwise)<br><sup>{zero:,} of {channels:,} channel kernels zero "
+                            f"({100 * zero / channels:.1f} %); dark = kept, light = zero</sup>")
+    fig.update_xaxes(title="+ channel", showgrid=False, zeroline=False)
+    shown = range(0, rows, max(1, rows // 8))
     fig.update_yaxes(title="first channel of the row", autorange="reversed", showgrid=False, zeroline=False,
-                     scaleanchor="x", tickvals=list(range(rows)), ticktext=[str(r * width) for r in range(rows)])
+                     tickvals=list(shown), ticktext=[str(r * width) for r in shown])
     return _layout(fig, height=min(640, max(220, 120 + 28 * rows)), legend_below=False)
 
 
@@ -145,8 +146,8 @@ def slice_heatmap(mask: np.ndarray, layer: str) -> go.Figure:
         customdata=np.where(mask, "zero (skipped)", "non-zero"),
         hovertemplate="filter %{y}, input channel %{x}: %{customdata}<extra></extra>"))
     zero = int(mask.sum())
-    fig.update_layout(title=f"{layer}: {zero:,} of {mask.size:,} slices zero ({100 * zero / mask.size:.1f} %)"
-                            "<br><sup>dark = kept, light = zero</sup>")
+    fig.update_layout(title=f"{layer}<br><sup>{zero:,} of {mask.size:,} K×K slices zero "
+                            f"({100 * zero / mask.size:.1f} %); dark = kept, light = zero</sup>")
     fig.update_xaxes(title="input channel", showgrid=False, zeroline=False, dtick=max(1, channels // 25))
     fig.update_yaxes(title="filter (output channel)", autorange="reversed", showgrid=False, zeroline=False,
                      dtick=max(1, filters // 25))

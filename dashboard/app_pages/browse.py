@@ -14,7 +14,8 @@ st.markdown(
     "([LilNetX, ICLR 2023](https://arxiv.org/abs/2204.02965)): each `.lnx` file decodes into an ordinary "
     "PyTorch model, and sparse inference skips its zero kernel slices.  \n"
     "**Start here:** select a row below to open its model card and download it; "
-    "[Compare](./compare) size against accuracy; [Benchmark](./benchmark) a model on this machine.")
+    '<a href="./compare" target="_self">Compare</a> size against accuracy; '
+    '<a href="./benchmark" target="_self">Benchmark</a> a model on this machine.', unsafe_allow_html=True)
 st.caption("Every figure is computed from the model's `.lnx` file. Sizes are whole files (1 KB = 1,000 bytes); "
            "accuracy is marked *measured* (on this installation) or *claimed* (by the file).")
 
@@ -45,10 +46,8 @@ shown = data.filter_frame(frame, search=search, datasets=datasets, archs=archs, 
                           min_weight_sparsity_pct=min_weights)
 st.markdown(f"**{len(shown):,}** of {len(frame):,} entries · select a row to open its model card")
 
-config = {
+config = {  # the name, then the figures (what a phone shows first), then where the model comes from
     "name": st.column_config.TextColumn(data.COLUMNS["name"], width="medium", pinned=True),
-    "arch": st.column_config.TextColumn(data.COLUMNS["arch"]),
-    "dataset": st.column_config.TextColumn(data.COLUMNS["dataset"], width="small"),
     "top1_pct": st.column_config.NumberColumn(data.COLUMNS["top1_pct"], format="%.2f %%"),
     "accuracy_source": st.column_config.TextColumn(data.COLUMNS["accuracy_source"], width="small",
                                                    help="measured on this installation, or claimed by the file"),
@@ -56,16 +55,20 @@ config = {
     "compression": st.column_config.NumberColumn(data.COLUMNS["compression"], format="%.0f×",
                                                  help="fp32 checkpoint bytes ÷ file bytes"),
     "conv_slice_sparsity_pct": st.column_config.NumberColumn(
-        data.COLUMNS["conv_slice_sparsity_pct"], format="%.1f %%",
-        help="zero K×K slices of the convolutions with K×K kernels (K > 1); empty without such convolutions"),
+        data.COLUMNS["conv_slice_sparsity_pct"],
+        help="zero K×K slices of the convolutions with K×K kernels (K > 1); — without such convolutions"),
     "weight_sparsity_pct": st.column_config.NumberColumn(data.COLUMNS["weight_sparsity_pct"], format="%.1f %%",
                                                          help="zero weights of the compressed layers"),
     "macs_saved_pct": st.column_config.NumberColumn(data.COLUMNS["macs_saved_pct"], format="%.1f %%",
                                                     help="multiply-accumulates skipped with zero slices"),
+    "arch": st.column_config.TextColumn(data.COLUMNS["arch"]),
+    "dataset": st.column_config.TextColumn(data.COLUMNS["dataset"], width="small"),
     "plugin": data.COLUMNS["plugin"],
     "added": st.column_config.DatetimeColumn(data.COLUMNS["added"], format="YYYY-MM-DD"),
 }
-selection = st.dataframe(shown, column_config=config, column_order=list(config), hide_index=True,
+# "—" where a model has no K×K convolutions (the column keeps its numbers for sorting)
+styled = shown.style.format("{:.1f} %", subset=["conv_slice_sparsity_pct"], na_rep=data.NO_CONVS)
+selection = st.dataframe(styled, column_config=config, column_order=list(config), hide_index=True,
                          on_select="rerun", selection_mode="single-row",
                          key=f"table-{st.session_state.get('opened', 0)}",
                          height=min(38 + 35 * max(len(shown), 1), 640))
