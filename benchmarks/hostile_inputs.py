@@ -5,7 +5,9 @@
 Every file is made with the format's own writer functions (``assemble``, ``Table.write``) from the shipped
 LeNet5 file, then read by each path that takes files from strangers, in a fresh process with its peak memory
 (``ru_maxrss``) and time recorded: ``verify`` (``lilnetx.verify``), ``add`` (``Zoo.add`` into an empty zoo),
-``upload`` (the dashboard's ``check_upload``). The reference is the same path on the shipped file.
+``upload`` (the dashboard's ``check_upload``) and ``pull`` (the first pull of a remote entry from a local
+static zoo whose index describes the file as the shipped one is described, with the crafted file's sha256
+and size). The reference is the same path on the shipped file.
 Targets: every case refused (one line) or accepted harmlessly, at most 300 MB and 10 s above the reference.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -26,8 +29,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "zoo_artifacts" / "lenet5_caffe.mnist-lam3.lnx"
 OUT = ROOT / "benchmarks" / "results" / "hostile_inputs.json"
-PATHS = ("verify", "add", "upload")
+PATHS = ("verify", "add", "upload", "pull")
 TARGET_MB, TARGET_S = 300, 10.0
+SECTION_NAMES = ("tables", "decoders", "float_params", "coded_latents")
 
 
 # --------------------------------------------------------------------------- crafting
@@ -143,6 +147,8 @@ CASES: dict[str, tuple[str, Callable[[], bytes]]] = {  # name -> (what it is, ma
     "input_size_6000": ("header input_size [1, 6000, 6000]", lambda: edited(_set("input_size", [1, 6000, 6000]))),
     "pad_60": ("recipe.dataset_kwargs.pad 60", lambda: edited(_set("recipe.dataset_kwargs.pad", 60))),
     "pad_1000": ("recipe.dataset_kwargs.pad 1000", lambda: edited(_set("recipe.dataset_kwargs.pad", 1000))),
+    "pad_1_claim": ("recipe.dataset_kwargs.pad 1 with a 99.9 % claim",
+                    lambda: edited(lambda h: (_set("recipe.dataset_kwargs.pad", 1)(h), _set("metrics.top1", 0.999)(h)))),
     "checkpoint_path": ("arch_kwargs.checkpoint_path /etc/passwd",
                         lambda: edited(_set("arch_kwargs.checkpoint_path", "/etc/passwd"))),
     "num_classes_1e9": ("arch_kwargs.num_classes 10^9", lambda: edited(_set("arch_kwargs.num_classes", 10**9))),
@@ -170,6 +176,9 @@ try:
     elif how == "add":
         from zoo.service import Zoo
         Zoo.from_env().add(path, "mnist-crafted")
+    elif how == "pull":
+        from zoo.service import Zoo
+        Zoo.from_env().pull(sys.argv[3])
 except Exception as exc:
     verdict = "refused: " + (str(exc).splitlines() or [type(exc).__name__])[0]
     if len(str(exc).splitlines()) > 1:
@@ -177,6 +186,38 @@ except Exception as exc:
 print(json.dumps({"verdict": verdict, "seconds": time.perf_counter() - start,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+
+
+@functools.cache
+def _shipped_record() -> dict[str, Any]:
+    from zoo.ingest import describe
+
+    return describe(SHIPPED).record.to_dict()
+
+
+def _publish(data: bytes, folder: Path) -> str:
+    """A static zoo at ``folder`` listing ``data`` as the shipped file is described; returns the entry name."""
+    import hashlib
+
+    from zoo import remote
+
+    sha = hashlib.sha256(data).hexdigest()
+    target = folder / "artifacts" / sha[:2] / f"{sha}.lnx"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    header, sections = _parts(data)
+    record = {**_shipped_record(), "sha256": sha, "size_bytes": len(data),
+              "format_version": header["format_version"]}
+    parts = {"header": len(data) - sum(map(len, sections)),
+             **{n: len(b) for n, b in zip(SECTION_NAMES, sections, strict=True)}}
+    record["metrics"] = {**record["metrics"], "size_parts": parts}
+    top1 = (header.get("metrics") or {}).get("top1")
+    if isinstance(top1, float) and 0 <= top1 <= 1:  # the index claims what the header claims
+        record["metrics"]["top1"] = top1
+    name = f"{record['arch']}.mnist-crafted"
+    index = {"format": remote.INDEX_FORMAT, "entries": [{"name": name, "dataset": "mnist", "artifact": record}]}
+    (folder / "index.json").write_text(json.dumps(index, default=str))
+    return name
 
 
 def run_case(data: bytes, how: str, timeout_s: float = 600) -> dict[str, Any]:
@@ -189,6 +230,9 @@ def run_case(data: bytes, how: str, timeout_s: float = 600) -> dict[str, Any]:
                "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         env.pop("LILNETX_ZOO_URL", None)
         args = [sys.executable, "-c", CHILD, str(path), how]
+        if how == "pull":
+            args.append(_publish(data, folder / "remote"))
+            env["LILNETX_ZOO_URL"] = (folder / "remote").as_uri()
         try:
             done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
         except subprocess.TimeoutExpired:
