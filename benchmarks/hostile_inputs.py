@@ -117,6 +117,14 @@ def big_tables(megabytes: float, valid: bool) -> bytes:
     return seal(header, [one_symbol_tables(layers * width), b"\0" * 4, b"", b""])
 
 
+def empty_objects(megabytes: float) -> bytes:
+    """The shipped file whose header's free metadata is a list of empty JSON objects (3 bytes each as text,
+    about 64 as Python objects)."""
+    header, sections = shipped()
+    header["metadata"] = {"x": [{}] * int(megabytes * 1e6 / 3)}
+    return seal(header, sections)
+
+
 def edited(edit: Callable[[dict[str, Any]], None]) -> bytes:
     """The shipped file with its header edited by ``edit`` (sections unchanged)."""
     header, sections = shipped()
@@ -144,6 +152,9 @@ CASES: dict[str, tuple[str, Callable[[], bytes]]] = {  # name -> (what it is, ma
     "tables_valid_1mb": ("1 MB of valid one-symbol tables", lambda: big_tables(1, valid=True)),
     "tables_valid_3mb": ("3 MB of valid one-symbol tables", lambda: big_tables(3, valid=True)),
     "tables_valid_45mb": ("45 MB of valid one-symbol tables", lambda: big_tables(45, valid=True)),
+    "header_4mb_objects": ("a header of 4.1 MB of empty JSON objects (under the 4 MiB limit)",
+                           lambda: empty_objects(4.1)),
+    "header_16mb_objects": ("a header of 16 MB of empty JSON objects", lambda: empty_objects(16)),
     "input_size_6000": ("header input_size [1, 6000, 6000]", lambda: edited(_set("input_size", [1, 6000, 6000]))),
     "pad_60": ("recipe.dataset_kwargs.pad 60", lambda: edited(_set("recipe.dataset_kwargs.pad", 60))),
     "pad_1000": ("recipe.dataset_kwargs.pad 1000", lambda: edited(_set("recipe.dataset_kwargs.pad", 1000))),
