@@ -220,12 +220,19 @@ def _encode_float_params(model: nn.Module, float_dtype: str) -> tuple[list[dict[
     return meta, b"".join(chunks)
 
 
+class _BatchNormLeafTracer(fx.Tracer):
+    """Keeps every BatchNorm a module call, subclasses outside ``torch.nn`` too (timm's ``BatchNormAct2d``)."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(module, qualified_name)
+
+
 def _zero_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     """BatchNorm name -> its input channels that are always exactly zero: the output channels of the conv or
     linear layer feeding it directly whose weights (and bias) are all zero. Found by ``torch.fx``; ``{}`` for a
     model that cannot be traced."""
     try:
-        graph = fx.Tracer().trace(model)
+        graph = _BatchNormLeafTracer().trace(model)
     except Exception:  # data-dependent control flow and the like: no channel is known to be zero
         return {}
     modules = dict(model.named_modules())
