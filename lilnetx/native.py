@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from lilnetx.errors import LilnetxError
 CSRC = Path(__file__).parent / "csrc"
 COMMON_FLAGS = ("-O3", "-fopenmp", "-fno-trapping-math")  # the last: float selects vectorise; same values
 CFLAGS = ("-march=native", *COMMON_FLAGS)
+STALE_LOCK_S = 15 * 60
 
 
 class NativeKernelError(LilnetxError):
@@ -116,10 +118,8 @@ def build_isa(source: Path, prefix: str, isa: Isa, *, owner: str, fallback: str)
 
 def is_built(source: Path, prefix: str, isa: Isa) -> bool:
     """Whether :func:`build_isa` finds ``source`` already compiled for ``isa`` (no compiler run needed)."""
-    from torch.utils.cpp_extension import _get_build_directory
-
     name = _module_name(source, f"{prefix}_{isa.name}", isa.flags, cpu_key() if isa is GENERIC else isa.name)
-    return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").is_file()
+    return (_build_folder(name) / f"{name}.so").is_file()
 
 
 def compile_check(source: Path, isa: Isa, out_dir: Path) -> Path:
@@ -146,6 +146,10 @@ def _build(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str, 
         warnings.warn(f"{owner}: no C++ compiler found (install g++); {fallback}", stacklevel=3)
         return None
     name = _module_name(source, prefix, flags, machine_key)
+    built = _import_built(name)
+    if built is not None:
+        return built
+    _remove_stale_lock(name)
     try:
         return cpp_extension_load()(name, [str(source)], extra_cflags=list(flags), extra_ldflags=["-fopenmp"],
                                     verbose=False)
@@ -154,6 +158,39 @@ def _build(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str, 
         warnings.warn(f"{owner}: building the C++ kernel failed ({type(exc).__name__}: {detail}); {fallback}",
                       stacklevel=3)
         return None
+
+
+def _build_folder(name: str) -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+def _import_built(name: str) -> ModuleType | None:
+    """The extension ``name`` if it is already compiled, imported directly: torch's loader would first take its
+    build folder's lock file, which a process killed while holding it leaves behind for ever."""
+    import importlib.util
+
+    import torch  # noqa: F401  (the extension links against libtorch, loaded by importing torch)
+
+    path = _build_folder(name) / f"{name}.so"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _remove_stale_lock(name: str) -> None:
+    """Remove a build lock older than :data:`STALE_LOCK_S` (a build takes minutes; an older lock was left by a
+    killed process and would make every later build wait for ever)."""
+    lock = _build_folder(name) / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+    except OSError:
+        pass
 
 
 def _module_name(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str) -> str:

@@ -35,17 +35,17 @@ class SparseRuntime(nn.Module):
         self._traced: dict[tuple[int, ...], Any] = {}
         self.eval()
 
-    @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled() and x.requires_grad:
             return self.slimmed(x)
         key = (*x.shape, torch.get_num_threads())
-        traced = self._traced.get(key)
-        if traced is None:
-            traced = self._traced[key] = self._specialise(x)
-            while len(self._traced) > MAX_SPECIALISATIONS:
-                self._traced.pop(next(iter(self._traced)))
-        return traced(x)
+        with torch.no_grad():
+            traced = self._traced.get(key)
+            if traced is None:
+                traced = self._traced[key] = self._specialise(x)
+                while len(self._traced) > MAX_SPECIALISATIONS:
+                    self._traced.pop(next(iter(self._traced)))
+            return traced(x)
 
     def _specialise(self, x: Tensor) -> Any:
         inputs: dict[str, Tensor] = {}

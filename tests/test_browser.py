@@ -87,9 +87,10 @@ def test_filter_open_download_benchmark(dashboard: tuple[str, Zoo, Path], tmp_pa
         page.get_by_test_id("stTopNav").get_by_role("link", name="Benchmark").click()
         testing.wait_until_idle(page)
         page.get_by_role("button", name="Run benchmark").click()
-        expect(page.get_by_text(re.compile(r"result rows stored in the catalog"))).to_be_visible(timeout=120_000)
+        expect(page.get_by_text(re.compile(r"result rows stored in the catalog"))).to_be_visible(timeout=180_000)
         testing.wait_until_idle(page)
-        expect(page.locator(".js-plotly-plot")).to_be_visible(timeout=30_000)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("What the sparse variant ran")).to_be_visible()
         expect(page.get_by_text("Cancel")).to_have_count(0)
         page.set_viewport_size({"width": 1440, "height": 1500})  # the page scrolls inside: show the chart
         page.screenshot(path=shots / "benchmark.png")

@@ -52,7 +52,10 @@ def test_runtime_equals_the_dense_model_for_each_shape() -> None:
     fused = [m for m in runtime.slimmed.modules() if isinstance(m, SparseConv2d) and m.relu]
     assert fused  # the blocks' ReLU and residual additions run inside the convolutions
     x = torch.randn(2, 1, 16, 16, requires_grad=True)
-    assert torch.allclose(runtime(x), model(x), rtol=1e-4, atol=1e-4)  # with gradients: the eager model
+    out = runtime(x)  # with gradients: the eager slimmed model, differentiable
+    assert out.requires_grad and torch.allclose(out, model(x), rtol=1e-4, atol=1e-4)
+    out.sum().backward()
+    assert x.grad is not None and len(runtime._traced) == 2
 
 
 def test_load_slim_returns_the_runtime_with_the_same_outputs() -> None:

@@ -193,3 +193,17 @@ def test_fused_epilogues_keep_the_outputs() -> None:
 def test_sparse_conv_rejects_reflect_padding() -> None:
     with pytest.raises(sc.SparseConvError, match="zero padding"):
         sc.SparseConv2d(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
+
+
+def test_a_lock_file_left_by_a_killed_build_does_not_block_loading() -> None:
+    _needs_kernel()
+    isa = sc.kernel_isa()
+    key = native.cpu_key() if isa is native.GENERIC else isa.name
+    name = native._module_name(sc.SOURCE, f"lilnetx_sparse_conv_{isa.name}", isa.flags, key)
+    lock = native._build_folder(name) / "lock"
+    lock.touch()  # what a process killed inside torch's loader leaves behind
+    try:
+        sc._load.cache_clear()
+        assert sc.load_extension() is not None
+    finally:
+        lock.unlink(missing_ok=True)
