@@ -1,14 +1,15 @@
 """Dead-path removal: weights that can never change a model's output are set to exactly zero (lossless).
 
 Two layers are *linked* when the only path from one conv / linear layer (the producer) to the next (the
-consumer) goes through channel-wise operations that map zero to zero (``lilnetx.slim``'s table: activations such as
-ReLU / GELU / SiLU, max / average pooling, dropout, identity) and flattening. Then
+consumer) goes through channel-wise operations that map zero to zero and flattening, as the channel graph
+(``lilnetx.channel_graph``, which ``lilnetx.slim`` queries too) defines them: activations such as ReLU / GELU /
+SiLU, max / average pooling, dropout, identity; ``flatten`` and ``view`` / ``reshape`` to ``(batch, -1)``. Then
 
 - a producer output channel that is always zero (zero weights and zero bias) feeds nothing: the consumer's
   weights that read it are set to zero;
 - a producer output channel that no consumer weight reads is unused: its weights and bias are set to zero.
 
-Links are found by ``torch.fx`` tracing; a model that cannot be traced, or a layer whose output also goes
+Links are found on the traced graph (``channel_graph.trace``); a model that cannot be traced, or a layer whose output also goes
 elsewhere (a residual add, BatchNorm, a second consumer), gets no link and is left alone. Zeroing a latent
 gives an exactly zero weight (the decoders have no shift), so the rate and the file shrink while every
 output stays the same. ``lilnetx export`` applies it before writing the artifact.
@@ -22,13 +23,9 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize
 
-from lilnetx.slim import ZERO_PRESERVING_FUNCTIONS, ZERO_PRESERVING_METHODS, ZERO_PRESERVING_MODULES
+from lilnetx.channel_graph import is_flatten, trace, value_users, zero_preserving
 
 LAYERS = (nn.Conv2d, nn.Linear)
-# slim's channel-wise, zero-preserving ops (one table for both analyses), plus flattening
-PASS_MODULES = (*ZERO_PRESERVING_MODULES, nn.Flatten)
-PASS_FUNCTIONS = ZERO_PRESERVING_FUNCTIONS | {torch.flatten}
-PASS_METHODS = ZERO_PRESERVING_METHODS | {"flatten", "view", "reshape"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class Link:
 def find_links(model: nn.Module) -> list[Link]:
     """Producer -> consumer pairs of ``model`` (see the module docstring); ``[]`` if it cannot be traced."""
     try:
-        graph = fx.Tracer().trace(model)
+        graph = trace(model).graph
     except Exception:  # data-dependent control flow and the like: no links, nothing removed
         return []
     modules = dict(model.named_modules())
@@ -56,17 +53,13 @@ def find_links(model: nn.Module) -> list[Link]:
 
 
 def _passes(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(node.target), PASS_MODULES)
-    if node.op == "call_function":
-        return node.target in PASS_FUNCTIONS
-    return node.op == "call_method" and node.target in PASS_METHODS
+    return zero_preserving(node, modules) or is_flatten(node, modules)
 
 
 def _only_consumer(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
     """The single layer reached from ``node`` through pass-through ops, else ``None``."""
-    while len(node.users) == 1:
-        (user,) = node.users
+    while len(users := value_users(node)) == 1:
+        (user,) = users
         if user.args[:1] != (node,):  # the value must be the op's main input
             return None
         if user.op == "call_module" and isinstance(modules.get(user.target), LAYERS):

@@ -38,28 +38,25 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from lilnetx.channel_graph import (
+    ADD_OPS,
+    CHANNELWISE_FUNCTIONS,
+    CHANNELWISE_METHODS,
+    CHANNELWISE_MODULES,
+    KNOWN_MODULES,
+    MUL_OPS,
+    SCALAR_ZERO_PRESERVING,
+    ZERO_PRESERVING_FUNCTIONS,
+    ZERO_PRESERVING_METHODS,
+    ZERO_PRESERVING_MODULES,
+    is_flatten,
+    shape_query,
+    trace,
+)
 from lilnetx.reparam import is_reparameterized, strip
 
 MAX_ROUNDS = 8
 CHECK_RTOL = 1e-3  # of the output's largest magnitude: float32 rounding of folded BatchNorm stays far below
-
-ZERO_PRESERVING_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU, nn.Tanh, nn.ELU,
-                           nn.Mish, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d,
-                           nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-CHANNELWISE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)  # per-channel but f(0) != 0
-ZERO_PRESERVING_FUNCTIONS = {F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.hardswish, F.silu, F.gelu,
-                             F.leaky_relu, torch.tanh, F.hardtanh, F.elu, F.mish, F.dropout, F.max_pool2d,
-                             F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
-CHANNELWISE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
-ZERO_PRESERVING_METHODS = {"relu", "relu_", "tanh", "contiguous", "clone", "hardswish"}
-CHANNELWISE_METHODS = {"sigmoid", "sigmoid_"}
-KNOWN_MODULES = (nn.Conv2d, nn.Linear, nn.Flatten, nn.modules.batchnorm._BatchNorm, nn.Sequential,
-                 *ZERO_PRESERVING_MODULES, *CHANNELWISE_MODULES)
-ADD_OPS = {operator.add, operator.iadd, torch.add}
-MUL_OPS = {operator.mul, operator.imul, torch.mul}
-SCALAR_ZERO_PRESERVING = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv}
-SCALAR_CHANNELWISE = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub}
-
 
 def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None = None) -> nn.Module:
     """A plain eval-mode copy of ``model`` with BatchNorm folded and every removable channel removed.
@@ -139,27 +136,9 @@ def _same_outputs(reference: nn.Module, slimmed: nn.Module, probe: Tensor) -> bo
 
 # -- tracing ------------------------------------------------------------------------------------------------
 
-class _Tracer(fx.Tracer):
-    """torch.nn modules, every BatchNorm (timm's BatchNormAct2d included) and timm's untraceable modules are
-    leaves; other modules are traced through."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or _timm_notrace(m):
-            return True
-        return super().is_leaf_module(m, qualname)
-
-
-def _timm_notrace(m: nn.Module) -> bool:
-    try:
-        from timm.models._features_fx import is_notrace_module
-    except ImportError:  # timm not installed or reorganised: trace everything
-        return False
-    return bool(is_notrace_module(type(m)))
-
-
 def _trace(model: nn.Module) -> fx.GraphModule | None:
     try:
-        return fx.GraphModule(model, _Tracer().trace(model))
+        return trace(model)
     except Exception as exc:  # data-dependent control flow and the like
         warnings.warn(f"slim: {type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0][:200]}); it is kept dense", stacklevel=3)
@@ -303,7 +282,7 @@ def _analyse(model: nn.Module, traced: fx.GraphModule, probe: Tensor) -> _Analys
             a.spaces[space].frozen = True  # the model's input keeps its channels
             a.values[node] = _Value(space, 1, torch.zeros(_shape(node)[1], dtype=torch.bool))
             continue
-        if node.op in ("placeholder", "get_attr") or _harmless(node):
+        if node.op in ("placeholder", "get_attr") or shape_query(node):
             continue
         if node.op == "output":
             a.freeze(node.args, None)
@@ -320,13 +299,6 @@ def _analyse(model: nn.Module, traced: fx.GraphModule, probe: Tensor) -> _Analys
                 a.spaces[space].blockers.add(why)
                 a.values[node] = _Value(space, 1, torch.zeros(shape[1], dtype=torch.bool))
     return a
-
-
-def _harmless(node: fx.Node) -> bool:
-    """Shape queries: they read no channel values."""
-    if node.op == "call_method":
-        return node.target in ("size", "dim")
-    return node.op == "call_function" and node.target is getattr and node.args[1:2] in (("shape",), ("ndim",))
 
 
 def _channel_value(a: _Analysis, node: fx.Node) -> _Value | None:
@@ -379,6 +351,8 @@ def _step(a: _Analysis, node: fx.Node) -> bool:
             return _passthrough(a, node, x, zero_preserving=node.target in ZERO_PRESERVING_METHODS)
         if node.target == "flatten":
             return _flatten(a, node, x, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
+        if is_flatten(node, a.modules):  # x.view(x.size(0), -1), x.reshape(...): as dead_paths reads them
+            return _flatten(a, node, x, 1, -1)
         if node.target == "mean":
             return _mean(a, node, x, _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False))
         if node.target in ("add", "add_", "mul", "mul_"):

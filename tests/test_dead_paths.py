@@ -106,3 +106,23 @@ def test_any_zero_preserving_activation_links_layers_and_the_removal_is_lossless
     zeroed = remove_dead_paths(model)
     assert zeroed == {"2.weight": 4} and torch.equal(model[2].weight[:, 1], torch.zeros(4))
     assert torch.equal(model(x), before)
+
+
+class ViewLeNet(TinyLeNet):
+    """Flattens with ``x.view(x.size(0), -1)``, as much hand-written code does."""
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.view(x.size(0), -1))))
+
+
+def test_view_to_batch_by_rest_flattens_for_dead_paths_and_slim_alike():
+    """One channel graph: dead paths link through the view, and slim removes the dead channel behind it."""
+    assert find_links(ViewLeNet()) == find_links(TinyLeNet())
+    model = ViewLeNet().eval()
+    with torch.no_grad():
+        model.conv2.weight[2] = 0.0
+        model.conv2.bias[2] = 0.0
+    slimmed = lilnetx.slim(model, example_input=torch.randn(2, 1, 14, 14))
+    assert slimmed.conv2.out_channels == 5 and slimmed.fc1.in_features == 5 * 2 * 2
