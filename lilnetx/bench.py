@@ -160,12 +160,14 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
     return {"machine": {**machine_info(), "threads": list(threads)}, "input_size": list(input_size),
             "macs_dense": dense_macs, "macs_sparse": sparse_macs,
             "mac_reduction": dense_macs / sparse_macs if sparse_macs else None,
-            "results": results, "skipped": skipped, "layers": layer_forms(model, built.get("sparse"))}
+            "results": results, "skipped": skipped,
+            "layers": layer_forms(model, built.get("sparse"), {f"b{b}/t{t}" for b, t in configs})}
 
 
-def layer_forms(dense: nn.Module, sparse: nn.Module | None) -> list[dict[str, Any]]:
-    """Per convolution of ``dense``: its zero-slice share and, per ``"b{batch}/t{threads}"`` the sparse variant
-    ran, the form used and its measured speed-up over dense ``conv2d``."""
+def layer_forms(dense: nn.Module, sparse: Any, settings: set[str]) -> list[dict[str, Any]]:
+    """Per convolution of ``dense``: its zero-slice share and, per setting ``"b{batch}/t{threads}"`` of
+    ``settings`` the sparse variant (a ``SparseRuntime``) ran, the form used and its measured speed-up over dense
+    ``conv2d``."""
     from lilnetx.sparse_conv import SparseConv2d
 
     if sparse is None:
@@ -187,7 +189,9 @@ def layer_forms(dense: nn.Module, sparse: nn.Module | None) -> list[dict[str, An
             for config, d in layer.decisions.items():
                 n, _, rest = config.partition("x")
                 threads = rest.split("/")[1]
-                row["forms"][f"b{n}/t{threads}"] = {"form": d["form"], "speedup": d["dense_ms"] / d["sparse_ms"]}
+                if f"b{n}/t{threads}" in settings:
+                    row["forms"][f"b{n}/t{threads}"] = {"form": d["form"],
+                                                        "speedup": d["dense_ms"] / d["sparse_ms"]}
         rows.append(row)
     return rows
 

@@ -34,9 +34,11 @@ def key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median milliseconds of each call, timed one call of each per round so that a noisy machine slows them
-    alike (every figure is comparable only with the others of the same rounds)."""
+def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 1,
+                   statistic: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
+    """Milliseconds of each call (the median of the rounds by default), timed one call of each per round so
+    that a noisy machine slows them alike (every figure is comparable only with the others of the same
+    rounds). ``statistic=min`` gives each call's undisturbed time: other work on the machine only adds to it."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
@@ -46,7 +48,7 @@ def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: 
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistic(values) for name, values in times.items()}
 
 
 class DecisionCache:

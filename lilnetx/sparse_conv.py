@@ -32,6 +32,7 @@ SOURCE = native.CSRC / "sparse_conv.cpp"
 ISA_ENV = "LILNETX_SPARSE_ISA"
 MIN_GAIN = 1.03  # the kernel must be this much faster than dense, as measured, to be used
 TIMING_BUDGET_MS = 60.0  # per decision, across all rounds
+MEASURE_VERSION = 2  # part of every cached decision's key: a change in how decisions are measured re-measures
 Form = Literal["auto", "sparse", "dense"]
 
 
@@ -175,8 +176,8 @@ class SparseConv2d(nn.Module):
         decision = self.decisions.get(config)
         if decision is None:
             isa = kernel_isa()
-            name = calibration.key("sparse_conv2d", native.cpu_model(), isa.name, torch.__version__, config,
-                                   self.signature())
+            name = calibration.key("sparse_conv2d", MEASURE_VERSION, native.cpu_model(), isa.name,
+                                   torch.__version__, config, self.signature())
             store = calibration.cache()
             cached = store.get(name)
             if cached is not None and cached.get("form") in ("sparse", "dense"):
@@ -190,11 +191,12 @@ class SparseConv2d(nn.Module):
 
     @torch.no_grad()
     def measure(self, x: Tensor) -> dict[str, Any]:
-        """Time the kernel against dense ``conv2d`` on ``x``, interleaved; the faster form and both times."""
+        """Time the kernel against dense ``conv2d`` on ``x``, interleaved; the faster form and both times (each
+        the fastest of its rounds: a decision is cached, so it must not follow a moment's load on the machine)."""
         calls = {"dense": lambda: self.dense(x), "sparse": lambda: self.sparse(x)}
         first = calibration.interleaved_ms(calls, rounds=1)
-        rounds = int(min(15, max(3, TIMING_BUDGET_MS / max(1e-3, sum(first.values())))))
-        ms = calibration.interleaved_ms(calls, rounds=rounds, warmup=0)
+        rounds = int(min(25, max(5, TIMING_BUDGET_MS / max(1e-3, sum(first.values())))))
+        ms = calibration.interleaved_ms(calls, rounds=rounds, warmup=0, statistic=min)
         form = "sparse" if ms["sparse"] * MIN_GAIN <= ms["dense"] else "dense"
         return {"form": form, "dense_ms": ms["dense"], "sparse_ms": ms["sparse"], "rounds": rounds,
                 "decided_by": "measured"}
