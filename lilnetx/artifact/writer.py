@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from lilnetx import channel_graph
 from lilnetx import entropy_coding as ec
 from lilnetx.artifact.errors import ArtifactError
 from lilnetx.artifact.format import (
@@ -220,19 +221,12 @@ def _encode_float_params(model: nn.Module, float_dtype: str) -> tuple[list[dict[
     return meta, b"".join(chunks)
 
 
-class _BatchNormLeafTracer(fx.Tracer):
-    """Keeps every BatchNorm a module call, subclasses outside ``torch.nn`` too (timm's ``BatchNormAct2d``)."""
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, nn.modules.batchnorm._BatchNorm) or super().is_leaf_module(module, qualified_name)
-
-
 def _zero_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     """BatchNorm name -> its input channels that are always exactly zero: the output channels of the conv or
-    linear layer feeding it directly whose weights (and bias) are all zero. Found by ``torch.fx``; ``{}`` for a
-    model that cannot be traced."""
+    linear layer feeding it directly whose weights (and bias) are all zero. Found by ``lilnetx.channel_graph``'s
+    tracer; ``{}`` for a model that cannot be traced."""
     try:
-        graph = _BatchNormLeafTracer().trace(model)
+        graph = channel_graph.Tracer().trace(model)  # BatchNorms stay module calls (timm's too)
     except Exception:  # data-dependent control flow and the like: no channel is known to be zero
         return {}
     modules = dict(model.named_modules())
