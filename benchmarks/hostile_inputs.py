@@ -4,7 +4,7 @@
 
 Every file is made with the format's own writer functions (``assemble``, ``Table.write``) from the shipped
 LeNet5 file, then read by each path that takes files from strangers, in a fresh process with its peak memory
-(``ru_maxrss``) and time recorded: ``verify`` (``lilnetx.verify``), ``add`` (``Zoo.add`` into an empty zoo),
+(``VmHWM``) and time recorded: ``verify`` (``lilnetx.verify``), ``add`` (``Zoo.add`` into an empty zoo),
 ``upload`` (the dashboard's ``check_upload``) and ``pull`` (the first pull of a remote entry from a local
 static zoo whose index describes the file as the shipped one is described, with the crafted file's sha256
 and size). The reference is the same path on the shipped file.
@@ -173,7 +173,7 @@ CASES: dict[str, tuple[str, Callable[[], bytes]]] = {  # name -> (what it is, ma
 
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 path, how = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
 verdict = "accepted"
@@ -194,8 +194,10 @@ except Exception as exc:
     verdict = "refused: " + (str(exc).splitlines() or [type(exc).__name__])[0]
     if len(str(exc).splitlines()) > 1:
         verdict += " [+%d lines]" % (len(str(exc).splitlines()) - 1)
-print(json.dumps({"verdict": verdict, "seconds": time.perf_counter() - start,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+seconds = time.perf_counter() - start
+# VmHWM: this program's own peak (ru_maxrss would keep the forking parent's across exec)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"verdict": verdict, "seconds": seconds, "peak_mb": peak_kb / 1024}))
 """
 
 
