@@ -396,3 +396,22 @@ def test_benchmark_page_runs_a_live_benchmark_in_a_worker(tmp_path: Path, monkey
     assert at.dataframe[0].value["variant"].tolist() == ["dense", "slim"]
     history = at.dataframe[1].value
     assert sorted(history["variant"]) == ["dense", "slim"]  # stored in the catalog, shown as earlier results
+
+
+def test_benchmark_history_chart_and_log_ticks() -> None:
+    ticks = charts.log_ticks(pd.Series([0.4, 3.0]))
+    assert ticks["tickvals"][:3] == [0.1, 0.2, 0.5] and ticks["ticktext"][:4] == ["0.1", "0.2", "0.5", "1"]
+    assert charts.log_ticks(pd.Series([0.01, 900.0]))["ticktext"] == ["0.01", "0.1", "1", "10", "100", "1000"]
+    history = benchmark_worker.history_frame([
+        {"variant": v, "batch": 1, "threads": 1, "median_ms": ms, "p90_ms": ms, "machine": "m",
+         "measured_at": f"2026-12-07T03:08:0{i}"} for i, (v, ms) in enumerate([("dense", 2.0), ("sparse", 1.0)])])
+    fig = charts.history_latency(history)
+    assert len(fig.data) == 2 and len({x for trace in fig.data for x in trace.x}) == 1  # one run, one x
+
+
+def test_layers_frame_says_what_each_convolution_ran() -> None:
+    result = {"layers": [{"name": "conv1", "kernel": "3x3", "zero_slice_share": 0.9,
+                          "forms": {"b1/t1": {"form": "sparse", "speedup": 3.0}}},
+                         {"name": "conv2", "kernel": "3x3", "zero_slice_share": 1.0, "forms": {"all": {"form": "removed"}}}]}
+    frame = benchmark_worker.layers_frame({"m.mnist-a": result})
+    assert frame["form"].tolist() == ["sparse", "removed"] and frame["setting"].tolist() == ["b1 · t1", "all"]
