@@ -721,6 +721,8 @@ def test_export_keeps_the_training_curves_in_the_header(cli, run, tmp_path):
                                               {"epoch": 2, "top1": True}, {"epoch": 3, "top1": 0.9}]}}}
     assert training_history(lying) == [{"epoch": 3, "top1": 0.9}]  # only rows of finite numbers with an epoch
     assert training_history({"metadata": {"run": {"history": [{"epoch": 1}] * 10_001}}}) == []
+    assert cli(["export", str(folder), "-o", str(tmp_path / "n.lnx"), "--float-dtype", "float32", "--no-history"]) == 0
+    assert "history" not in lilnetx.read_header(tmp_path / "n.lnx")["metadata"]["run"]
 
 
 def test_published_header_holds_no_machine_path(cli, run, tmp_path):

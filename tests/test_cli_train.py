@@ -70,7 +70,7 @@ def test_run_folder_keeps_the_exact_full_recipe(straight_run: tuple[Path, dict])
     run, _ = straight_run
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     assert set(recipe) == {"arch", "arch_kwargs", "dataset", "dataset_kwargs", "reparam", "train", "export"}
-    assert recipe["export"] == {"decoder_dtype": None, "dead_paths": True}
+    assert recipe["export"] == {"decoder_dtype": None, "dead_paths": True, "float_dtype": "float16", "history": True}
     config = TrainConfig.from_dict(recipe["train"])  # every key, valid
     assert config == TrainConfig(**{**FAST_RECIPE["train"], "lambda_rate": 1e-3, "warmup_epochs": 0.0})
     assert recipe["reparam"] == {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],

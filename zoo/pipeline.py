@@ -136,7 +136,7 @@ def _changes_weights(model: nn.Module, decoder_dtype: str | None, float_dtype: s
 
 def _history(run_dir: Path) -> dict[str, Any]:
     """``{"history": [...]}``: the run's per-epoch ``HISTORY_KEYS`` from ``metrics.jsonl`` (4 significant
-    digits: about 25 header bytes an epoch), or ``{}`` without the file."""
+    digits: about 60 header bytes an epoch), or ``{}`` without the file."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return {}
@@ -160,11 +160,13 @@ def _run_model(run_dir: Path, recipe: dict[str, Any], spec: dict[str, Any] | Non
 
 
 def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | None = None,
-               dead_paths: bool | None = None, float_dtype: str | None = None) -> ArtifactInfo:
+               dead_paths: bool | None = None, float_dtype: str | None = None,
+               history: bool | None = None) -> ArtifactInfo:
     """Write the model of training run ``run_dir`` to ``output`` with its dataset, metrics and recipe.
 
-    ``decoder_dtype``, ``dead_paths`` and ``float_dtype`` default to the recipe's ``export`` section (else: the
-    smallest exact decoder type, dead paths removed, BatchNorm as float16 scale and shift).
+    ``decoder_dtype``, ``dead_paths``, ``float_dtype`` and ``history`` default to the recipe's ``export`` section
+    (else: the smallest exact decoder type, dead paths removed, BatchNorm as float16 scale and shift, the training
+    curves of ``metrics.jsonl`` kept in the header).
 
     ``dead_paths`` zeroes the weights that cannot change any output first (``lilnetx.dead_paths``: lossless).
     The recipe in the header has machine paths (``dataset_kwargs.root``) removed. The metrics are the run's,
@@ -179,6 +181,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
     decoder_dtype = decoder_dtype or settings["decoder_dtype"]
     dead_paths = settings["dead_paths"] if dead_paths is None else dead_paths
     float_dtype = float_dtype or settings["float_dtype"]
+    history = settings["history"] if history is None else history
     model = _run_model(Path(run_dir), recipe, spec)
     try:
         model.load_state_dict(checkpoint["model"])
@@ -186,7 +189,7 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
         raise RunFolderError(f"the checkpoint in {run_dir} does not fit the model its recipe builds: {exc}") from exc
     if dead_paths:
         remove_dead_paths(model)
-    run = {"epochs": stats.get("epochs", checkpoint.get("epoch"))} | _history(Path(run_dir))
+    run = {"epochs": stats.get("epochs", checkpoint.get("epoch"))} | (_history(Path(run_dir)) if history else {})
     metadata = {"dataset": recipe.get("dataset"), "metrics": {k: stats[k] for k in METRIC_KEYS if k in stats},
                 "recipe": recipes.published(recipe), "run": run}
     if _changes_weights(model, decoder_dtype, float_dtype):

@@ -33,6 +33,7 @@ EXPORT_OPTIONS: dict[str, tuple[Any, str]] = {  # zoo.pipeline.export_run's sett
     "decoder_dtype": (None, "str | None"),  # None: the smallest exact type; else lossy, re-measured on export
     "dead_paths": (True, "bool"),  # zero the weights no output can see (lossless)
     "float_dtype": ("float16", "str"),  # BatchNorm as float16 (or qint8) scale and shift; float32: exact
+    "history": (True, "bool"),  # keep the per-epoch training curves in the header (about 60 bytes an epoch)
 }
 
 

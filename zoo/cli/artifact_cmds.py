@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="store each BatchNorm as its per-channel scale and shift in this type, other float "
                         "parameters in float16 (default: the recipe's export.float_dtype, else float16; lossy: the "
                         "artifact is re-evaluated); float32 keeps every float parameter exactly")
+    p.add_argument("--no-history", action="store_true",
+                   help="leave the training curves (metrics.jsonl, about 60 bytes an epoch) out of the header")
     p.add_argument("--keep-dead-paths", action="store_true",
                    help="store weights on dead paths too (by default, or unless the recipe's export.dead_paths "
                         "is false, they are zeroed: lossless, smaller)")
@@ -59,7 +61,8 @@ def run_export(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise CLIError(str(exc)) from None
     info = export_run(args.run_dir, args.output, decoder_dtype=args.decoder_dtype,
-                      dead_paths=False if args.keep_dead_paths else None, float_dtype=args.float_dtype)
+                      dead_paths=False if args.keep_dead_paths else None, float_dtype=args.float_dtype,
+                      history=False if args.no_history else None)
     onnx = _export_onnx(str(info.path), args.onnx) if args.onnx else None
     if args.json:
         print_json({**dataclasses.asdict(info), "path": str(info.path), **({"onnx": onnx} if onnx else {})})
