@@ -6,7 +6,7 @@ every speedup is a ratio against dense measured in the same rounds.
 - ``dense``: the model as given (PyTorch, NCHW);
 - ``slim``: ``lilnetx.slim(model)`` (BatchNorm folded, zero channels removed);
 - ``sparse``: the LilNetX path, ``lilnetx.runtime.compile_sparse(model)`` (what ``zoo.load(name, slim=True)``
-  returns): the slimmed model, each convolution with zero taps running whichever of the slice-sparse kernel and
+  returns): the slimmed model, each convolution running whichever of the slice-sparse kernel and
   dense ``conv2d`` measured faster on this machine for the batch and thread count timed (measured in the
   warm-up rounds, cached per machine), ReLU and residual additions fused, as frozen TorchScript per shape;
 - ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the dense-runtime reference).
@@ -184,7 +184,7 @@ def layer_forms(dense: nn.Module, sparse: Any, settings: set[str]) -> list[dict[
         if not isinstance(layer, nn.Conv2d | SparseConv2d):
             row["forms"] = {"all": {"form": "removed"}}
         elif isinstance(layer, nn.Conv2d):
-            row["forms"] = {"all": {"form": "dense", "why": "no zero taps after slimming"}}
+            row["forms"] = {"all": {"form": "dense"}}  # a convolution the kernel does not take (reflect padding)
         else:
             for config, d in layer.decisions.items():
                 n, _, rest = config.partition("x")

@@ -1,10 +1,11 @@
-"""``fuse_epilogues(model)``: fold each ``SparseConv2d``'s following ReLU and residual addition into its store.
+"""``fuse_epilogues(model)``: fold each ``SparseConv2d``'s following ReLU / ReLU6 and residual addition into its
+store.
 
 A slimmed ResNet block ends ``relu(conv2(x) + shortcut)``: three passes over the activations, of which the
 addition and the ReLU only read and write memory. Traced with ``torch.fx``, every ``SparseConv2d`` whose only
-reader is a ReLU, or an addition of a same-shaped tensor (itself read only by a ReLU, or not followed by one),
-takes them over: ``conv(x, residual)`` with ``relu=True`` adds and rectifies in the kernel's store (dense
-``conv2d`` does the same after it, where that form runs). Outputs are unchanged; a model fx cannot trace is
+reader is a ReLU or ReLU6, or an addition of a same-shaped tensor (itself read only by one, or not followed by
+one), takes them over: ``conv(x, residual)`` with ``activation="relu"`` adds and rectifies in the kernel's store
+(dense ``conv2d`` does the same after it, where that form runs). Outputs are unchanged; a model fx cannot trace is
 returned as it was.
 """
 
@@ -19,8 +20,9 @@ from torch import fx, nn
 
 from lilnetx.sparse_conv import SparseConv2d
 
-RELU_FUNCTIONS = {F.relu, torch.relu}
-RELU_METHODS = {"relu", "relu_"}
+ACTIVATION_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
+ACTIVATION_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
+ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu"}
 ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 KEEP_ATTRIBUTES = ("pretrained_cfg", "default_cfg", "lilnetx_config", "lilnetx_header")
 
@@ -66,22 +68,23 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
-def _is_relu(node: fx.Node | None, modules: dict[str, nn.Module]) -> bool:
-    if node is None:
-        return False
+def _activation(node: fx.Node | None, modules: dict[str, nn.Module]) -> str | None:
+    """``"relu"`` / ``"relu6"`` where ``node`` applies that activation to its one input, else ``None``."""
+    if node is None or len(node.args) != 1:
+        return None
     if node.op == "call_module":
-        return type(modules.get(node.target)) is nn.ReLU
+        return ACTIVATION_MODULES.get(type(modules.get(node.target)))
     if node.op == "call_function":
-        return node.target in RELU_FUNCTIONS and len(node.args) == 1
-    return node.op == "call_method" and node.target in RELU_METHODS and len(node.args) == 1
+        return ACTIVATION_FUNCTIONS.get(node.target)
+    return ACTIVATION_METHODS.get(node.target) if node.op == "call_method" else None
 
 
 def _fuse(conv_node: fx.Node, conv: SparseConv2d, modules: dict[str, nn.Module]) -> int:
     user = _only_user(conv_node)
     if user is None:
         return 0
-    if _is_relu(user, modules):
-        conv.relu = True
+    if _activation(user, modules):
+        conv.activation = _activation(user, modules)
         user.replace_all_uses_with(conv_node)
         return 1
     is_add = (user.op == "call_function" and user.target in ADD_FUNCTIONS and len(user.args) == 2
@@ -93,13 +96,13 @@ def _fuse(conv_node: fx.Node, conv: SparseConv2d, modules: dict[str, nn.Module])
     if not isinstance(other, fx.Node) or other is conv_node:
         return 0
     after = _only_user(user)
-    relu = _is_relu(after, modules)
+    activation = _activation(after, modules)
     if other not in _placed_before(conv_node):
         user.prepend(conv_node)  # the residual is computed first: the convolution moves after it
     conv_node.args = (conv_node.args[0], other)
-    conv.relu = relu
+    conv.activation = activation
     user.replace_all_uses_with(conv_node)
-    if relu:
+    if activation:
         after.replace_all_uses_with(conv_node)
     return 1
 

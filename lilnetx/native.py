@@ -128,8 +128,7 @@ def compile_check(source: Path, isa: Isa, out_dir: Path) -> Path:
     import subprocess
     import sysconfig
 
-    from torch.utils import cpp_extension
-
+    cpp_extension = _cpp_extension()
     out = Path(out_dir) / f"{source.stem}_{isa.name}.o"
     includes = [f"-I{p}" for p in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
     cmd = [os.environ.get("CXX", "c++"), "-c", str(source), "-o", str(out), "-std=c++20", "-fPIC",
@@ -161,9 +160,7 @@ def _build(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str, 
 
 
 def _build_folder(name: str) -> Path:
-    from torch.utils.cpp_extension import _get_build_directory
-
-    return Path(_get_build_directory(name, verbose=False))
+    return Path(_cpp_extension()._get_build_directory(name, verbose=False))
 
 
 def _import_built(name: str) -> ModuleType | None:
@@ -201,16 +198,21 @@ def _module_name(source: Path, prefix: str, flags: tuple[str, ...], machine_key:
 
 
 def cpp_extension_load() -> Any:
-    """``torch.utils.cpp_extension.load``, imported without its "No CUDA runtime is found" warning (the kernels
-    are CPU-only; on CPU builds of torch that warning is noise)."""
+    """``torch.utils.cpp_extension.load`` (see :func:`_cpp_extension`)."""
+    return _cpp_extension().load
+
+
+def _cpp_extension() -> Any:
+    """``torch.utils.cpp_extension``, imported without its "No CUDA runtime is found" warning (the kernels are
+    CPU-only; on CPU builds of torch that warning is noise)."""
     ext_log = logging.getLogger("torch.utils.cpp_extension")
     level = ext_log.level
     ext_log.setLevel(logging.ERROR)
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils import cpp_extension
     finally:
         ext_log.setLevel(level)
-    return load
+    return cpp_extension
 
 
 def build_kernels() -> dict[str, str]:

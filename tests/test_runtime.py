@@ -49,7 +49,7 @@ def test_runtime_equals_the_dense_model_for_each_shape() -> None:
     forms = runtime.forms()
     assert forms and all(set(f.values()) <= {"sparse", "dense"} for f in forms.values())
     assert all(len(f) == 2 for f in forms.values())  # measured for batch 1 and batch 3
-    fused = [m for m in runtime.slimmed.modules() if isinstance(m, SparseConv2d) and m.relu]
+    fused = [m for m in runtime.slimmed.modules() if isinstance(m, SparseConv2d) and m.activation]
     assert fused  # the blocks' ReLU and residual additions run inside the convolutions
     x = torch.randn(2, 1, 16, 16, requires_grad=True)
     out = runtime(x)  # with gradients: the eager slimmed model, differentiable

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #ifndef LNX_VW
@@ -59,11 +60,13 @@ void pad_sample(const float* x, float* buf, const Geometry& g) {
   }
 }
 
-// The output of one channel and what is fused into its store: a residual added (same shape; or null) and ReLU.
+// The output of one channel and what is fused into its store: a residual added (same shape; or null), then the
+// activation clamp(value, lo, hi) where clamp is set (ReLU: lo 0, hi +inf; ReLU6: lo 0, hi 6).
 struct Sink {
   float* out;
   const float* residual;
-  bool relu;
+  bool clamp;
+  float lo, hi;
 };
 
 template <int R, int NV>
@@ -76,7 +79,11 @@ inline void store_block(vf (&acc)[R][NV], const Sink& sink, const Geometry& g, i
     if (cols == COLS) {
       for (int v = 0; v < NV; ++v) {
         if (sink.residual) acc[r][v] += load(sink.residual + at + v * VW);
-        if (sink.relu) acc[r][v] = acc[r][v] > 0 ? acc[r][v] : vf{};
+        if (sink.clamp) {
+          const vf lo = vf{} + sink.lo, hi = vf{} + sink.hi;
+          acc[r][v] = acc[r][v] < lo ? lo : acc[r][v];
+          acc[r][v] = acc[r][v] > hi ? hi : acc[r][v];
+        }
       }
       std::memcpy(sink.out + at, acc[r], sizeof(acc[r]));
     } else {
@@ -84,7 +91,7 @@ inline void store_block(vf (&acc)[R][NV], const Sink& sink, const Geometry& g, i
       std::memcpy(tmp, acc[r], sizeof(tmp));
       for (int64_t c = 0; c < cols; ++c) {
         float value = tmp[c] + (sink.residual ? sink.residual[at + c] : 0.0f);
-        sink.out[at + c] = sink.relu && value < 0 ? 0.0f : value;
+        sink.out[at + c] = sink.clamp ? std::min(std::max(value, sink.lo), sink.hi) : value;
       }
     }
   }
@@ -195,11 +202,12 @@ const Block& pick_block(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_un
 // x: (N, C, H, W) fp32; tap_ptr: (O + 1) int64 CSR row pointers over taps; tap_chan/tap_kh/tap_kw: int64 input
 // channel and kernel position of each non-zero tap; tap_w: fp32 weight of each tap; bias: (O) fp32 or empty.
 // use_slices: 3x3 stride-1 kernels run the slice kernel (false: the per-tap loop, for comparison).
-// residual: a tensor of the output's shape added before ReLU, or empty; relu: apply ReLU to the result.
+// residual: a tensor of the output's shape added before the activation, or empty; activation: 0 none, 1 ReLU,
+// 2 ReLU6.
 torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tensor tap_chan, torch::Tensor tap_kh,
                             torch::Tensor tap_kw, torch::Tensor tap_w, torch::Tensor bias, int64_t KH, int64_t KW,
                             int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dil_h,
-                            int64_t dil_w, bool use_slices, torch::Tensor residual, bool relu) {
+                            int64_t dil_w, bool use_slices, torch::Tensor residual, int64_t activation) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "sparse_conv2d: x must be a 4-D float32 tensor");
   TORCH_CHECK(stride_h >= 1 && stride_w >= 1 && dil_h >= 1 && dil_w >= 1 && pad_h >= 0 && pad_w >= 0,
               "sparse_conv2d: stride and dilation must be >= 1, padding >= 0");
@@ -265,6 +273,8 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
     residual = residual.contiguous();
   }
   const float* rp = residual.numel() ? residual.data_ptr<float>() : nullptr;
+  TORCH_CHECK(activation >= 0 && activation <= 2, "sparse_conv2d: activation must be 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  const float hi = activation == 2 ? 6.0f : std::numeric_limits<float>::infinity();
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t* ptr = ptr_v.data();
@@ -277,7 +287,7 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   auto run_channels = [&](const float* buf, int64_t n, int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
       const int64_t at = n * out_plane + o * g.Ho * g.Wo;
-      fn(buf, Sink{op + at, rp ? rp + at : nullptr, relu}, g, offs.data() + ptr[o], wp + ptr[o] * w_step,
+      fn(buf, Sink{op + at, rp ? rp + at : nullptr, activation != 0, 0.0f, hi}, g, offs.data() + ptr[o], wp + ptr[o] * w_step,
          ptr[o + 1] - ptr[o], bp ? bp[o] : 0.0f);
     }
   };
@@ -311,7 +321,7 @@ std::vector<int64_t> block_for(int64_t Ho, int64_t Wo, bool slices, int64_t taps
 LNX_LIBRARY(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv2d(Tensor x, Tensor tap_ptr, Tensor tap_chan, Tensor tap_kh, Tensor tap_kw, Tensor tap_w, "
         "Tensor bias, int KH, int KW, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, "
-        "bool use_slices, Tensor residual, bool relu) -> Tensor",
+        "bool use_slices, Tensor residual, int activation) -> Tensor",
         &sparse_conv2d);
 }
 
