@@ -151,6 +151,8 @@ def test_every_page_lays_out_without_overlap_and_logs_no_warning(dashboard: tupl
                 if charts:
                     expect(page.locator(".js-plotly-plot").nth(charts - 1)).to_be_attached(timeout=30_000)
                 testing.wait_until_idle(page)
+                page.wait_for_function("() => !document.querySelector('[data-testid^=\"stSkeleton\"]')",
+                                       timeout=30_000)
                 page.wait_for_timeout(500)  # plotly lays out after the script run
                 layout = page.evaluate(_OVERLAPS)
                 assert layout["found"] == [] and layout["wide"] == 0, (shot + size, layout)
@@ -158,6 +160,8 @@ def test_every_page_lays_out_without_overlap_and_logs_no_warning(dashboard: tupl
                     tall = page.evaluate("() => Math.max(...[...document.querySelectorAll('section, div')]"
                                          ".map(e => e.scrollHeight))")
                     page.set_viewport_size({"width": viewport["width"], "height": min(int(tall) + 40, 8000)})
+                    page.wait_for_function("() => !document.querySelector('[data-testid^=\"stSkeleton\"]')",
+                                           timeout=30_000)  # lazily loaded widgets and grids have drawn
                     page.wait_for_timeout(800)
                     shots.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=shots / f"{shot}{size}.png")
