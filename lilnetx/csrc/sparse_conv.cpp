@@ -41,16 +41,22 @@ struct Geometry {
 };
 
 // Zero-pad one sample's (C, H, W) planes into buf (C, Hp, Wp); with stride_w > 1 padded column c of a row is
-// stored at (c % stride_w) * Wq + c / stride_w.
+// stored at (c % stride_w) * Wq + c / stride_w. Only the margins are zeroed; the rows are copied over the rest.
 void pad_sample(const float* x, float* buf, const Geometry& g) {
-  std::fill(buf, buf + g.C * g.Hp * g.Wp, 0.0f);
+  const int64_t row_end = g.pad_w + g.W;
   for (int64_t c = 0; c < g.C; ++c) {
+    float* plane = buf + c * g.Hp * g.Wp;
+    std::fill(plane, plane + g.pad_h * g.Wp, 0.0f);
+    std::fill(plane + (g.pad_h + g.H) * g.Wp, plane + g.Hp * g.Wp, 0.0f);
     for (int64_t h = 0; h < g.H; ++h) {
       const float* src = x + (c * g.H + h) * g.W;
-      float* row = buf + (c * g.Hp + h + g.pad_h) * g.Wp;
+      float* row = plane + (h + g.pad_h) * g.Wp;
       if (g.stride_w == 1) {
+        std::fill(row, row + g.pad_w, 0.0f);
         std::memcpy(row + g.pad_w, src, g.W * sizeof(float));
+        std::fill(row + row_end, row + g.Wp, 0.0f);
       } else {
+        std::fill(row, row + g.Wp, 0.0f);
         for (int64_t w = 0; w < g.W; ++w) {
           const int64_t col = w + g.pad_w;
           row[(col % g.stride_w) * g.Wq + col / g.stride_w] = src[w];
@@ -214,6 +220,12 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   x = x.contiguous();
   Geometry g;
   g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
+  const bool pointwise = KH == 1 && KW == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
+  const int64_t out_h = g.H, out_w = g.W;
+  if (pointwise) {  // a 1x1 convolution reads each plane as one long row: fewer, fuller register blocks
+    g.W = g.H * g.W;
+    g.H = 1;
+  }
   g.O = tap_ptr.size(0) - 1;
   g.stride_h = stride_h; g.stride_w = stride_w; g.pad_h = pad_h; g.pad_w = pad_w;
   g.Ho = (g.H + 2 * pad_h - dil_h * (KH - 1) - 1) / stride_h + 1;
@@ -266,7 +278,7 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
     fn = block.taps;
   }
 
-  auto out = torch::empty({N, g.O, g.Ho, g.Wo}, x.options());
+  auto out = pointwise ? torch::empty({N, g.O, out_h, out_w}, x.options()) : torch::empty({N, g.O, g.Ho, g.Wo}, x.options());
   if (residual.numel()) {
     TORCH_CHECK(residual.sizes() == out.sizes() && residual.scalar_type() == torch::kFloat32,
                 "sparse_conv2d: the residual must be a float32 tensor of the output's shape");
