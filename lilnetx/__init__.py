@@ -7,6 +7,8 @@ Public API: ``reparameterize``, ``objective``, ``train`` / ``TrainConfig``, ``st
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _EXPORTS = {  # public name -> the module that defines it; imported on first use, so that importing a light
@@ -40,3 +42,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule binds it on its package; ``lilnetx.slim`` and ``lilnetx.objective`` are public
+    functions named like their modules, so a submodule never replaces an exported name (``import
+    lilnetx.slim`` still works through ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

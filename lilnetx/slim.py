@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import copy
 import operator
-import sys
-import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -581,14 +578,3 @@ def _slice_batchnorm(bn: nn.Module, keep: Tensor) -> None:
         if b is not None:
             setattr(bn, name, b[keep].clone())
     bn.num_features = int(keep.sum())
-
-
-class _CallableModule(types.ModuleType):
-    """``lilnetx.slim`` is both this submodule and the public function: importing the submodule rebinds the
-    package attribute to the module, so the module calls the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> nn.Module:
-        return slim(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
