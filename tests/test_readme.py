@@ -68,8 +68,11 @@ def seeded_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _environment(folder: Path, **extra: str) -> dict[str, str]:
+    """A block's environment: its own catalog in ``folder``, one thread (as the rest of the suite: beside other
+    tests on two cores, a second OpenMP thread made a training step several times slower, not faster)."""
     env = {**os.environ, "LILNETX_HOME": str(folder / "home"), "LILNETX_DB": f"sqlite:///{folder / 'registry.db'}",
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT), **extra}
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1", **extra}
     for name in ("LILNETX_ZOO_URL", "LILNETX_OFFLINE", "LILNETX_DATA_ROOT"):
         env.pop(name, None)
     return env
