@@ -11,6 +11,7 @@ all-zero channel stays all-zero). :func:`is_flatten` is the one rule for flatten
 from __future__ import annotations
 
 import operator
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,8 @@ class Tracer(fx.Tracer):
 
 
 def _timm_notrace(m: nn.Module) -> bool:
+    if "timm" not in sys.modules:  # nothing can be registered with timm before it is imported (saves ~2 s)
+        return False
     try:
         from timm.models._features_fx import is_notrace_module
     except ImportError:  # timm not installed or reorganised: trace everything

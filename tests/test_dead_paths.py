@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -126,3 +129,11 @@ def test_view_to_batch_by_rest_flattens_for_dead_paths_and_slim_alike():
         model.conv2.bias[2] = 0.0
     slimmed = lilnetx.slim(model, example_input=torch.randn(2, 1, 14, 14))
     assert slimmed.conv2.out_channels == 5 and slimmed.fc1.in_features == 5 * 2 * 2
+
+
+def test_tracing_a_model_without_timm_modules_does_not_import_timm() -> None:
+    code = ("import sys; from torch import nn; from lilnetx.channel_graph import trace\n"
+            "trace(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))\n"
+            "assert 'timm' not in sys.modules, 'tracing a plain model imported timm'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
