@@ -19,9 +19,11 @@ import functools
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,13 +40,14 @@ SECTION_NAMES = ("tables", "decoders", "float_params", "coded_latents")
 
 
 def _parts(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """Header and sections of a valid file (read without any of the reader's limits)."""
+    """Header and sections of a well-framed file (read without any of the reader's limits)."""
     from lilnetx.artifact import format as fmt
 
     pos = len(fmt.MAGIC) + 1
     _, pos = fmt.read_varint(data, pos, len(data))
     length, pos = fmt.read_varint(data, pos, len(data))
-    header = fmt.decompress_header(data[pos:pos + length], "crafted", data[len(fmt.MAGIC)])
+    inflate = zlib.decompressobj(-15, zdict=fmt.ZDICT_V3 if data[len(fmt.MAGIC)] >= 3 else fmt.ZDICT)
+    header = json.loads(inflate.decompress(data[pos:pos + length]))  # no size limit, NaN allowed
     pos += length
     sections = []
     for name in fmt.SECTIONS:
@@ -57,7 +60,6 @@ def seal(header: dict[str, Any], sections: list[bytes]) -> bytes:
     """A file with valid framing, size field and checksum around ``header`` and ``sections`` (section lengths
     filled in), as ``format.assemble`` writes it but without its refusal of NaN and Infinity."""
     import hashlib
-    import zlib
 
     from lilnetx.artifact import format as fmt
 
@@ -175,6 +177,7 @@ CASES: dict[str, tuple[str, Callable[[], bytes]]] = {  # name -> (what it is, ma
 CHILD = r"""
 import json, os, sys, time
 path, how = sys.argv[1], sys.argv[2]
+import lilnetx, dashboard.upload, zoo.ingest, zoo.service  # imports are not timed (the reference has them too)
 start = time.perf_counter()
 verdict = "accepted"
 try:
@@ -260,7 +263,9 @@ def run_case(data: bytes, how: str, timeout_s: float = 600) -> dict[str, Any]:
 def _reason(verdict: str) -> str:
     """The refusal without the temporary path and the standard advice."""
     text = verdict.removeprefix("refused: ").split(". The checksum matches")[0]
-    text = text.split("crafted.lnx")[-1].lstrip(": ")
+    text = re.sub(r"file://\S*?/remote", "REMOTE", text.split("crafted.lnx")[-1].lstrip(": "))
+    text = re.sub(r"\S*/objects/\S*\.lnx: ", "", text)
+    text = re.sub(r"^.*does not describe its artifact \(sha256 \w+\): ", "the index is refused: ", text)
     return text if len(text) <= 110 else f"{text[:107]}..."
 
 
