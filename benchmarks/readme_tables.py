@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zoo.formatting import percent
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 REGION = re.compile(r"<!-- generated: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /generated -->", re.DOTALL)
@@ -106,20 +108,16 @@ def cli_latency(result: dict) -> str:
     return _script("cli_latency").table(result)
 
 
-def _pct(fraction: float, digits: int = 1) -> str:
-    return f"{100 * fraction:.{digits}f} %"
-
-
 def zoo_summary(rows: list[dict]) -> str:
     """The README's short table of the shipped models: dataset, accuracy beside the dense twin, size, sparsity,
     MACs left."""
     lines = ["| zoo entry | dataset | top-1 | dense twin | file bytes | smaller than float32 | conv slice sparsity "
              "| weight sparsity | MACs with zero slices skipped |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| `{r['name']}` | {r['dataset']} | {_pct(r['top1'], 2)} "
-              f"| {'—' if r.get('dense_top1') is None else _pct(r['dense_top1'], 2)} "
+    lines += [f"| `{r['name']}` | {r['dataset']} | {percent(r['top1'])} "
+              f"| {percent(r.get('dense_top1'), missing='—')} "
               f"| {r['bytes']:,} | {r['fp32_bytes'] / r['bytes']:.0f}× "
-              f"| {'—' if r['conv_slice_sparsity'] is None else _pct(r['conv_slice_sparsity'])} "
-              f"| {_pct(r['weight_sparsity'])} | {_pct(r['macs_sparse'] / r['macs_dense'])} of dense |"
+              f"| {percent(r['conv_slice_sparsity'], 1, missing='—')} "
+              f"| {percent(r['weight_sparsity'], 1)} | {percent(r['macs_sparse'] / r['macs_dense'], 1)} of dense |"
               for r in rows]
     return "\n".join(lines)
 
@@ -142,7 +140,7 @@ def headline(results: dict[str, Any]) -> str:
     ort = {r["batch"]: r["median_ms"] for r in fast["results"] if r["variant"] == "onnxruntime" and r["threads"] == 1}
     rows = [
         ("smallest shipped model at ≥ 99 % MNIST top-1",
-         f"`{best['name']}`: {best['bytes']:,} B at {_pct(best['top1'], 2)}, "
+         f"`{best['name']}`: {best['bytes']:,} B at {percent(best['top1'])}, "
          f"{best['fp32_bytes'] / best['bytes']:.0f}× smaller than float32", "the-shipped-zoo-models"),
         (f"`.lnx` vs float32 `state_dict` + xz, same model (`{Path(size['artifact']).name}`)",
          f"{lnx['bytes']:,} B vs {xz['bytes']:,} B", "artifact-size"),

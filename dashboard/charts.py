@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.references import Reference
+from zoo.formatting import percent
 
 FONT = dict(family="Inter, system-ui, sans-serif", size=13)
 REFERENCE_COLOUR = "#444444"
@@ -126,7 +127,7 @@ def depthwise_grid(mask: np.ndarray, layer: str) -> go.Figure:
         hovertemplate="channel %{customdata[0]}: %{customdata[1]}<extra></extra>"))
     zero = int(mask.sum())
     fig.update_layout(title=f"{layer} (depthwise)<br><sup>{zero:,} of {channels:,} channel kernels zero "
-                            f"({100 * zero / channels:.1f} %); dark = kept, light = zero</sup>")
+                            f"({percent(zero / channels, 1)}); dark = kept, light = zero</sup>")
     fig.update_xaxes(title="+ channel", showgrid=False, zeroline=False)
     shown = range(0, rows, max(1, rows // 8))
     fig.update_yaxes(title="first channel of the row", autorange="reversed", showgrid=False, zeroline=False,
@@ -147,7 +148,7 @@ def slice_heatmap(mask: np.ndarray, layer: str) -> go.Figure:
         hovertemplate="filter %{y}, input channel %{x}: %{customdata}<extra></extra>"))
     zero = int(mask.sum())
     fig.update_layout(title=f"{layer}<br><sup>{zero:,} of {mask.size:,} K×K slices zero "
-                            f"({100 * zero / mask.size:.1f} %); dark = kept, light = zero</sup>")
+                            f"({percent(zero / mask.size, 1)}); dark = kept, light = zero</sup>")
     fig.update_xaxes(title="input channel", showgrid=False, zeroline=False, dtick=max(1, channels // 25))
     fig.update_yaxes(title="filter (output channel)", autorange="reversed", showgrid=False, zeroline=False,
                      dtick=max(1, filters // 25))

@@ -766,7 +766,7 @@ def test_cli_lossy_export_measures_the_decoded_artifact(cli, run, model, tmp_pat
 def test_cli_inspect(cli, saved, capsys):
     assert cli(["inspect", str(saved)]) == 0
     text = capsys.readouterr().out
-    for needle in ("golden_tiny", "coded_latents", "0.weight", "zero slices %", "dataset synthetic", "top1 0.75"):
+    for needle in ("golden_tiny", "coded_latents", "0.weight", "zero slices", "dataset synthetic", "top1 0.75"):
         assert needle in text
     assert cli(["inspect", str(saved), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -34,7 +34,7 @@ def test_list_table_json_and_filters(two: Zoo, capsys: pytest.CaptureFixture[str
     header, *rows, note = out.splitlines()
     assert header.split()[:2] == ["NAME", "DATASET"]
     assert [r.split()[0] for r in rows] == ["other.cifar10-b", "tiny.mnist-a"]
-    assert "99.00% (claimed)" in rows[1] and "20.0x" in rows[1]
+    assert "99.00 % (claimed)" in rows[1] and "20.0x" in rows[1]
     assert note.startswith("(claimed): top-1 from the artifact's header, not measured here")
     code, out, _ = run(capsys, "zoo", "list", "--json", "--min-accuracy", "0.9", "--max-bytes", "10",
                        "--min-slice-sparsity", "0.5", "--dataset", "mnist")

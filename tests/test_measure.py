@@ -95,7 +95,7 @@ def test_add_without_the_dataset_stays_claimed_only(env: Path, caplog: pytest.Lo
     assert "keeps only the accuracy its header claims: dataset 'cifar10' is read from files" in caplog.text
     capsys.readouterr()
     assert main(["zoo", "list"]) == 0
-    assert "80.00% (claimed)" in capsys.readouterr().out
+    assert "80.00 % (claimed)" in capsys.readouterr().out
     card = Zoo.from_env().card("lenet_300_100.cifar10-a")
     assert card["accuracy"] == {"top1": 0.8, "top5": 0.99, "measured": False} and card["measured_on"] is None
     assert main(["zoo", "show", "lenet_300_100.cifar10-a", "--markdown"]) == 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from zoo.cli import main as cli
-from zoo.model_card import percent
+from zoo.formatting import percent
 from zoo.service import Zoo
 
 DEMO_RUN = Path("runs/demo-digits")

@@ -13,6 +13,7 @@ from typing import Any
 
 from zoo.catalog.queries import measurement_of
 from zoo.catalog.records import ArtifactRecord, Measurement, macs_saved
+from zoo.formatting import percent
 
 
 def accuracy_fields(claimed_top1: float | None, claimed_top5: float | None,
@@ -101,11 +102,6 @@ def training_history(header: dict[str, Any] | None) -> list[dict[str, float]]:
     is_number = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     return [row for row in history if isinstance(row, dict) and "epoch" in row
             and all(isinstance(k, str) and is_number(v) for k, v in row.items())]
-
-
-def percent(value: float | None) -> str:
-    """A fraction as a percentage with two decimals ("99.04 %"), or "n/a"."""
-    return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
 NO_CONVS = "—"  # the conv slice sparsity of a model without K×K convolutions

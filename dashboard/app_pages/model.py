@@ -6,6 +6,7 @@ import streamlit as st
 import yaml
 
 from dashboard import charts, data, state
+from zoo.formatting import percent
 
 frame = state.table()
 if frame.empty:
@@ -27,21 +28,21 @@ st.caption(f"{card['architecture']} · {card['dataset']} ({card['num_classes']} 
            f"input {card['input']['size']} · format v{card['format_version']}")
 
 m = st.columns(3) + st.columns(3)
-m[0].metric(f"Top-1 ({acc.source})", "n/a" if acc.top1 is None else f"{100 * acc.top1:.2f} %",
+m[0].metric(f"Top-1 ({acc.source})", percent(acc.top1),
             help="measured on this installation" if acc.measured else
             "claimed by the file's header; not measured on this installation")
 m[1].metric("File size", f"{card['size']['bytes'] / data.KB:,.2f} KB", help=f"{card['size']['bytes']:,} bytes")
 m[2].metric("vs fp32", f"{card['size']['compression_ratio']:,.0f}×",
             help=f"fp32 checkpoint: {card['size']['fp32_bytes']:,} bytes")
 conv_slices = card["sparsity"]["conv_slice"]
-m[3].metric("Conv slice sparsity", data.NO_CONVS if conv_slices is None else f"{100 * conv_slices:.1f} %",
+m[3].metric("Conv slice sparsity", percent(conv_slices, 1, missing=data.NO_CONVS),
             help="share of the K×K kernel slices (K > 1) of the convolutions that are zero"
             if conv_slices is not None else "this model has no convolutions with K×K kernels (K > 1)")
-m[4].metric("Weight sparsity", f"{100 * card['sparsity']['weight']:.1f} %",
+m[4].metric("Weight sparsity", percent(card["sparsity"]["weight"], 1),
             help="share of the compressed layers' weights that are zero")
 macs = card["macs"]
 if macs.get("saved") is not None:
-    m[5].metric("MACs saved", f"{100 * macs['saved']:.1f} %",
+    m[5].metric("MACs saved", percent(macs["saved"], 1),
                 help=f"multiply-accumulates per image skipped with zero slices: {macs['sparse']:,} of "
                      f"{macs['dense']:,} are left")
 measured_on = card.get("measured_on") or {}
@@ -50,7 +51,7 @@ if acc.measured and measured_on:
                f"{measured_on.get('images') or 0:,} test images, {str(measured_on.get('measured_at', ''))[:16].replace('T', ' ')} UTC.")
     claimed = (card.get("claimed_accuracy") or {}).get("top1")
     if claimed is not None and abs(claimed - acc.top1) >= 5e-5:
-        st.caption(f"The file claims {100 * claimed:.2f} %.")
+        st.caption(f"The file claims {percent(claimed)}.")
 elif not acc.measured:
     st.caption(":material/info: Accuracy is the figure the file claims; it was not measured on this installation.")
 

@@ -11,6 +11,7 @@ from typing import Any
 import lilnetx
 from lilnetx.artifact import DECODER_DTYPES, FLOAT_PARAM_DTYPES
 from zoo.cli.output import format_table, print_json
+from zoo.formatting import percent
 from zoo.pipeline import export_run
 
 
@@ -88,8 +89,8 @@ def _export_onnx(artifact: str, output: str) -> dict[str, Any]:
 
 # -- inspect / verify --------------------------------------------------------------------------------------
 
-def _percent(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.1f}" if whole else "-"
+def _share(part: float, whole: float) -> str:
+    return percent(part / whole if whole else None, 1, missing="-")
 
 
 def header_lines(header: dict[str, Any], parts: dict[str, int]) -> list[str]:
@@ -105,20 +106,20 @@ def header_lines(header: dict[str, Any], parts: dict[str, int]) -> list[str]:
                                     f"{'shared' if g['shared'] else 'per-tensor'} tables)"
                                     for g in header["groups"]),
              ""]
-    lines += format_table([("part", "bytes", "%")] + [(n, f"{b:,}", _percent(b, size)) for n, b in parts.items()]
-                    + [("total", f"{size:,}", "100.0")], right_align_from=1)
+    lines += format_table([("part", "bytes", "share")] + [(n, f"{b:,}", _share(b, size)) for n, b in parts.items()]
+                    + [("total", f"{size:,}", _share(size, size))], right_align_from=1)
     widths = {g["name"]: g["width"] for g in header["groups"]}
-    rows = [("layer", "group", "shape", "range", "est. B", "coded B", "zero %", "zero slices %")]
+    rows = [("layer", "group", "shape", "range", "est. B", "coded B", "zero", "zero slices")]
     for layer in header["layers"]:
         numel = math.prod(layer["shape"])
         rows.append((layer["name"], layer["group"], "x".join(map(str, layer["shape"])),
                      f"[{layer['range'][0]}, {layer['range'][1]}]", f"{layer['est_bits'] / 8:,.1f}",
-                     f"{layer['coded_bits'] / 8:,.1f}", _percent(layer["zeros"], numel),
-                     _percent(layer["zero_slices"], numel // widths[layer["group"]])))
+                     f"{layer['coded_bits'] / 8:,.1f}", _share(layer["zeros"], numel),
+                     _share(layer["zero_slices"], numel // widths[layer["group"]])))
     lines += ["", *format_table(rows, right_align_from=4), ""]
     total = {k: sum(layer[k] for layer in header["layers"]) for k in ("est_bits", "ideal_bits", "zeros")}
     numel = sum(math.prod(layer["shape"]) for layer in header["layers"])
-    lines.append(f"latents: {numel:,} values, {_percent(total['zeros'], numel)} % zero; estimated "
+    lines.append(f"latents: {numel:,} values, {_share(total['zeros'], numel)} zero; estimated "
                  f"{total['est_bits'] / 8:,.1f} B under the learned density, {total['ideal_bits'] / 8:,.1f} B "
                  f"ideal under the file's tables, {parts['coded_latents']:,} B coded")
     return lines

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.cli.output import print_json, print_table
+from zoo.formatting import percent
 from zoo.model_card import accuracy_text, to_markdown, to_text
 from zoo.names import split_name
 from zoo.seed import seed_on_first_use, seed_shipped
@@ -34,11 +35,11 @@ def _top1(row: dict[str, Any]) -> str:
     top1 = row["accuracy"]["top1"]
     if top1 is None:
         return "n/a"
-    return f"{100 * top1:.2f}%" + ("" if row["accuracy"]["measured"] else " (claimed)")
+    return percent(top1) + ("" if row["accuracy"]["measured"] else " (claimed)")
 
 
 def _share(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
+    return percent(value, 1, missing="—")
 
 
 def _list(args: argparse.Namespace) -> int:
