@@ -360,5 +360,6 @@ def test_image_folder_class_mismatch(tmp_path: Path) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(data.DATASETS) == {"mnist", "digits", "mnist-idx", "cifar10", "cifar100", "imagenet-folder"}
+    assert set(data.DATASETS) == {"mnist", "digits", "mnist-idx", "fashion-mnist", "cifar10", "cifar100",
+                                  "imagenet-folder"}
 

@@ -239,13 +239,13 @@ def decompress_header(blob: bytes, source: str, version: int = FORMAT_VERSION) -
 
 
 def _not_a_number(text: str) -> float:
-    raise ValueError(f"{text} is not a number JSON allows")
+    raise CorruptHeaderError(f"{text} is not a number JSON allows")  # a ValueError: re-raised with the file
 
 
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a float")
+        raise CorruptHeaderError(f"{text} is too large for a float")
     return value
 
 
