@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 import warnings
@@ -122,20 +123,20 @@ def is_built(source: Path, prefix: str, isa: Isa) -> bool:
     return (_build_folder(name) / f"{name}.so").is_file()
 
 
-def compile_check(source: Path, isa: Isa, out_dir: Path) -> Path:
-    """Compile ``source`` for ``isa`` to an object file in ``out_dir`` without loading it (any CPU);
-    raises ``NativeKernelError`` with the compiler's first error lines."""
+def compile_check(header: Path, isa: Isa, out_dir: Path) -> Path:
+    """Compile the torch-free kernels in ``header`` for ``isa`` to an object file in ``out_dir`` without
+    loading it (any CPU; seconds, as no torch header is parsed): every register block of its ``BLOCKS`` table is
+    instantiated and emitted. Raises ``NativeKernelError`` with the compiler's last lines."""
     import subprocess
-    import sysconfig
 
-    cpp_extension = _cpp_extension()
-    out = Path(out_dir) / f"{source.stem}_{isa.name}.o"
-    includes = [f"-I{p}" for p in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
-    cmd = [os.environ.get("CXX", "c++"), "-c", str(source), "-o", str(out), "-std=c++20", "-fPIC",
-           "-DTORCH_EXTENSION_NAME=lilnetx_check", *includes, *(f for f in isa.flags if f != "-O3"), "-O1"]
+    out_dir = Path(out_dir)
+    driver = out_dir / f"{header.stem}_{isa.name}_check.cpp"
+    driver.write_text(f'#include "{header.resolve()}"\nextern "C" const void* lnx_blocks() {{ return lnx::BLOCKS; }}\n')
+    out = driver.with_suffix(".o")
+    cmd = [os.environ.get("CXX", "c++"), "-c", str(driver), "-o", str(out), "-std=c++17", "-fPIC", *isa.flags]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise NativeKernelError(f"compiling {source.name} for {isa.name} failed: {result.stderr[-2000:]}")
+        raise NativeKernelError(f"compiling {header.name} for {isa.name} failed: {result.stderr[-2000:]}")
     return out
 
 
@@ -191,9 +192,12 @@ def _remove_stale_lock(name: str) -> None:
 
 
 def _module_name(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str) -> str:
+    """A name that changes with the source, the local headers it includes, torch, the machine key and flags."""
     import torch
 
-    key = hashlib.sha256("\n".join((source.read_text(), torch.__version__, machine_key, " ".join(flags))).encode())
+    text = source.read_text()
+    headers = [(source.parent / name).read_text() for name in re.findall(r'^#include "([^"]+)"', text, re.M)]
+    key = hashlib.sha256("\n".join((text, *headers, torch.__version__, machine_key, " ".join(flags))).encode())
     return f"{prefix}_{key.hexdigest()[:12]}"
 
 

@@ -29,6 +29,7 @@ from lilnetx import calibration, native
 from lilnetx.errors import LilnetxError
 
 SOURCE = native.CSRC / "sparse_conv.cpp"
+KERNELS = native.CSRC / "sparse_conv_kernels.h"  # the torch-free loops SOURCE includes
 ISA_ENV = "LILNETX_SPARSE_ISA"
 MIN_GAIN = 1.03  # the kernel must be this much faster than dense, as measured, to be used
 TIMING_BUDGET_MS = 60.0  # per decision, across all rounds

@@ -1,0 +1,197 @@
+// The slice-sparse convolution's kernels, free of torch: register-blocked direct convolution loops over the
+// non-zero taps of each output channel (see sparse_conv.cpp). Kept apart so that lilnetx.native.compile_check can
+// compile them for an instruction set this CPU lacks in seconds, without torch's headers.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#ifndef LNX_VW
+#define LNX_VW 16
+#endif
+#ifndef LNX_NREG
+#define LNX_NREG 32
+#endif
+
+namespace lnx {
+
+constexpr int VW = LNX_VW;
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+
+inline vf load(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+struct Geometry {
+  int64_t C, H, W, O, Ho, Wo, Hp, Wp, Wq, pad_h, pad_w, stride_h, stride_w;
+};
+
+// Zero-pad one sample's (C, H, W) planes into buf (C, Hp, Wp); with stride_w > 1 padded column c of a row is
+// stored at (c % stride_w) * Wq + c / stride_w. Only the margins are zeroed; the rows are copied over the rest.
+inline void pad_sample(const float* x, float* buf, const Geometry& g) {
+  const int64_t row_end = g.pad_w + g.W;
+  for (int64_t c = 0; c < g.C; ++c) {
+    float* plane = buf + c * g.Hp * g.Wp;
+    std::fill(plane, plane + g.pad_h * g.Wp, 0.0f);
+    std::fill(plane + (g.pad_h + g.H) * g.Wp, plane + g.Hp * g.Wp, 0.0f);
+    for (int64_t h = 0; h < g.H; ++h) {
+      const float* src = x + (c * g.H + h) * g.W;
+      float* row = plane + (h + g.pad_h) * g.Wp;
+      if (g.stride_w == 1) {
+        std::fill(row, row + g.pad_w, 0.0f);
+        std::memcpy(row + g.pad_w, src, g.W * sizeof(float));
+        std::fill(row + row_end, row + g.Wp, 0.0f);
+      } else {
+        std::fill(row, row + g.Wp, 0.0f);
+        for (int64_t w = 0; w < g.W; ++w) {
+          const int64_t col = w + g.pad_w;
+          row[(col % g.stride_w) * g.Wq + col / g.stride_w] = src[w];
+        }
+      }
+    }
+  }
+}
+
+// The output of one channel and what is fused into its store: a residual added (same shape; or null), then the
+// activation clamp(value, lo, hi) where clamp is set (ReLU: lo 0, hi +inf; ReLU6: lo 0, hi 6).
+struct Sink {
+  float* out;
+  const float* residual;
+  bool clamp;
+  float lo, hi;
+};
+
+template <int R, int NV>
+inline void store_block(vf (&acc)[R][NV], const Sink& sink, const Geometry& g, int64_t oh0, int64_t ow0) {
+  constexpr int64_t COLS = NV * VW;
+  const int64_t rows = std::min<int64_t>(R, g.Ho - oh0);
+  const int64_t cols = std::min<int64_t>(COLS, g.Wo - ow0);
+  for (int r = 0; r < rows; ++r) {
+    const int64_t at = (oh0 + r) * g.Wo + ow0;
+    if (cols == COLS) {
+      for (int v = 0; v < NV; ++v) {
+        if (sink.residual) acc[r][v] += load(sink.residual + at + v * VW);
+        if (sink.clamp) {
+          const vf lo = vf{} + sink.lo, hi = vf{} + sink.hi;
+          acc[r][v] = acc[r][v] < lo ? lo : acc[r][v];
+          acc[r][v] = acc[r][v] > hi ? hi : acc[r][v];
+        }
+      }
+      std::memcpy(sink.out + at, acc[r], sizeof(acc[r]));
+    } else {
+      float tmp[COLS];
+      std::memcpy(tmp, acc[r], sizeof(tmp));
+      for (int64_t c = 0; c < cols; ++c) {
+        float value = tmp[c] + (sink.residual ? sink.residual[at + c] : 0.0f);
+        sink.out[at + c] = sink.clamp ? std::min(std::max(value, sink.lo), sink.hi) : value;
+      }
+    }
+  }
+}
+
+// Any kernel, stride and dilation: one broadcast weight and one contiguous load per accumulator and tap.
+template <int R, int NV>
+void taps_channel(const float* buf, const Sink& out, const Geometry& g, const int64_t* offs, const float* wts,
+                  int64_t n_taps, float bias) {
+  const int64_t row_step = g.stride_h * g.Wp;
+  for (int64_t oh0 = 0; oh0 < g.Ho; oh0 += R) {
+    for (int64_t ow0 = 0; ow0 < g.Wo; ow0 += NV * VW) {
+      vf acc[R][NV];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = vf{} + bias;
+      const float* base = buf + oh0 * row_step + ow0;
+      for (int64_t t = 0; t < n_taps; ++t) {
+        const float* src = base + offs[t];
+        const vf w = vf{} + wts[t];
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[r][v] += w * load(src + r * row_step + v * VW);
+      }
+      store_block<R, NV>(acc, out, g, oh0, ow0);
+    }
+  }
+}
+
+// 3x3, stride 1, dilation 1: per non-zero slice and kernel column, three weights stay in registers while the
+// slice's R + 2 input rows stream past, each row feeding the output rows it touches.
+template <int R, int NV>
+void slice3x3_channel(const float* buf, const Sink& out, const Geometry& g, const int64_t* offs, const float* wts,
+                      int64_t n_slices, float bias) {
+  const int64_t Wp = g.Wp;
+  for (int64_t oh0 = 0; oh0 < g.Ho; oh0 += R) {
+    for (int64_t ow0 = 0; ow0 < g.Wo; ow0 += NV * VW) {
+      vf acc[R][NV];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) acc[r][v] = vf{} + bias;
+      const float* base = buf + oh0 * Wp + ow0;
+      for (int64_t s = 0; s < n_slices; ++s) {
+        const float* src = base + offs[s];
+        const float* w = wts + 9 * s;
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {
+          const vf w0 = vf{} + w[kw], w1 = vf{} + w[3 + kw], w2 = vf{} + w[6 + kw];
+#pragma GCC unroll 16
+          for (int j = 0; j < R + 2; ++j) {
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) {
+              const vf x = load(src + j * Wp + kw + v * VW);
+              if (j < R) acc[j][v] += w0 * x;
+              if (j >= 1 && j - 1 < R) acc[j - 1][v] += w1 * x;
+              if (j >= 2 && j - 2 < R) acc[j - 2][v] += w2 * x;
+            }
+          }
+        }
+      }
+      store_block<R, NV>(acc, out, g, oh0, ow0);
+    }
+  }
+}
+
+using ChannelFn = void (*)(const float*, const Sink&, const Geometry&, const int64_t*, const float*, int64_t, float);
+
+struct Block {
+  int R, NV;
+  ChannelFn taps, slices;
+};
+
+#define LNX_BLOCK(R, NV) Block{R, NV, taps_channel<R, NV>, slice3x3_channel<R, NV>}
+// Accumulator budgets: R * NV <= 12 with 16 registers (plus 3 weights and an input), <= 24 with 32.
+const Block BLOCKS[] = {
+    LNX_BLOCK(1, 1), LNX_BLOCK(2, 1), LNX_BLOCK(3, 1), LNX_BLOCK(4, 1), LNX_BLOCK(5, 1), LNX_BLOCK(6, 1),
+    LNX_BLOCK(7, 1), LNX_BLOCK(8, 1), LNX_BLOCK(12, 1), LNX_BLOCK(1, 2), LNX_BLOCK(2, 2), LNX_BLOCK(3, 2),
+    LNX_BLOCK(4, 2), LNX_BLOCK(6, 2), LNX_BLOCK(1, 3), LNX_BLOCK(2, 3), LNX_BLOCK(4, 3), LNX_BLOCK(1, 4),
+    LNX_BLOCK(2, 4), LNX_BLOCK(5, 2), LNX_BLOCK(2, 5),
+#if LNX_NREG >= 32
+    LNX_BLOCK(7, 2), LNX_BLOCK(8, 2), LNX_BLOCK(12, 2), LNX_BLOCK(6, 3), LNX_BLOCK(7, 3), LNX_BLOCK(8, 3),
+    LNX_BLOCK(4, 4), LNX_BLOCK(6, 4),
+#endif
+};
+
+// The block with the least modelled work for an Ho x Wo output: padded outputs times the multiply-adds per
+// output vector, plus the loads that exceed them and a per-block cost for setting up and storing. Blocks whose
+// accumulators leave no room for the weights, the input vector and a spare register are not considered.
+inline const Block& pick_block(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_unit) {
+  const int budget = LNX_NREG - (slices ? 5 : 3);
+  const Block* best = &BLOCKS[0];
+  double best_cost = 1e300;
+  for (const Block& b : BLOCKS) {
+    if (b.R * b.NV > budget) continue;
+    const double blocks = double((Ho + b.R - 1) / b.R) * double((Wo + b.NV * VW - 1) / (b.NV * VW));
+    const double fma = double(b.R * b.NV) * taps_per_unit;
+    const double loads = slices ? 3.0 * (b.R + 2) * b.NV + 9 : double(b.R * b.NV + 1) * taps_per_unit;
+    const double cost = blocks * (std::max(fma, loads) + 2.0 * b.R * b.NV + 12.0);
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = &b;
+    }
+  }
+  return *best;
+}
+
+}  // namespace lnx
