@@ -366,7 +366,7 @@ def test_public_api_list_pull_load(env: Path) -> None:
 
 def test_add_parses_the_file_once_and_a_cached_pull_hashes_it_once(env: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from lilnetx.artifact import rebuild, reader
+    from lilnetx.artifact import reader, rebuild
 
     path = make_artifact(env / "a.lnx")
     data = path.read_bytes()
