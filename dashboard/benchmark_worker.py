@@ -34,8 +34,9 @@ def _send(message: list[Any]) -> None:
     print(PREFIX + json.dumps(message, default=str), flush=True)
 
 
-def work(names: Sequence[str], options: Mapping[str, Any]) -> None:
-    """The worker: benchmark each entry, store its rows, report progress / results / errors on stdout."""
+def work(names: Sequence[str], options: Mapping[str, Any], store: bool = True) -> None:
+    """The worker: benchmark each entry, store its rows (``store``), report progress / results / errors on
+    stdout."""
     try:
         from zoo import benchmarks
         from zoo.service import Zoo
@@ -47,7 +48,7 @@ def work(names: Sequence[str], options: Mapping[str, Any]) -> None:
 
             progress(0.0, "loading the model")
             result = benchmarks.bench_entry(zoo, name, progress=progress, **options)
-            stored = benchmarks.store_results(zoo, name, result)
+            stored = benchmarks.store_results(zoo, name, result) if store else 0
             _send(["result", name, result, stored])
     except Exception as exc:  # reported on the page as st.error; the worker must not die silently
         _send(["error", f"{type(exc).__name__}: {exc}"])
@@ -66,6 +67,7 @@ class BenchmarkJob:
 
     names: list[str]
     options: dict[str, Any]
+    store: bool = True  # keep the results in the catalog (a read-only dashboard times without storing)
     fraction: float = 0.0
     message: str = "starting the benchmark process"
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -93,7 +95,7 @@ class BenchmarkJob:
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
         self._reader = threading.Thread(target=_pump, args=(self._process.stdout, self._queue), daemon=True)
         self._reader.start()
-        self._process.stdin.write(json.dumps({"names": self.names, "options": self.options}))
+        self._process.stdin.write(json.dumps({"names": self.names, "options": self.options, "store": self.store}))
         self._process.stdin.close()
         self.message = "starting the benchmark process"
         return True
@@ -181,4 +183,4 @@ def history_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 if __name__ == "__main__":
     spec = json.load(sys.stdin)
-    work(spec["names"], spec["options"])
+    work(spec["names"], spec["options"], bool(spec.get("store", True)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -415,3 +416,18 @@ def test_layers_frame_says_what_each_convolution_ran() -> None:
                          {"name": "conv2", "kernel": "3x3", "zero_slice_share": 1.0, "forms": {"all": {"form": "removed"}}}]}
     frame = benchmark_worker.layers_frame({"m.mnist-a": result})
     assert frame["form"].tolist() == ["sparse", "removed"] and frame["setting"].tolist() == ["b1 · t1", "all"]
+
+
+def test_a_read_only_dashboard_times_without_storing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.benchmarks import list_results
+
+    isolate(tmp_path, monkeypatch)
+    zoo = _zoo(tmp_path)
+    name = zoo.add(SHIPPED / "lenet5_caffe.mnist-lam20.lnx", "mnist-lam20")
+    benchmark_worker.work([name], {"variants": ("dense",), "batch_sizes": (1,), "runs": 1, "warmup": 0},
+                          store=False)
+    messages = [json.loads(line[len(benchmark_worker.PREFIX):]) for line in capsys.readouterr().out.splitlines()
+                if line.startswith(benchmark_worker.PREFIX)]
+    assert [m for m in messages if m[0] == "result"][0][3] == 0 and messages[-1] == ["done"]
+    assert not list_results(zoo, name)

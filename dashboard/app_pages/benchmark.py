@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from dashboard import access, charts, state
 from dashboard import benchmark_worker as bw
-from dashboard import charts, state
 
 st.title("Live benchmark")
 st.caption("Times each model on this server's CPU: dense (the decoded model as stored), slim (zero filters and "
@@ -36,7 +36,8 @@ if start:
     else:
         options = {"batch_sizes": tuple(sorted(batches)), "threads": tuple(sorted(threads)),
                    "variants": tuple(v for v in bw.VARIANTS if v in variants), "warmup": 3, "runs": runs}
-        st.session_state["bench_job"] = job = bw.BenchmarkJob(chosen, options)
+        store = access.may_write(st.session_state.get("upload_token"))
+        st.session_state["bench_job"] = job = bw.BenchmarkJob(chosen, options, store=store)
 
 
 @st.fragment(run_every=0.5 if job is not None and not job.done else None)
@@ -65,8 +66,10 @@ if job is not None and job.done:
         st.error(f"**The benchmark did not finish.** {job.error}", icon=":material/error:")
     results = bw.results_frame(job.results)
     if not results.empty:
-        st.success(f"Benchmarked {len(job.results)} entr{'y' if len(job.results) == 1 else 'ies'}; "
-                   f"{job.stored} result rows stored in the catalog.", icon=":material/check_circle:")
+        kept = (f"{job.stored} result rows stored in the catalog." if job.store else
+                "not stored: this dashboard is read-only for you (the Upload page takes its token).")
+        st.success(f"Benchmarked {len(job.results)} entr{'y' if len(job.results) == 1 else 'ies'}; {kept}",
+                   icon=":material/check_circle:")
         st.plotly_chart(charts.benchmark_bars(results), key="bench_chart")
         st.dataframe(results, hide_index=True, key="bench_results", column_config={
             "name": "Entry", "variant": "Variant", "batch": "Batch", "threads": "Threads",
