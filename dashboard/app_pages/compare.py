@@ -24,9 +24,10 @@ def open_clicked(event: object) -> None:
 
 
 datasets = sorted(frame["dataset"].unique())
+busiest = frame["dataset"].value_counts().index[0]  # without ?dataset=, the dataset with the most entries
 wanted = st.query_params.get("dataset")
-dataset = st.segmented_control("Dataset", datasets, default=wanted if wanted in datasets else datasets[0],
-                               key="cmp_dataset") or datasets[0]
+dataset = st.segmented_control("Dataset", datasets, default=wanted if wanted in datasets else busiest,
+                               key="cmp_dataset") or busiest
 points = frame[frame["dataset"] == dataset]
 refs = references_for({dataset})
 st.caption("Click a point to open its model card. Filled circles: accuracy measured on this installation; "
