@@ -202,7 +202,7 @@ def log_ticks(values: pd.Series) -> dict:
 def history_latency(history: pd.DataFrame) -> go.Figure:
     """Stored medians over time, one line per variant and setting (log scale)."""
     frame = history.sort_values("measured_at").assign(
-        run=lambda f: f["measured_at"].dt.floor("min"),  # the rows of one benchmark run share its minute
+        run=lambda f: f["measured_at"].dt.strftime("%Y-%m-%d %H:%M"),  # one benchmark run's rows share a minute
         setting=lambda f: f["variant"] + " · batch " + f["batch"].astype(str) + " · " + f["threads"].astype(str)
         + " thr")
     fig = px.line(frame, x="run", y="median_ms", color="setting", markers=True, log_y=True,
@@ -210,6 +210,7 @@ def history_latency(history: pd.DataFrame) -> go.Figure:
                   labels={"run": "run (UTC)", "median_ms": "ms per batch (log)",
                           "setting": "variant · batch · threads"})
     fig.update_yaxes(**log_ticks(frame["median_ms"]))
+    fig.update_xaxes(type="category")  # one position per run, evenly spaced, labelled by its minute
     return _layout(fig, height=380)
 
 

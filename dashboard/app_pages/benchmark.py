@@ -10,7 +10,7 @@ st.caption("Times each model on this server's CPU: dense (the decoded model as s
            "channels removed), sparse (the LilNetX path, `zoo.load(name, slim=True)`: each convolution runs the "
            "sparse kernel or dense `conv2d`, whichever measured faster here) and onnxruntime (the slimmed model in "
            "a dense runtime, for reference). One benchmark runs at a time per server, in its own process; "
-           "results are stored in the catalog.")
+           "results are stored in the catalog where this dashboard lets you write.")
 
 frame = state.table()
 if frame.empty:
