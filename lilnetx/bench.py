@@ -23,7 +23,6 @@ import importlib.metadata
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lilnetx.calibration import interleaved_runs
 from lilnetx.errors import LilnetxError
 from lilnetx.metrics import stats
 from lilnetx.reparam import is_reparameterized, strip
@@ -142,15 +142,8 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
             torch.set_num_threads(n_threads)
             x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
             calls = _calls(built, x, n_threads)
-            latencies: dict[str, list[float]] = {name: [] for name in calls}
-            for _ in range(max(1, warmup) if "sparse" in calls else warmup):  # sparse measures its forms here
-                for fn in calls.values():
-                    fn()
-            for _ in range(runs):
-                for name, fn in calls.items():
-                    start = time.perf_counter()
-                    fn()
-                    latencies[name].append((time.perf_counter() - start) * 1e3)
+            latencies = interleaved_runs(calls, rounds=runs,  # sparse measures its forms in the warm-up
+                                         warmup=max(1, warmup) if "sparse" in calls else warmup)
             dense = statistics.median(latencies["dense"]) if "dense" in latencies else None
             results += [_summary(name, batch, n_threads, lat, dense) for name, lat in latencies.items()]
     finally:

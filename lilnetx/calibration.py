@@ -34,11 +34,9 @@ def key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 1,
-                   statistic: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
-    """Milliseconds of each call (the median of the rounds by default), timed one call of each per round so
-    that a noisy machine slows them alike (every figure is comparable only with the others of the same
-    rounds). ``statistic=min`` gives each call's undisturbed time: other work on the machine only adds to it."""
+def interleaved_runs(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Milliseconds of every timed call of each function, timed one call of each per round so that a noisy
+    machine slows them alike (every figure is comparable only with the others of the same rounds)."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
@@ -48,6 +46,14 @@ def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: 
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 1,
+                   statistic: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
+    """One figure per function from :func:`interleaved_runs` (the median by default). ``statistic=min`` gives
+    each call's undisturbed time: other work on the machine only adds to it."""
+    times = interleaved_runs(calls, rounds=rounds, warmup=warmup)
     return {name: statistic(values) for name, values in times.items()}
 
 
