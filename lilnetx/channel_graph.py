@@ -36,10 +36,14 @@ SCALAR_CHANNELWISE = {operator.add, operator.iadd, torch.add, operator.sub, oper
 
 
 class Tracer(fx.Tracer):
-    """The project's tracer (see the module doc)."""
+    """The project's tracer (see the module doc); ``leaves``: more module types to keep as single calls."""
+
+    def __init__(self, leaves: tuple[type[nn.Module], ...] = ()):
+        super().__init__()
+        self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or _timm_notrace(m):
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, *self.leaves)) or _timm_notrace(m):
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -11,32 +11,26 @@ returned as it was.
 
 from __future__ import annotations
 
-import operator
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from lilnetx.channel_graph import ADD_OPS, Tracer
 from lilnetx.sparse_conv import SparseConv2d
 
 ACTIVATION_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 ACTIVATION_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
 ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu"}
-ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 KEEP_ATTRIBUTES = ("pretrained_cfg", "default_cfg", "lilnetx_config", "lilnetx_header")
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, SparseConv2d) or super().is_leaf_module(m, qualname)
 
 
 def fuse_epilogues(model: nn.Module) -> nn.Module:
     """``model`` as a ``torch.fx.GraphModule`` with ReLU / residual additions fused into its sparse convolutions
     (``model`` itself where nothing fuses or it cannot be traced)."""
     try:
-        graph = _Tracer().trace(model)
+        graph = Tracer(leaves=(SparseConv2d,)).trace(model)
     except Exception as exc:  # dynamic control flow and the like: leave the model as it is
         warnings.warn(f"fuse_epilogues: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}); "
                       "kept unfused", stacklevel=2)
@@ -87,7 +81,7 @@ def _fuse(conv_node: fx.Node, conv: SparseConv2d, modules: dict[str, nn.Module])
         conv.activation = _activation(user, modules)
         user.replace_all_uses_with(conv_node)
         return 1
-    is_add = (user.op == "call_function" and user.target in ADD_FUNCTIONS and len(user.args) == 2
+    is_add = (user.op == "call_function" and user.target in ADD_OPS and len(user.args) == 2
               and not user.kwargs) or (user.op == "call_method" and user.target in ("add", "add_")
                                        and len(user.args) == 2 and not user.kwargs)
     if not is_add:
