@@ -51,7 +51,7 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no zoo entries match (add one with `lilnetx zoo add FILE.lnx --tag DATASET-...`)")
         return 0
-    table = [("NAME", "DATASET", "BYTES", "TOP-1", "VS FP32", "CONV SLICES 0", "WEIGHTS 0", "MACS SAVED")]
+    table = [("NAME", "DATASET", "BYTES", "TOP-1", "VS FP32", "ZERO SLICES", "ZERO WEIGHTS", "MACS SAVED")]
     table += [(r["name"], r["dataset"], f"{r['bytes']:,}", _top1(r), f"{r['compression_ratio']:.1f}x",
                _share(r["conv_slice_sparsity"]), _share(r["weight_sparsity"]), _share(r["macs_saved"]))
               for r in rows]
