@@ -159,10 +159,11 @@ def parts_bar(parts: pd.DataFrame) -> go.Figure:
     """The file's parts as one stacked horizontal bar, in bytes, each labelled with its share."""
     fig = go.Figure()
     for row, colour in zip(parts.itertuples(), PALETTE, strict=False):
+        share = row.share_pct / 100
         fig.add_trace(go.Bar(y=["file"], x=[row.bytes], orientation="h", name=f"{row.part}: {row.bytes:,} B",
-                             marker_color=colour, text=[f"{row.share_pct:.0f} %" if row.share_pct >= 4 else ""],
+                             marker_color=colour, text=[percent(share, 0) if share >= 0.04 else ""],
                              textposition="inside",
-                             hovertemplate=f"{row.part}: {row.bytes:,} bytes ({row.share_pct:.1f} %)<extra></extra>"))
+                             hovertemplate=f"{row.part}: {row.bytes:,} bytes ({percent(share, 1)})<extra></extra>"))
     fig.update_layout(barmode="stack", legend_traceorder="normal")
     fig.update_xaxes(title="bytes")
     fig.update_yaxes(showticklabels=False)
@@ -214,19 +215,23 @@ def history_latency(history: pd.DataFrame) -> go.Figure:
     return _layout(fig, height=380)
 
 
-HISTORY_PANELS = (  # (column, scale, trace name, panel) of the recorded per-epoch figures
-    ("top1", 100, "test top-1 (%)", 1), ("train_task", 1, "train loss", 2), ("test_loss", 1, "test loss", 2),
-    ("est_bytes", 1 / 1000, "estimated latents (KB)", 3), ("conv_slice_sparsity", 100, "zero K×K slices (%)", 4),
-    ("weight_sparsity", 100, "zero weights (%)", 4))
+HISTORY_PANELS = (  # (column, scale, trace name, (row, col)) of the recorded per-epoch figures
+    ("top1", 100, "test top-1 (%)", (1, 1)), ("train_task", 1, "train loss", (1, 2)),
+    ("test_loss", 1, "test loss", (1, 2)), ("est_bytes", 1 / 1000, "estimated latents (KB)", (2, 1)),
+    ("conv_slice_sparsity", 100, "zero K×K slices (%)", (2, 2)), ("weight_sparsity", 100, "zero weights (%)", (2, 2)))
 
 
 def history_lines(history: pd.DataFrame) -> go.Figure:
-    """Training curves per epoch, where recorded: test top-1, train and test loss, estimated latents, sparsity."""
-    fig = make_subplots(rows=1, cols=4, subplot_titles=("Test top-1 (%)", "Loss", "Estimated latents (KB)",
-                                                        "Sparsity (%)"))
-    for column, scale, name, panel in HISTORY_PANELS:
-        if column in history:
-            fig.add_trace(go.Scatter(x=history["epoch"], y=scale * history[column], name=name,
-                                     mode="lines+markers"), 1, panel)
-    fig.update_xaxes(title_text="epoch")
-    return _layout(fig, height=340)
+    """Training curves per epoch, where recorded: test top-1, train and test loss, estimated latents, sparsity;
+    2 × 2 panels (four in a row leave a phone ~70 px a panel)."""
+    fig = make_subplots(rows=2, cols=2, vertical_spacing=0.2, horizontal_spacing=0.12,
+                        subplot_titles=("Test top-1 (%)", "Loss", "Est. latents (KB)", "Sparsity (%)"))
+    for (column, scale, name, (row, col)), colour in zip(HISTORY_PANELS, PALETTE, strict=False):
+        if column in history:  # the second line of a panel dashed: its two lines often run together
+            second = column in ("test_loss", "weight_sparsity")
+            fig.add_trace(go.Scatter(x=history["epoch"], y=scale * history[column], name=name, mode="lines+markers",
+                                     line=dict(color=colour, dash="dash" if second else "solid")), row, col)
+    epochs = int(history["epoch"].max()) if "epoch" in history and len(history) else 1
+    step = next(s for s in (m * 10**e for e in range(6) for m in (1, 2, 5)) if epochs / s <= 8)
+    fig.update_xaxes(title_text="epoch", title_standoff=4, dtick=step)  # whole epochs, at most ~8 ticks
+    return _layout(fig, height=620)

@@ -16,8 +16,11 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from zoo.formatting import percent
+
 KB = 1000.0
-NO_CONVS = "—"  # a figure that does not exist (the conv slice sparsity of a model without K×K convs)
+MISSING = "—"  # a figure that does not exist, in text and in every table (``st.dataframe(placeholder=MISSING)``)
+NO_CONVS = MISSING  # the conv slice sparsity of a model without K×K convs
 MMAC = 1e6
 
 # internal column -> label shown to people (with its unit)
@@ -261,10 +264,12 @@ def recipe_diff(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def summary_frame(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """The headline figures of several cards side by side (one text column per entry)."""
+    """The headline figures of several cards side by side (one text column per entry; shares written by
+    ``zoo.formatting.percent``, as the CLI and the model cards write them; :data:`MISSING` where a figure does
+    not exist)."""
 
     def num(value: float | None, digits: int, suffix: str = "") -> str:
-        return "n/a" if value is None else f"{value:,.{digits}f}{suffix}"
+        return MISSING if value is None else f"{value:,.{digits}f}{suffix}"
 
     rows: dict[str, dict[str, str]] = {}
     for card in cards:
@@ -272,13 +277,12 @@ def summary_frame(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         macs = card.get("macs") or {}
         rows[card["name"]] = {
             "Architecture": card["architecture"], "Dataset": card["dataset"],
-            "Top-1 (%)": f"{num(_pct(acc.top1), 2)} ({acc.source})",
+            "Top-1": f"{percent(acc.top1, missing=MISSING)} ({acc.source})",
             "File size (KB)": num(card["size"]["bytes"] / KB, 2),
             "vs fp32 (×)": num(card["size"]["compression_ratio"], 1),
-            "Conv slice sparsity (%)": (NO_CONVS if card["sparsity"]["conv_slice"] is None
-                                        else num(_pct(card["sparsity"]["conv_slice"]), 2)),
-            "Weight sparsity (%)": num(_pct(card["sparsity"]["weight"]), 2),
-            "MACs saved (%)": num(_pct(macs.get("saved")), 1),
+            "Conv slice sparsity": percent(card["sparsity"]["conv_slice"], missing=MISSING),
+            "Weight sparsity": percent(card["sparsity"]["weight"], missing=MISSING),
+            "MACs saved": percent(macs.get("saved"), 1, missing=MISSING),
             "MACs dense (MMACs)": num(None if macs.get("dense") is None else macs["dense"] / MMAC, 4),
             "MACs sparse (MMACs)": num(None if macs.get("sparse") is None else macs["sparse"] / MMAC, 4),
         }

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import streamlit.testing.v1 as streamlit_testing  # a hard dependency: a broken install fails, never skips
 import torch
+from streamlit.testing.v1.element_tree import Dataframe
 from torch import nn
 from zoo_helpers import isolate
 
@@ -21,6 +22,7 @@ from dashboard import benchmark_worker, catalog, charts, data, upload
 from dashboard.references import PUBLISHED, references_for
 from zoo.catalog.engine import get_engine
 from zoo.cli.dashboard_cmds import streamlit_command
+from zoo.formatting import percent
 from zoo.service import Zoo
 from zoo.store import Store
 
@@ -173,7 +175,15 @@ def test_model_card_frames_and_charts(seeded: Path) -> None:
     side = data.compare_layers([card, _zoo(seeded).card("lenet5_caffe.mnist-lam5")])
     assert len(side) == 8 and set(side["entry"]) == {"lenet5_caffe.mnist-lam20", "lenet5_caffe.mnist-lam5"}
     assert set(side["arch"]) == {"lenet5_caffe"}
-    assert set(data.summary_frame([card]).index) >= {"Top-1 (%)", "File size (KB)", "MACs sparse (MMACs)"}
+    summary = data.summary_frame([card, {**card, "name": "no-convs", "sparsity": {**card["sparsity"],
+                                                                               "conv_slice": None}}])
+    assert set(summary.index) >= {"Top-1", "File size (KB)", "MACs sparse (MMACs)"}
+    shares = summary.loc[["Conv slice sparsity", "Weight sparsity", "MACs saved"], card["name"]]
+    assert all(s.endswith(" %") for s in shares)  # zoo.formatting.percent, as in the CLI and the card
+    assert summary.loc["Conv slice sparsity", "no-convs"] == "—"
+    assert summary.loc["Top-1", card["name"]].endswith(" % (claimed)")
+    assert [t.text[0] for t in charts.parts_bar(parts).data if t.text[0]] == \
+        [percent(s / 100, 0) for s in parts["share_pct"] if s >= 4]
     import lilnetx
 
     tensors = data.header_tensor_frame(lilnetx.read_header(SHIPPED / "lenet5_caffe.mnist-lam20.lnx"))
@@ -257,6 +267,24 @@ def test_dashboard_bad_address_is_one_line_exit_2(argv: list[str], expected: str
 
 
 # -- pages (AppTest) ----------------------------------------------------------------------------------------
+
+
+def _rendered(table: Dataframe) -> list[str]:
+    """Every cell of an ``st.dataframe`` as the grid draws a missing one: its ``placeholder`` (else "None")."""
+    frame, placeholder = table.value, table.proto.placeholder or "None"
+    return [placeholder if pd.isna(v) else str(v) for column in frame for v in frame[column]]
+
+
+def test_browse_grid_shows_missing_figures_as_a_dash_and_sorts_numbers(env: Path) -> None:
+    at = _app()
+    table = at.dataframe[0]
+    frame = table.value.set_index("name")
+    assert pd.isna(frame.loc["lenet_300_100.mnist-lam2", "conv_slice_sparsity_pct"])  # no K×K convs: missing
+    assert frame["conv_slice_sparsity_pct"].dtype == float  # numbers, so the column sorts as numbers
+    cells = _rendered(table)
+    assert "—" in cells and "None" not in cells and "nan" not in cells
+    at = _app("model", model="lenet5_caffe.mnist-lam20")  # its fc layers have no K×K slices
+    assert "None" not in _rendered(at.dataframe[0]) and "—" in _rendered(at.dataframe[0])
 
 
 def test_browse_filters_change_the_table(env: Path) -> None:

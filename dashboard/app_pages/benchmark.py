@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import access, charts, state
+from dashboard import access, charts, data, state
 from dashboard import benchmark_worker as bw
 
 st.title("Live benchmark")
@@ -71,7 +71,7 @@ if job is not None and job.done:
         st.success(f"Benchmarked {len(job.results)} entr{'y' if len(job.results) == 1 else 'ies'}; {kept}",
                    icon=":material/check_circle:")
         st.plotly_chart(charts.benchmark_bars(results), key="bench_chart")
-        st.dataframe(results, hide_index=True, key="bench_results", column_config={
+        st.dataframe(results, hide_index=True, key="bench_results", placeholder=data.MISSING, column_config={
             "name": "Entry", "variant": "Variant", "batch": "Batch", "threads": "Threads",
             "median_ms": st.column_config.NumberColumn("Median (ms per batch)", format="%.3f"),
             "p90_ms": st.column_config.NumberColumn("p90 (ms)", format="%.3f"),
@@ -82,13 +82,13 @@ if job is not None and job.done:
     layers = bw.layers_frame(job.results)
     if not layers.empty:
         st.subheader("What the sparse variant ran")
-        st.caption("Per convolution and setting: the form used (the sparse kernel only where it measured faster "
-                   "than dense `conv2d` on this CPU; *removed*: slimming took the whole layer away) and the "
-                   "kernel's measured speed-up over dense.")
-        st.dataframe(layers, hide_index=True, key="bench_layers", column_config={
+        st.caption("Per convolution, linear layer and setting: the form used (the sparse kernel only where it "
+                   "measured faster than PyTorch's dense op on this CPU; *removed*: slimming took the whole layer "
+                   "away) and the kernel's measured speed-up over dense. Zeros: the share of zero K×K slices of a "
+                   "convolution, of zero weights of a linear (fc) layer.")
+        st.dataframe(layers, hide_index=True, key="bench_layers", placeholder=data.MISSING, column_config={
             "name": "Entry", "layer": "Layer", "kernel": "Kernel", "setting": "Setting", "form": "Form",
-            "zero_slices": st.column_config.ProgressColumn("Zero K×K slices", format="percent", min_value=0,
-                                                           max_value=1),
+            "zeros": st.column_config.ProgressColumn("Zeros", format="percent", min_value=0, max_value=1),
             "kernel_speedup": st.column_config.NumberColumn("Kernel vs dense (×)", format="%.2f×")})
 
 st.header("Earlier results")
@@ -111,7 +111,7 @@ with state.friendly_errors("read earlier benchmark results"):
     else:
         st.plotly_chart(charts.history_latency(history), key="bench_history_chart")
         with st.expander("All stored rows"):
-            st.dataframe(history, hide_index=True, key="bench_history", column_config={
+            st.dataframe(history, hide_index=True, key="bench_history", placeholder=data.MISSING, column_config={
                 "measured_at": st.column_config.DatetimeColumn("Measured (UTC)", format="YYYY-MM-DD HH:mm"),
                 "variant": "Variant", "batch": "Batch", "threads": "Threads",
                 "median_ms": st.column_config.NumberColumn("Median (ms per batch)", format="%.3f"),

@@ -54,9 +54,9 @@ config = {  # the name, then the figures (what a phone shows first), then where 
     "size_kb": st.column_config.NumberColumn(data.COLUMNS["size_kb"], format="%.2f KB"),
     "compression": st.column_config.NumberColumn(data.COLUMNS["compression"], format="%.0f×",
                                                  help="fp32 checkpoint bytes ÷ file bytes"),
-    "conv_slice_sparsity_pct": st.column_config.NumberColumn(  # a pandas Styler's "—" costs ~0.4 s a paint
+    "conv_slice_sparsity_pct": st.column_config.NumberColumn(
         data.COLUMNS["conv_slice_sparsity_pct"], format="%.1f %%",
-        help="zero K×K slices of the convolutions with K×K kernels (K > 1); empty (None) without such "
+        help=f"zero K×K slices of the convolutions with K×K kernels (K > 1); {data.MISSING} without such "
              "convolutions"),
     "weight_sparsity_pct": st.column_config.NumberColumn(data.COLUMNS["weight_sparsity_pct"], format="%.1f %%",
                                                          help="zero weights of the compressed layers"),
@@ -67,8 +67,10 @@ config = {  # the name, then the figures (what a phone shows first), then where 
     "plugin": data.COLUMNS["plugin"],
     "added": st.column_config.DatetimeColumn(data.COLUMNS["added"], format="YYYY-MM-DD"),
 }
+# missing figures (no K×K convs, no accuracy) read "—" as in the CLI; the columns stay numbers, so they sort
+# as numbers (a pandas Styler's "—" would cost ~0.4 s a paint)
 selection = st.dataframe(shown, column_config=config, column_order=list(config), hide_index=True,
-                         on_select="rerun", selection_mode="single-row",
+                         placeholder=data.MISSING, on_select="rerun", selection_mode="single-row",
                          key=f"table-{st.session_state.get('opened', 0)}",
                          height=min(38 + 35 * max(len(shown), 1), 640))
 

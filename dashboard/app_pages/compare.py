@@ -87,7 +87,7 @@ with state.friendly_errors("read the model cards"):
                                                "% zero weights")
         sparsity_col.plotly_chart(sparsity, key=f"cmp_sparsity_{arch}")
     with st.expander("Per-layer table"):
-        st.dataframe(per_layer, hide_index=True, key="cmp_layers", column_config={
+        st.dataframe(per_layer, hide_index=True, key="cmp_layers", placeholder=data.MISSING, column_config={
             "arch": "Architecture", "entry": "Entry", "layer": "Layer",
             "coded_bytes": st.column_config.NumberColumn("Coded (bytes)", format="%.1f"),
             "conv_slice_sparsity_pct": st.column_config.NumberColumn("Conv slice sparsity (%)", format="%.1f"),

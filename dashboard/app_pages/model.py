@@ -88,7 +88,7 @@ else:
     size_col.plotly_chart(charts.layer_size_bars(layers), key="layer_size")
     sparsity_col.plotly_chart(charts.layer_sparsity_bars(layers), key="layer_sparsity")
     with st.expander("Per-layer table"):
-        st.dataframe(layers.rename(columns=data.LAYER_COLUMNS), hide_index=True,
+        st.dataframe(layers.rename(columns=data.LAYER_COLUMNS), hide_index=True, placeholder=data.MISSING,
                      column_config={data.LAYER_COLUMNS[c]: st.column_config.NumberColumn(format="%.2f")
                                     for c in ("coded_bytes", "estimated_bytes", "conv_slice_sparsity_pct",
                                               "weight_sparsity_pct")})
@@ -113,6 +113,7 @@ if size.get("estimated_bits") is not None and size.get("coded_latent_bytes") is 
                f"{size['estimated_bits'] / 8:,.0f} bytes.")
 with st.expander("Per-tensor coding (from the file's header)"), state.friendly_errors("read the file's header"):
     st.dataframe(data.header_tensor_frame(state.header(name, card["sha256"])), hide_index=True, key="header_table",
+                 placeholder=data.MISSING,
                  column_config={
                      "tensor": "Tensor", "group": "Latent group", "shape": "Shape", "symbols": "Symbol range",
                      "estimated_bytes": st.column_config.NumberColumn("Estimated (bytes)", format="%.1f"),
