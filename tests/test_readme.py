@@ -157,3 +157,16 @@ def test_no_document_points_at_files_users_do_not_have() -> None:
 
 def test_readme_is_short() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+
+
+def test_layout_table_names_every_module() -> None:
+    """The README's folder table names each module of ``zoo/`` and ``dashboard/`` (a newcomer's map)."""
+    rows = dict(re.findall(r"^\| `(\w+)/` \| (.*) \|$", (ROOT / "README.md").read_text(), re.M))
+    for folder in ("zoo", "dashboard"):
+        for path in sorted((ROOT / folder).iterdir()):
+            if path.name.startswith(("_", ".")):
+                continue
+            if path.suffix == ".py":
+                assert f"`{path.name}`" in rows[folder], f"README's layout table lacks {folder}/{path.name}"
+            elif path.is_dir() and any(path.glob("*.py")):
+                assert f"`{path.name}/`" in rows[folder], f"README's layout table lacks {folder}/{path.name}/"
