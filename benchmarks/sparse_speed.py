@@ -33,7 +33,8 @@ from torch import nn
 import lilnetx
 from lilnetx.bench import benchmark, machine_info
 from lilnetx.calibration import interleaved_ms
-from lilnetx.sparse_conv import SparseConv2d, kernel_isa, load_extension
+from lilnetx.kernels import kernel_isa, load_extension
+from lilnetx.sparse_conv import SparseConv2d
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "sparse_speed.json"

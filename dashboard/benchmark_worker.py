@@ -158,17 +158,23 @@ def skipped(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def layers_frame(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """What the sparse variant ran: per entry and convolution, its zero-slice share and, per setting, the form
-    (sparse / dense / removed) with the kernel's measured speed-up over dense ``conv2d``."""
+    """What the sparse variant ran: per entry and convolution or linear layer, its share of zeros (K×K slices of a
+    convolution, weights of a linear layer) and, per setting, the form (sparse / dense / removed) with the kernel's
+    measured speed-up over PyTorch's op."""
     rows = []
     for name, result in results.items():
         for layer in result.get("layers") or []:
             for setting, form in layer["forms"].items():
                 rows.append({"name": name, "layer": layer["name"], "kernel": layer["kernel"],
-                             "zero_slices": layer["zero_slice_share"], "setting": setting.replace("/", " · "),
+                             "zeros": _zero_share(layer), "setting": setting.replace("/", " · "),
                              "form": form["form"], "kernel_speedup": form.get("speedup")})
-    columns = ["name", "layer", "kernel", "zero_slices", "setting", "form", "kernel_speedup"]
+    columns = ["name", "layer", "kernel", "zeros", "setting", "form", "kernel_speedup"]
     return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def _zero_share(layer: Mapping[str, Any]) -> float | None:
+    share = layer.get("zero_slice_share")
+    return share if share is not None else layer.get("zero_weight_share")
 
 
 def history_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:

@@ -91,7 +91,7 @@ def _build(model: nn.Module, input_size: tuple[int, ...], variants: Sequence[str
         elif variant == "slim":
             built[variant] = slimmed
         elif variant == "sparse":
-            from lilnetx.sparse_conv import kernel_built, load_extension
+            from lilnetx.kernels import kernel_built, load_extension
 
             if not kernel_built():
                 report(0.0, "compiling the sparse kernel for this CPU (first use, about a minute)")
@@ -158,33 +158,37 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
 
 
 def layer_forms(dense: nn.Module, sparse: Any, settings: set[str]) -> list[dict[str, Any]]:
-    """Per convolution of ``dense``: its zero-slice share and, per setting ``"b{batch}/t{threads}"`` of
-    ``settings`` the sparse variant (a ``SparseRuntime``) ran, the form used and its measured speed-up over dense
-    ``conv2d``."""
-    from lilnetx.sparse_conv import SparseConv2d
+    """Per convolution and linear layer of ``dense``: its share of zeros (``zero_slice_share`` of K×K slices for a
+    convolution, ``zero_weight_share`` for a linear layer) and, per setting ``"b{batch}/t{threads}"`` of
+    ``settings`` the sparse variant (a ``SparseRuntime``) ran, the form used and the kernel's measured speed-up
+    over PyTorch's op."""
+    from lilnetx.measured import MeasuredLayer
 
     if sparse is None:
         return []
     kept = dict(sparse.slimmed.named_modules())
     rows = []
-    for name, conv in dense.named_modules():
-        if not isinstance(conv, nn.Conv2d):
+    for name, layer in dense.named_modules():
+        if not isinstance(layer, nn.Conv2d | nn.Linear):
             continue
-        slices = conv.weight.detach().ne(0).flatten(2).any(2)
-        row: dict[str, Any] = {"name": name, "kernel": "x".join(map(str, conv.kernel_size)),
-                               "zero_slice_share": float(1 - slices.float().mean()), "forms": {}}
-        layer = kept.get(name)
-        if not isinstance(layer, nn.Conv2d | SparseConv2d):
-            row["forms"] = {"all": {"form": "removed"}}
-        elif isinstance(layer, nn.Conv2d):
-            row["forms"] = {"all": {"form": "dense"}}  # a convolution the kernel does not take (reflect padding)
+        nonzero = layer.weight.detach().ne(0)
+        row: dict[str, Any] = {"name": name, "forms": {}}
+        if isinstance(layer, nn.Conv2d):
+            row.update(kernel="x".join(map(str, layer.kernel_size)),
+                       zero_slice_share=float(1 - nonzero.flatten(2).any(2).float().mean()))
         else:
-            for config, d in layer.decisions.items():
-                n, _, rest = config.partition("x")
-                threads = rest.split("/")[1]
-                if f"b{n}/t{threads}" in settings:
-                    row["forms"][f"b{n}/t{threads}"] = {"form": d["form"],
-                                                        "speedup": d["dense_ms"] / d["sparse_ms"]}
+            row.update(kernel="fc", zero_slice_share=None, zero_weight_share=float(1 - nonzero.float().mean()))
+        runs = kept.get(name)
+        if not isinstance(runs, nn.Conv2d | nn.Linear | MeasuredLayer):
+            row["forms"] = {"all": {"form": "removed"}}
+        elif not isinstance(runs, MeasuredLayer):
+            row["forms"] = {"all": {"form": "dense"}}  # a layer the kernels do not take (reflect padding)
+        else:
+            for config, decision in runs.decisions.items():
+                spatial, threads = config.split("/")[:2]
+                setting = f"b{spatial.split('x')[0]}/t{threads}"
+                if setting in settings:
+                    row["forms"][setting] = {"form": decision["form"], "speedup": runs.speedup(decision)}
         rows.append(row)
     return rows
 

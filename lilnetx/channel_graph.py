@@ -33,6 +33,7 @@ ADD_OPS = {operator.add, operator.iadd, torch.add}
 MUL_OPS = {operator.mul, operator.imul, torch.mul}
 SCALAR_ZERO_PRESERVING = {operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv}
 SCALAR_CHANNELWISE = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub}
+KEEP_ATTRIBUTES = ("pretrained_cfg", "default_cfg", "lilnetx_config", "lilnetx_header")  # survive a rewrite
 
 
 class Tracer(fx.Tracer):
@@ -46,6 +47,16 @@ class Tracer(fx.Tracer):
         if isinstance(m, (nn.modules.batchnorm._BatchNorm, *self.leaves)) or _timm_notrace(m):
             return True
         return super().is_leaf_module(m, qualname)
+
+
+def rewritten(model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
+    """``model``'s modules running ``graph`` (a rewrite of its trace), with ``model``'s metadata attributes
+    (timm's ``pretrained_cfg`` and LilNetX's own) and training mode."""
+    result = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    for name in KEEP_ATTRIBUTES:
+        if hasattr(model, name):
+            setattr(result, name, getattr(model, name))
+    return result.train(model.training)
 
 
 def _timm_notrace(m: nn.Module) -> bool:

@@ -1,5 +1,5 @@
 """``fuse_epilogues(model)``: fold each ``SparseConv2d``'s following ReLU / ReLU6 and residual addition into its
-store.
+store (and each ``SparseLinear``'s following ReLU / ReLU6).
 
 A slimmed ResNet block ends ``relu(conv2(x) + shortcut)``: three passes over the activations, of which the
 addition and the ReLU only read and write memory. Traced with ``torch.fx``, every ``SparseConv2d`` whose only
@@ -17,20 +17,21 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lilnetx.channel_graph import ADD_OPS, Tracer
+from lilnetx.channel_graph import ADD_OPS, Tracer, rewritten
+from lilnetx.measured import MeasuredLayer
 from lilnetx.sparse_conv import SparseConv2d
+from lilnetx.sparse_linear import SparseLinear
 
 ACTIVATION_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 ACTIVATION_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
 ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu"}
-KEEP_ATTRIBUTES = ("pretrained_cfg", "default_cfg", "lilnetx_config", "lilnetx_header")
 
 
 def fuse_epilogues(model: nn.Module) -> nn.Module:
     """``model`` as a ``torch.fx.GraphModule`` with ReLU / residual additions fused into its sparse convolutions
     (``model`` itself where nothing fuses or it cannot be traced)."""
     try:
-        graph = Tracer(leaves=(SparseConv2d,)).trace(model)
+        graph = Tracer(leaves=(MeasuredLayer,)).trace(model)
     except Exception as exc:  # dynamic control flow and the like: leave the model as it is
         warnings.warn(f"fuse_epilogues: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}); "
                       "kept unfused", stacklevel=2)
@@ -40,7 +41,8 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
         if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity and len(node.args) == 1:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-    calls = [n for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), SparseConv2d)]
+    calls = [n for n in graph.nodes
+             if n.op == "call_module" and isinstance(modules.get(n.target), SparseConv2d | SparseLinear)]
     targets = [n.target for n in calls]
     fused = 0
     for node in calls:
@@ -48,13 +50,10 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
             fused += _fuse(node, modules[node.target], modules)
     if not fused:
         return model
-    result = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    result = rewritten(model, graph)
     result.graph.eliminate_dead_code()
     result.recompile()
-    for name in KEEP_ATTRIBUTES:
-        if hasattr(model, name):
-            setattr(result, name, getattr(model, name))
-    return result.eval() if not model.training else result
+    return result
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -73,7 +72,7 @@ def _activation(node: fx.Node | None, modules: dict[str, nn.Module]) -> str | No
     return ACTIVATION_METHODS.get(node.target) if node.op == "call_method" else None
 
 
-def _fuse(conv_node: fx.Node, conv: SparseConv2d, modules: dict[str, nn.Module]) -> int:
+def _fuse(conv_node: fx.Node, conv: SparseConv2d | SparseLinear, modules: dict[str, nn.Module]) -> int:
     user = _only_user(conv_node)
     if user is None:
         return 0
@@ -81,6 +80,8 @@ def _fuse(conv_node: fx.Node, conv: SparseConv2d, modules: dict[str, nn.Module])
         conv.activation = _activation(user, modules)
         user.replace_all_uses_with(conv_node)
         return 1
+    if not isinstance(conv, SparseConv2d):  # a linear layer takes its activation only
+        return 0
     is_add = (user.op == "call_function" and user.target in ADD_OPS and len(user.args) == 2
               and not user.kwargs) or (user.op == "call_method" and user.target in ("add", "add_")
                                        and len(user.args) == 2 and not user.kwargs)

@@ -223,9 +223,9 @@ def build_kernels() -> dict[str, str]:
     """Compile (or find compiled) every kernel this CPU uses, two at a time: ``{name: "ready" | "failed"}``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from lilnetx import fused, sparse_conv
+    from lilnetx import fused, kernels
 
-    jobs = {f"sparse convolution ({sparse_conv.kernel_isa().name})": sparse_conv.load_extension,
+    jobs = {f"inference kernels ({kernels.kernel_isa().name})": kernels.load_extension,
             "fused training terms": fused.load_extension}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(load) for name, load in jobs.items()}

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lilnetx.measured import MeasuredLayer, measured_layers
 from lilnetx.slim import slim
-from lilnetx.sparse_conv import SparseConv2d
 
 MAX_SPECIALISATIONS = 8  # input shapes kept traced; the oldest goes first
 
@@ -49,7 +49,7 @@ class SparseRuntime(nn.Module):
 
     def _specialise(self, x: Tensor) -> Any:
         inputs: dict[str, Tensor] = {}
-        layers = {name: m for name, m in self.slimmed.named_modules() if isinstance(m, SparseConv2d)}
+        layers = measured_layers(self.slimmed)
         hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: inputs.setdefault(n, args[0]))
                  for name, m in layers.items()]
         try:
@@ -59,7 +59,7 @@ class SparseRuntime(nn.Module):
                 hook.remove()
         fixed = copy.deepcopy(self.slimmed).eval()
         for name, layer in fixed.named_modules():
-            if isinstance(layer, SparseConv2d) and layer.form == "auto" and name in inputs:
+            if isinstance(layer, MeasuredLayer) and layer.form == "auto" and name in inputs:
                 layer.form = layers[name].decide(inputs[name])["form"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -68,9 +68,10 @@ class SparseRuntime(nn.Module):
             return torch.jit.freeze(traced.eval())
 
     def forms(self) -> dict[str, dict[str, str]]:
-        """Per sparse-capable layer, the form it runs per traced input shape ``"NxCxHxW/threads"``."""
+        """Per measured layer (convolution, linear, max pooling), the form it runs per input configuration
+        ``"N[xHxW]/threads/isa"``."""
         return {name: {config: d["form"] for config, d in layer.decisions.items()}
-                for name, layer in self.slimmed.named_modules() if isinstance(layer, SparseConv2d)}
+                for name, layer in measured_layers(self.slimmed).items()}
 
 
 def compile_sparse(model: nn.Module, example_input: Tensor | None = None) -> SparseRuntime:

@@ -13,10 +13,12 @@
    concatenation, grouped convolutions, unknown layer types, the model's output) keeps all its channels,
    and the types responsible are named in a warning when that left removable channels in place.
    Removal repeats until nothing changes (a removed filter can leave its own inputs unread).
-3. ``sparse=True`` then replaces each remaining convolution with zero kernel taps by a
-   ``lilnetx.sparse_conv.SparseConv2d``, which runs the sparse kernel only where it measured faster than dense
-   on this machine for the input configuration it is called with (measured now on ``example_input`` or the
-   default probe, else at the first call; decisions cached per machine), so it is never knowingly slower.
+3. ``sparse=True`` then replaces each remaining convolution by a ``lilnetx.sparse_conv.SparseConv2d``, each
+   linear layer by a ``lilnetx.sparse_linear.SparseLinear`` and each max pooling by a
+   ``lilnetx.pooling.KernelMaxPool2d``, which run the compiled kernel only where it measured faster than
+   PyTorch's op on this machine for the input configuration they are called with (measured now on
+   ``example_input`` or the default probe, else at the first call; decisions cached per machine), so they are
+   never knowingly slower; ReLU and residual additions after a convolution go into its store.
 
 Channel removal needs tensor shapes: they come from ``example_input`` or ``model.pretrained_cfg["input_size"]``;
 without either only BatchNorm is folded (with a warning). The slimmed model is checked against the
@@ -96,10 +98,11 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
 def _finish(model: nn.Module, sparse: bool, example_input: Tensor | None) -> nn.Module:
     if sparse:
         from lilnetx.fuse import fuse_epilogues
+        from lilnetx.pooling import use_kernel_pooling
         from lilnetx.sparse_conv import sparsify
 
         sparsify(model)
-        model = fuse_epilogues(model)
+        model = use_kernel_pooling(fuse_epilogues(model))
         if example_input is not None:  # measure each layer's form now rather than at the first call
             with torch.no_grad():
                 model(example_input)

@@ -438,12 +438,16 @@ def test_benchmark_history_chart_and_log_ticks() -> None:
     assert len(fig.data) == 2 and len({x for trace in fig.data for x in trace.x}) == 1  # one run, one x
 
 
-def test_layers_frame_says_what_each_convolution_ran() -> None:
+def test_layers_frame_says_what_each_layer_ran() -> None:
     result = {"layers": [{"name": "conv1", "kernel": "3x3", "zero_slice_share": 0.9,
                           "forms": {"b1/t1": {"form": "sparse", "speedup": 3.0}}},
-                         {"name": "conv2", "kernel": "3x3", "zero_slice_share": 1.0, "forms": {"all": {"form": "removed"}}}]}
+                         {"name": "conv2", "kernel": "3x3", "zero_slice_share": 1.0, "forms": {"all": {"form": "removed"}}},
+                         {"name": "fc1", "kernel": "fc", "zero_slice_share": None, "zero_weight_share": 0.97,
+                          "forms": {"b1/t1": {"form": "dense", "speedup": 0.8}}}]}
     frame = benchmark_worker.layers_frame({"m.mnist-a": result})
-    assert frame["form"].tolist() == ["sparse", "removed"] and frame["setting"].tolist() == ["b1 · t1", "all"]
+    assert frame["form"].tolist() == ["sparse", "removed", "dense"]
+    assert frame["setting"].tolist() == ["b1 · t1", "all", "b1 · t1"]
+    assert frame["zeros"].tolist() == [0.9, 1.0, 0.97]  # K×K slices of a convolution, weights of a linear layer
 
 
 def test_a_read_only_dashboard_times_without_storing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -12,7 +12,8 @@ import lilnetx
 import zoo
 from lilnetx.bench import benchmark
 from lilnetx.runtime import SparseRuntime, compile_sparse
-from lilnetx.sparse_conv import SparseConv2d, load_extension
+from lilnetx.kernels import load_extension
+from lilnetx.sparse_conv import SparseConv2d
 
 SHIPPED = Path(__file__).parent.parent / "zoo_artifacts" / "lenet5_caffe.mnist-lam20.lnx"
 
@@ -66,15 +67,15 @@ def test_load_slim_returns_the_runtime_with_the_same_outputs() -> None:
         assert torch.allclose(fast(x), dense(x), rtol=1e-4, atol=1e-4)
 
 
-def test_benchmark_says_what_each_convolution_ran() -> None:
+def test_benchmark_says_what_each_layer_ran() -> None:
     if load_extension() is None:
         pytest.skip("no C++ compiler: the sparse kernel cannot be built")
     model = _sparse_resnet()
     result = benchmark(model, (1, 16, 16), batch_sizes=(1,), threads=(1,), warmup=1, runs=2,
                        variants=("dense", "sparse"))
     layers = {row["name"]: row for row in result["layers"]}
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    assert list(layers) == convs
+    assert list(layers) == [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert layers["fc"]["kernel"] == "fc" and 0 <= layers["fc"]["zero_weight_share"] <= 1
     measured = [f for row in layers.values() for f in row["forms"].values() if "speedup" in f]
     assert measured and all(f["form"] in ("sparse", "dense") and f["speedup"] > 0 for f in measured)
     assert all(f["form"] in ("sparse", "dense", "removed") for row in layers.values() for f in row["forms"].values())

@@ -145,7 +145,8 @@ def test_sparse_true_gives_the_same_outputs() -> None:
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(sparse(x), model(x), atol=1e-5)
-    from lilnetx.sparse_conv import SparseConv2d, load_extension
+    from lilnetx.kernels import load_extension
+    from lilnetx.sparse_conv import SparseConv2d
 
     if load_extension() is not None:
         assert isinstance(sparse.conv2, SparseConv2d)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import lilnetx.sparse_conv as sc
-from lilnetx import calibration, native
+from lilnetx import calibration, kernels, native
 from lilnetx.fuse import fuse_epilogues
 
 
@@ -43,7 +43,7 @@ def _own_calibration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _needs_kernel() -> None:
-    if sc.load_extension() is None:
+    if kernels.load_extension() is None:
         pytest.skip("no C++ compiler: the sparse kernel cannot be built")
 
 
@@ -72,12 +72,12 @@ def test_every_isa_variant_compiles_and_where_this_cpu_runs_it_equals_dense(
     if native.runnable_isas() == [native.GENERIC]:
         pytest.skip("not an x86-64 CPU with AVX2: the x86 variants are not built here")
     if isa not in native.runnable_isas():  # e.g. AVX-512 on an AVX2 machine: compile it, it cannot run here
-        assert native.compile_check(sc.KERNELS, isa, tmp_path).stat().st_size > 0
+        assert native.compile_check(kernels.KERNELS, isa, tmp_path).stat().st_size > 0
         with pytest.raises(native.NativeKernelError, match="cannot run"):
-            native.build_isa(sc.SOURCE, "x", isa, owner="t", fallback="f")
+            native.build_isa(kernels.SOURCE, "x", isa, owner="t", fallback="f")
         return
-    monkeypatch.setenv(sc.ISA_ENV, isa.name)
-    ext = sc.load_extension()
+    monkeypatch.setenv(kernels.ISA_ENV, isa.name)
+    ext = kernels.load_extension()
     assert ext is not None and ext.vector_width == isa.vector_width
     for case in CASES[:3]:
         conv = _sparse_conv(**case)
@@ -89,8 +89,8 @@ def test_every_isa_variant_compiles_and_where_this_cpu_runs_it_equals_dense(
 def test_fallback_without_the_extension_is_dense(monkeypatch: pytest.MonkeyPatch) -> None:
     conv = _sparse_conv(8, 8, 3, padding=1)
     sparse = sc.SparseConv2d(conv)
-    monkeypatch.setattr(sc, "load_extension", lambda: None)
-    monkeypatch.setattr(sc, "_loaded", {})
+    monkeypatch.setattr(kernels, "load_extension", lambda: None)
+    monkeypatch.setattr(kernels, "_loaded", {})
     x = torch.randn(2, 8, 9, 9)
     with torch.no_grad():
         assert torch.allclose(sparse(x), conv(x), atol=1e-6)
@@ -199,13 +199,13 @@ def test_sparse_conv_rejects_reflect_padding() -> None:
 
 def test_a_lock_file_left_by_a_killed_build_does_not_block_loading() -> None:
     _needs_kernel()
-    isa = sc.kernel_isa()
+    isa = kernels.kernel_isa()
     key = native.cpu_key() if isa is native.GENERIC else isa.name
-    name = native._module_name(sc.SOURCE, f"lilnetx_sparse_conv_{isa.name}", isa.flags, key)
+    name = native._module_name(kernels.SOURCE, f"lilnetx_sparse_conv_{isa.name}", isa.flags, key)
     lock = native._build_folder(name) / "lock"
     lock.touch()  # what a process killed inside torch's loader leaves behind
     try:
-        sc._load.cache_clear()
-        assert sc.load_extension() is not None
+        kernels._load.cache_clear()
+        assert kernels.load_extension() is not None
     finally:
         lock.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-// Slice-sparse direct 2-D convolution (fp32, NCHW): every output channel visits only its non-zero kernel taps.
+// The inference kernels (fp32): slice-sparse direct 2-D convolution (NCHW), where every output channel visits only
+// its non-zero kernel taps; a linear layer over its non-zero weights; max pooling.
 //
 // One source, compiled once per instruction set: LNX_VW is the vector width in floats (8: AVX2 with 16 vector
 // registers, 16: AVX-512 with 32; 4 elsewhere) and LNX_NREG the register count; lilnetx/native.py builds each
@@ -12,28 +13,35 @@
 // need no branches. Threads come from ATen's pool (torch.set_num_threads).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/TracerMode.h>
 
 #include "sparse_conv_kernels.h"
 
 using namespace lnx;
 
-// x: (N, C, H, W) fp32; tap_ptr: (O + 1) int64 CSR row pointers over taps; tap_chan/tap_kh/tap_kw: int64 input
-// channel and kernel position of each non-zero tap; tap_w: fp32 weight of each tap; bias: (O) fp32 or empty.
+// A layer's plan for one input size, built once (sparse_conv2d_plan) and reused by every call with that size
+// (sparse_conv2d_run): where each non-zero tap (or 3x3 slice) reads the padded input, its weights, and the meta
+// row below (geometry, register block, layout).
+enum Meta { M_C, M_H, M_W, M_O, M_HO, M_WO, M_HP, M_WP, M_WQ, M_PAD_H, M_PAD_W, M_STRIDE_H, M_STRIDE_W, M_BLOCK,
+            M_SLICES, M_POINTWISE, M_OUT_H, M_OUT_W, M_SIZE };
+
+// tap_ptr: (O + 1) int64 CSR row pointers over taps; tap_chan/tap_kh/tap_kw: int64 input channel and kernel
+// position of each non-zero tap; tap_w: fp32 weight of each tap; (C, H, W): the input size planned for.
 // use_slices: 3x3 stride-1 kernels run the slice kernel (false: the per-tap loop, for comparison).
-// residual: a tensor of the output's shape added before the activation, or empty; activation: 0 none, 1 ReLU,
-// 2 ReLU6.
-torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tensor tap_chan, torch::Tensor tap_kh,
-                            torch::Tensor tap_kw, torch::Tensor tap_w, torch::Tensor bias, int64_t KH, int64_t KW,
-                            int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dil_h,
-                            int64_t dil_w, bool use_slices, torch::Tensor residual, int64_t activation) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "sparse_conv2d: x must be a 4-D float32 tensor");
+// Returns (offsets int64, per-channel pointers int64, weights fp32, meta int64).
+std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tensor tap_chan, torch::Tensor tap_kh,
+                                              torch::Tensor tap_kw, torch::Tensor tap_w, int64_t C, int64_t H,
+                                              int64_t W, int64_t KH, int64_t KW, int64_t stride_h, int64_t stride_w,
+                                              int64_t pad_h, int64_t pad_w, int64_t dil_h, int64_t dil_w,
+                                              bool use_slices) {
+  // Called from Python even while torch.jit.trace runs: the tensors made here must be constants of the trace,
+  // not traced operations on this function's local memory.
+  at::tracer::impl::NoTracerDispatchMode no_tracing;
   TORCH_CHECK(stride_h >= 1 && stride_w >= 1 && dil_h >= 1 && dil_w >= 1 && pad_h >= 0 && pad_w >= 0,
               "sparse_conv2d: stride and dilation must be >= 1, padding >= 0");
-  x = x.contiguous();
   Geometry g;
-  g.C = x.size(1); g.H = x.size(2); g.W = x.size(3);
+  g.C = C; g.H = H; g.W = W;
   const bool pointwise = KH == 1 && KW == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 && pad_w == 0;
-  const int64_t out_h = g.H, out_w = g.W;
   if (pointwise) {  // a 1x1 convolution reads each plane as one long row: fewer, fuller register blocks
     g.W = g.H * g.W;
     g.H = 1;
@@ -43,7 +51,6 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   g.Ho = (g.H + 2 * pad_h - dil_h * (KH - 1) - 1) / stride_h + 1;
   g.Wo = (g.W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1;
   TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "sparse_conv2d: input smaller than the kernel");
-  const int64_t N = x.size(0);
   const int64_t n_taps = tap_w.size(0);
   const bool slices = use_slices && KH == 3 && KW == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 &&
                       dil_w == 1;
@@ -63,7 +70,6 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   const float* tw = tap_w.data_ptr<float>();
   std::vector<int64_t> offs, ptr_v(g.O + 1);
   std::vector<float> w_v;
-  ChannelFn fn;
   if (slices) {  // taps (sorted by output, input channel, kh, kw) grouped into 3x3 slices
     for (int64_t o = 0; o < g.O; ++o) {
       ptr_v[o] = static_cast<int64_t>(offs.size());
@@ -78,7 +84,6 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
       }
     }
     ptr_v[g.O] = static_cast<int64_t>(offs.size());
-    fn = block.slices;
   } else {
     offs.resize(n_taps);
     for (int64_t t = 0; t < n_taps; ++t) {
@@ -87,32 +92,58 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
     }
     std::copy(tptr, tptr + g.O + 1, ptr_v.begin());
     w_v.assign(tw, tw + n_taps);
-    fn = block.taps;
   }
+  const std::vector<int64_t> meta = {g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.Hp, g.Wp, g.Wq, g.pad_h, g.pad_w, g.stride_h,
+                                g.stride_w, &block - BLOCKS, slices, pointwise, pointwise ? H : g.Ho, pointwise ? W : g.Wo};
+  const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  return {torch::tensor(offs, i64), torch::tensor(ptr_v, i64), torch::tensor(w_v, torch::kFloat32),
+          torch::tensor(meta, i64)};
+}
 
-  auto out = pointwise ? torch::empty({N, g.O, out_h, out_w}, x.options()) : torch::empty({N, g.O, g.Ho, g.Wo}, x.options());
+// x: (N, C, H, W) fp32 of the planned size; offsets, pointers, weights, meta: its plan; bias: (O) fp32 or empty.
+// residual: a tensor of the output's shape added before the activation, or empty; activation: 0 none, 1 ReLU,
+// 2 ReLU6.
+torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::Tensor pointers,
+                                torch::Tensor weights, torch::Tensor meta, torch::Tensor bias, torch::Tensor residual,
+                                int64_t activation) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "sparse_conv2d: x must be a 4-D float32 tensor");
+  TORCH_CHECK(meta.numel() == M_SIZE && meta.scalar_type() == torch::kInt64, "sparse_conv2d: not a plan");
+  const int64_t* m = meta.data_ptr<int64_t>();
+  TORCH_CHECK(m[M_BLOCK] >= 0 && m[M_BLOCK] < int64_t(sizeof(BLOCKS) / sizeof(BLOCKS[0])),
+              "sparse_conv2d: the plan was made by another build");
+  TORCH_CHECK(x.size(1) == m[M_C] && (m[M_POINTWISE] ? x.size(2) == m[M_OUT_H] && x.size(3) == m[M_OUT_W]
+                                                     : x.size(2) == m[M_H] && x.size(3) == m[M_W]),
+              "sparse_conv2d: the input's size is not the one planned for");
+  TORCH_CHECK(activation >= 0 && activation <= 2, "sparse_conv2d: activation must be 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  x = x.contiguous();
+  Geometry g{m[M_C], m[M_H], m[M_W], m[M_O], m[M_HO], m[M_WO], m[M_HP], m[M_WP], m[M_WQ], m[M_PAD_H], m[M_PAD_W],
+             m[M_STRIDE_H], m[M_STRIDE_W]};
+  const Block& block = BLOCKS[m[M_BLOCK]];
+  const ChannelFn fn = m[M_SLICES] ? block.slices : block.taps;
+  const int64_t N = x.size(0);
+  auto out = torch::empty({N, g.O, m[M_OUT_H], m[M_OUT_W]}, x.options());
   if (residual.numel()) {
     TORCH_CHECK(residual.sizes() == out.sizes() && residual.scalar_type() == torch::kFloat32,
                 "sparse_conv2d: the residual must be a float32 tensor of the output's shape");
     residual = residual.contiguous();
   }
   const float* rp = residual.numel() ? residual.data_ptr<float>() : nullptr;
-  TORCH_CHECK(activation >= 0 && activation <= 2, "sparse_conv2d: activation must be 0 (none), 1 (ReLU) or 2 (ReLU6)");
   const float hi = activation == 2 ? 6.0f : std::numeric_limits<float>::infinity();
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t* ptr = ptr_v.data();
-  const float* wp = w_v.data();
+  const int64_t* ptr = pointers.data_ptr<int64_t>();
+  const int64_t* offs = offsets.data_ptr<int64_t>();
+  const float* wp = weights.data_ptr<float>();
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const int64_t w_step = slices ? 9 : 1;  // weights per slice / per tap
+  const int64_t w_step = m[M_SLICES] ? 9 : 1;  // weights per slice / per tap
   const int64_t plane = g.C * g.Hp * g.Wp;
   const int64_t in_plane = g.C * g.H * g.W;
   const int64_t out_plane = g.O * g.Ho * g.Wo;
   auto run_channels = [&](const float* buf, int64_t n, int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
       const int64_t at = n * out_plane + o * g.Ho * g.Wo;
-      fn(buf, Sink{op + at, rp ? rp + at : nullptr, activation != 0, 0.0f, hi}, g, offs.data() + ptr[o], wp + ptr[o] * w_step,
-         ptr[o + 1] - ptr[o], bp ? bp[o] : 0.0f);
+      fn(buf, Sink{op + at, rp ? rp + at : nullptr, activation != 0, 0.0f, hi}, g, offs + ptr[o],
+         wp + ptr[o] * w_step, ptr[o + 1] - ptr[o], bp ? bp[o] : 0.0f);
     }
   };
   if (N >= at::get_num_threads()) {
@@ -133,6 +164,51 @@ torch::Tensor sparse_conv2d(torch::Tensor x, torch::Tensor tap_ptr, torch::Tenso
   return out;
 }
 
+// y = x W^T + b for x (N, I) fp32, W given by its non-zeros per output row: ptr (O + 1) int64 row pointers, col
+// int64 input index and val fp32 weight of each; bias (O) fp32 or empty; activation: 0 none, 1 ReLU, 2 ReLU6.
+torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor ptr, torch::Tensor col, torch::Tensor val,
+                            torch::Tensor bias, int64_t activation) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "sparse_linear: x must be a 2-D float32 tensor");
+  TORCH_CHECK(activation >= 0 && activation <= 2, "sparse_linear: activation must be 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  x = x.contiguous();
+  const int64_t N = x.size(0), I = x.size(1), O = ptr.size(0) - 1;
+  auto y = torch::empty({N, O}, x.options());
+  torch::Tensor xt = N >= VW ? x.t().contiguous() : torch::Tensor();
+  const float* xp = x.data_ptr<float>();
+  const float* xtp = xt.defined() ? xt.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t* pp = ptr.data_ptr<int64_t>();
+  const int64_t* cp = col.data_ptr<int64_t>();
+  const float* vp = val.data_ptr<float>();
+  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, N * (pp[O] / std::max<int64_t>(1, O))));
+  at::parallel_for(0, O, grain, [&](int64_t o0, int64_t o1) {
+    csr_linear_rows(xp, xtp, yp, N, I, O, pp, cp, vp, bp, activation != 0,
+                    activation == 2 ? 6.0f : std::numeric_limits<float>::infinity(), o0, o1);
+  });
+  return y;
+}
+
+// Max pooling of x (N, C, H, W) fp32: kernel (kh, kw), stride (sh, sw), padding (ph, pw), no dilation, floor mode.
+torch::Tensor max_pool2d(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "max_pool2d: x must be a 4-D float32 tensor");
+  TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= kh && 2 * pw <= kw,
+              "max_pool2d: kernel and stride must be >= 1, padding at most half the kernel");
+  x = x.contiguous();
+  PoolGeometry g{x.size(2), x.size(3), 0, 0, kh, kw, sh, sw, ph, pw};
+  g.Ho = (g.H + 2 * ph - kh) / sh + 1;
+  g.Wo = (g.W + 2 * pw - kw) / sw + 1;
+  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "max_pool2d: input smaller than the window");
+  auto out = torch::empty({x.size(0), x.size(1), g.Ho, g.Wo}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t planes = x.size(0) * x.size(1);
+  at::parallel_for(0, planes, std::max<int64_t>(1, 16384 / (g.H * g.W)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) max_pool_plane(xp + p * g.H * g.W, op + p * g.Ho * g.Wo, g);
+  });
+  return out;
+}
+
 // The register block (rows, vectors) and the vector width the kernel uses for an Ho x Wo output.
 std::vector<int64_t> block_for(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_channel) {
   const Block& b = pick_block(Ho, Wo, slices, slices ? 9 : taps_per_channel);
@@ -140,17 +216,21 @@ std::vector<int64_t> block_for(int64_t Ho, int64_t Wo, bool slices, int64_t taps
 }
 
 // The same function as a TorchScript-visible operator, in a namespace named after this build
-// (torch.ops.<module name>.sparse_conv2d), so traced models run it without Python.
+// (torch.ops.<module name>.<op>), so traced models run them without Python.
 #define LNX_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 LNX_LIBRARY(TORCH_EXTENSION_NAME, m) {
-  m.def("sparse_conv2d(Tensor x, Tensor tap_ptr, Tensor tap_chan, Tensor tap_kh, Tensor tap_kw, Tensor tap_w, "
-        "Tensor bias, int KH, int KW, int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, "
-        "bool use_slices, Tensor residual, int activation) -> Tensor",
-        &sparse_conv2d);
+  m.def("sparse_conv2d_run(Tensor x, Tensor offsets, Tensor pointers, Tensor weights, Tensor meta, Tensor bias, "
+        "Tensor residual, int activation) -> Tensor",
+        &sparse_conv2d_run);
+  m.def("sparse_linear(Tensor x, Tensor ptr, Tensor col, Tensor val, Tensor bias, int activation) -> Tensor", &sparse_linear);
+  m.def("max_pool2d(Tensor x, int kh, int kw, int sh, int sw, int ph, int pw) -> Tensor", &max_pool2d);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("sparse_conv2d", &sparse_conv2d, "slice-sparse direct conv2d (fp32, NCHW)");
+  m.def("sparse_conv2d_plan", &sparse_conv2d_plan, "a layer's plan for one input size");
+  m.def("sparse_conv2d_run", &sparse_conv2d_run, "slice-sparse direct conv2d (fp32, NCHW) by its plan");
+  m.def("sparse_linear", &sparse_linear, "linear layer over its non-zero weights (fp32, CSR by output row)");
+  m.def("max_pool2d", &max_pool2d, "max pooling (fp32, NCHW, no dilation, floor mode)");
   m.def("block_for", &block_for, "register block (rows, vectors, vector width) chosen for an output size");
   m.attr("vector_width") = VW;
 }

@@ -1,6 +1,7 @@
-// The slice-sparse convolution's kernels, free of torch: register-blocked direct convolution loops over the
-// non-zero taps of each output channel (see sparse_conv.cpp). Kept apart so that lilnetx.native.compile_check can
-// compile them for an instruction set this CPU lacks in seconds, without torch's headers.
+// The inference kernels, free of torch: register-blocked direct convolution loops over the non-zero taps of each
+// output channel, a linear layer over its non-zero weights (CSR) and max pooling (see sparse_conv.cpp). Kept apart
+// so that lilnetx.native.compile_check can compile them for an instruction set this CPU lacks in seconds, without
+// torch's headers.
 #pragma once
 
 #include <algorithm>
@@ -192,6 +193,92 @@ inline const Block& pick_block(int64_t Ho, int64_t Wo, bool slices, int64_t taps
     }
   }
   return *best;
+}
+
+// Rows o0..o1 of y = x W^T + b over W's non-zeros, stored by output row (CSR: ptr, col, val). x is (N, I) and y
+// (N, O), row-major; xt is x transposed to (I, N) where N >= VW (null otherwise): there each weight is broadcast
+// once over VW samples, up to four vectors at a time. Remaining samples sum each row with four partial sums.
+// With clamp set, every output is clamped to [0, hi] (ReLU: hi = +inf; ReLU6: 6).
+inline void csr_linear_rows(const float* x, const float* xt, float* y, int64_t N, int64_t I, int64_t O,
+                            const int64_t* ptr, const int64_t* col, const float* val, const float* bias, bool clamp,
+                            float hi, int64_t o0, int64_t o1) {
+  auto act = [clamp, hi](float v) { return clamp ? std::min(std::max(v, 0.0f), hi) : v; };
+  for (int64_t o = o0; o < o1; ++o) {
+    const float b = bias ? bias[o] : 0.0f;
+    const int64_t t0 = ptr[o], t1 = ptr[o + 1];
+    int64_t n = 0;
+    float tmp[4 * VW];
+    if (xt) {
+      for (; n + 4 * VW <= N; n += 4 * VW) {
+        vf acc[4] = {vf{} + b, vf{} + b, vf{} + b, vf{} + b};
+        for (int64_t t = t0; t < t1; ++t) {
+          const vf w = vf{} + val[t];
+          const float* src = xt + col[t] * N + n;
+#pragma GCC unroll 4
+          for (int v = 0; v < 4; ++v) acc[v] += w * load(src + v * VW);
+        }
+        std::memcpy(tmp, acc, sizeof(acc));
+        for (int k = 0; k < 4 * VW; ++k) y[(n + k) * O + o] = act(tmp[k]);
+      }
+      for (; n + VW <= N; n += VW) {
+        vf even = vf{} + b, odd = vf{};
+        int64_t t = t0;
+        for (; t + 1 < t1; t += 2) {
+          even += (vf{} + val[t]) * load(xt + col[t] * N + n);
+          odd += (vf{} + val[t + 1]) * load(xt + col[t + 1] * N + n);
+        }
+        if (t < t1) even += (vf{} + val[t]) * load(xt + col[t] * N + n);
+        even += odd;
+        std::memcpy(tmp, &even, sizeof(even));
+        for (int k = 0; k < VW; ++k) y[(n + k) * O + o] = act(tmp[k]);
+      }
+    }
+    for (; n < N; ++n) {
+      const float* row = x + n * I;
+      float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+      int64_t t = t0;
+      for (; t + 3 < t1; t += 4) {
+        s0 += val[t] * row[col[t]];
+        s1 += val[t + 1] * row[col[t + 1]];
+        s2 += val[t + 2] * row[col[t + 2]];
+        s3 += val[t + 3] * row[col[t + 3]];
+      }
+      for (; t < t1; ++t) s0 += val[t] * row[col[t]];
+      y[n * O + o] = act(b + ((s0 + s1) + (s2 + s3)));
+    }
+  }
+}
+
+// The larger of a and b, NaN winning as in torch's max pooling.
+inline float nan_max(float a, float b) { return (b > a || b != b) ? b : a; }
+
+struct PoolGeometry {
+  int64_t H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
+};
+
+// One (H, W) plane max-pooled into (Ho, Wo): windows of kh x kw at stride (sh, sw), padded with -inf by (ph, pw)
+// (no dilation). The common 2x2 stride-2 window without padding has its own loop.
+inline void max_pool_plane(const float* in, float* out, const PoolGeometry& g) {
+  if (g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0) {
+    for (int64_t oh = 0; oh < g.Ho; ++oh) {
+      const float* r0 = in + 2 * oh * g.W;
+      const float* r1 = r0 + g.W;
+      float* o = out + oh * g.Wo;
+      for (int64_t ow = 0; ow < g.Wo; ++ow)
+        o[ow] = nan_max(nan_max(r0[2 * ow], r0[2 * ow + 1]), nan_max(r1[2 * ow], r1[2 * ow + 1]));
+    }
+    return;
+  }
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    const int64_t h0 = std::max<int64_t>(oh * g.sh - g.ph, 0), h1 = std::min(oh * g.sh - g.ph + g.kh, g.H);
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      const int64_t w0 = std::max<int64_t>(ow * g.sw - g.pw, 0), w1 = std::min(ow * g.sw - g.pw + g.kw, g.W);
+      float best = -std::numeric_limits<float>::infinity();
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t w = w0; w < w1; ++w) best = nan_max(best, in[h * g.W + w]);
+      out[oh * g.Wo + ow] = best;
+    }
+  }
 }
 
 }  // namespace lnx

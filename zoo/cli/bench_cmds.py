@@ -110,13 +110,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def layer_rows(layers: list[dict[str, Any]]) -> list[list[Any]]:
-    """A table of ``result["layers"]``: layer, kernel, zero slices, then the form per batch and threads."""
+    """A table of ``result["layers"]``: layer, kernel, zeros (K×K slices of a convolution, weights of a linear
+    layer), then the form per batch and threads."""
     configs = sorted({c for layer in layers for c in layer["forms"] if c != "all"})
-    rows: list[list[Any]] = [["layer", "kernel", "zero slices", *configs]]
+    rows: list[list[Any]] = [["layer", "kernel", "zeros", *configs]]
     for layer in layers:
         forms = layer["forms"]
         cells = [_form_cell(forms.get(c) or forms.get("all")) for c in configs] or [_form_cell(forms.get("all"))]
-        rows.append([layer["name"], layer["kernel"], f"{layer['zero_slice_share']:.0%}", *cells])
+        share = layer.get("zero_slice_share")
+        zeros = f"{share:.0%} slices" if share is not None else f"{layer.get('zero_weight_share', 0):.0%} weights"
+        rows.append([layer["name"], layer["kernel"], zeros, *cells])
     return rows
 
 
