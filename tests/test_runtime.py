@@ -11,8 +11,8 @@ from torch import nn
 import lilnetx
 import zoo
 from lilnetx.bench import benchmark
-from lilnetx.runtime import SparseRuntime, compile_sparse
 from lilnetx.kernels import load_extension
+from lilnetx.runtime import SparseRuntime, compile_sparse
 from lilnetx.sparse_conv import SparseConv2d
 
 SHIPPED = Path(__file__).parent.parent / "zoo_artifacts" / "lenet5_caffe.mnist-lam20.lnx"
