@@ -1,4 +1,4 @@
-"""Slice-sparse inference speed on this CPU: synthetic 3x3 layers and the zoo's convolutional models, fp32.
+"""Slice-sparse inference speed on this CPU: synthetic 3x3 layers and the zoo's models, fp32.
 
 Synthetic layers (64->64 at 32x32, 128->128 at 16x16; 50 / 80 / 90 / 95 % zero K×K slices; batch 1 and 64; 1 and
 2 threads): dense ``conv2d`` in NCHW (what a PyTorch model runs) and in channels-last (the fastest dense layout),
@@ -7,7 +7,7 @@ kernel and dense NCHW it measured faster for that configuration (the measurement
 rounds). All are timed interleaved, one call each per round; every speedup is a ratio of medians from the same
 rounds. The MAC reduction (dense / non-zero taps) is the ideal.
 
-Zoo models: every ``zoo_artifacts/*.lnx`` with a convolution, through ``lilnetx.bench.benchmark`` (dense, slim,
+Zoo models: every ``zoo_artifacts/*.lnx``, through ``lilnetx.bench.benchmark`` (dense, slim,
 sparse = the LilNetX path ``zoo.load(slim=True)`` returns, onnxruntime on the dense slimmed model), 1 thread,
 batch 1 and 32.
 
@@ -96,8 +96,6 @@ def zoo_models(runs: int) -> list[dict[str, Any]]:
     results = []
     for path in sorted((ROOT / "zoo_artifacts").glob("*.lnx")):
         model = lilnetx.load(path)
-        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-            continue
         result = benchmark(model, tuple(model.pretrained_cfg["input_size"]), batch_sizes=ZOO_BATCHES,
                            threads=ZOO_THREADS, warmup=3, runs=runs * 3)
         result["name"] = path.stem.replace("%2F", "/")

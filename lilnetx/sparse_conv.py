@@ -112,7 +112,7 @@ class SparseConv2d(MeasuredLayer):
         return plan
 
     def run(self, form: str, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        return self.sparse(x.contiguous(), residual) if form == "sparse" else self.dense(x, residual)
+        return self.sparse(x, residual) if form == "sparse" else self.dense(x, residual)
 
     def kernel_takes(self, x: Tensor, residual: Tensor | None = None) -> bool:
         if x.dtype is not torch.float32 or not x.is_cpu or x.dim() != 4 or x.shape[1] != self.in_channels:

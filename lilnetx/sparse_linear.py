@@ -63,7 +63,7 @@ class SparseLinear(MeasuredLayer):
 
     def run(self, form: str, x: Tensor) -> Tensor:
         if form == "sparse":
-            return kernels.op("sparse_linear")(x.contiguous(), self.row_ptr, self.col, self.val,
+            return kernels.op("sparse_linear")(x, self.row_ptr, self.col, self.val,
                                                _EMPTY if self.bias is None else self.bias,
                                                ACTIVATIONS[self.activation])
         out = F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
