@@ -7,10 +7,11 @@ from dashboard import benchmark_worker as bw
 
 st.title("Live benchmark")
 st.caption("Times each model on this server's CPU: dense (the decoded model as stored), slim (zero filters and "
-           "channels removed), sparse (the LilNetX path, `zoo.load(name, slim=True)`: each convolution runs the "
-           "sparse kernel or dense `conv2d`, whichever measured faster here) and onnxruntime (the slimmed model in "
-           "a dense runtime, for reference). One benchmark runs at a time per server, in its own process; "
-           "results are stored in the catalog where this dashboard lets you write.")
+           "channels removed), sparse (the LilNetX path, `zoo.load(name, slim=True)`: each convolution and linear "
+           "layer runs the sparse kernel or PyTorch's dense op, and max pooling the kernel or PyTorch's, whichever "
+           "measured faster here) and onnxruntime (the slimmed model in a dense runtime, for reference). One "
+           "benchmark runs at a time per server, in its own process; results are stored in the catalog where this "
+           "dashboard lets you write.")
 
 frame = state.table()
 if frame.empty:
@@ -65,14 +66,16 @@ if job is not None and job.done:
     if job.error:
         st.error(f"**The benchmark did not finish.** {job.error}", icon=":material/error:")
     results = bw.results_frame(job.results)
+    one = len(job.results) == 1
+    entry_column = None if one else "Entry"  # one entry: named in the message above, its column hidden
     if not results.empty:
         kept = (f"{job.stored} result rows stored in the catalog." if job.store else
                 "not stored: this dashboard is read-only for you (the Upload page takes its token).")
-        st.success(f"Benchmarked {len(job.results)} entr{'y' if len(job.results) == 1 else 'ies'}; {kept}",
+        st.success(f"Benchmarked {next(iter(job.results)) if one else f'{len(job.results)} entries'}; {kept}",
                    icon=":material/check_circle:")
         st.plotly_chart(charts.benchmark_bars(results), key="bench_chart")
         st.dataframe(results, hide_index=True, key="bench_results", placeholder=data.MISSING, column_config={
-            "name": "Entry", "variant": "Variant", "batch": "Batch", "threads": "Threads",
+            "name": entry_column, "variant": "Variant", "batch": "Batch", "threads": "Threads",
             "median_ms": st.column_config.NumberColumn("Median (ms per batch)", format="%.3f"),
             "p90_ms": st.column_config.NumberColumn("p90 (ms)", format="%.3f"),
             "throughput_per_s": st.column_config.NumberColumn("Throughput (images/s)", format="%.0f"),
@@ -86,10 +89,13 @@ if job is not None and job.done:
                    "measured faster than PyTorch's dense op on this CPU; *removed*: slimming took the whole layer "
                    "away) and the kernel's measured speed-up over dense. Zeros: the share of zero K×K slices of a "
                    "convolution, of zero weights of a linear (fc) layer.")
-        st.dataframe(layers, hide_index=True, key="bench_layers", placeholder=data.MISSING, column_config={
-            "name": "Entry", "layer": "Layer", "kernel": "Kernel", "setting": "Setting", "form": "Form",
-            "zeros": st.column_config.ProgressColumn("Zeros", format="percent", min_value=0, max_value=1),
-            "kernel_speedup": st.column_config.NumberColumn("Kernel vs dense (×)", format="%.2f×")})
+        st.dataframe(  # what a phone shows first: layer, form, zeros, speed-up
+            layers.assign(zeros=100 * layers["zeros"]), hide_index=True, key="bench_layers",
+            placeholder=data.MISSING,
+            column_order=("name", "layer", "form", "zeros", "kernel_speedup", "kernel", "setting"), column_config={
+                "name": entry_column, "layer": "Layer", "kernel": "Kernel", "setting": "Setting", "form": "Form",
+                "zeros": st.column_config.ProgressColumn("Zeros", format="%.2f %%", min_value=0, max_value=100),
+                "kernel_speedup": st.column_config.NumberColumn("Kernel vs dense (×)", format="%.2f×")})
 
 st.header("Earlier results")
 with state.friendly_errors("read earlier benchmark results"):
