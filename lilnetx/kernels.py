@@ -52,6 +52,12 @@ def extension() -> ModuleType | None:
     return _loaded["ext"]
 
 
+def build_name() -> str:
+    """The loaded build's module name (it changes with the kernels' source, torch and the ISA), or ``"none"``."""
+    ext = extension()
+    return ext.__name__ if ext is not None else "none"
+
+
 def op(name: str) -> Any:
     """Kernel ``name``: the TorchScript operator while tracing (so traced graphs call it without Python), else the
     Python binding (a little cheaper per call)."""

@@ -4,9 +4,9 @@ running the one that measured faster on this machine.
 The first call with a new configuration (the input's shape without its channels, the thread count and a forced
 kernel variant) times every form on that very input, interleaved, and keeps the fastest: a form other than the
 reference only when it wins by ``MIN_GAIN``. Decisions are cached in memory and under ``$LILNETX_HOME``
-(:mod:`lilnetx.calibration`), keyed by CPU model, instruction set, torch version and the layer's signature, so each
-layer is measured once per machine. Subclasses say which forms exist, which inputs the kernel takes and how each
-form runs.
+(:mod:`lilnetx.calibration`), keyed by CPU model, instruction set, the kernels' build, torch version and the
+layer's signature, so each layer is measured once per machine and kernel build. Subclasses say which forms exist,
+which inputs the kernel takes and how each form runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lilnetx import calibration, native
+from lilnetx import calibration, kernels, native
 from lilnetx.kernels import ISA_ENV, kernel_isa
 
 MIN_GAIN = 1.03  # a form must be this much faster than the reference, as measured, to be used
@@ -71,7 +71,7 @@ class MeasuredLayer(nn.Module):
         decision = self.decisions.get(config)
         if decision is None:
             name = calibration.key(self.OP, MEASURE_VERSION, native.cpu_model(), kernel_isa().name,
-                                   torch.__version__, config, self.signature())
+                                   kernels.build_name(), torch.__version__, config, self.signature())
             store = calibration.cache()
             cached = store.get(name)
             if cached is not None and cached.get("form") in self.FORMS:

@@ -128,3 +128,13 @@ def test_a_convolution_plans_once_per_input_size_and_refuses_another() -> None:
             kernels.op("sparse_conv2d_run")(torch.randn(1, 3, 9, 8), *plan, conv.bias, torch.empty(0), 0)
     with pytest.raises(RuntimeError, match="channels"):  # a wrong input goes to conv2d, which names it
         layer(torch.randn(1, 2, 8, 8))
+
+
+def test_another_kernel_build_measures_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    linear = _sparse_linear(64, 16)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        SparseLinear(linear)(x)
+        assert SparseLinear(linear).decide(x)["decided_by"] == "cache"
+        monkeypatch.setattr(kernels, "build_name", lambda: "lilnetx_sparse_conv_avx2_0123456789ab")
+        assert SparseLinear(linear).decide(x)["decided_by"] == "measured"  # an edited kernel is re-timed

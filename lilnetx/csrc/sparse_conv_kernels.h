@@ -249,23 +249,62 @@ inline void csr_linear_rows(const float* x, const float* xt, float* y, int64_t N
   }
 }
 
-// The larger of a and b, NaN winning as in torch's max pooling.
-inline float nan_max(float a, float b) { return (b > a || b != b) ? b : a; }
-
 struct PoolGeometry {
   int64_t H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
 };
 
+// Lane-wise max of a and b, a NaN in a winning (as in torch's max pooling); branch-free.
+inline vf nan_max(vf a, vf b) { return ((a > b) | (a != a)) ? a : b; }
+
+typedef int32_t vi __attribute__((vector_size(VW * sizeof(int32_t))));
+
+// The even lanes of the 2 * VW lanes of (a, b), then the odd ones.
+inline vf even_lanes(vf a, vf b) {
+  vi idx;
+  for (int k = 0; k < VW; ++k) idx[k] = 2 * k;
+  return __builtin_shuffle(a, b, idx);
+}
+inline vf odd_lanes(vf a, vf b) {
+  vi idx;
+  for (int k = 0; k < VW; ++k) idx[k] = 2 * k + 1;
+  return __builtin_shuffle(a, b, idx);
+}
+
+// The max of a window's values with NaN winning, branch-free: a running max (maxss) and a NaN flag.
+struct WindowMax {
+  float best = -std::numeric_limits<float>::infinity();
+  bool nan = false;
+  void add(float v) {
+    best = v > best ? v : best;
+    nan |= v != v;
+  }
+  float value() const { return nan ? std::numeric_limits<float>::quiet_NaN() : best; }
+};
+
 // One (H, W) plane max-pooled into (Ho, Wo): windows of kh x kw at stride (sh, sw), padded with -inf by (ph, pw)
-// (no dilation). The common 2x2 stride-2 window without padding has its own loop.
+// (no dilation); a NaN in a window wins. The common 2x2 stride-2 window without padding takes VW outputs at a
+// time (the last few one by one); other windows are clipped to the plane and scanned.
 inline void max_pool_plane(const float* in, float* out, const PoolGeometry& g) {
   if (g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0) {
+    const int64_t vector_end = g.Wo / VW * VW;
     for (int64_t oh = 0; oh < g.Ho; ++oh) {
       const float* r0 = in + 2 * oh * g.W;
       const float* r1 = r0 + g.W;
       float* o = out + oh * g.Wo;
-      for (int64_t ow = 0; ow < g.Wo; ++ow)
-        o[ow] = nan_max(nan_max(r0[2 * ow], r0[2 * ow + 1]), nan_max(r1[2 * ow], r1[2 * ow + 1]));
+      for (int64_t ow = 0; ow < vector_end; ow += VW) {
+        const vf lo = nan_max(load(r0 + 2 * ow), load(r1 + 2 * ow));
+        const vf hi = nan_max(load(r0 + 2 * ow + VW), load(r1 + 2 * ow + VW));
+        const vf m = nan_max(even_lanes(lo, hi), odd_lanes(lo, hi));
+        std::memcpy(o + ow, &m, sizeof(m));
+      }
+      for (int64_t ow = vector_end; ow < g.Wo; ++ow) {
+        WindowMax m;
+        m.add(r0[2 * ow]);
+        m.add(r0[2 * ow + 1]);
+        m.add(r1[2 * ow]);
+        m.add(r1[2 * ow + 1]);
+        o[ow] = m.value();
+      }
     }
     return;
   }
@@ -273,10 +312,10 @@ inline void max_pool_plane(const float* in, float* out, const PoolGeometry& g) {
     const int64_t h0 = std::max<int64_t>(oh * g.sh - g.ph, 0), h1 = std::min(oh * g.sh - g.ph + g.kh, g.H);
     for (int64_t ow = 0; ow < g.Wo; ++ow) {
       const int64_t w0 = std::max<int64_t>(ow * g.sw - g.pw, 0), w1 = std::min(ow * g.sw - g.pw + g.kw, g.W);
-      float best = -std::numeric_limits<float>::infinity();
+      WindowMax m;
       for (int64_t h = h0; h < h1; ++h)
-        for (int64_t w = w0; w < w1; ++w) best = nan_max(best, in[h * g.W + w]);
-      out[oh * g.Wo + ow] = best;
+        for (int64_t w = w0; w < w1; ++w) m.add(in[h * g.W + w]);
+      out[oh * g.Wo + ow] = m.value();
     }
   }
 }
