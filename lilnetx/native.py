@@ -30,6 +30,7 @@ from lilnetx.errors import LilnetxError
 CSRC = Path(__file__).parent / "csrc"
 COMMON_FLAGS = ("-O3", "-fopenmp", "-fno-trapping-math")  # the last: float selects vectorise; same values
 CFLAGS = ("-march=native", *COMMON_FLAGS)
+KERNEL_FLAGS = ("-fno-tree-loop-distribute-patterns",)  # the inference kernels' short loops stay loops
 STALE_LOCK_S = 15 * 60
 
 
@@ -50,7 +51,7 @@ class Isa:
     @property
     def flags(self) -> tuple[str, ...]:
         return (f"-march={self.march}", f"-DLNX_VW={self.vector_width}", f"-DLNX_NREG={self.registers}",
-                *COMMON_FLAGS)
+                *COMMON_FLAGS, *KERNEL_FLAGS)
 
 
 ISAS = (  # best first

@@ -100,6 +100,15 @@ std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tens
           torch::tensor(meta, i64)};
 }
 
+// This thread's buffer for a zero-padded sample, of at least `floats` floats: kept between calls (pad_sample writes
+// every element, margins included, so it needs no clearing), as allocating and clearing it cost more than the
+// arithmetic of a small layer.
+float* padding_buffer(int64_t floats) {
+  static thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
 // x: (N, C, H, W) fp32 of the planned size; offsets, pointers, weights, meta: its plan; bias: (O) fp32 or empty.
 // residual: a tensor of the output's shape added before the activation, or empty; activation: 0 none, 1 ReLU,
 // 2 ReLU6.
@@ -148,17 +157,17 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
   };
   if (N >= at::get_num_threads()) {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      std::vector<float> buf(plane);
+      float* buf = padding_buffer(plane);
       for (int64_t n = n0; n < n1; ++n) {
-        pad_sample(xp + n * in_plane, buf.data(), g);
-        run_channels(buf.data(), n, 0, g.O);
+        pad_sample(xp + n * in_plane, buf, g);
+        run_channels(buf, n, 0, g.O);
       }
     });
   } else {
-    std::vector<float> buf(plane);
+    float* buf = padding_buffer(plane);
     for (int64_t n = 0; n < N; ++n) {
-      pad_sample(xp + n * in_plane, buf.data(), g);
-      at::parallel_for(0, g.O, 1, [&](int64_t o0, int64_t o1) { run_channels(buf.data(), n, o0, o1); });
+      pad_sample(xp + n * in_plane, buf, g);
+      at::parallel_for(0, g.O, 1, [&](int64_t o0, int64_t o1) { run_channels(buf, n, o0, o1); });
     }
   }
   return out;

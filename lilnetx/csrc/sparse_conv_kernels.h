@@ -32,26 +32,31 @@ struct Geometry {
   int64_t C, H, W, O, Ho, Wo, Hp, Wp, Wq, pad_h, pad_w, stride_h, stride_w;
 };
 
-// Zero-pad one sample's (C, H, W) planes into buf (C, Hp, Wp); with stride_w > 1 padded column c of a row is
-// stored at (c % stride_w) * Wq + c / stride_w. Only the margins are zeroed; the rows are copied over the rest.
+// Zero-pad one sample's (C, H, W) planes into buf (C, Hp, Wp), writing every element (the buffer is reused
+// between calls without clearing); with stride_w > 1 padded column c of a row is stored at
+// (c % stride_w) * Wq + c / stride_w. Plain loops: the rows of a small layer are a few floats, where a memset /
+// memcpy call each costs more than the copy (the kernels are built with -fno-tree-loop-distribute-patterns, so
+// the compiler does not turn these loops back into such calls).
 inline void pad_sample(const float* x, float* buf, const Geometry& g) {
   const int64_t row_end = g.pad_w + g.W;
   for (int64_t c = 0; c < g.C; ++c) {
     float* plane = buf + c * g.Hp * g.Wp;
-    std::fill(plane, plane + g.pad_h * g.Wp, 0.0f);
-    std::fill(plane + (g.pad_h + g.H) * g.Wp, plane + g.Hp * g.Wp, 0.0f);
+    for (int64_t i = 0; i < g.pad_h * g.Wp; ++i) plane[i] = 0.0f;
+    for (int64_t i = (g.pad_h + g.H) * g.Wp; i < g.Hp * g.Wp; ++i) plane[i] = 0.0f;
     for (int64_t h = 0; h < g.H; ++h) {
       const float* src = x + (c * g.H + h) * g.W;
       float* row = plane + (h + g.pad_h) * g.Wp;
       if (g.stride_w == 1) {
-        std::fill(row, row + g.pad_w, 0.0f);
-        std::memcpy(row + g.pad_w, src, g.W * sizeof(float));
-        std::fill(row + row_end, row + g.Wp, 0.0f);
+        for (int64_t w = 0; w < g.pad_w; ++w) row[w] = 0.0f;
+        for (int64_t w = 0; w < g.W; ++w) row[g.pad_w + w] = src[w];
+        for (int64_t w = row_end; w < g.Wp; ++w) row[w] = 0.0f;
       } else {
-        std::fill(row, row + g.Wp, 0.0f);
-        for (int64_t w = 0; w < g.W; ++w) {
-          const int64_t col = w + g.pad_w;
-          row[(col % g.stride_w) * g.Wq + col / g.stride_w] = src[w];
+        for (int64_t phase = 0; phase < g.stride_w; ++phase) {
+          float* dst = row + phase * g.Wq;
+          for (int64_t j = 0; j < g.Wq; ++j) {
+            const int64_t col = phase + j * g.stride_w - g.pad_w;  // the source column, or outside the row
+            dst[j] = col >= 0 && col < g.W ? src[col] : 0.0f;
+          }
         }
       }
     }
