@@ -243,3 +243,13 @@ def test_torchrun_two_cpu_processes_match_one(straight_run: tuple[Path, dict], r
     assert ddp["top1"] == pytest.approx(single["top1"], abs=0.03)
     assert ddp["test_loss"] == pytest.approx(single["test_loss"], abs=0.05)
     assert ddp["bits"] == pytest.approx(single["bits"], rel=0.005)
+
+
+@pytest.mark.parametrize("flag", ["--arch-arg", "--model-arg"])  # --model-arg: the flag's old name
+def test_architecture_options_are_the_recipes_arch_kwargs(flag: str, tmp_path: Path) -> None:
+    from zoo.cli import build_parser
+    from zoo.cli.train_cmds import build_recipe
+
+    args = build_parser("train").parse_args(["train", "resnet20", "--dataset", "mnist", flag, "width=2",
+                                             "--out", str(tmp_path / "run")])
+    assert build_recipe(args)["arch_kwargs"] == {"width": 2}

@@ -257,12 +257,12 @@ def layer_policy_for(arch: str) -> LayerPolicy:
     return policy
 
 
-def reparameterized_model(arch: str, model_kwargs: dict[str, Any] | None = None,
+def reparameterized_model(arch: str, arch_kwargs: dict[str, Any] | None = None,
                           reparam_options: dict[str, Any] | None = None) -> nn.Module:
     """``create_model`` then ``lilnetx.reparameterize`` with the plugins' layer policy."""
     import lilnetx
 
-    model = create_model(arch, **(model_kwargs or {}))
+    model = create_model(arch, **(arch_kwargs or {}))
     return lilnetx.reparameterize(model, layer_policy=layer_policy_for(arch), **(reparam_options or {}))
 
 

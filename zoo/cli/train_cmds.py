@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--structure", help="reparam.structure: slice, channel or filter")
     p.add_argument("--init", help="reparam.init: scratch or fit")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN", help="reparam.exclude: layers left uncompressed")
-    p.add_argument("--model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="architecture option, e.g. width=4 (repeatable)")
+    p.add_argument("--arch-arg", "--model-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="architecture option, the recipe's arch_kwargs, e.g. width=4 (repeatable; --model-arg is "
+                        "its old name)")
     p.add_argument("--dataset-arg", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="dataset loader option, e.g. augment=false (repeatable)")
     p.add_argument("--json", action="store_true", help="print a JSON summary (and no progress bar)")
@@ -71,7 +72,7 @@ def build_recipe(args: argparse.Namespace) -> dict[str, Any]:
         "arch": args.arch, "dataset": args.dataset,
         "train": {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None},
         "reparam": {k: getattr(args, k) for k in REPARAM_FLAGS if getattr(args, k) is not None},
-        "arch_kwargs": dict(args.model_arg),
+        "arch_kwargs": dict(args.arch_arg),
         "dataset_kwargs": dict(args.dataset_arg),
     }
     if args.data_root:
