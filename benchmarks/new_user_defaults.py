@@ -28,10 +28,12 @@ OUT = Path(__file__).resolve().parent / "results" / "new_user_defaults.json"
 EPOCHS = 15
 SEEDS = (0, 1, 2)
 VARIANTS: dict[str, tuple[dict, dict]] = {  # name -> (TrainConfig changes, reparameterize changes)
-    "decoder_lr=lr/10 (old default)": ({"decoder_lr": 1e-3}, {}),
-    "decoder_lr=lr (default)": ({}, {}),
-    "decoder_lr=lr, latent_bound=1": ({}, {"latent_bound": 1.0}),
-    "decoder_lr=lr, density constant": ({"density_schedule": "constant"}, {}),
+    "defaults (lr 6e-2, density lr 1e-3)": ({}, {}),
+    "paper's lr 1e-2 and density lr 1e-4 (old defaults)": ({"lr": 1e-2, "density_lr": 1e-4}, {}),
+    "lr 6e-2, density lr 1e-4": ({"density_lr": 1e-4}, {}),
+    "defaults, decoder_lr = lr / 10": ({"decoder_lr": 6e-3}, {}),
+    "defaults, latent_bound=1": ({}, {"latent_bound": 1.0}),
+    "defaults without warm-up": ({"warmup_epochs": 0}, {}),
 }
 
 

@@ -13,7 +13,7 @@ from lilnetx.density import FactorizedDensity
 from lilnetx.training import CheckpointError, ConfigError, TrainConfig, Trainer, warmup_cosine
 from plugins.datasets import digits
 
-FAST = {"batch_size": 64, "warmup_epochs": 0, "density_lr": 1e-2}
+FAST = {"batch_size": 64, "warmup_epochs": 0, "lr": 1e-2, "density_lr": 1e-2}  # no warm-up: the paper's lr
 
 
 @pytest.fixture(scope="module")
