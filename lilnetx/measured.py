@@ -18,11 +18,16 @@ import torch
 from torch import Tensor, nn
 
 from lilnetx import calibration, kernels, native
+from lilnetx.errors import LilnetxError
 from lilnetx.kernels import ISA_ENV, kernel_isa
 
 MIN_GAIN = 1.03  # a form must be this much faster than the reference, as measured, to be used
 TIMING_BUDGET_MS = 60.0  # per decision, across all rounds
 MEASURE_VERSION = 2  # part of every cached decision's key: a change in how decisions are measured re-measures
+
+
+class LayerOptionError(LilnetxError, ValueError):
+    """A measured layer was given an option it does not have (an unknown form or activation)."""
 
 
 class MeasuredLayer(nn.Module):
@@ -39,7 +44,7 @@ class MeasuredLayer(nn.Module):
     def __init__(self, form: str = "auto"):
         super().__init__()
         if form != "auto" and form not in self.FORMS:
-            raise ValueError(f"form must be 'auto' or one of {list(self.FORMS)}, not {form!r}")
+            raise LayerOptionError(f"form must be 'auto' or one of {list(self.FORMS)}, not {form!r}")
         self.form = form
         self.decisions: dict[str, dict[str, Any]] = {}
         self._fast: dict[tuple[torch.Size, int], str] = {}  # (input shape, threads) -> form, for the hot path

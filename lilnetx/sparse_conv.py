@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lilnetx import kernels
-from lilnetx.errors import LilnetxError
-from lilnetx.measured import MeasuredLayer
+from lilnetx.measured import LayerOptionError, MeasuredLayer
 
 Form = Literal["auto", "sparse", "dense"]
 Activation = Literal["relu", "relu6"] | None
@@ -27,7 +26,7 @@ ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # the kernel's activation codes
 _EMPTY = torch.empty(0)
 
 
-class SparseConvError(LilnetxError, ValueError):
+class SparseConvError(LayerOptionError):
     """A convolution ``SparseConv2d`` cannot take (non-zero padding mode, string padding) or a bad option."""
 
 

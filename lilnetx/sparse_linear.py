@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lilnetx import kernels
-from lilnetx.measured import MeasuredLayer
+from lilnetx.measured import LayerOptionError, MeasuredLayer
 from lilnetx.sparse_conv import ACTIVATIONS, Activation
 
 _EMPTY = torch.empty(0)
@@ -35,7 +35,7 @@ class SparseLinear(MeasuredLayer):
     def __init__(self, linear: nn.Linear, *, form: Literal["auto", "dense", "sparse"] = "auto",
                  activation: Activation = None):
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
+            raise LayerOptionError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
         super().__init__(form)
         self.activation = activation
         self.in_features, self.out_features = linear.in_features, linear.out_features

@@ -138,3 +138,12 @@ def test_another_kernel_build_measures_afresh(monkeypatch: pytest.MonkeyPatch) -
         assert SparseLinear(linear).decide(x)["decided_by"] == "cache"
         monkeypatch.setattr(kernels, "build_name", lambda: "lilnetx_sparse_conv_avx2_0123456789ab")
         assert SparseLinear(linear).decide(x)["decided_by"] == "measured"  # an edited kernel is re-timed
+
+
+def test_bad_layer_options_are_one_clear_error() -> None:
+    from lilnetx.errors import LilnetxError
+
+    with pytest.raises(LilnetxError, match="activation must be one of"):
+        SparseLinear(nn.Linear(2, 2), activation="gelu")
+    with pytest.raises(LilnetxError, match="form must be"):
+        KernelMaxPool2d(2, form="fast")
