@@ -47,10 +47,12 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
     if front is not None and len(front) > 1:
         fig.add_trace(go.Scatter(x=front[x], y=front["top1_pct"], mode="lines", name="frontier (zoo)",
                                  line=dict(color="#888", dash="dot", shape="hv"), hoverinfo="skip"))
-    for ref in references:
+    rightmost = max((r.size_kb for r in references), default=None)
+    for ref in references:  # the rightmost label runs left, so a narrow chart does not cut it off
         fig.add_trace(go.Scatter(
             x=[ref.size_kb], y=[ref.top1_pct], mode="markers+text", name=ref.label,
-            text=[f"{ref.method} {ref.arch}"], textposition="top center", textfont=dict(size=11),
+            text=[f"{ref.method} {ref.arch}"], textfont=dict(size=11), cliponaxis=False,
+            textposition="top left" if ref.size_kb == rightmost and len(references) > 1 else "top center",
             marker=dict(symbol="star-open", size=15, color=REFERENCE_COLOUR, line=dict(width=2)),
             hovertemplate=(f"<b>{ref.label}</b><br>%{{x:.2f}} KB at %{{y:.1f}} %<br>source: {ref.source}"
                            "<extra></extra>")))
@@ -106,7 +108,8 @@ def layer_comparison(layers: pd.DataFrame, column: str, title: str, axis: str) -
     fig.update_xaxes(title_text=axis, **({"range": [0, 100]} if axis.startswith("%") else {}))
     fig.update_yaxes(autorange="reversed", automargin=True)
     count = layers["layer"].nunique() * max(1, layers["entry"].nunique())
-    return _layout(fig, height=max(300, 140 + 14 * count))
+    rows = max(14 * count, 20 * layers["layer"].nunique())  # at least 20 px a layer: plotly shows every name
+    return _layout(fig, height=max(300, 140 + rows))
 
 
 DEPTHWISE_ROW = 32  # channels per row of a depthwise layer's map

@@ -244,9 +244,13 @@ def compare_layers(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def _flat(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as ``a.b`` keys; unset ones (``None``, ``{}``) left out, so they read "—" like a
+    missing key rather than "None" or "{}"."""
     flat: dict[str, str] = {}
     for key, value in recipe.items():
-        if isinstance(value, Mapping) and value:
+        if value is None or (isinstance(value, Mapping) and not value):
+            continue
+        if isinstance(value, Mapping):
             flat.update(_flat(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = str(value)
@@ -255,7 +259,7 @@ def _flat(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 def recipe_diff(cards: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """The recipe settings (``train.lr``, ``lambda_slice``...) on which the cards differ: one row per setting,
-    one text column per entry ("—" where a recipe lacks it), settings sorted."""
+    one text column per entry ("—" where a recipe lacks it or leaves it unset), settings sorted."""
     recipes = {card["name"]: _flat(card.get("recipe") or {}) for card in cards}
     keys = sorted({k for flat in recipes.values() for k in flat})
     differ = [k for k in keys if len({flat.get(k, NO_CONVS) for flat in recipes.values()}) > 1]

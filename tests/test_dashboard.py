@@ -327,6 +327,8 @@ def test_recipe_diff_keeps_only_differing_settings() -> None:
              {"name": "b", "recipe": {"arch": "x", "train": {"lr": 0.2, "epochs": 5}, "seed": 1}}]
     diff = data.recipe_diff(cards)
     assert diff.to_dict("index") == {"seed": {"a": "—", "b": "1"}, "train.lr": {"a": "0.1", "b": "0.2"}}
+    unset = [{"name": "a", "recipe": {"kw": {}, "over": None}}, {"name": "b", "recipe": {"over": {"fc": "c"}}}]
+    assert data.recipe_diff(unset).to_dict("index") == {"over.fc": {"a": "—", "b": "c"}}  # no "None", no "{}"
 
 
 def test_depthwise_maps_draw_as_a_channel_grid() -> None:

@@ -47,7 +47,7 @@ shown = data.filter_frame(frame, search=search, datasets=datasets, archs=archs, 
 st.markdown(f"**{len(shown):,}** of {len(frame):,} entries · select a row to open its model card")
 
 config = {  # the name, then the figures (what a phone shows first), then where the model comes from
-    "name": st.column_config.TextColumn(data.COLUMNS["name"], width="medium", pinned=True),
+    "name": st.column_config.TextColumn(data.COLUMNS["name"], width=250, pinned=True),  # the longest name whole
     "top1_pct": st.column_config.NumberColumn(data.COLUMNS["top1_pct"], format="%.2f %%"),
     "accuracy_source": st.column_config.TextColumn(data.COLUMNS["accuracy_source"], width="small",
                                                    help="measured on this installation, or claimed by the file"),
@@ -63,7 +63,7 @@ config = {  # the name, then the figures (what a phone shows first), then where 
     "macs_saved_pct": st.column_config.NumberColumn(data.COLUMNS["macs_saved_pct"], format="%.1f %%",
                                                     help="multiply-accumulates skipped with zero slices"),
     "arch": st.column_config.TextColumn(data.COLUMNS["arch"]),
-    "dataset": st.column_config.TextColumn(data.COLUMNS["dataset"], width="small"),
+    "dataset": st.column_config.TextColumn(data.COLUMNS["dataset"], width=110),  # "fashion-mnist" whole
     "plugin": data.COLUMNS["plugin"],
     "added": st.column_config.DatetimeColumn(data.COLUMNS["added"], format="YYYY-MM-DD"),
 }

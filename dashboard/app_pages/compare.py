@@ -41,9 +41,11 @@ with size_tab:
         charts.pareto(points, "size_kb", "file size (KB, log scale)", references=refs,
                       front=data.pareto_front(points, "size_kb"), title=f"{dataset}: whole-file size against top-1"),
         key="pareto_size", on_select="rerun", selection_mode="points"))
-    if refs:
-        st.caption("Published points: " + "; ".join(f"{r.method} {r.arch} {r.size_kb} KB at {r.top1_pct} % "
-                                                    f"({r.source})" for r in refs))
+    if refs:  # each source cited once, after its points
+        sources = dict.fromkeys(r.source for r in refs)
+        st.caption("Published points: " + " ".join(
+            "; ".join(f"{r.method} {r.arch}: {r.size_kb:,g} KB at {r.top1_pct} %" for r in refs if r.source == s)
+            + f" (source: {s})." for s in sources))
 with macs_tab:
     open_clicked(st.plotly_chart(
         charts.pareto(points, "macs_sparse_m", "MACs with zero slices skipped (MMACs, log scale)",
