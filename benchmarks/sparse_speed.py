@@ -152,8 +152,8 @@ def markdown(result: dict[str, Any]) -> str:
                          + " | ".join(f"{c['speedup_vs_nchw']:.2f}×" for c in cell) + " | "
                          + " | ".join(f"{c['speedup_vs_channels_last']:.2f}×" for c in cell)
                          + f" | {worst['chosen_vs_nchw']:.2f}× ({worst['chosen']}) |")
-    lines += ["", "| zoo model | ideal | batch | dense ms | slim | sparse | onnxruntime | sparse vs onnxruntime |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| zoo model | ideal | batch | dense ms | slim | sparse | onnxruntime | sparse vs onnxruntime | "
+              "engine chosen | kernels alone vs onnxruntime |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for model in models:
         res = {(r["batch"], r["variant"]): r for r in model["results"] if r["threads"] == 1}
         for batch in ZOO_BATCHES:
@@ -162,8 +162,20 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| `{model['name']}` | {model['mac_reduction']:.2f}× | {batch} | "
                          f"{res[(batch, 'dense')]['median_ms']:.3f} | "
                          + " | ".join(f"{c['speedup_vs_dense']:.2f}×" if c else "–" for c in got)
-                         + f" | {f'{vs_ort:.2f}×' if vs_ort else '–'} |")
+                         + f" | {f'{vs_ort:.2f}×' if vs_ort else '–'} | {_engine(model, batch)} |")
     return "\n".join(lines)
+
+
+def _engine(model: dict[str, Any], batch: int) -> str:
+    """The engine the sparse variant chose, and how the kernels alone (the faster TorchScript engine) compared with
+    onnxruntime in the same measurement."""
+    chosen = (model.get("engines") or {}).get(f"b{batch}/t1")
+    if not chosen:
+        return "– | –"
+    ms = chosen["ms"]
+    kernels = min((ms[e] for e in ("torchscript", "torchscript-mkldnn") if e in ms), default=None)
+    ratio = f"{ms['onnxruntime'] / kernels:.2f}×" if kernels and "onnxruntime" in ms else "–"
+    return f"{chosen['engine']} | {ratio}"
 
 
 def main() -> None:

@@ -157,6 +157,13 @@ def skipped(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
             for variant, reason in (result.get("skipped") or {}).items()]
 
 
+def engines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``"entry: b1 · t1 torchscript, b32 · t1 onnxruntime"``: the engine the sparse variant chose per setting."""
+    return [f"{name}: " + ", ".join(f"{setting.replace('/', ' · ')} {chosen['engine']}"
+                                    for setting, chosen in sorted(result["engines"].items()))
+            for name, result in results.items() if result.get("engines")]
+
+
 def layers_frame(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """What the sparse variant ran: per entry and convolution or linear layer, its share of zeros (K×K slices of a
     convolution, weights of a linear layer) and, per setting, the form (sparse / dense / removed) with the kernel's

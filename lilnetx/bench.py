@@ -8,12 +8,14 @@ every speedup is a ratio against dense measured in the same rounds.
 - ``sparse``: the LilNetX path, ``lilnetx.runtime.compile_sparse(model)`` (what ``zoo.load(name, slim=True)``
   returns): the slimmed model, each convolution running whichever of the slice-sparse kernel and
   dense ``conv2d`` measured faster on this machine for the batch and thread count timed (measured in the
-  warm-up rounds, cached per machine), ReLU and residual additions fused, as frozen TorchScript per shape;
+  warm-up rounds, cached per machine), ReLU and residual additions fused, run per shape by the engine that
+  measured fastest (frozen TorchScript, the same with oneDNN layouts, or onnxruntime on the dense slimmed model);
 - ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the dense-runtime reference).
 
 ``result["layers"]`` says what ran: for every convolution of the dense model, its zero-slice share and, per
 batch and thread count, the form the sparse variant used (``sparse``, ``dense``, or ``removed`` by slimming)
-with the speed-up it measured over dense ``conv2d``.
+with the speed-up it measured over dense ``conv2d``; ``result["engines"]`` the engine the sparse variant chose per
+batch and thread count.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
 
     Returns ``{"machine", "input_size", "macs_dense", "macs_sparse", "mac_reduction", "results": [{"variant",
     "batch", "threads", "median_ms", "p90_ms", "latencies_ms", "throughput_per_s", "speedup_vs_dense"}],
-    "skipped": {variant: reason}}``. MACs are per image; ``mac_reduction`` (dense / with zero slices skipped)
+    "skipped": {variant: reason}, "layers", "engines"}`` (see the module doc). MACs are per image; ``mac_reduction`` (dense / with zero slices skipped)
     is the ideal speedup. ``speedup_vs_dense`` is ``None`` when dense is not among the variants.
     """
     if warmup < 0 or runs < 1 or not batch_sizes or not threads:
@@ -154,7 +156,17 @@ def benchmark(model: nn.Module, input_size: tuple[int, ...], *, batch_sizes: Seq
             "macs_dense": dense_macs, "macs_sparse": sparse_macs,
             "mac_reduction": dense_macs / sparse_macs if sparse_macs else None,
             "results": results, "skipped": skipped,
-            "layers": layer_forms(model, built.get("sparse"), {f"b{b}/t{t}" for b, t in configs})}
+            "layers": layer_forms(model, built.get("sparse"), {f"b{b}/t{t}" for b, t in configs}),
+            "engines": engines_run(built.get("sparse"))}
+
+
+def engines_run(sparse: Any) -> dict[str, dict[str, Any]]:
+    """Per setting ``"b{batch}/t{threads}"`` the sparse variant (a ``SparseRuntime``) ran: the engine it chose and
+    each candidate engine's milliseconds as it measured them (fastest of its rounds)."""
+    if sparse is None:
+        return {}
+    return {f"b{shape.split('x')[0]}/t{threads}": chosen
+            for config, chosen in sparse.engines().items() for shape, threads in [config.split("/")]}
 
 
 def layer_forms(dense: nn.Module, sparse: Any, settings: set[str]) -> list[dict[str, Any]]:

@@ -1,38 +1,68 @@
-"""``compile_sparse(model)``: a slimmed, slice-sparse model as TorchScript, one specialisation per input shape.
+"""``compile_sparse(model)``: a slimmed, slice-sparse model run by the fastest engine measured here, per input shape.
 
 Eager PyTorch spends ~5-15 µs of Python per module call; a small network at batch 1 spends most of its time
-there. ``SparseRuntime`` slims the model (``lilnetx.slim(..., sparse=True)``: BatchNorm folded, zero channels
-removed, ReLU and residual additions fused into the convolutions), and on the first call with a new input shape
-measures each convolution's form for it (sparse kernel or dense ``conv2d``, cached per machine), fixes those
-forms, traces the model with ``torch.jit.trace`` and freezes it: later calls with that shape run the frozen
-graph without Python. It is an ``nn.Module``; ``forms()`` says what each layer runs per shape.
+there. ``SparseRuntime`` slims the model (``lilnetx.slim``: BatchNorm folded, zero channels removed) and keeps
+a kernel form of it (``lilnetx.slim.with_kernels``: ReLU and residual additions fused into the convolutions).
+On the first call with a new input shape it measures each layer's form for that shape (sparse kernel or
+PyTorch's op, cached per machine), fixes those forms, traces the model with ``torch.jit.trace`` and freezes it,
+then times the candidate engines on that input, interleaved, and keeps the fastest for the shape:
+
+- ``torchscript``: the frozen graph (the kernels are TorchScript operators), the reference;
+- ``torchscript-mkldnn``: the same graph after ``torch.jit.optimize_for_inference`` (oneDNN layouts kept
+  between the dense convolutions);
+- ``onnxruntime``: onnxruntime on the dense slimmed model, where onnxruntime is installed (the kernels do not
+  run there: it is chosen where the model's zeros do not pay on this machine).
+
+Another engine replaces the reference only when it measured ``MIN_GAIN`` faster, and only with outputs equal to
+the slimmed model's (``CHECK_RTOL`` of the largest magnitude). Later calls with that shape run without Python.
+It is an ``nn.Module``; ``forms()`` says what each layer runs per shape and ``engines()`` which engine.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lilnetx.measured import MeasuredLayer, measured_layers
-from lilnetx.slim import slim
+from lilnetx.calibration import interleaved_ms
+from lilnetx.errors import LilnetxError
+from lilnetx.measured import MIN_GAIN, MeasuredLayer, measured_layers
+from lilnetx.slim import default_input, slim, with_kernels
 
-MAX_SPECIALISATIONS = 8  # input shapes kept traced; the oldest goes first
+ENGINES = ("torchscript", "torchscript-mkldnn", "onnxruntime")
+MAX_SPECIALISATIONS = 8  # input shapes kept; the oldest goes first
+CHECK_RTOL = 1e-4  # an engine's outputs may differ from the slimmed model's by this much of their largest magnitude
+TIMING_BUDGET_MS = 500.0  # per shape, across the engines' timed rounds
+Engine = Callable[[Tensor], Tensor]
+
+
+class EngineError(LilnetxError, ValueError):
+    """An unknown engine was asked for."""
 
 
 class SparseRuntime(nn.Module):
-    """A slimmed, slice-sparse model run as frozen TorchScript per input shape (inference only)."""
+    """A slimmed, slice-sparse model run by the fastest measured engine per input shape (inference only)."""
 
-    def __init__(self, model: nn.Module, example_input: Tensor | None = None):
+    def __init__(self, model: nn.Module, example_input: Tensor | None = None,
+                 engines: Sequence[str] = ENGINES):
         super().__init__()
-        self.slimmed = slim(model, sparse=True, example_input=example_input)
+        unknown = set(engines) - set(ENGINES)
+        if unknown or "torchscript" not in engines:
+            raise EngineError(f"engines must include 'torchscript' and come from {', '.join(ENGINES)}; "
+                              f"got {', '.join(engines)}")
+        self.allowed = tuple(engines)
+        self.dense = slim(model, example_input=example_input)
+        example = example_input if example_input is not None else default_input(self.dense)
+        self.slimmed = with_kernels(copy.deepcopy(self.dense), example)
         for name in ("pretrained_cfg", "default_cfg"):
             if hasattr(model, name):
                 setattr(self, name, getattr(model, name))
-        self._traced: dict[tuple[int, ...], Any] = {}
+        self._engines: dict[tuple[int, ...], tuple[str, Engine, dict[str, float]]] = {}
+        self._onnx: bytes | None = None
         self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -40,14 +70,51 @@ class SparseRuntime(nn.Module):
             return self.slimmed(x)
         key = (*x.shape, torch.get_num_threads())
         with torch.no_grad():
-            traced = self._traced.get(key)
-            if traced is None:
-                traced = self._traced[key] = self._specialise(x)
-                while len(self._traced) > MAX_SPECIALISATIONS:
-                    self._traced.pop(next(iter(self._traced)))
-            return traced(x)
+            chosen = self._engines.get(key)
+            if chosen is None:
+                chosen = self._engines[key] = self._specialise(x)
+                while len(self._engines) > MAX_SPECIALISATIONS:
+                    self._engines.pop(next(iter(self._engines)))
+            return chosen[1](x)
 
-    def _specialise(self, x: Tensor) -> Any:
+    def _specialise(self, x: Tensor) -> tuple[str, Engine, dict[str, float]]:
+        """Measure the layers' forms and the engines for ``x``'s shape; the fastest engine with equal outputs."""
+        reference = self.dense(x)
+        candidates = {name: engine for name, engine in self._candidates(x).items()
+                      if _close(engine(x), reference)}
+        if "torchscript" not in candidates:  # never expected: the traced graph disagrees with the model
+            warnings.warn("SparseRuntime: the traced model's outputs differ from the slimmed model's; running the "
+                          "slimmed model eagerly (please report this model)", stacklevel=3)
+            return "pytorch", self.dense, {}
+        if len(candidates) == 1:
+            return "torchscript", candidates["torchscript"], {}
+        once = interleaved_ms({name: lambda e=engine: e(x) for name, engine in candidates.items()}, rounds=1)
+        rounds = max(2, min(10, int(TIMING_BUDGET_MS / max(sum(once.values()), 1e-3))))
+        ms = interleaved_ms({name: lambda e=engine: e(x) for name, engine in candidates.items()}, rounds=rounds,
+                            warmup=0, statistic=min)
+        best = min(ms, key=ms.__getitem__)
+        if ms[best] * MIN_GAIN > ms["torchscript"]:
+            best = "torchscript"
+        return best, candidates[best], ms
+
+    def _candidates(self, x: Tensor) -> dict[str, Engine]:
+        """Each allowed engine that can run this model, built for ``x``'s shape."""
+        candidates: dict[str, Engine] = {"torchscript": self._frozen(x)}
+        if "torchscript-mkldnn" in self.allowed:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)  # its deprecation notice: still supported
+                    candidates["torchscript-mkldnn"] = torch.jit.optimize_for_inference(self._frozen(x))
+            except Exception:  # a graph the pass cannot take: not a candidate
+                pass
+        if "onnxruntime" in self.allowed:
+            engine = self._onnxruntime(x)
+            if engine is not None:
+                candidates["onnxruntime"] = engine
+        return candidates
+
+    def _frozen(self, x: Tensor) -> Any:
+        """The kernel form with each measured layer's form fixed for ``x``'s shape, traced and frozen."""
         inputs: dict[str, Tensor] = {}
         layers = measured_layers(self.slimmed)
         hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: inputs.setdefault(n, args[0]))
@@ -67,13 +134,37 @@ class SparseRuntime(nn.Module):
             traced = torch.jit.trace(fixed, x, check_trace=False)
             return torch.jit.freeze(traced.eval())
 
+    def _onnxruntime(self, x: Tensor) -> Engine | None:
+        """onnxruntime on the dense slimmed model, ``None`` where it is not installed or cannot take the model."""
+        from lilnetx.onnx_export import session, to_onnx
+
+        try:
+            if self._onnx is None:
+                self._onnx = to_onnx(self.dense, tuple(x.shape[1:]))
+            run = session(self._onnx, torch.get_num_threads()).run
+        except Exception:  # not installed, or an operator the exporter cannot write
+            return None
+        return lambda t: torch.from_numpy(run(None, {"input": t.contiguous().numpy()})[0])
+
     def forms(self) -> dict[str, dict[str, str]]:
         """Per measured layer (convolution, linear, max pooling), the form it runs per input configuration
         ``"N[xHxW]/threads/isa"``."""
         return {name: {config: d["form"] for config, d in layer.decisions.items()}
                 for name, layer in measured_layers(self.slimmed).items()}
 
+    def engines(self) -> dict[str, dict[str, Any]]:
+        """Per input shape ``"NxCxHxW/threads"``: the engine chosen and each candidate's measured milliseconds."""
+        return {f"{'x'.join(map(str, key[:-1]))}/{key[-1]}": {"engine": name, "ms": ms}
+                for key, (name, _, ms) in self._engines.items()}
 
-def compile_sparse(model: nn.Module, example_input: Tensor | None = None) -> SparseRuntime:
-    """``model`` (plain or reparameterised) as a :class:`SparseRuntime`."""
-    return SparseRuntime(model, example_input)
+
+def _close(out: Any, reference: Tensor) -> bool:
+    if not isinstance(out, Tensor) or out.shape != reference.shape:
+        return False
+    return bool((out - reference).abs().max() <= CHECK_RTOL * max(1.0, float(reference.abs().max())))
+
+
+def compile_sparse(model: nn.Module, example_input: Tensor | None = None,
+                   engines: Sequence[str] = ENGINES) -> SparseRuntime:
+    """``model`` (plain or reparameterised) as a :class:`SparseRuntime` choosing among ``engines``."""
+    return SparseRuntime(model, example_input, engines)

@@ -66,10 +66,10 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
     """
     source = strip(copy.deepcopy(model)) if is_reparameterized(model) else model
     slimmed = copy.deepcopy(source).eval()
-    probe = example_input if example_input is not None else _default_input(slimmed)
+    probe = example_input if example_input is not None else default_input(slimmed)
     traced = _trace(slimmed)
     if traced is None:
-        return _finish(slimmed, sparse, example_input)
+        return with_kernels(slimmed, example_input) if sparse else slimmed
     _fold_batchnorm(slimmed, traced)
     if probe is None:
         warnings.warn("slim: no example_input and no model.pretrained_cfg['input_size']: BatchNorm folded, "
@@ -92,24 +92,27 @@ def slim(model: nn.Module, *, sparse: bool = False, example_input: Tensor | None
         warnings.warn("slim: the slimmed model's outputs differ from the original's; returning it unslimmed "
                       "(please report this model)", stacklevel=2)
         slimmed = copy.deepcopy(source).eval()
-    return _finish(slimmed, sparse, example_input if example_input is not None else probe)
+    return with_kernels(slimmed, example_input if example_input is not None else probe) if sparse else slimmed
 
 
-def _finish(model: nn.Module, sparse: bool, example_input: Tensor | None) -> nn.Module:
-    if sparse:
-        from lilnetx.fuse import fuse_epilogues
-        from lilnetx.pooling import use_kernel_pooling
-        from lilnetx.sparse_conv import sparsify
+def with_kernels(model: nn.Module, example_input: Tensor | None = None) -> nn.Module:
+    """``model`` (slimmed, eval mode; changed in place) with its convolutions, linear layers and max pooling run by
+    measured kernel layers and ReLU / residual additions fused into the convolutions: step 3 of the module doc.
+    With ``example_input`` each layer's form is measured now rather than at the first call."""
+    from lilnetx.fuse import fuse_epilogues
+    from lilnetx.pooling import use_kernel_pooling
+    from lilnetx.sparse_conv import sparsify
 
-        sparsify(model)
-        model = use_kernel_pooling(fuse_epilogues(model))
-        if example_input is not None:  # measure each layer's form now rather than at the first call
-            with torch.no_grad():
-                model(example_input)
+    sparsify(model)
+    model = use_kernel_pooling(fuse_epilogues(model))
+    if example_input is not None:
+        with torch.no_grad():
+            model(example_input)
     return model
 
 
-def _default_input(model: nn.Module) -> Tensor | None:
+def default_input(model: nn.Module) -> Tensor | None:
+    """One zero image of ``model.pretrained_cfg["input_size"]`` (``None`` without one)."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
     param = next(model.parameters(), None)

@@ -78,6 +78,8 @@ def test_cli_bench_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", str(SHIPPED), "--runs", "1", "--warmup", "0", "--variants", "dense,slim"]) == 0
     out = capsys.readouterr().out
     assert "ideal speedup" in out and "median ms" in out and "\nslim " in out
+    assert main(["bench", str(SHIPPED), "--runs", "1", "--warmup", "0", "--variants", "sparse"]) == 0
+    assert "the sparse variant's engine (fastest measured here): b1/t1 " in capsys.readouterr().out
 
 
 def test_cli_bench_bad_input_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

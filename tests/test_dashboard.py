@@ -450,6 +450,9 @@ def test_layers_frame_says_what_each_layer_ran() -> None:
     assert frame["form"].tolist() == ["sparse", "removed", "dense"]
     assert frame["setting"].tolist() == ["b1 · t1", "all", "b1 · t1"]
     assert frame["zeros"].tolist() == [0.9, 1.0, 0.97]  # K×K slices of a convolution, weights of a linear layer
+    engines = {"b32/t1": {"engine": "onnxruntime", "ms": {}}, "b1/t1": {"engine": "torchscript", "ms": {}}}
+    assert benchmark_worker.engines({"m.mnist-a": result | {"engines": engines}, "n.mnist-b": result}) == [
+        "m.mnist-a: b1 · t1 torchscript, b32 · t1 onnxruntime"]
 
 
 def test_a_read_only_dashboard_times_without_storing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

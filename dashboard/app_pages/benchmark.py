@@ -9,7 +9,7 @@ st.title("Live benchmark")
 st.caption("Times each model on this server's CPU: dense (the decoded model as stored), slim (zero filters and "
            "channels removed), sparse (the LilNetX path, `zoo.load(name, slim=True)`: each convolution and linear "
            "layer runs the sparse kernel or PyTorch's dense op, and max pooling the kernel or PyTorch's, whichever "
-           "measured faster here) and onnxruntime (the slimmed model in a dense runtime, for reference). One "
+           "measured faster here, and the whole model runs in the engine that measured fastest) and onnxruntime (the slimmed model in a dense runtime, for reference). One "
            "benchmark runs at a time per server, in its own process; results are stored in the catalog where this "
            "dashboard lets you write.")
 
@@ -85,6 +85,9 @@ if job is not None and job.done:
     layers = bw.layers_frame(job.results)
     if not layers.empty:
         st.subheader("What the sparse variant ran")
+        for line in bw.engines(job.results):
+            st.caption(f":material/memory: Engine (fastest measured here: TorchScript, TorchScript with oneDNN "
+                       f"layouts, or onnxruntime on the dense slimmed model, where the zeros do not pay) — {line}")
         st.caption("Per convolution, linear layer and setting: the form used (the sparse kernel only where it "
                    "measured faster than PyTorch's dense op on this CPU; *removed*: slimming took the whole layer "
                    "away) and the kernel's measured speed-up over dense. Zeros: the share of zero K×K slices of a "

@@ -144,6 +144,9 @@ def _print(target: str, result: dict[str, Any]) -> None:
         rows.append([r["variant"], r["batch"], r["threads"], f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                      f"{r['throughput_per_s']:,.0f}", speedup])
     print_table(rows, right_align_from=1)
+    if result.get("engines"):
+        print("\nthe sparse variant's engine (fastest measured here): "
+              + ", ".join(f"{setting} {chosen['engine']}" for setting, chosen in sorted(result["engines"].items())))
     if result.get("layers"):
         print("\nwhat the sparse variant ran per convolution (speed-up of the kernel over dense conv2d, measured):")
         print_table(layer_rows(result["layers"]), right_align_from=2)
