@@ -166,6 +166,12 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _stored_synthetic() -> list[dict[str, Any]]:
+    """The synthetic rows of the stored result when it was measured on this CPU (``--quick`` keeps them)."""
+    stored = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    return stored.get("synthetic", []) if stored.get("machine", {}).get("cpu") == machine_info()["cpu"] else []
+
+
 def _engine(model: dict[str, Any], batch: int) -> str:
     """The engine the sparse variant chose, and how the kernels alone (the faster TorchScript engine) compared with
     onnxruntime in the same measurement."""
@@ -181,7 +187,8 @@ def _engine(model: dict[str, Any], batch: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9, help="timed rounds per batch-64 cell (batch 1: 5x)")
-    parser.add_argument("--quick", action="store_true", help="zoo models only (no synthetic layers)")
+    parser.add_argument("--quick", action="store_true",
+                        help="zoo models only (keeps the stored synthetic rows when they are from this CPU)")
     parser.add_argument("--table", action="store_true", help="print the tables of the stored results only")
     args = parser.parse_args()
     if args.table:
@@ -192,7 +199,7 @@ def main() -> None:
     previous = torch.get_num_threads()
     start = time.time()
     try:
-        rows = [] if args.quick else synthetic(args.runs)
+        rows = _stored_synthetic() if args.quick else synthetic(args.runs)
         models = zoo_models(args.runs)
     finally:
         torch.set_num_threads(previous)

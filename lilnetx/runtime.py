@@ -36,7 +36,8 @@ from lilnetx.slim import default_input, slim, with_kernels
 ENGINES = ("torchscript", "torchscript-mkldnn", "onnxruntime")
 MAX_SPECIALISATIONS = 8  # input shapes kept; the oldest goes first
 CHECK_RTOL = 1e-4  # an engine's outputs may differ from the slimmed model's by this much of their largest magnitude
-TIMING_BUDGET_MS = 500.0  # per shape, across the engines' timed rounds
+TIMING_BUDGET_MS = 1000.0  # per shape, across the engines' timed rounds (at least 3 rounds, at most MAX_ROUNDS)
+MAX_ROUNDS = 30
 Engine = Callable[[Tensor], Tensor]
 
 
@@ -66,16 +67,15 @@ class SparseRuntime(nn.Module):
         self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled() and x.requires_grad:
+        if x.requires_grad or x.dtype != torch.float32 or x.device.type != "cpu":
             return self.slimmed(x)
-        key = (*x.shape, torch.get_num_threads())
-        with torch.no_grad():
-            chosen = self._engines.get(key)
-            if chosen is None:
-                chosen = self._engines[key] = self._specialise(x)
-                while len(self._engines) > MAX_SPECIALISATIONS:
-                    self._engines.pop(next(iter(self._engines)))
-            return chosen[1](x)
+        chosen = self._engines.get((*x.shape, torch.get_num_threads()))
+        if chosen is None:
+            with torch.no_grad():
+                chosen = self._engines[(*x.shape, torch.get_num_threads())] = self._specialise(x)
+            while len(self._engines) > MAX_SPECIALISATIONS:
+                self._engines.pop(next(iter(self._engines)))
+        return chosen[1](x)  # no autograd context: neither the input nor the engines' constants need gradients
 
     def _specialise(self, x: Tensor) -> tuple[str, Engine, dict[str, float]]:
         """Measure the layers' forms and the engines for ``x``'s shape; the fastest engine with equal outputs."""
@@ -88,10 +88,10 @@ class SparseRuntime(nn.Module):
             return "pytorch", self.dense, {}
         if len(candidates) == 1:
             return "torchscript", candidates["torchscript"], {}
-        once = interleaved_ms({name: lambda e=engine: e(x) for name, engine in candidates.items()}, rounds=1)
-        rounds = max(2, min(10, int(TIMING_BUDGET_MS / max(sum(once.values()), 1e-3))))
-        ms = interleaved_ms({name: lambda e=engine: e(x) for name, engine in candidates.items()}, rounds=rounds,
-                            warmup=0, statistic=min)
+        calls = {name: lambda e=engine: e(x) for name, engine in candidates.items()}
+        once = interleaved_ms(calls, rounds=1, warmup=2)  # a new session or graph needs a few calls to settle
+        rounds = max(3, min(MAX_ROUNDS, int(TIMING_BUDGET_MS / max(sum(once.values()), 1e-3))))
+        ms = interleaved_ms(calls, rounds=rounds, warmup=0, statistic=min)
         best = min(ms, key=ms.__getitem__)
         if ms[best] * MIN_GAIN > ms["torchscript"]:
             best = "torchscript"
