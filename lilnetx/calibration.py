@@ -36,15 +36,18 @@ def key(*parts: Any) -> str:
 
 def interleaved_runs(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
     """Milliseconds of every timed call of each function, timed one call of each per round so that a noisy
-    machine slows them alike (every figure is comparable only with the others of the same rounds)."""
+    machine slows them alike (every figure is comparable only with the others of the same rounds). Each round
+    starts one function later than the one before, so that no function always runs after the same other one (a
+    call right after a call of the same model finds its weights in cache; one after another model does not)."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
+    names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             start = time.perf_counter()
-            fn()
+            calls[name]()
             times[name].append((time.perf_counter() - start) * 1e3)
     return times
 

@@ -23,7 +23,7 @@ from lilnetx.kernels import ISA_ENV, kernel_isa
 
 MIN_GAIN = 1.03  # a form must be this much faster than the reference, as measured, to be used
 TIMING_BUDGET_MS = 60.0  # per decision, across all rounds
-MEASURE_VERSION = 2  # part of every cached decision's key: a change in how decisions are measured re-measures
+MEASURE_VERSION = 3  # part of every cached decision's key: a change in how decisions are measured re-measures
 
 
 class LayerOptionError(LilnetxError, ValueError):

@@ -12,6 +12,7 @@ from torch import nn
 
 import lilnetx.sparse_conv as sc
 from lilnetx import calibration, kernels, native
+from lilnetx.calibration import interleaved_runs
 from lilnetx.fuse import fuse_epilogues
 
 
@@ -209,3 +210,9 @@ def test_a_lock_file_left_by_a_killed_build_does_not_block_loading() -> None:
         assert kernels.load_extension() is not None
     finally:
         lock.unlink(missing_ok=True)
+
+
+def test_interleaved_rounds_rotate_the_order() -> None:
+    order: list[str] = []
+    times = interleaved_runs({name: (lambda n=name: order.append(n)) for name in "abc"}, rounds=3, warmup=0)
+    assert order == list("abc" "bca" "cab") and all(len(t) == 3 for t in times.values())
