@@ -140,7 +140,8 @@ def markdown(result: dict[str, Any]) -> str:
     cells = [(b, t) for t in THREADS for b in BATCHES]
     head = " | ".join(f"b{b} t{t}" for b, t in cells)
     lines += [f"| layer | zero slices | ideal | kernel vs dense NCHW: {head} | kernel vs channels-last: {head} | "
-              f"chosen (worst cell) |", "|---|---:|---:|" + "---:|" * (2 * len(cells) + 1)]
+              f"chosen (worst cell) | GMAC/s b64 t1: kernel (useful) / dense NCHW |",
+              "|---|---:|---:|" + "---:|" * (2 * len(cells) + 2)]
     by = {(r["channels"], r["sparsity"], r["batch"], r["threads"]): r for r in rows}
     for channels, size in LAYERS:
         for sparsity in SPARSITIES:
@@ -151,7 +152,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {channels}→{channels} {size}×{size} | {sparsity:.0%} | {cell[0]['mac_reduction']:.0f}× | "
                          + " | ".join(f"{c['speedup_vs_nchw']:.2f}×" for c in cell) + " | "
                          + " | ".join(f"{c['speedup_vs_channels_last']:.2f}×" for c in cell)
-                         + f" | {worst['chosen_vs_nchw']:.2f}× ({worst['chosen']}) |")
+                         + f" | {worst['chosen_vs_nchw']:.2f}× ({worst['chosen']}) | {_gmacs(by, channels, size, sparsity)} |")
     lines += ["", "| zoo model | ideal | batch | dense ms | slim | sparse | onnxruntime | sparse vs onnxruntime | "
               "engine chosen | kernels alone vs onnxruntime |", "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for model in models:
@@ -164,6 +165,16 @@ def markdown(result: dict[str, Any]) -> str:
                          + " | ".join(f"{c['speedup_vs_dense']:.2f}×" if c else "–" for c in got)
                          + f" | {f'{vs_ort:.2f}×' if vs_ort else '–'} | {_engine(model, batch)} |")
     return "\n".join(lines)
+
+
+def _gmacs(by: dict[tuple, dict[str, Any]], channels: int, size: int, sparsity: float) -> str:
+    """Multiply-adds per second at batch 64, 1 thread: the kernel's over its non-zero taps only, and dense NCHW's
+    (how close each runs to the core's peak: a kernel near dense's rate is bound by arithmetic, not by loads)."""
+    r = by.get((channels, sparsity, 64, 1))
+    if r is None:
+        return "–"
+    dense = 64 * channels * channels * 9 * size * size
+    return f"{dense / r['mac_reduction'] / r['ms']['sparse'] / 1e6:.0f} / {dense / r['ms']['dense'] / 1e6:.0f}"
 
 
 def _stored_synthetic() -> list[dict[str, Any]]:
