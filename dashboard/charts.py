@@ -3,6 +3,7 @@ whose axes carry their units."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -50,7 +51,7 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
     rightmost = max((r.size_kb for r in references), default=None)
     for ref in references:  # the rightmost label runs left, so a narrow chart does not cut it off
         fig.add_trace(go.Scatter(
-            x=[ref.size_kb], y=[ref.top1_pct], mode="markers+text", name=ref.label,
+            x=[ref.size_kb], y=[ref.top1_pct], mode="markers+text", name=legend_name(ref.label),
             text=[f"{ref.method} {ref.arch}"], textfont=dict(size=11), cliponaxis=False,
             textposition="top left" if ref.size_kb == rightmost and len(references) > 1 else "top center",
             marker=dict(symbol="star-open", size=15, color=REFERENCE_COLOUR, line=dict(width=2)),
@@ -64,6 +65,12 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
     fig.update_xaxes(title=x_title, dtick=1, tickformat=",~g")  # log axis: one label per decade (1, 10, 100)
     fig.update_yaxes(title="Top-1 accuracy (%)")
     return _layout(fig, height=480)
+
+
+def legend_name(label: str, width: int = 30) -> str:
+    """``label`` broken into lines of at most ``width`` characters: a horizontal legend does not wrap its items,
+    so a long one would run past the right edge of a phone-wide chart."""
+    return "<br>".join(textwrap.wrap(label, width)) or label
 
 
 def _layer_height(count: int) -> int:
