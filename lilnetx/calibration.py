@@ -39,6 +39,8 @@ def interleaved_runs(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup
     machine slows them alike (every figure is comparable only with the others of the same rounds). Each round
     starts one function later than the one before, so that no function always runs after the same other one (a
     call right after a call of the same model finds its weights in cache; one after another model does not)."""
+    if not calls:
+        return {}
     for _ in range(warmup):
         for fn in calls.values():
             fn()
@@ -58,6 +60,18 @@ def interleaved_ms(calls: dict[str, Callable[[], Any]], *, rounds: int, warmup: 
     each call's undisturbed time: other work on the machine only adds to it."""
     times = interleaved_runs(calls, rounds=rounds, warmup=warmup)
     return {name: statistic(values) for name, values in times.items()}
+
+
+def pick_fastest(calls: dict[str, Callable[[], Any]], reference: str, *, budget_ms: float, min_rounds: int,
+                 max_rounds: int, warmup: int = 1, min_gain: float = 1.0) -> tuple[str, dict[str, float], int]:
+    """The fastest of ``calls`` (each one's undisturbed time: the fastest of its rounds), unless it beats
+    ``reference`` by less than ``min_gain``; with every call's milliseconds and the rounds timed. One probing
+    round (after ``warmup`` calls each) sets how many rounds fit ``budget_ms``, within ``min_rounds``–``max_rounds``."""
+    probe = interleaved_ms(calls, rounds=1, warmup=warmup)
+    rounds = int(min(max_rounds, max(min_rounds, budget_ms / max(1e-3, sum(probe.values())))))
+    ms = interleaved_ms(calls, rounds=rounds, warmup=0, statistic=min)
+    fastest = min(ms, key=ms.__getitem__)
+    return (fastest if ms[fastest] * min_gain <= ms[reference] else reference), ms, rounds
 
 
 class DecisionCache:

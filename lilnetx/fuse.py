@@ -29,7 +29,8 @@ ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu"}
 
 def fuse_epilogues(model: nn.Module) -> nn.Module:
     """``model`` as a ``torch.fx.GraphModule`` with ReLU / residual additions fused into its sparse convolutions
-    (``model`` itself where nothing fuses or it cannot be traced)."""
+    (``model`` itself where nothing fuses or it cannot be traced). The kernel layers are shared with ``model`` and
+    take their epilogue in place; a layer that already has one is left as it is."""
     try:
         graph = Tracer(leaves=(MeasuredLayer,)).trace(model)
     except Exception as exc:  # dynamic control flow and the like: leave the model as it is
@@ -46,7 +47,8 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
     targets = [n.target for n in calls]
     fused = 0
     for node in calls:
-        if len(node.args) == 1 and not node.kwargs and targets.count(node.target) == 1:  # not a shared module
+        if (len(node.args) == 1 and not node.kwargs and targets.count(node.target) == 1  # not a shared module
+                and modules[node.target].activation is None):  # not fused before
             fused += _fuse(node, modules[node.target], modules)
     if not fused:
         return model

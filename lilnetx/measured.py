@@ -1,8 +1,7 @@
 """``MeasuredLayer``: a layer with a reference form (PyTorch's own op) and a kernel form, each input configuration
 running the one that measured faster on this machine.
 
-The first call with a new configuration (the input's shape without its channels, the thread count and a forced
-kernel variant) times every form on that very input, interleaved, and keeps the fastest: a form other than the
+The first call with a new configuration (the input's shape, the thread count and a forced kernel variant) times every form on that very input, interleaved, and keeps the fastest: a form other than the
 reference only when it wins by ``MIN_GAIN``. Decisions are cached in memory and under ``$LILNETX_HOME``
 (:mod:`lilnetx.calibration`), keyed by CPU model, instruction set, the kernels' build, torch version and the
 layer's signature, so each layer is measured once per machine and kernel build. Subclasses say which forms exist,
@@ -12,9 +11,12 @@ which inputs the kernel takes and how each form runs.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lilnetx import calibration, kernels, native
@@ -23,7 +25,10 @@ from lilnetx.kernels import ISA_ENV, kernel_isa
 
 MIN_GAIN = 1.03  # a form must be this much faster than the reference, as measured, to be used
 TIMING_BUDGET_MS = 60.0  # per decision, across all rounds
-MEASURE_VERSION = 3  # part of every cached decision's key: a change in how decisions are measured re-measures
+MEASURE_VERSION = 4  # part of every cached decision's key: a change in how decisions are measured re-measures
+Activation = Literal["relu", "relu6"] | None
+ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # the kernels' activation codes
+EMPTY = torch.empty(0)  # the kernels' "none" for an optional tensor
 
 
 class LayerOptionError(LilnetxError, ValueError):
@@ -34,7 +39,7 @@ class MeasuredLayer(nn.Module):
     """Base of the layers that pick their form per input configuration by measuring (see the module docstring).
 
     ``form`` is ``"auto"`` (measure) or one of ``FORMS`` (forced, for benchmarks). ``decisions`` maps each
-    configuration ``"N[xHxW]/threads/isa"`` to what was measured: ``form``, ``<form>_ms`` per form, ``decided_by``.
+    configuration ``"NxC[xHxW]/threads/isa"`` to what was measured: ``form``, ``<form>_ms`` per form, ``decided_by``.
     """
 
     OP: ClassVar[str]  # the cache's name for this kind of layer
@@ -54,25 +59,38 @@ class MeasuredLayer(nn.Module):
         raise NotImplementedError
 
     def kernel_takes(self, x: Tensor, *rest: Tensor | None) -> bool:
-        """Whether the kernel form can run on these inputs (float32 on the CPU, no gradients, built here)."""
+        """Whether the kernel form can run on these inputs (float32 on the CPU, no gradients, built here); a
+        subclass adds its own shape conditions to :meth:`kernel_tensor`'s."""
         raise NotImplementedError
+
+    @staticmethod
+    def kernel_tensor(t: Tensor, dim: int | None = None) -> bool:
+        """``t`` is something the kernels take: float32 on the CPU, needing no gradient (and ``dim``-dimensional),
+        with the kernels built here."""
+        return (t.dtype is torch.float32 and t.is_cpu and (dim is None or t.dim() == dim)
+                and not (t.requires_grad and torch.is_grad_enabled()) and kernels.extension() is not None)
 
     def signature(self) -> list[Any]:
         """What, besides the input configuration, makes this layer's timing: shapes, options, non-zero pattern."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, *rest: Tensor | None) -> Tensor:
-        form = self.form
-        if form == "auto" and self.kernel_takes(x, *rest):
-            form = self._fast.get((x.shape, torch.get_num_threads())) or self.decide(x)["form"]
-        if form == self.KERNEL_FORM and not self.kernel_takes(x, *rest):
-            form = self.FORMS[0]
-        return self.run(form, x, *rest)
+        return self.run(self.chosen_form(x, *rest), x, *rest)
+
+    def chosen_form(self, x: Tensor, *rest: Tensor | None) -> str:
+        """The form these inputs run: the forced one, else the measured one (measured now for a new
+        configuration); the reference wherever the kernel does not take them."""
+        if not self.kernel_takes(x, *rest):
+            return self.FORMS[0] if self.form in ("auto", self.KERNEL_FORM) else self.form
+        if self.form != "auto":
+            return self.form
+        return self._fast.get((x.shape, torch.get_num_threads(), os.environ.get(ISA_ENV, ""))) or self.decide(x)["form"]
 
     def decide(self, x: Tensor) -> dict[str, Any]:
-        """The form for ``x``'s configuration: remembered, else from the machine's cache, else measured now."""
-        spatial = "x".join(str(d) for d in (x.shape[0], *x.shape[2:]))
-        config = f"{spatial}/{torch.get_num_threads()}/{os.environ.get(ISA_ENV, '')}"
+        """The form for ``x``'s configuration (its shape, the thread count and a forced kernel variant):
+        remembered, else from the machine's cache, else measured now."""
+        isa = os.environ.get(ISA_ENV, "")
+        config = f"{'x'.join(str(d) for d in x.shape)}/{torch.get_num_threads()}/{isa}"
         decision = self.decisions.get(config)
         if decision is None:
             name = calibration.key(self.OP, MEASURE_VERSION, native.cpu_model(), kernel_isa().name,
@@ -85,7 +103,7 @@ class MeasuredLayer(nn.Module):
                 decision = self.measure(x.contiguous())
                 store.put(name, {k: v for k, v in decision.items() if k != "decided_by"})
             self.decisions[config] = decision
-        self._fast[(x.shape, torch.get_num_threads())] = decision["form"]
+        self._fast[(x.shape, torch.get_num_threads(), isa)] = decision["form"]
         return decision
 
     @torch.no_grad()
@@ -93,12 +111,8 @@ class MeasuredLayer(nn.Module):
         """Time every form on ``x``, interleaved; the chosen form and each form's time (the fastest of its rounds:
         a decision is cached, so it must not follow a moment's load on the machine)."""
         calls = {form: lambda form=form: self.run(form, x) for form in self.FORMS}
-        first = calibration.interleaved_ms(calls, rounds=1)
-        rounds = int(min(25, max(5, TIMING_BUDGET_MS / max(1e-3, sum(first.values())))))
-        ms = calibration.interleaved_ms(calls, rounds=rounds, warmup=0, statistic=min)
-        reference = self.FORMS[0]
-        fastest = min(ms, key=ms.__getitem__)
-        form = fastest if ms[fastest] * MIN_GAIN <= ms[reference] else reference
+        form, ms, rounds = calibration.pick_fastest(calls, self.FORMS[0], budget_ms=TIMING_BUDGET_MS, min_rounds=5,
+                                                    max_rounds=25, min_gain=MIN_GAIN)
         return {"form": form, **{f"{name}_ms": value for name, value in ms.items()}, "rounds": rounds,
                 "decided_by": "measured"}
 
@@ -111,3 +125,29 @@ class MeasuredLayer(nn.Module):
 def measured_layers(model: nn.Module) -> dict[str, MeasuredLayer]:
     """Every :class:`MeasuredLayer` in ``model`` by name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, MeasuredLayer)}
+
+
+@contextmanager
+def recorded_inputs(layers: dict[str, nn.Module]) -> Iterator[dict[str, tuple[Any, ...]]]:
+    """Within the block, the first positional inputs each of ``layers`` is called with, by name."""
+    inputs: dict[str, tuple[Any, ...]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: inputs.setdefault(n, args))
+             for name, m in layers.items()]
+    try:
+        yield inputs
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def check_activation(activation: object) -> None:
+    """Raise :class:`LayerOptionError` unless ``activation`` is one the kernels fuse."""
+    if activation not in ACTIVATIONS:
+        raise LayerOptionError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
+
+
+def activate(out: Tensor, activation: Activation) -> Tensor:
+    """``out`` through the fused activation (what the kernels do in their store)."""
+    if activation == "relu":
+        return F.relu(out)
+    return F.relu6(out) if activation == "relu6" else out

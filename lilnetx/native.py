@@ -143,13 +143,13 @@ def compile_check(header: Path, isa: Isa, out_dir: Path) -> Path:
 
 def _build(source: Path, prefix: str, flags: tuple[str, ...], machine_key: str, *, owner: str, fallback: str
            ) -> ModuleType | None:
+    name = _module_name(source, prefix, flags, machine_key)
+    built = _import_built(name)  # built before (`lilnetx build-kernels`): no compiler needed
+    if built is not None:
+        return built
     if not shutil.which(os.environ.get("CXX", "c++")):
         warnings.warn(f"{owner}: no C++ compiler found (install g++); {fallback}", stacklevel=3)
         return None
-    name = _module_name(source, prefix, flags, machine_key)
-    built = _import_built(name)
-    if built is not None:
-        return built
     _remove_stale_lock(name)
     try:
         return cpp_extension_load()(name, [str(source)], extra_cflags=list(flags), extra_ldflags=["-fopenmp"],

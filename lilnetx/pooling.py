@@ -42,11 +42,10 @@ class KernelMaxPool2d(MeasuredLayer):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
     def kernel_takes(self, x: Tensor) -> bool:
-        return (x.dtype is torch.float32 and x.is_cpu and x.dim() == 4 and kernels.extension() is not None
-                and not (x.requires_grad and torch.is_grad_enabled()))
+        return self.kernel_tensor(x, 4)
 
     def signature(self) -> list[object]:
-        return [list(self.kernel_size), list(self.stride), list(self.padding), "channels"]
+        return [list(self.kernel_size), list(self.stride), list(self.padding)]  # channels: in the configuration
 
 
 def _call_options(input: object, kernel_size: object, stride: object = None, padding: object = 0,

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lilnetx.calibration import interleaved_ms
+from lilnetx.calibration import pick_fastest
 from lilnetx.errors import LilnetxError
-from lilnetx.measured import MIN_GAIN, MeasuredLayer, measured_layers
+from lilnetx.measured import MIN_GAIN, MeasuredLayer, measured_layers, recorded_inputs
 from lilnetx.slim import default_input, slim, with_kernels
 
 ENGINES = ("torchscript", "torchscript-mkldnn", "onnxruntime")
@@ -56,7 +56,7 @@ class SparseRuntime(nn.Module):
             raise EngineError(f"engines must include 'torchscript' and come from {', '.join(ENGINES)}; "
                               f"got {', '.join(engines)}")
         self.allowed = tuple(engines)
-        self.dense = slim(model, example_input=example_input)
+        self.dense = slim(model, example_input=example_input).requires_grad_(False)
         example = example_input if example_input is not None else default_input(self.dense)
         self.slimmed = with_kernels(copy.deepcopy(self.dense), example)
         for name in ("pretrained_cfg", "default_cfg"):
@@ -75,7 +75,7 @@ class SparseRuntime(nn.Module):
                 chosen = self._engines[(*x.shape, torch.get_num_threads())] = self._specialise(x)
             while len(self._engines) > MAX_SPECIALISATIONS:
                 self._engines.pop(next(iter(self._engines)))
-        return chosen[1](x)  # no autograd context: neither the input nor the engines' constants need gradients
+        return chosen[1](x)  # no autograd context: neither the input nor any engine's weights need gradients
 
     def _specialise(self, x: Tensor) -> tuple[str, Engine, dict[str, float]]:
         """Measure the layers' forms and the engines for ``x``'s shape; the fastest engine with equal outputs."""
@@ -89,12 +89,8 @@ class SparseRuntime(nn.Module):
         if len(candidates) == 1:
             return "torchscript", candidates["torchscript"], {}
         calls = {name: lambda e=engine: e(x) for name, engine in candidates.items()}
-        once = interleaved_ms(calls, rounds=1, warmup=2)  # a new session or graph needs a few calls to settle
-        rounds = max(3, min(MAX_ROUNDS, int(TIMING_BUDGET_MS / max(sum(once.values()), 1e-3))))
-        ms = interleaved_ms(calls, rounds=rounds, warmup=0, statistic=min)
-        best = min(ms, key=ms.__getitem__)
-        if ms[best] * MIN_GAIN > ms["torchscript"]:
-            best = "torchscript"
+        best, ms, _ = pick_fastest(calls, "torchscript", budget_ms=TIMING_BUDGET_MS, min_rounds=3,
+                                   max_rounds=MAX_ROUNDS, warmup=2, min_gain=MIN_GAIN)  # a new session settles
         return best, candidates[best], ms
 
     def _candidates(self, x: Tensor) -> dict[str, Engine]:
@@ -115,19 +111,13 @@ class SparseRuntime(nn.Module):
 
     def _frozen(self, x: Tensor) -> Any:
         """The kernel form with each measured layer's form fixed for ``x``'s shape, traced and frozen."""
-        inputs: dict[str, Tensor] = {}
         layers = measured_layers(self.slimmed)
-        hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: inputs.setdefault(n, args[0]))
-                 for name, m in layers.items()]
-        try:
+        with recorded_inputs(layers) as inputs:
             self.slimmed(x)  # measures each layer's form for this shape (cached per machine)
-        finally:
-            for hook in hooks:
-                hook.remove()
         fixed = copy.deepcopy(self.slimmed).eval()
         for name, layer in fixed.named_modules():
             if isinstance(layer, MeasuredLayer) and layer.form == "auto" and name in inputs:
-                layer.form = layers[name].decide(inputs[name])["form"]
+                layer.form = layers[name].chosen_form(*inputs[name])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice: still supported
@@ -148,7 +138,7 @@ class SparseRuntime(nn.Module):
 
     def forms(self) -> dict[str, dict[str, str]]:
         """Per measured layer (convolution, linear, max pooling), the form it runs per input configuration
-        ``"N[xHxW]/threads/isa"``."""
+        ``"NxC[xHxW]/threads/isa"``."""
         return {name: {config: d["form"] for config, d in layer.decisions.items()}
                 for name, layer in measured_layers(self.slimmed).items()}
 

@@ -18,12 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lilnetx import kernels
-from lilnetx.measured import LayerOptionError, MeasuredLayer
+from lilnetx.measured import (
+    ACTIVATIONS,
+    EMPTY,
+    Activation,
+    LayerOptionError,
+    MeasuredLayer,
+    activate,
+    check_activation,
+    recorded_inputs,
+)
 
 Form = Literal["auto", "sparse", "dense"]
-Activation = Literal["relu", "relu6"] | None
-ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # the kernel's activation codes
-_EMPTY = torch.empty(0)
 
 
 class SparseConvError(LayerOptionError):
@@ -47,10 +53,7 @@ class SparseConv2d(MeasuredLayer):
     def __init__(self, conv: nn.Conv2d, *, form: Form = "auto", activation: Activation = None):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise SparseConvError("SparseConv2d needs numeric zero padding; keep this layer a Conv2d")
-        if form not in ("auto", *self.FORMS):
-            raise SparseConvError(f"form must be 'auto', 'sparse' or 'dense', not {form!r}")
-        if activation not in ACTIVATIONS:
-            raise SparseConvError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
+        check_activation(activation)
         super().__init__(form)
         self.activation = activation
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
@@ -88,16 +91,12 @@ class SparseConv2d(MeasuredLayer):
     def dense(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         out = F.conv2d(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype),
                        self.stride, self.padding, self.dilation, self.groups)
-        if residual is not None:
-            out = out + residual
-        if self.activation == "relu":
-            return F.relu(out)
-        return F.relu6(out) if self.activation == "relu6" else out
+        return activate(out if residual is None else out + residual, self.activation)
 
     def sparse(self, x: Tensor, residual: Tensor | None = None, *, slices: bool = True) -> Tensor:
         """The kernel (``slices=False``: the per-tap loop on 3x3 stride-1 kernels, for comparison)."""
-        return kernels.op("sparse_conv2d_run")(x, *self.plan(x, slices), _EMPTY if self.bias is None else self.bias,
-                                               _EMPTY if residual is None else residual, ACTIVATIONS[self.activation])
+        return kernels.op("sparse_conv2d_run")(x, *self.plan(x, slices), EMPTY if self.bias is None else self.bias,
+                                               EMPTY if residual is None else residual, ACTIVATIONS[self.activation])
 
     def plan(self, x: Tensor, slices: bool = True) -> tuple[Tensor, ...]:
         """The kernel's plan for ``x``'s size (where each non-zero tap reads, its weights, the register block),
@@ -114,15 +113,9 @@ class SparseConv2d(MeasuredLayer):
         return self.sparse(x, residual) if form == "sparse" else self.dense(x, residual)
 
     def kernel_takes(self, x: Tensor, residual: Tensor | None = None) -> bool:
-        if x.dtype is not torch.float32 or not x.is_cpu or x.dim() != 4 or x.shape[1] != self.in_channels:
+        if not self.kernel_tensor(x, 4) or x.shape[1] != self.in_channels:
             return False
-        if kernels.extension() is None:
-            return False
-        if x.requires_grad and torch.is_grad_enabled():
-            return False
-        return residual is None or (residual.dtype is torch.float32 and residual.is_cpu
-                                    and residual.shape == self.output_shape(x)
-                                    and not (residual.requires_grad and torch.is_grad_enabled()))
+        return residual is None or (self.kernel_tensor(residual) and residual.shape == self.output_shape(x))
 
     def output_shape(self, x: Tensor) -> tuple[int, ...]:
         n, _, h, w = x.shape
@@ -169,19 +162,15 @@ def sparsify(model: nn.Module, *, example_input: Tensor | None = None, form: For
             continue
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, layers[name])
-    inputs: dict[str, Tensor] = {}
+    inputs: dict[str, tuple[Any, ...]] = {}
     if example_input is not None:
-        hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: inputs.setdefault(n, args[0]))
-                 for name, m in layers.items()]
+        was_training = model.training
         try:
-            was_training = model.training
-            model.eval()
-            model(example_input)
-            model.train(was_training)
+            with recorded_inputs(layers) as inputs:
+                model.eval()(example_input)
         finally:
-            for h in hooks:
-                h.remove()
-    return {name: layer_report(layer, inputs.get(name)) for name, layer in layers.items()}
+            model.train(was_training)
+    return {name: layer_report(layer, inputs.get(name, (None,))[0]) for name, layer in layers.items()}
 
 
 def layer_report(layer: MeasuredLayer, x: Tensor | None) -> dict[str, Any]:

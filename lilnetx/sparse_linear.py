@@ -18,10 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lilnetx import kernels
-from lilnetx.measured import LayerOptionError, MeasuredLayer
-from lilnetx.sparse_conv import ACTIVATIONS, Activation
-
-_EMPTY = torch.empty(0)
+from lilnetx.measured import ACTIVATIONS, EMPTY, Activation, MeasuredLayer, activate, check_activation
 
 
 class SparseLinear(MeasuredLayer):
@@ -34,8 +31,7 @@ class SparseLinear(MeasuredLayer):
 
     def __init__(self, linear: nn.Linear, *, form: Literal["auto", "dense", "sparse"] = "auto",
                  activation: Activation = None):
-        if activation not in ACTIVATIONS:
-            raise LayerOptionError(f"activation must be one of {list(ACTIVATIONS)}, not {activation!r}")
+        check_activation(activation)
         super().__init__(form)
         self.activation = activation
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -64,17 +60,13 @@ class SparseLinear(MeasuredLayer):
     def run(self, form: str, x: Tensor) -> Tensor:
         if form == "sparse":
             return kernels.op("sparse_linear")(x, self.row_ptr, self.col, self.val,
-                                               _EMPTY if self.bias is None else self.bias,
+                                               EMPTY if self.bias is None else self.bias,
                                                ACTIVATIONS[self.activation])
-        out = F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        if self.activation == "relu":
-            return F.relu(out)
-        return F.relu6(out) if self.activation == "relu6" else out
+        return activate(F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)),
+                        self.activation)
 
     def kernel_takes(self, x: Tensor) -> bool:
-        return (x.dtype is torch.float32 and x.is_cpu and x.dim() == 2 and x.shape[1] == self.in_features
-                and kernels.extension() is not None
-                and not (x.requires_grad and torch.is_grad_enabled()))
+        return self.kernel_tensor(x, 2) and x.shape[1] == self.in_features
 
     def signature(self) -> list[Any]:
         return [self.in_features, self.out_features, self.bias is not None, self.pattern]

@@ -87,6 +87,14 @@ class _Pools(nn.Module):
         return self.ceil(self.pool(F.max_pool2d(x, 2))) + torch.max_pool2d(x, 4, 4)[..., :1, :1]
 
 
+def test_pooling_decisions_are_per_channel_count() -> None:
+    pool = KernelMaxPool2d(2)
+    with torch.no_grad():
+        pool(torch.randn(1, 3, 8, 8))
+        pool(torch.randn(1, 64, 8, 8))
+    assert sorted(config.split("/")[0] for config in pool.decisions) == ["1x3x8x8", "1x64x8x8"]
+
+
 def test_use_kernel_pooling_rewrites_the_pools_it_can_do() -> None:
     model = _Pools().eval()
     model.pretrained_cfg = {"input_size": (2, 16, 16)}

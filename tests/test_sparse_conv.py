@@ -191,6 +191,19 @@ def test_fused_epilogues_keep_the_outputs() -> None:
         ops = [n.target for n in fused.graph.nodes if n.op == "call_function"]
         assert not ops  # every ReLU and addition went into a convolution
         assert torch.allclose(fused(x), expected, atol=1e-5)
+        again = fuse_epilogues(fused)  # fused layers keep their epilogue: a second pass changes nothing
+        assert (again.conv1.activation, again.conv2.activation) == ("relu", "relu6")
+        assert torch.allclose(again(x), expected, atol=1e-5)
+
+
+def test_a_built_kernel_loads_without_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    _needs_kernel()
+    monkeypatch.setenv("CXX", "/nonexistent/c++")  # `make` built it; the compiler is gone since
+    kernels._load.cache_clear()
+    try:
+        assert kernels.load_extension() is not None
+    finally:
+        kernels._load.cache_clear()
 
 
 def test_sparse_conv_rejects_reflect_padding() -> None:
@@ -216,3 +229,4 @@ def test_interleaved_rounds_rotate_the_order() -> None:
     order: list[str] = []
     times = interleaved_runs({name: (lambda n=name: order.append(n)) for name in "abc"}, rounds=3, warmup=0)
     assert order == list("abc" "bca" "cab") and all(len(t) == 3 for t in times.values())
+    assert interleaved_runs({}, rounds=3) == {}  # nothing to time (every benchmark variant skipped)
