@@ -6,15 +6,15 @@ every speedup is a ratio against dense measured in the same rounds.
 - ``dense``: the model as given (PyTorch, NCHW);
 - ``slim``: ``lilnetx.slim(model)`` (BatchNorm folded, zero channels removed);
 - ``sparse``: the LilNetX path, ``lilnetx.runtime.compile_sparse(model)`` (what ``zoo.load(name, slim=True)``
-  returns): the slimmed model, each convolution running whichever of the slice-sparse kernel and
-  dense ``conv2d`` measured faster on this machine for the batch and thread count timed (measured in the
+  returns): the slimmed model, each convolution, linear layer and max pooling running whichever of the kernel and
+  PyTorch's op measured faster on this machine for the batch and thread count timed (measured in the
   warm-up rounds, cached per machine), ReLU and residual additions fused, run per shape by the engine that
   measured fastest (frozen TorchScript, the same with oneDNN layouts, or onnxruntime on the dense slimmed model);
 - ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the dense-runtime reference).
 
-``result["layers"]`` says what ran: for every convolution of the dense model, its zero-slice share and, per
-batch and thread count, the form the sparse variant used (``sparse``, ``dense``, or ``removed`` by slimming)
-with the speed-up it measured over dense ``conv2d``; ``result["engines"]`` the engine the sparse variant chose per
+``result["layers"]`` says what ran: for every convolution and linear layer of the dense model, its share of zeros
+and, per batch and thread count, the form the sparse variant used (``sparse``, ``dense``, or ``removed`` by
+slimming) with the speed-up it measured over PyTorch's op; ``result["engines"]`` the engine the sparse variant chose per
 batch and thread count.
 """
 
@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,16 +50,9 @@ class BenchmarkError(LilnetxError, ValueError):
 
 def machine_info() -> dict[str, Any]:
     """CPU model, ISA flags, core count and library versions."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu in ("", platform.machine(), platform.processor()):
-                cpu = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    from lilnetx.native import cpu_flags, cpu_model
+
+    cpu, flags = cpu_model(), cpu_flags()
     versions = {}
     for package in ("torch", "onnxruntime", "numpy", "timm"):
         try:
@@ -194,7 +186,7 @@ def layer_forms(dense: nn.Module, sparse: Any, settings: set[str]) -> list[dict[
         if not isinstance(runs, nn.Conv2d | nn.Linear | MeasuredLayer):
             row["forms"] = {"all": {"form": "removed"}}
         elif not isinstance(runs, MeasuredLayer):
-            row["forms"] = {"all": {"form": "dense"}}  # a layer the kernels do not take (reflect padding)
+            row["forms"] = {"all": {"form": "dense"}}  # a layer the kernels do not take (reflect padding, float64)
         else:
             for config, decision in runs.decisions.items():
                 spatial, threads = config.split("/")[:2]

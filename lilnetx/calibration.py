@@ -1,10 +1,10 @@
-"""Measured decisions, cached per machine: which form of a layer is faster here.
+"""Measured decisions, cached per machine: which form of a layer is faster here, and the timing helpers behind them.
 
 A decision is measured once on the machine that runs the model and stored in ``$LILNETX_HOME/calibration.json``
-(default ``~/.cache/lilnetx``) under a key made of the machine (CPU model, the kernel's instruction set, thread
-count, torch version) and the layer's signature (shapes, strides, padding, the hash of its non-zero pattern,
-the input batch and size). Another CPU, ISA variant or torch version misses the cache and measures afresh. The
-file is written atomically; an unreadable one is ignored (and replaced on the next write), never trusted.
+(default ``~/.cache/lilnetx``) under a key its caller makes (:mod:`lilnetx.measured`: the machine, the kernels'
+build, torch and the layer's signature and input configuration), so another CPU, kernel build or torch version
+measures afresh. The file is written atomically; an unreadable one is ignored (and replaced on the next write),
+never trusted.
 """
 
 from __future__ import annotations

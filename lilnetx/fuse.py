@@ -3,8 +3,8 @@ store (and each ``SparseLinear``'s following ReLU / ReLU6).
 
 A slimmed ResNet block ends ``relu(conv2(x) + shortcut)``: three passes over the activations, of which the
 addition and the ReLU only read and write memory. Traced with ``torch.fx``, every ``SparseConv2d`` whose only
-reader is a ReLU or ReLU6, or an addition of a same-shaped tensor (itself read only by one, or not followed by
-one), takes them over: ``conv(x, residual)`` with ``activation="relu"`` adds and rectifies in the kernel's store
+reader is a ReLU or ReLU6, or an addition of another tensor (itself read only by one, or not followed by
+one), takes them over (an addend the kernel cannot take, e.g. one that broadcasts, runs the dense form): ``conv(x, residual)`` with ``activation="relu"`` adds and rectifies in the kernel's store
 (dense ``conv2d`` does the same after it, where that form runs). Outputs are unchanged; a model fx cannot trace is
 returned as it was.
 """

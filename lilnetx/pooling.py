@@ -71,7 +71,7 @@ def use_kernel_pooling(model: nn.Module) -> nn.Module:
     is none or it cannot be traced)."""
     try:
         graph = Tracer(leaves=(MeasuredLayer,)).trace(model)
-    except Exception:  # dynamic control flow and the like: fuse_epilogues has already warned about it
+    except Exception:  # dynamic control flow and the like: kept as it is (slim(sparse=True) has warned already)
         return model
     modules = dict(model.named_modules())
     result = rewritten(model, graph)

@@ -4,8 +4,8 @@ where it measured faster than dense ``conv2d`` on the machine that runs it.
 The kernel is one of the compiled inference kernels (:mod:`lilnetx.kernels`). A ``SparseConv2d`` is a
 :class:`lilnetx.measured.MeasuredLayer`: per input configuration (batch, height, width, thread count) it runs
 whichever of dense ``conv2d`` and the kernel measured faster on that very input (the kernel only when it wins by
-``MIN_GAIN``), decisions cached per machine. ``sparsify(model)`` swaps every float32 convolution for one (and every
-float32 linear layer for a :class:`lilnetx.sparse_linear.SparseLinear`).
+``MIN_GAIN``), decisions cached per machine. ``sparsify(model)`` swaps every float32 convolution with numeric zero
+padding for one (and every float32 linear layer for a :class:`lilnetx.sparse_linear.SparseLinear`).
 """
 
 from __future__ import annotations

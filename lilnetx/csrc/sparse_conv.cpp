@@ -3,8 +3,9 @@
 //
 // One source, compiled once per instruction set: LNX_VW is the vector width in floats (8: AVX2 with 16 vector
 // registers, 16: AVX-512 with 32; 4 elsewhere) and LNX_NREG the register count; lilnetx/native.py builds each
-// variant with its own -march and picks the one the CPU runs. Register blocks (R output rows x NV vectors) are
-// chosen per layer shape so that the accumulators, three weights and one input vector fit the register file.
+// variant with its own -march and lilnetx/kernels.py loads the best one the CPU runs. Register blocks (R output rows
+// x NV vectors) are chosen per layer shape so that the accumulators, the weights and one input vector fit the
+// register file (pick_block).
 //
 // For each (sample, output channel) a block of R rows x NV*LNX_VW columns is accumulated in registers over the
 // channel's non-zero taps and stored once. 3x3 stride-1 kernels visit whole slices: each loaded input vector
@@ -218,14 +219,10 @@ torch::Tensor max_pool2d(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, in
   return out;
 }
 
-// The register block (rows, vectors) and the vector width the kernel uses for an Ho x Wo output.
-std::vector<int64_t> block_for(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_channel) {
-  const Block& b = pick_block(Ho, Wo, slices, slices ? 9 : taps_per_channel);
-  return {b.R, b.NV, VW};
-}
-
-// The same function as a TorchScript-visible operator, in a namespace named after this build
-// (torch.ops.<module name>.<op>), so traced models run them without Python.
+// The three kernels as TorchScript-visible operators, in a namespace named after this build
+// (torch.ops.<module name>.<op>), so traced models run them without Python. The plan is not one: it is made
+// outside any trace and held by the traced graph as constants. LNX_LIBRARY lets TORCH_EXTENSION_NAME expand before
+// TORCH_LIBRARY pastes its argument.
 #define LNX_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 LNX_LIBRARY(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv2d_run(Tensor x, Tensor offsets, Tensor pointers, Tensor weights, Tensor meta, Tensor bias, "
@@ -240,6 +237,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv2d_run", &sparse_conv2d_run, "slice-sparse direct conv2d (fp32, NCHW) by its plan");
   m.def("sparse_linear", &sparse_linear, "linear layer over its non-zero weights (fp32, CSR by output row)");
   m.def("max_pool2d", &max_pool2d, "max pooling (fp32, NCHW, no dilation, floor mode)");
-  m.def("block_for", &block_for, "register block (rows, vectors, vector width) chosen for an output size");
   m.attr("vector_width") = VW;
 }

@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <vector>
 
 #ifndef LNX_VW
 #define LNX_VW 16
@@ -167,7 +166,8 @@ struct Block {
 };
 
 #define LNX_BLOCK(R, NV) Block{R, NV, taps_channel<R, NV>, slice3x3_channel<R, NV>}
-// Accumulator budgets: R * NV <= 12 with 16 registers (plus 3 weights and an input), <= 24 with 32.
+// Accumulator budgets (pick_block): R * NV <= LNX_NREG - 5 for the 3x3 slice loop (three weights, an input, a
+// spare), <= LNX_NREG - 3 for the tap loop (a weight, an input, a spare): 11 / 13 with 16 registers, 27 / 29 with 32.
 const Block BLOCKS[] = {
     LNX_BLOCK(1, 1), LNX_BLOCK(2, 1), LNX_BLOCK(3, 1), LNX_BLOCK(4, 1), LNX_BLOCK(5, 1), LNX_BLOCK(6, 1),
     LNX_BLOCK(7, 1), LNX_BLOCK(8, 1), LNX_BLOCK(12, 1), LNX_BLOCK(1, 2), LNX_BLOCK(2, 2), LNX_BLOCK(3, 2),
