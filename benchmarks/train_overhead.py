@@ -190,7 +190,7 @@ def profile(arch: str, kwargs: dict, x: torch.Tensor, y: torch.Tensor, reps: int
     result = {}
     for name, fn in [("unfused decode", unfused_decode), ("unfused noise", noise),
                      ("unfused interpolated rate (incl. noise, grid)", unfused_rate), ("unfused L2", unfused_l2),
-                     ("unfused group lasso", unfused_lasso), ("fused group pass (eager)", fused(False, False)),
+                     ("unfused slice prior", unfused_lasso), ("fused group pass (eager)", fused(False, False)),
                      *([("fused group pass (compiled)", fused(True, False))] if compiled else []),
                      *([("fused group pass (C++)", fused(False, True))] if fused_pass.load_extension() else [])]:
         result[name] = median_ms(lambda f=fn: (zero_grads(), f()), reps)

@@ -18,7 +18,8 @@ class LayoutError(LilnetxError, ValueError):
 
 @dataclass(frozen=True)
 class Lambdas:
-    """Weights of the three penalties (reference defaults for CIFAR ResNet-20)."""
+    """Weights of the three penalties: the rate, the L2 of the latents and the slice prior (a group lasso over each
+    K×K latent slice, or over the coarser structure chosen); reference defaults for CIFAR ResNet-20."""
 
     rate: float = 1e-4
     l2: float = 1e-6
@@ -71,7 +72,7 @@ def _terms(task_loss: Tensor, bits: Tensor, l2: Tensor, lasso: Tensor, slices: i
            lambdas: Lambdas) -> dict[str, Tensor]:
     total = task_loss + lambdas.rate * bits / max(slices, 1) + lambdas.l2 * l2 + lambdas.slice * lasso
     return {"total": total, "task": task_loss.detach(), "bits": bits.detach(),
-            "l2": l2.detach(), "group_lasso": lasso.detach()}
+            "l2": l2.detach(), "slice_prior": lasso.detach()}
 
 
 def _group_rows(members: list[LatentTensor]) -> Tensor:
@@ -219,7 +220,7 @@ def objective(
     training: bool = True,
     tensors: list[LatentTensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Total loss and each term: ``total``, ``task``, ``bits``, ``l2``, ``group_lasso``.
+    """Total loss and each term: ``total``, ``task``, ``bits``, ``l2``, ``slice_prior`` (the group lasso).
 
     Training: the noisy rate and the priors in one fused pass per group (:class:`TrainingTerms`, which a
     training step should use directly to share the decoded weights too); evaluation: the exact rate of the

@@ -150,7 +150,7 @@ def test_objective_in_training_mode_uses_the_fused_pass_and_keeps_its_terms(monk
     slices = num_slices(lilnetx.latent_tensors(model))
     expected = 1.0 + 0.5 * bits / slices + 0.1 * l2 + 0.2 * lasso
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert set(terms) == {"total", "task", "bits", "l2", "group_lasso"}
+    assert set(terms) == {"total", "task", "bits", "l2", "slice_prior"}
 
 
 @pytest.mark.slow
