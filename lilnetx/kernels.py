@@ -58,15 +58,21 @@ def build_name() -> str:
     return ext.__name__ if ext is not None else "none"
 
 
+def required() -> ModuleType:
+    """:func:`extension`, or :class:`lilnetx.native.NativeKernelError` saying that it could not be built."""
+    ext = extension()
+    if ext is None:
+        raise native.NativeKernelError("the inference kernels could not be built here (see the warning); "
+                                       "run the layer's PyTorch form")
+    return ext
+
+
 def op(name: str) -> Any:
     """Kernel ``name``: the TorchScript operator while tracing (so traced graphs call it without Python), else the
     Python binding (a little cheaper per call)."""
     import torch
 
-    ext = extension()
-    if ext is None:
-        raise native.NativeKernelError("the inference kernels could not be built here (see the warning); "
-                                       "run the layer's PyTorch form")
+    ext = required()
     return getattr(getattr(torch.ops, ext.__name__), name) if torch.jit.is_tracing() else getattr(ext, name)
 
 

@@ -105,7 +105,7 @@ class SparseConv2d(MeasuredLayer):
         plan = self._plans.get(key)
         if plan is None:
             b = self._buffers
-            plan = self._plans[key] = tuple(kernels.extension().sparse_conv2d_plan(
+            plan = self._plans[key] = tuple(kernels.required().sparse_conv2d_plan(
                 b["tap_ptr"], b["tap_chan"], b["tap_kh"], b["tap_kw"], b["tap_w"], *key[:3], *self._geometry, slices))
         return plan
 
