@@ -45,6 +45,12 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
                      labels={x: x_title, "top1_pct": "Top-1 accuracy (%)", "arch": "Architecture",
                              "accuracy_source": "accuracy"})
     fig.update_traces(marker=dict(size=11, line=dict(width=1.5)))
+    for trace in list(fig.data):  # each architecture's own frontier (e.g. its λ sweep), small to large
+        curve = _rising(list(zip(trace.x, trace.y, strict=True)))
+        if len(curve) > 1:
+            fig.add_trace(go.Scatter(x=[p[0] for p in curve], y=[p[1] for p in curve], mode="lines",
+                                     line=dict(color=trace.marker.color, width=1), opacity=0.6,
+                                     hoverinfo="skip", showlegend=False))
     if front is not None and len(front) > 1:
         fig.add_trace(go.Scatter(x=front[x], y=front["top1_pct"], mode="lines", name="frontier (zoo)",
                                  line=dict(color="#888", dash="dot", shape="hv"), hoverinfo="skip"))
@@ -65,6 +71,15 @@ def pareto(frame: pd.DataFrame, x: str, x_title: str, *, references: Sequence[Re
     fig.update_xaxes(title=x_title, dtick=1, tickformat=",~g")  # log axis: one label per decade (1, 10, 100)
     fig.update_yaxes(title="Top-1 accuracy (%)")
     return _layout(fig, height=480)
+
+
+def _rising(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no smaller point beats or matches in accuracy, by size: a frontier."""
+    curve: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not curve or y > curve[-1][1]:
+            curve.append((x, y))
+    return curve
 
 
 def legend_name(label: str, width: int = 30) -> str:

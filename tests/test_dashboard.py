@@ -174,6 +174,9 @@ def test_model_card_frames_and_charts(seeded: Path) -> None:
     assert sum("published, claimed" in " ".join(lines) for lines in names) == len(PUBLISHED)
     assert all(len(line) <= 30 for lines in names for line in lines)  # a phone-wide legend does not cut them
     assert any(t.name == "frontier (zoo)" for t in pareto.data)
+    sweeps = [t for t in pareto.data if t.mode == "lines" and t.showlegend is False]
+    assert sweeps and all(list(t.x) == sorted(t.x) and list(t.y) == sorted(t.y) for t in sweeps)  # per-arch frontier
+    assert charts._rising([(3, 99.0), (1, 98.0), (2, 97.0), (4, 98.5)]) == [(1, 98.0), (3, 99.0)]
     side = data.compare_layers([card, _zoo(seeded).card("lenet5_caffe.mnist-lam5")])
     assert len(side) == 8 and set(side["entry"]) == {"lenet5_caffe.mnist-lam20", "lenet5_caffe.mnist-lam5"}
     assert set(side["arch"]) == {"lenet5_caffe"}

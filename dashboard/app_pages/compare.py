@@ -32,8 +32,8 @@ points = frame[frame["dataset"] == dataset]
 refs = references_for({dataset})
 st.caption("Click a point to open its model card. Filled circles: accuracy measured on this installation; "
            "hollow circles: accuracy the file claims. Stars: published results as their authors report them "
-           "(claimed, not measured here). Dotted line: the zoo's frontier (no entry is both smaller and more "
-           "accurate).")
+           "(claimed, not measured here). Thin lines: each architecture's own frontier (e.g. its λ sweep); dotted "
+           "line: the zoo's frontier (no entry is both smaller and more accurate).")
 
 size_tab, macs_tab = st.tabs(["File size vs accuracy", "MACs vs accuracy"])
 with size_tab:
