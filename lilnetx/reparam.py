@@ -389,6 +389,22 @@ def _relative_error(decoded: Tensor, target: Tensor) -> float:
     return (decoded.detach() - target).pow(2).mean().sqrt().item() / scale
 
 
+def load_latent_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """``model.load_state_dict(state)`` for a reparameterised model, refusing a ``state`` grouped otherwise.
+
+    A latent group's decoder and density are one module shared by its layers, saved under every member's key;
+    loading keeps the last copy, so a checkpoint whose layers were grouped differently (another lilnetx version or
+    ``fan_out_split``) would load silently wrong. Copies that one group of ``model`` holds must agree in ``state``."""
+    first: dict[int, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        other = first.setdefault(id(tensor), key)
+        if other != key and key in state and other in state and not torch.equal(state[key], state[other]):
+            raise ReparamError(f"the checkpoint's latent groups differ from this model's: {other!r} and {key!r} share "
+                               "a group here but not in the checkpoint (it was trained with another grouping, e.g. "
+                               "another lilnetx version or fan_out_split); load it with the version that wrote it")
+    model.load_state_dict(state)
+
+
 def strip(model: nn.Module) -> nn.Module:
     """Replace every latent parametrization by its decoded weight, in place: a plain PyTorch model.
 

@@ -35,7 +35,7 @@ from lilnetx.errors import LilnetxError
 from lilnetx.files import atomic_file
 from lilnetx.metrics import stats
 from lilnetx.objective import Lambdas, TermsLayout, TrainingTerms
-from lilnetx.reparam import latent_tensors
+from lilnetx.reparam import ReparamError, latent_tensors, load_latent_state
 
 CHECKPOINT_FORMAT = "lilnetx-checkpoint/1"
 
@@ -302,7 +302,10 @@ class Trainer:
                 f"checkpoint {path} was written for a different architecture or options "
                 f"(first difference: {diff[0] if diff else '?'}); resume with the same architecture"
             )
-        self.model.load_state_dict(state["model"])
+        try:
+            load_latent_state(self.model, state["model"])
+        except ReparamError as exc:
+            raise CheckpointError(f"checkpoint {path}: {exc}") from exc
         for opt, key in ((self.opt_model, "opt_model"), (self.opt_density, "opt_density")):
             kernel = {"fused": opt.defaults["fused"], "foreach": opt.defaults["foreach"]}
             saved = state[key]  # another Adam variant's checkpoint resumes on this kernel (set before loading:

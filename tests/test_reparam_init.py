@@ -8,7 +8,7 @@ from torch import nn
 
 import lilnetx
 import zoo
-from lilnetx.reparam import ReparamError, latent_tensors
+from lilnetx.reparam import ReparamError, latent_tensors, load_latent_state
 
 
 def _weight_bounds(model: nn.Module) -> dict[str, float]:
@@ -110,3 +110,13 @@ def test_split_groups_round_trip_through_the_artifact(tmp_path):
     x = torch.randn(2, 1, 12, 12)
     torch.testing.assert_close(loaded(x), model(x))
     torch.testing.assert_close(plain(x), model(x))
+
+
+def test_a_checkpoint_grouped_otherwise_is_refused():
+    torch.manual_seed(0)
+    model = lilnetx.reparameterize(zoo.create_model("lenet5_caffe", num_classes=10))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    load_latent_state(model, state)  # its own grouping loads
+    state["conv1.parametrizations.weight.0.group.decoder"] += 1  # conv1 and conv2 share conv5x5 here, not there
+    with pytest.raises(ReparamError, match="share a group here but not in the checkpoint"):
+        load_latent_state(model, state)

@@ -27,6 +27,7 @@ import lilnetx
 from lilnetx.artifact import ArtifactInfo, snap_decoder
 from lilnetx.artifact.format import is_latent_key
 from lilnetx.dead_paths import remove_dead_paths
+from lilnetx.reparam import ReparamError, load_latent_state
 from lilnetx.training import Trainer, evaluate, seed_everything
 from zoo import recipe as recipes
 from zoo import registry
@@ -184,8 +185,8 @@ def export_run(run_dir: str | Path, output: str | Path, *, decoder_dtype: str | 
     history = settings["history"] if history is None else history
     model = _run_model(Path(run_dir), recipe, spec)
     try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as exc:
+        load_latent_state(model, checkpoint["model"])
+    except (RuntimeError, ReparamError) as exc:
         raise RunFolderError(f"the checkpoint in {run_dir} does not fit the model its recipe builds: {exc}") from exc
     if dead_paths:
         remove_dead_paths(model)
