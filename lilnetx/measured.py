@@ -1,7 +1,8 @@
 """``MeasuredLayer``: a layer with a reference form (PyTorch's own op) and a kernel form, each input configuration
 running the one that measured faster on this machine.
 
-The first call with a new configuration (the input's shape, the thread count and a forced kernel variant) times every form on that very input, interleaved, and keeps the fastest: a form other than the
+The first call with a new configuration (the input's shape, the thread count and a forced kernel variant)
+times every form on that very input, interleaved, and keeps the fastest: a form other than the
 reference only when it wins by ``MIN_GAIN``. Decisions are cached in memory and under ``$LILNETX_HOME``
 (:mod:`lilnetx.calibration`), keyed by CPU model, instruction set, the kernels' build, torch version and the
 layer's signature, so each layer is measured once per machine and kernel build. Subclasses say which forms exist,

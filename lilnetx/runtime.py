@@ -69,10 +69,11 @@ class SparseRuntime(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.requires_grad or x.dtype != torch.float32 or x.device.type != "cpu":
             return self.slimmed(x)
-        chosen = self._engines.get((*x.shape, torch.get_num_threads()))
+        key = (*x.shape, torch.get_num_threads())
+        chosen = self._engines.get(key)
         if chosen is None:
             with torch.no_grad():
-                chosen = self._engines[(*x.shape, torch.get_num_threads())] = self._specialise(x)
+                chosen = self._engines[key] = self._specialise(x)
             while len(self._engines) > MAX_SPECIALISATIONS:
                 self._engines.pop(next(iter(self._engines)))
         return chosen[1](x)  # no autograd context: neither the input nor any engine's weights need gradients
@@ -95,22 +96,23 @@ class SparseRuntime(nn.Module):
 
     def _candidates(self, x: Tensor) -> dict[str, Engine]:
         """Each allowed engine that can run this model, built for ``x``'s shape."""
-        candidates: dict[str, Engine] = {"torchscript": self._frozen(x)}
-        if "torchscript-mkldnn" in self.allowed:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)  # its deprecation notice: still supported
-                    candidates["torchscript-mkldnn"] = torch.jit.optimize_for_inference(self._frozen(x))
-            except Exception:  # a graph the pass cannot take: not a candidate
-                pass
+        traced = self._traced(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notices: still supported
+            candidates: dict[str, Engine] = {"torchscript": torch.jit.freeze(traced)}  # freezing copies the trace
+            if "torchscript-mkldnn" in self.allowed:
+                try:  # the pass rewrites the module it is given: a second frozen copy
+                    candidates["torchscript-mkldnn"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                except Exception:  # a graph the pass cannot take: not a candidate
+                    pass
         if "onnxruntime" in self.allowed:
             engine = self._onnxruntime(x)
             if engine is not None:
                 candidates["onnxruntime"] = engine
         return candidates
 
-    def _frozen(self, x: Tensor) -> Any:
-        """The kernel form with each measured layer's form fixed for ``x``'s shape, traced and frozen."""
+    def _traced(self, x: Tensor) -> Any:
+        """The kernel form with each measured layer's form fixed for ``x``'s shape, traced (eval mode)."""
         layers = measured_layers(self.slimmed)
         with recorded_inputs(layers) as inputs:
             self.slimmed(x)  # measures each layer's form for this shape (cached per machine)
@@ -121,8 +123,7 @@ class SparseRuntime(nn.Module):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice: still supported
-            traced = torch.jit.trace(fixed, x, check_trace=False)
-            return torch.jit.freeze(traced.eval())
+            return torch.jit.trace(fixed, x, check_trace=False).eval()
 
     def _onnxruntime(self, x: Tensor) -> Engine | None:
         """onnxruntime on the dense slimmed model, ``None`` where it is not installed or cannot take the model."""
