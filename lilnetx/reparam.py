@@ -176,8 +176,11 @@ def _slice_width(module: nn.Module) -> int:
     return 1 if isinstance(module, nn.Linear) else math.prod(module.kernel_size)
 
 
-def _fan_out(weight: Tensor) -> int:
-    return weight.shape[0] * math.prod(weight.shape[2:])
+def _fan_out(module: nn.Module) -> int:
+    """He fan-out of a layer's weight: outputs each input reaches (a grouped conv's out_channels / groups)."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.out_channels // module.groups * math.prod(module.kernel_size)
 
 
 def _select_layers(
@@ -204,8 +207,8 @@ def _select_layers(
             named.add(group)
         chosen.append((name, module, group))
     split = {} if fan_out_split is None else _fan_out_groups(
-        [(g, _fan_out(m.weight)) for _, m, g in chosen if g not in named], fan_out_split)
-    return [(name, module, split.get((group, _fan_out(module.weight)), group), group)
+        [(g, _fan_out(m)) for _, m, g in chosen if g not in named], fan_out_split)
+    return [(name, module, split.get((group, _fan_out(module)), group), group)
             for name, module, group in chosen]
 
 
@@ -311,7 +314,7 @@ def reparameterize(
         if init == "fit":
             _init_fit_decoder(group, tensors)
         else:
-            _init_scratch_decoder(group, tensors, latent_bound)
+            _init_scratch_decoder(group, [module for module, _ in members[group_name]], latent_bound)
         for module, tensor_name in members[group_name]:
             original = getattr(module, tensor_name).detach().clone()
             parametrize.register_parametrization(module, tensor_name, LatentWeight(group))
@@ -319,7 +322,7 @@ def reparameterize(
             latent = module.parametrizations[tensor_name].original
             with torch.no_grad():
                 if init == "scratch":
-                    latent.copy_(_scratch_latent(group, latent, tensor_name, latent_bound))
+                    latent.copy_(_scratch_latent(group, latent, module, tensor_name, latent_bound))
                 else:
                     fit_errors.append(_relative_error(getattr(module, tensor_name), original))
     config = {"init": init, "structure": structure, "compress_bias": compress_bias,
@@ -354,13 +357,13 @@ def _step_weight_shortcut(module: nn.Module, tensor_name: str) -> None:
     setattr(type(module), tensor_name, property(get, torch_property.fset))
 
 
-def _init_scratch_decoder(group: LatentGroup, tensors: list[Tensor], b: float) -> None:
+def _init_scratch_decoder(group: LatentGroup, modules: list[nn.Module], b: float) -> None:
     """METHOD.md: decoder ~ N(0, var) calibrated so the widest-fan-out layer's latents span about [-b, b]."""
     with torch.no_grad():
         if group.name == "bias":
             group.decoder.fill_(1 / 64)
             return
-        fan_ref = max(_fan_out(t) for t in tensors)
+        fan_ref = max(_fan_out(m) for m in modules)
         var = 24 / (fan_ref * group.width * ((2 * b + 1) ** 2 - 1))
         if group.width == 1 or group.form != "full":  # one scale per output: the gain of a full column
             group.decoder.fill_(math.sqrt(var * group.width))
@@ -368,12 +371,12 @@ def _init_scratch_decoder(group: LatentGroup, tensors: list[Tensor], b: float) -
             group.decoder.normal_(0.0, math.sqrt(var))
 
 
-def _scratch_latent(group: LatentGroup, latent: Tensor, tensor_name: str, b: float) -> Tensor:
+def _scratch_latent(group: LatentGroup, latent: Tensor, module: nn.Module, tensor_name: str, b: float) -> Tensor:
     """Latents ~ U(-B, B) with B chosen so the decoded weights have He (fan-out) variance."""
     if tensor_name == "bias":
         return torch.zeros_like(latent)
     gain = group.matrix().detach().pow(2).sum(0).mean().item()  # variance of a decoded weight per unit latent
-    bound = (math.sqrt(24 / (gain * _fan_out(latent)) + 1) - 1) / 2
+    bound = (math.sqrt(24 / (gain * _fan_out(module)) + 1) - 1) / 2
     return torch.empty_like(latent).uniform_(-bound, bound)
 
 

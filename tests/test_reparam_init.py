@@ -16,8 +16,11 @@ def _weight_bounds(model: nn.Module) -> dict[str, float]:
     return {t.name: t.latent.abs().max().item() for t in latent_tensors(model) if t.is_weight}
 
 
-def _fan_out(weight: torch.Tensor) -> int:
-    return weight.shape[0] * weight[0, 0].numel() if weight.dim() > 2 else weight.shape[0]
+def _fan_out(layer: nn.Module) -> int:
+    """He fan-out as timm and torchvision's MobileNets compute it: a grouped conv reaches out_channels / groups."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features
+    return layer.out_channels // layer.groups * layer.weight[0, 0].numel()
 
 
 def _mobilenet(**options) -> nn.Module:
@@ -29,7 +32,8 @@ def test_every_timm_layer_starts_within_twice_the_bound():
     """MobileNetV2's 1x1 convs have fan-outs 8..1280: one shared decoder put the narrowest at +-43."""
     bounds = _weight_bounds(_mobilenet())
     assert max(bounds.values()) <= 2 * 3 * 1.05, max(bounds.items(), key=lambda kv: kv[1])
-    assert min(bounds.values()) >= 3 * 0.9, min(bounds.items(), key=lambda kv: kv[1])
+    # a group of one small layer (the stem's 9x9 decoder) sets its bound from a random decoder's gain: +-15 %
+    assert min(bounds.values()) >= 3 * 0.8, min(bounds.items(), key=lambda kv: kv[1])
     groups = lilnetx.latent_groups(_mobilenet())
     assert {"conv1x1", "conv3x3", "dense"} <= set(groups) and len(groups) > 3
     assert all(name.startswith(("conv1x1", "conv3x3", "dense", "bias")) for name in groups)
@@ -43,16 +47,18 @@ def test_fan_out_split_none_keeps_one_group_per_kernel_shape():
 
 
 def test_decoded_weights_keep_he_variance_per_layer():
+    """Depthwise convs included: counting all their output channels started them 10-25x below He variance."""
     model = _mobilenet()
-    checked = 0
+    checked = depthwise = 0
     for t in latent_tensors(model):
         weight = getattr(t.module, t.tensor_name).detach()
-        if not t.is_weight or weight.numel() < 2000:
+        if not t.is_weight or weight.numel() < 400:
             continue
-        ratio = weight.var().item() / (2 / _fan_out(weight))
+        ratio = weight.var().item() / (2 / _fan_out(t.module))
         assert 0.6 < ratio < 1.4, (t.name, ratio)
         checked += 1
-    assert checked >= 20
+        depthwise += getattr(t.module, "groups", 1) > 1
+    assert checked >= 20 and depthwise >= 5
 
 
 @pytest.mark.parametrize("arch, kwargs, overrides, groups", [
