@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from lilnetx.calibration import pick_fastest
 from lilnetx.errors import LilnetxError
 from lilnetx.measured import MIN_GAIN, MeasuredLayer, measured_layers, recorded_inputs
-from lilnetx.slim import default_input, slim, with_kernels
+from lilnetx.slim import default_input, outputs_agree, slim, with_kernels
 
 ENGINES = ("torchscript", "torchscript-mkldnn", "onnxruntime")
-MAX_SPECIALISATIONS = 8  # input shapes kept; the oldest goes first
 CHECK_RTOL = 1e-4  # an engine's outputs may differ from the slimmed model's by this much of their largest magnitude
+MAX_SPECIALISATIONS = 8  # input shapes kept; the oldest goes first
 TIMING_BUDGET_MS = 1000.0  # per shape, across the engines' timed rounds (at least 3 rounds, at most MAX_ROUNDS)
 MAX_ROUNDS = 30
 Engine = Callable[[Tensor], Tensor]
@@ -82,7 +82,7 @@ class SparseRuntime(nn.Module):
         """Measure the layers' forms and the engines for ``x``'s shape; the fastest engine with equal outputs."""
         reference = self.dense(x)
         candidates = {name: engine for name, engine in self._candidates(x).items()
-                      if _close(engine(x), reference)}
+                      if outputs_agree(engine(x), reference, CHECK_RTOL)}
         if "torchscript" not in candidates:  # never expected: the traced graph disagrees with the model
             warnings.warn("SparseRuntime: the traced model's outputs differ from the slimmed model's; running the "
                           "slimmed model eagerly (please report this model)", stacklevel=3)
@@ -147,12 +147,6 @@ class SparseRuntime(nn.Module):
         """Per input shape ``"NxCxHxW/threads"``: the engine chosen and each candidate's measured milliseconds."""
         return {f"{'x'.join(map(str, key[:-1]))}/{key[-1]}": {"engine": name, "ms": ms}
                 for key, (name, _, ms) in self._engines.items()}
-
-
-def _close(out: Any, reference: Tensor) -> bool:
-    if not isinstance(out, Tensor) or out.shape != reference.shape:
-        return False
-    return bool((out - reference).abs().max() <= CHECK_RTOL * max(1.0, float(reference.abs().max())))
 
 
 def compile_sparse(model: nn.Module, example_input: Tensor | None = None,

@@ -31,6 +31,7 @@ import copy
 import operator
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,10 +132,14 @@ def _same_outputs(reference: nn.Module, slimmed: nn.Module, probe: Tensor) -> bo
         ref, out = reference(x), slimmed(x)
     finally:
         reference.train(was_training)
-    if not (isinstance(ref, Tensor) and isinstance(out, Tensor)) or ref.shape != out.shape:
+    return isinstance(ref, Tensor) and outputs_agree(out, ref, CHECK_RTOL)
+
+
+def outputs_agree(out: Any, reference: Tensor, rtol: float) -> bool:
+    """``out`` has ``reference``'s shape and differs from it by at most ``rtol`` of max(1, its largest magnitude)."""
+    if not isinstance(out, Tensor) or out.shape != reference.shape:
         return False
-    scale = float(ref.abs().max()) or 1.0
-    return bool((ref - out).abs().max() <= CHECK_RTOL * scale)
+    return float((out - reference).abs().max()) <= rtol * max(1.0, float(reference.abs().max()))
 
 
 # -- tracing ------------------------------------------------------------------------------------------------

@@ -110,6 +110,17 @@ float* padding_buffer(int64_t floats) {
   return buffer.data();
 }
 
+// The epilogue of an activation code: 0 none, 1 ReLU, 2 ReLU6 (clamp to [0, hi]); any other code is refused.
+struct Clamp {
+  bool on;
+  float hi;
+};
+
+Clamp activation_clamp(int64_t activation, const char* op) {
+  TORCH_CHECK(activation >= 0 && activation <= 2, op, ": activation must be 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  return {activation != 0, activation == 2 ? 6.0f : std::numeric_limits<float>::infinity()};
+}
+
 // x: (N, C, H, W) fp32 of the planned size; offsets, pointers, weights, meta: its plan; bias: (O) fp32 or empty.
 // residual: a tensor of the output's shape added before the activation, or empty; activation: 0 none, 1 ReLU,
 // 2 ReLU6.
@@ -124,7 +135,7 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
   TORCH_CHECK(x.size(1) == m[M_C] && (m[M_POINTWISE] ? x.size(2) == m[M_OUT_H] && x.size(3) == m[M_OUT_W]
                                                      : x.size(2) == m[M_H] && x.size(3) == m[M_W]),
               "sparse_conv2d: the input's size is not the one planned for");
-  TORCH_CHECK(activation >= 0 && activation <= 2, "sparse_conv2d: activation must be 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  const Clamp clamp = activation_clamp(activation, "sparse_conv2d");
   x = x.contiguous();
   Geometry g{m[M_C], m[M_H], m[M_W], m[M_O], m[M_HO], m[M_WO], m[M_HP], m[M_WP], m[M_WQ], m[M_PAD_H], m[M_PAD_W],
              m[M_STRIDE_H], m[M_STRIDE_W]};
@@ -138,7 +149,6 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
     residual = residual.contiguous();
   }
   const float* rp = residual.numel() ? residual.data_ptr<float>() : nullptr;
-  const float hi = activation == 2 ? 6.0f : std::numeric_limits<float>::infinity();
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t* ptr = pointers.data_ptr<int64_t>();
@@ -152,7 +162,7 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
   auto run_channels = [&](const float* buf, int64_t n, int64_t o0, int64_t o1) {
     for (int64_t o = o0; o < o1; ++o) {
       const int64_t at = n * out_plane + o * g.Ho * g.Wo;
-      fn(buf, Sink{op + at, rp ? rp + at : nullptr, activation != 0, 0.0f, hi}, g, offs + ptr[o],
+      fn(buf, Sink{op + at, rp ? rp + at : nullptr, clamp.on, 0.0f, clamp.hi}, g, offs + ptr[o],
          wp + ptr[o] * w_step, ptr[o + 1] - ptr[o], bp ? bp[o] : 0.0f);
     }
   };
@@ -179,7 +189,7 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
 torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor ptr, torch::Tensor col, torch::Tensor val,
                             torch::Tensor bias, int64_t activation) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "sparse_linear: x must be a 2-D float32 tensor");
-  TORCH_CHECK(activation >= 0 && activation <= 2, "sparse_linear: activation must be 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  const Clamp clamp = activation_clamp(activation, "sparse_linear");
   x = x.contiguous();
   const int64_t N = x.size(0), I = x.size(1), O = ptr.size(0) - 1;
   auto y = torch::empty({N, O}, x.options());
@@ -193,8 +203,7 @@ torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor ptr, torch::Tensor co
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, N * (pp[O] / std::max<int64_t>(1, O))));
   at::parallel_for(0, O, grain, [&](int64_t o0, int64_t o1) {
-    csr_linear_rows(xp, xtp, yp, N, I, O, pp, cp, vp, bp, activation != 0,
-                    activation == 2 ? 6.0f : std::numeric_limits<float>::infinity(), o0, o1);
+    csr_linear_rows(xp, xtp, yp, N, I, O, pp, cp, vp, bp, clamp.on, clamp.hi, o0, o1);
   });
   return y;
 }
