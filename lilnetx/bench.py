@@ -157,8 +157,12 @@ def engines_run(sparse: Any) -> dict[str, dict[str, Any]]:
     each candidate engine's milliseconds as it measured them (fastest of its rounds)."""
     if sparse is None:
         return {}
-    return {f"b{shape.split('x')[0]}/t{threads}": chosen
-            for config, chosen in sparse.engines().items() for shape, threads in [config.split("/")]}
+    return {_setting(chosen): {"engine": chosen["engine"], "ms": chosen["ms"]} for chosen in sparse.engines().values()}
+
+
+def _setting(decision: dict[str, Any]) -> str:
+    """``"b{batch}/t{threads}"`` of a layer's or the runtime's decision."""
+    return f"b{decision['batch']}/t{decision['threads']}"
 
 
 def layer_forms(dense: nn.Module, sparse: Any, settings: set[str]) -> list[dict[str, Any]]:
@@ -188,11 +192,9 @@ def layer_forms(dense: nn.Module, sparse: Any, settings: set[str]) -> list[dict[
         elif not isinstance(runs, MeasuredLayer):
             row["forms"] = {"all": {"form": "dense"}}  # a layer the kernels do not take (reflect padding, float64)
         else:
-            for config, decision in runs.decisions.items():
-                spatial, threads = config.split("/")[:2]
-                setting = f"b{spatial.split('x')[0]}/t{threads}"
-                if setting in settings:
-                    row["forms"][setting] = {"form": decision["form"], "speedup": runs.speedup(decision)}
+            for decision in runs.decisions.values():
+                if _setting(decision) in settings:
+                    row["forms"][_setting(decision)] = {"form": decision["form"], "speedup": runs.speedup(decision)}
         rows.append(row)
     return rows
 

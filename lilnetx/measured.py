@@ -11,6 +11,7 @@ which inputs the kernel takes and how each form runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +41,8 @@ class MeasuredLayer(nn.Module):
     """Base of the layers that pick their form per input configuration by measuring (see the module docstring).
 
     ``form`` is ``"auto"`` (measure) or one of ``FORMS`` (forced, for benchmarks). ``decisions`` maps each
-    configuration ``"NxC[xHxW]/threads/isa"`` to what was measured: ``form``, ``<form>_ms`` per form, ``decided_by``.
+    configuration ``"NxC[xHxW]/threads/isa"`` to what was measured: ``form``, ``<form>_ms`` per form, ``decided_by``,
+    and the configuration's ``batch`` and ``threads``.
     """
 
     OP: ClassVar[str]  # the cache's name for this kind of layer
@@ -103,7 +105,8 @@ class MeasuredLayer(nn.Module):
             else:
                 decision = self.measure(x.contiguous())
                 store.put(name, {k: v for k, v in decision.items() if k != "decided_by"})
-            self.decisions[config] = decision
+            self.decisions[config] = decision = {**decision, "batch": int(x.shape[0]),
+                                                 "threads": torch.get_num_threads()}
         self._fast[(x.shape, torch.get_num_threads(), isa)] = decision["form"]
         return decision
 
@@ -121,6 +124,33 @@ class MeasuredLayer(nn.Module):
         """How much faster the kernel measured than the reference in ``decision``."""
         kernel_ms = decision.get(f"{self.KERNEL_FORM}_ms")
         return decision[f"{self.FORMS[0]}_ms"] / kernel_ms if kernel_ms else None
+
+
+
+class WeightedLayer(MeasuredLayer):
+    """A measured layer standing in for a dense ``Conv2d`` / ``Linear``: a float32 copy of its weight and bias (the
+    reference form's), the activation fused into the output, and what the weight's zeros make of it (``density``
+    and ``pattern``, part of the layer's signature)."""
+
+    def __init__(self, layer: nn.Module, form: str, activation: Activation):
+        check_activation(activation)
+        super().__init__(form)
+        self.activation = activation
+        weight = layer.weight.detach().float()
+        self.register_buffer("weight", weight.clone())
+        self.register_buffer("bias", layer.bias.detach().float().clone() if layer.bias is not None else None)
+        nonzero = weight.ne(0)
+        self.nonzeros = int(nonzero.sum())
+        self.pattern = hashlib.sha256(nonzero.numpy().tobytes()).hexdigest()[:16]
+
+    @property
+    def density(self) -> float:
+        """Fraction of the weights that are non-zero."""
+        return self.nonzeros / max(1, self.weight.numel())
+
+    def activation_repr(self) -> str:
+        """``extra_repr``'s tail: the fused activation, if any."""
+        return f", activation={self.activation}" if self.activation else ""
 
 
 def measured_layers(model: nn.Module) -> dict[str, MeasuredLayer]:

@@ -144,8 +144,10 @@ class SparseRuntime(nn.Module):
                 for name, layer in measured_layers(self.slimmed).items()}
 
     def engines(self) -> dict[str, dict[str, Any]]:
-        """Per input shape ``"NxCxHxW/threads"``: the engine chosen and each candidate's measured milliseconds."""
-        return {f"{'x'.join(map(str, key[:-1]))}/{key[-1]}": {"engine": name, "ms": ms}
+        """Per input shape ``"NxCxHxW/threads"``: the engine chosen, each candidate's measured milliseconds, and the
+        shape's ``batch`` and ``threads``."""
+        return {f"{'x'.join(map(str, key[:-1]))}/{key[-1]}": {"engine": name, "ms": ms, "batch": key[0],
+                                                              "threads": key[-1]}
                 for key, (name, _, ms) in self._engines.items()}
 
 

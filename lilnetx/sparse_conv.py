@@ -10,7 +10,6 @@ padding for one (and every float32 linear layer for a :class:`lilnetx.sparse_lin
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Literal
 
 import torch
@@ -23,9 +22,8 @@ from lilnetx.measured import (
     EMPTY,
     Activation,
     LayerOptionError,
-    MeasuredLayer,
+    WeightedLayer,
     activate,
-    check_activation,
     recorded_inputs,
 )
 
@@ -36,7 +34,7 @@ class SparseConvError(LayerOptionError):
     """A convolution ``SparseConv2d`` cannot take (non-zero padding mode, string padding) or a bad option."""
 
 
-class SparseConv2d(MeasuredLayer):
+class SparseConv2d(WeightedLayer):
     """A ``Conv2d`` (fp32, zero padding, any stride / dilation / groups) that skips its zero kernel taps where
     that measured faster.
 
@@ -53,15 +51,11 @@ class SparseConv2d(MeasuredLayer):
     def __init__(self, conv: nn.Conv2d, *, form: Form = "auto", activation: Activation = None):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise SparseConvError("SparseConv2d needs numeric zero padding; keep this layer a Conv2d")
-        check_activation(activation)
-        super().__init__(form)
-        self.activation = activation
+        super().__init__(conv, form, activation)
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride = conv.kernel_size, conv.stride
         self.padding, self.dilation, self.groups = conv.padding, conv.dilation, conv.groups
-        weight = conv.weight.detach().float()
-        self.register_buffer("weight", weight.clone())
-        self.register_buffer("bias", conv.bias.detach().float().clone() if conv.bias is not None else None)
+        weight = self.weight
         per_group = conv.out_channels // conv.groups
         nonzero = weight.ne(0)
         o, i, kh, kw = nonzero.nonzero(as_tuple=True)  # row-major: grouped by output channel
@@ -74,19 +68,13 @@ class SparseConv2d(MeasuredLayer):
         self.register_buffer("tap_w", weight[nonzero].contiguous())
         slices = nonzero.flatten(2).any(2)
         self.zero_slice_share = float(1 - slices.float().mean()) if slices.numel() else 0.0
-        self.pattern = hashlib.sha256(slices.numpy().tobytes() + nonzero.numpy().tobytes()).hexdigest()[:16]
         self._geometry = (*self.kernel_size, *self.stride, *self.padding, *self.dilation)
         self._plans: dict[tuple[Any, ...], tuple[Tensor, ...]] = {}  # (C, H, W, slices) -> the kernel's plan
-
-    @property
-    def density(self) -> float:
-        """Fraction of the kernel taps that are non-zero."""
-        return self.tap_w.numel() / max(1, self.weight.numel())
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, density={self.density:.3f}, form={self.form}"
-                + (f", activation={self.activation}" if self.activation else ""))
+                f"{self.activation_repr()}")
 
     def dense(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         out = F.conv2d(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype),
@@ -152,7 +140,7 @@ def sparsify(model: nn.Module, *, example_input: Tensor | None = None, form: For
 
     if kernels.load_extension() is None:
         return {}
-    layers: dict[str, MeasuredLayer] = {}
+    layers: dict[str, WeightedLayer] = {}
     for name, module in list(model.named_modules()):
         if eligible(module):
             layers[name] = SparseConv2d(module, form=form)
@@ -173,7 +161,7 @@ def sparsify(model: nn.Module, *, example_input: Tensor | None = None, form: For
     return {name: layer_report(layer, inputs.get(name, (None,))[0]) for name, layer in layers.items()}
 
 
-def layer_report(layer: MeasuredLayer, x: Tensor | None) -> dict[str, Any]:
+def layer_report(layer: WeightedLayer, x: Tensor | None) -> dict[str, Any]:
     """What ``layer`` runs for input ``x`` (measured if not yet), with both timings where measured."""
     entry: dict[str, Any] = {"density": layer.density}
     if isinstance(layer, SparseConv2d):

@@ -10,7 +10,6 @@ batch of at least one vector's width it broadcasts each weight over a vector of 
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Literal
 
 import torch
@@ -18,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lilnetx import kernels
-from lilnetx.measured import ACTIVATIONS, EMPTY, Activation, MeasuredLayer, activate, check_activation
+from lilnetx.measured import ACTIVATIONS, EMPTY, Activation, WeightedLayer, activate
 
 
-class SparseLinear(MeasuredLayer):
+class SparseLinear(WeightedLayer):
     """An ``nn.Linear`` (float32) that skips its zero weights where that measured faster (see the module
     docstring). Inputs the kernel does not take (not 2-D float32 on the CPU, needing gradients) run ``F.linear``.
     ``activation`` (``"relu"`` / ``"relu6"``, set by :func:`lilnetx.fuse.fuse_epilogues`) is applied to the output,
@@ -31,31 +30,19 @@ class SparseLinear(MeasuredLayer):
 
     def __init__(self, linear: nn.Linear, *, form: Literal["auto", "dense", "sparse"] = "auto",
                  activation: Activation = None):
-        check_activation(activation)
-        super().__init__(form)
-        self.activation = activation
+        super().__init__(linear, form, activation)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().float()
-        self.register_buffer("weight", weight.clone())
-        self.register_buffer("bias", linear.bias.detach().float().clone() if linear.bias is not None else None)
-        nonzero = weight.ne(0)
+        nonzero = self.weight.ne(0)
         rows, cols = nonzero.nonzero(as_tuple=True)  # row-major: grouped by output
         ptr = torch.zeros(self.out_features + 1, dtype=torch.long)
         ptr[1:] = torch.bincount(rows, minlength=self.out_features).cumsum(0)
         self.register_buffer("row_ptr", ptr)
         self.register_buffer("col", cols.contiguous())
-        self.register_buffer("val", weight[nonzero].contiguous())
-        self.pattern = hashlib.sha256(nonzero.numpy().tobytes()).hexdigest()[:16]
-
-    @property
-    def density(self) -> float:
-        """Fraction of the weights that are non-zero."""
-        return self.val.numel() / max(1, self.weight.numel())
+        self.register_buffer("val", self.weight[nonzero].contiguous())
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, density={self.density:.3f}, form={self.form}"
-                + (f", activation={self.activation}" if self.activation else ""))
+                f"bias={self.bias is not None}, density={self.density:.3f}, form={self.form}{self.activation_repr()}")
 
     def run(self, form: str, x: Tensor) -> Tensor:
         if form == "sparse":
