@@ -124,14 +124,19 @@ def test_timm_models_reparameterise_forward_backward(name):
         assert t.latent.grad is not None and torch.isfinite(t.latent.grad).all(), t.name
 
 
-def test_scratch_init_gives_he_variance():
+def test_scratch_init_gives_he_variance_and_a_lecun_output_layer():
+    """Hidden layers start at He (fan-out) variance, the output layer at 1 / fan-in (its logits near unit scale)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Conv2d(64, 256, 3), nn.Linear(512, 256))
+    model = nn.Sequential(nn.Conv2d(64, 64, 3), nn.Conv2d(64, 256, 3), nn.Flatten(), nn.Linear(512, 256),
+                          nn.ReLU(), nn.Linear(256, 1024))
     lilnetx.reparameterize(model)
-    for layer in model:
+    layers = [layer for layer in model if hasattr(layer, "weight")]
+    for layer in layers[:-1]:
         fan_out = layer.weight.shape[0] * math.prod(layer.weight.shape[2:])
         ratio = layer.weight.detach().var().item() / (2 / fan_out)
         assert 0.6 < ratio < 1.6, (layer, ratio)
+    ratio = layers[-1].weight.detach().var().item() / (1 / 256)
+    assert 0.6 < ratio < 1.6, ratio
 
 
 def test_fit_init_keeps_trained_weights(convnet):

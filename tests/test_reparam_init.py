@@ -47,14 +47,16 @@ def test_fan_out_split_none_keeps_one_group_per_kernel_shape():
 
 
 def test_decoded_weights_keep_he_variance_per_layer():
-    """Depthwise convs included: counting all their output channels started them 10-25x below He variance."""
+    """Depthwise convs included: counting all their output channels started them 10-25x below He variance. The
+    classifier (the output layer) starts at 1 / fan-in."""
     model = _mobilenet()
     checked = depthwise = 0
     for t in latent_tensors(model):
         weight = getattr(t.module, t.tensor_name).detach()
         if not t.is_weight or weight.numel() < 400:
             continue
-        ratio = weight.var().item() / (2 / _fan_out(t.module))
+        output = t.module is model.get_classifier()
+        ratio = weight.var().item() / (1 / t.module.in_features if output else 2 / _fan_out(t.module))
         assert 0.6 < ratio < 1.4, (t.name, ratio)
         checked += 1
         depthwise += getattr(t.module, "groups", 1) > 1
