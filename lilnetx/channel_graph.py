@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import operator
 import sys
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,27 @@ def rewritten(model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
         if hasattr(model, name):
             setattr(result, name, getattr(model, name))
     return result.train(model.training)
+
+
+GraphPass = Callable[[fx.GraphModule], int]  # edits a traced model's graph in place; returns how many rewrites
+
+
+def apply_passes(model: nn.Module, passes: Sequence[GraphPass], leaves: tuple[type[nn.Module], ...] = ()
+                 ) -> nn.Module:
+    """``model`` traced once and rewritten by each of ``passes`` in turn, as a ``GraphModule`` sharing its modules;
+    ``model`` itself where no pass rewrote anything or fx cannot trace it (a warning says so)."""
+    try:
+        graph = Tracer(leaves).trace(model)
+    except Exception as exc:  # dynamic control flow and the like: leave the model as it is
+        warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}): its epilogues and "
+                      "pooling stay unfused", stacklevel=2)
+        return model
+    result = rewritten(model, graph)
+    if not sum(graph_pass(result) for graph_pass in passes):
+        return model
+    result.graph.eliminate_dead_code()
+    result.recompile()
+    return result
 
 
 def _timm_notrace(m: nn.Module) -> bool:

@@ -11,13 +11,11 @@ returned as it was.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lilnetx.channel_graph import ADD_OPS, Tracer, rewritten
+from lilnetx.channel_graph import ADD_OPS, apply_passes
 from lilnetx.measured import MeasuredLayer
 from lilnetx.sparse_conv import SparseConv2d
 from lilnetx.sparse_linear import SparseLinear
@@ -31,13 +29,12 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
     """``model`` as a ``torch.fx.GraphModule`` with ReLU / residual additions fused into its sparse convolutions
     (``model`` itself where nothing fuses or it cannot be traced). The kernel layers are shared with ``model`` and
     take their epilogue in place; a layer that already has one is left as it is."""
-    try:
-        graph = Tracer(leaves=(MeasuredLayer,)).trace(model)
-    except Exception as exc:  # dynamic control flow and the like: leave the model as it is
-        warnings.warn(f"fuse_epilogues: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}); "
-                      "kept unfused", stacklevel=2)
-        return model
-    modules = dict(model.named_modules())
+    return apply_passes(model, [fuse_pass], leaves=(MeasuredLayer,))
+
+
+def fuse_pass(traced: fx.GraphModule) -> int:
+    """:func:`fuse_epilogues` on a traced model's graph, in place; returns how many layers took an epilogue."""
+    graph, modules = traced.graph, dict(traced.named_modules())
     for node in list(graph.nodes):  # folded BatchNorm leaves nn.Identity between a convolution and its ReLU
         if node.op == "call_module" and type(modules.get(node.target)) is nn.Identity and len(node.args) == 1:
             node.replace_all_uses_with(node.args[0])
@@ -50,12 +47,7 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
         if (len(node.args) == 1 and not node.kwargs and targets.count(node.target) == 1  # not a shared module
                 and modules[node.target].activation is None):  # not fused before
             fused += _fuse(node, modules[node.target], modules)
-    if not fused:
-        return model
-    result = rewritten(model, graph)
-    result.graph.eliminate_dead_code()
-    result.recompile()
-    return result
+    return fused
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:

@@ -16,7 +16,7 @@ from torch import Tensor, fx, nn
 from torch.nn.modules.utils import _pair
 
 from lilnetx import kernels
-from lilnetx.channel_graph import Tracer, rewritten
+from lilnetx.channel_graph import apply_passes
 from lilnetx.measured import MeasuredLayer
 
 
@@ -69,26 +69,22 @@ def _options(node: fx.Node, modules: dict[str, nn.Module]) -> dict | None:
 def use_kernel_pooling(model: nn.Module) -> nn.Module:
     """``model`` with each max pooling the kernel does as a :class:`KernelMaxPool2d` (``model`` itself where there
     is none or it cannot be traced)."""
-    try:
-        graph = Tracer(leaves=(MeasuredLayer,)).trace(model)
-    except Exception:  # dynamic control flow and the like: kept as it is (slim(sparse=True) has warned already)
-        return model
-    modules = dict(model.named_modules())
-    result = rewritten(model, graph)
+    return apply_passes(model, [pooling_pass], leaves=(MeasuredLayer,))
+
+
+def pooling_pass(traced: fx.GraphModule) -> int:
+    """:func:`use_kernel_pooling` on a traced model's graph, in place; returns how many poolings it replaced."""
+    modules = dict(traced.named_modules())
     pooled = 0
-    for node in list(result.graph.nodes):
+    for node in list(traced.graph.nodes):
         options = _options(node, modules)
         if options is None or any(not isinstance(v, int | tuple | type(None)) for v in options.values()):
             continue
         name = f"kernel_pool{pooled}"
-        result.add_submodule(name, KernelMaxPool2d(**options))
+        traced.add_submodule(name, KernelMaxPool2d(**options))
         pooled += 1
-        with result.graph.inserting_after(node):
-            replacement = result.graph.call_module(name, (node.args[0],))
+        with traced.graph.inserting_after(node):
+            replacement = traced.graph.call_module(name, (node.args[0],))
         node.replace_all_uses_with(replacement)
-        result.graph.erase_node(node)
-    if not pooled:
-        return model
-    result.graph.eliminate_dead_code()
-    result.recompile()
-    return result
+        traced.graph.erase_node(node)
+    return pooled

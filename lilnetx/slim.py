@@ -49,6 +49,7 @@ from lilnetx.channel_graph import (
     ZERO_PRESERVING_FUNCTIONS,
     ZERO_PRESERVING_METHODS,
     ZERO_PRESERVING_MODULES,
+    apply_passes,
     is_flatten,
     shape_query,
     trace,
@@ -100,12 +101,13 @@ def with_kernels(model: nn.Module, example_input: Tensor | None = None) -> nn.Mo
     """``model`` (slimmed, eval mode; changed in place) with its convolutions, linear layers and max pooling run by
     measured kernel layers and ReLU / residual additions fused into the convolutions: step 3 of the module doc.
     With ``example_input`` each layer's form is measured now rather than at the first call."""
-    from lilnetx.fuse import fuse_epilogues
-    from lilnetx.pooling import use_kernel_pooling
+    from lilnetx.fuse import fuse_pass
+    from lilnetx.measured import MeasuredLayer
+    from lilnetx.pooling import pooling_pass
     from lilnetx.sparse_conv import sparsify
 
     sparsify(model)
-    model = use_kernel_pooling(fuse_epilogues(model))
+    model = apply_passes(model, [fuse_pass, pooling_pass], leaves=(MeasuredLayer,))
     if example_input is not None:
         with torch.no_grad():
             model(example_input)
