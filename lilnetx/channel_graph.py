@@ -64,15 +64,17 @@ def rewritten(model: nn.Module, graph: fx.Graph) -> fx.GraphModule:
 GraphPass = Callable[[fx.GraphModule], int]  # edits a traced model's graph in place; returns how many rewrites
 
 
-def apply_passes(model: nn.Module, passes: Sequence[GraphPass], leaves: tuple[type[nn.Module], ...] = ()
-                 ) -> nn.Module:
+def apply_passes(model: nn.Module, passes: Sequence[GraphPass], leaves: tuple[type[nn.Module], ...] = (),
+                 untraceable: str | None = None) -> nn.Module:
     """``model`` traced once and rewritten by each of ``passes`` in turn, as a ``GraphModule`` sharing its modules;
-    ``model`` itself where no pass rewrote anything or fx cannot trace it (a warning says so)."""
+    ``model`` itself where no pass rewrote anything or fx cannot trace it (then, with ``untraceable``, a warning
+    naming what stays undone, attributed to the caller's caller)."""
     try:
         graph = Tracer(leaves).trace(model)
     except Exception as exc:  # dynamic control flow and the like: leave the model as it is
-        warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}): its epilogues and "
-                      "pooling stay unfused", stacklevel=2)
+        if untraceable:
+            warnings.warn(f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}): {untraceable}",
+                          stacklevel=3)
         return model
     result = rewritten(model, graph)
     if not sum(graph_pass(result) for graph_pass in passes):

@@ -6,7 +6,7 @@ addition and the ReLU only read and write memory. Traced with ``torch.fx``, ever
 reader is a ReLU or ReLU6, or an addition of another tensor (itself read only by one, or not followed by
 one), takes them over (an addend the kernel cannot take, e.g. one that broadcasts, runs the dense form): ``conv(x, residual)`` with ``activation="relu"`` adds and rectifies in the kernel's store
 (dense ``conv2d`` does the same after it, where that form runs). Outputs are unchanged; a model fx cannot trace is
-returned as it was.
+returned as it was, with a warning.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
     """``model`` as a ``torch.fx.GraphModule`` with ReLU / residual additions fused into its sparse convolutions
     (``model`` itself where nothing fuses or it cannot be traced). The kernel layers are shared with ``model`` and
     take their epilogue in place; a layer that already has one is left as it is."""
-    return apply_passes(model, [fuse_pass], leaves=(MeasuredLayer,))
+    return apply_passes(model, [fuse_pass], leaves=(MeasuredLayer,), untraceable="its epilogues stay unfused")
 
 
 def fuse_pass(traced: fx.GraphModule) -> int:

@@ -68,6 +68,9 @@ def check(model: nn.Module, data: bytes, input_size: tuple[int, ...], batch: int
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
     ref = model.eval()(x)
     out = torch.from_numpy(session(data).run(None, {"input": x.numpy()})[0])
+    if out.shape != ref.shape:
+        raise OnnxMismatchError(f"the ONNX model's outputs have shape {tuple(out.shape)}, PyTorch's "
+                                f"{tuple(ref.shape)}; not written")
     diff = float((out - ref).abs().max())
     if not outputs_agree(out, ref, CHECK_RTOL):
         raise OnnxMismatchError(f"the ONNX model's outputs differ from PyTorch's by {diff:.3g}; not written")

@@ -1,8 +1,8 @@
 """Reparameterise any ``nn.Module``: every conv / linear weight becomes ``decode(round_ste(Z))``.
 
 Layers are grouped by kernel shape (``conv3x3``, ``conv1x1``, ``dense``, ``bias``...), and a kernel shape's
-layers by fan-out where it differs more than 4x (``conv1x1_fo48``...), so that every layer's latents start
-in a similar range. Each group owns one
+layers by initialisation fan (fan-out; 2 x fan-in for the output layer) where it differs more than 4x
+(``conv1x1_fo48``...), so that every layer's latents start in a similar range. Each group owns one
 linear decoder (by default a ``width x width`` matrix, ``width = K*K``; a scalar for 1x1 convs, dense layers
 and biases; ``decoder_forms`` may make a K x K group's decoder diagonal or scalar, which costs fewer bytes
 of side information) and one factorised density with ``width`` channels. There is no shift term, so a zero latent slice decodes to
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from lilnetx.channel_graph import Tracer
 from lilnetx.density import FactorizedDensity
 from lilnetx.errors import LilnetxError
 
@@ -183,15 +184,40 @@ def _fan_out(module: nn.Module) -> int:
     return module.out_channels // module.groups * math.prod(module.kernel_size)
 
 
-def _init_fans(modules: list[nn.Module]) -> dict[nn.Module, int]:
-    """Per layer (in model order) the fan F of the variance 2 / F its decoded weights start with: its fan-out (He),
-    except the output layer (the last, if linear): 2 x fan-in, i.e. variance 1 / fan-in (LeCun). He's rule assumes
-    a ReLU follows; on MobileNetV2's 1280-wide head it started the logits at std 10 (loss 16, 49 % after one
-    epoch against 90 % with the output layer at 1 / fan-in)."""
-    fans = {module: _fan_out(module) for module in modules}
-    if modules and isinstance(modules[-1], nn.Linear):
-        fans[modules[-1]] = 2 * modules[-1].in_features
-    return fans
+def _init_fans(model: nn.Module, modules: list[nn.Module]) -> dict[nn.Module, int]:
+    """Per layer of ``modules`` the fan F of the variance 2 / F its decoded weights start with: its fan-out (He),
+    except the model's output layers (:func:`output_layers`): 2 x fan-in, i.e. variance 1 / fan-in (LeCun). He's
+    rule assumes a ReLU follows; on MobileNetV2's 1280-wide head it started the logits at std 10 (loss 16, 49 %
+    after one epoch against 90 % with the output layer at 1 / fan-in)."""
+    outputs = output_layers(model)
+    return {module: 2 * module.in_features if module in outputs else _fan_out(module) for module in modules}
+
+
+def output_layers(model: nn.Module) -> list[nn.Linear]:
+    """The linear layers whose outputs are ``model``'s: timm's ``get_classifier()`` (a tuple for two-headed
+    models), else those its traced graph reaches walking back from the output through parameter-free operations
+    (the last ``nn.Linear`` it registers where fx cannot trace it)."""
+    if callable(getattr(model, "get_classifier", None)):
+        heads = model.get_classifier()
+        return [h for h in (heads if isinstance(heads, tuple) else (heads,)) if isinstance(h, nn.Linear)]
+    try:
+        graph = Tracer().trace(model)
+    except Exception:  # dynamic control flow and the like
+        return [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    modules = dict(model.named_modules())
+    found: list[nn.Linear] = []
+    stack, seen = [n for n in graph.nodes if n.op == "output"], set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, nn.Linear):
+            found.append(module)
+        elif module is None or not any(True for _ in module.parameters()):  # e.g. flatten, pooling, dropout
+            stack.extend(node.all_input_nodes)
+    return found
 
 
 def _select_layers(
@@ -218,7 +244,7 @@ def _select_layers(
         if override or isinstance(decision, str):
             named.add(group)
         chosen.append((name, module, group))
-    fans = _init_fans([module for _, module, _ in chosen])
+    fans = _init_fans(model, [module for _, module, _ in chosen])
     split = {} if fan_out_split is None else _fan_out_groups(
         [(g, fans[m]) for _, m, g in chosen if g not in named], fan_out_split)
     return [(name, module, split.get((group, fans[module]), group), group)
@@ -226,9 +252,9 @@ def _select_layers(
 
 
 def _fan_out_groups(members: list[tuple[str, int]], ratio: float) -> dict[tuple[str, int], str]:
-    """(group, fan-out) -> group name, so that no group's fan-outs differ by more than ``ratio``.
+    """(group, initialisation fan) -> group name, so that no group's fans differ by more than ``ratio``.
 
-    The widest layers keep the group's name; each further cluster, from the widest remaining fan-out F down to
+    The widest layers keep the group's name; each further cluster, from the widest remaining fan F down to
     F / ``ratio``, is named ``<group>_fo<F>``. With one decoder per group calibrated on its widest layer, every
     layer's latents then start within [b / sqrt(ratio), b] (one shared decoder scale puts a layer of fan-out
     F at ``b * sqrt(F_max / F)``: ±43 for MobileNetV2's narrowest 1x1 convs).
@@ -263,7 +289,8 @@ def reparameterize(
 ) -> nn.Module:
     """Turn ``model`` into a LilNetX model in place and return it.
 
-    ``init="scratch"`` draws decoders and latents as in METHOD.md (decoded weights of He variance);
+    ``init="scratch"`` draws decoders and latents as in METHOD.md (decoded weights of He variance, the output
+    layer's of variance 1 / fan-in: :func:`_init_fans`);
     ``init="fit"`` keeps the current (trained) weights: decoders become scaled identities and latents
     ``W / step``; the relative RMS fit error is stored in ``model.lilnetx_config["fit_error"]``.
     ``exclude`` holds fnmatch patterns of module names left uncompressed; ``group_overrides`` maps module-name
@@ -276,8 +303,8 @@ def reparameterize(
     group names to a decoder form, ``full`` (default), ``diagonal`` or ``scalar``, e.g.
     ``{"conv5x5": "diagonal"}``: 25 stored values instead of 625 (a split group ``conv1x1_fo48`` takes
     ``conv1x1``'s form unless named itself). ``fan_out_split`` splits a kernel-shape group whose layers'
-    fan-outs differ by more than this factor into groups ``<group>_fo<F>`` (its widest layers keep the
-    name), so every layer's latents start within [b / sqrt(fan_out_split), b] with He-variance weights;
+    initialisation fans (:func:`_init_fans`) differ by more than this factor into groups ``<group>_fo<F>`` (its
+    widest layers keep the name), so every layer's latents start within [b / sqrt(fan_out_split), b];
     ``None`` keeps one group per kernel shape, as before (a layer of fan-out F then starts in about
     ±b·sqrt(F_max / F)). Groups named by ``group_overrides`` or the layer policy are never split.
     """
@@ -371,7 +398,8 @@ def _step_weight_shortcut(module: nn.Module, tensor_name: str) -> None:
 
 
 def _init_scratch_decoder(group: LatentGroup, fans: list[int], b: float) -> None:
-    """METHOD.md: decoder ~ N(0, var) calibrated so the widest-fan-out layer's latents span about [-b, b]."""
+    """METHOD.md: decoder ~ N(0, var) calibrated so the latents of the layer with the widest initialisation fan
+    span about [-b, b]."""
     with torch.no_grad():
         if group.name == "bias":
             group.decoder.fill_(1 / 64)

@@ -139,6 +139,34 @@ def test_scratch_init_gives_he_variance_and_a_lecun_output_layer():
     assert 0.6 < ratio < 1.6, ratio
 
 
+class _HeadFirst(nn.Module):
+    """A classifier registered before the layers that feed it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(256, 10)
+        self.features = nn.Sequential(nn.Linear(784, 256), nn.ReLU())
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+@pytest.mark.parametrize("build, exclude, output, hidden", [
+    (_HeadFirst, (), "fc", "features.0"),
+    (lambda: nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 10)), ("2",), None, "0"),
+])
+def test_the_output_layer_is_the_models_not_the_last_compressed(build, exclude, output, hidden):
+    """Registration order or an excluded classifier must not give a hidden layer the output layer's variance."""
+    torch.manual_seed(0)
+    model = lilnetx.reparameterize(build(), exclude=exclude)
+    layers = dict(model.named_modules())
+    hid = layers[hidden].weight.detach()
+    assert 0.6 < hid.var().item() / (2 / hid.shape[0]) < 1.6
+    if output:
+        out = layers[output].weight.detach()
+        assert 0.6 < out.var().item() / (1 / out.shape[1]) < 1.6
+
+
 def test_fit_init_keeps_trained_weights(convnet):
     before = {n: p.detach().clone() for n, p in convnet.named_parameters() if n.endswith("weight")}
     lilnetx.reparameterize(convnet, init="fit")

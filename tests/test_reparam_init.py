@@ -69,7 +69,7 @@ def test_decoded_weights_keep_he_variance_per_layer():
     ("resnet20", {"in_chans": 1}, {}, {"conv3x3", "dense"}),
 ])
 def test_paper_models_keep_their_groups_and_initial_latents(arch, kwargs, overrides, groups):
-    """Fan-outs within 4x of each other share a group: the shipped recipes train the same model as before."""
+    """Fan-outs within 4x of each other share a group: the shipped recipes keep the groups they were trained with."""
     models = []
     for split in (4.0, None):
         torch.manual_seed(0)
