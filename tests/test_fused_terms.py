@@ -579,8 +579,8 @@ def test_latents_that_turn_nan_are_a_clear_error_with_a_reused_range():
 
 
 def test_short_training_on_the_kernel_stays_with_the_eager_pass(monkeypatch):
-    """Same seed, 60 steps on learnable labels: the C++ pass (its own noise draws) and the eager pass reach the same losses and
-    rate to 2 %, by different latents."""
+    """Same seed, 60 steps on learnable labels: the C++ pass (its own noise draws) and the eager pass reach the
+    same losses and rate to 2 %, by different latents."""
     _ext()
     g = torch.Generator().manual_seed(5)
     x = torch.randn(32, 1, 12, 12, generator=g)
