@@ -222,10 +222,10 @@ def output_layers(model: nn.Module) -> list[nn.Linear]:
 
 def _select_layers(
     model: nn.Module, exclude: Iterable[str], group_overrides: dict[str, str], layer_policy: LayerPolicy | None,
-    fan_out_split: float | None = None,
+    fan_out_split: float | None = None, with_fans: bool = True,
 ) -> tuple[list[tuple[str, nn.Module, str, str]], dict[nn.Module, int]]:
-    """(name, module, group name, group name before any fan-out split) of every layer to compress, and each
-    one's initialisation fan (:func:`_init_fans`)."""
+    """(name, module, group name, group name before any fan-out split) of every layer to compress, and its
+    initialisation fan (:func:`_init_fans`) where ``with_fans`` or a fan-out split needs it."""
     patterns = tuple(exclude)
     chosen = []
     named: set[str] = set()  # groups that a policy or an override named
@@ -244,10 +244,11 @@ def _select_layers(
         if override or isinstance(decision, str):
             named.add(group)
         chosen.append((name, module, group))
-    fans = _init_fans(model, [module for _, module, _ in chosen])
-    split = {} if fan_out_split is None else _fan_out_groups(
+    splits = fan_out_split is not None and any(group not in named for _, _, group in chosen)
+    fans = _init_fans(model, [module for _, module, _ in chosen]) if with_fans or splits else {}
+    split = {} if not splits else _fan_out_groups(
         [(g, fans[m]) for _, m, g in chosen if g not in named], fan_out_split)
-    return [(name, module, split.get((group, fans[module]), group), group)
+    return [(name, module, split.get((group, fans.get(module)), group), group)
             for name, module, group in chosen], fans
 
 
@@ -286,6 +287,7 @@ def reparameterize(
     latent_bound: float = LATENT_BOUND_B,
     decoder_forms: dict[str, str] | None = None,
     fan_out_split: float | None = FAN_OUT_SPLIT,
+    initialize: bool = True,
 ) -> nn.Module:
     """Turn ``model`` into a LilNetX model in place and return it.
 
@@ -307,6 +309,9 @@ def reparameterize(
     widest layers keep the name), so every layer's latents start within [b / sqrt(fan_out_split), b];
     ``None`` keeps one group per kernel shape, as before (a layer of fan-out F then starts in about
     ±b·sqrt(F_max / F)). Groups named by ``group_overrides`` or the layer policy are never split.
+    ``initialize=False`` leaves decoders and latents as they come (for a state loaded next, as
+    :func:`lilnetx.load` does) and skips what only initialisation needs (finding the output layer traces the
+    model); ``init`` is still recorded.
     """
     if fan_out_split is not None and not fan_out_split >= 1:
         raise ReparamError(f"fan_out_split must be a factor >= 1 (or None to keep one group per kernel shape), "
@@ -319,7 +324,8 @@ def reparameterize(
         raise ReparamError("model is already reparameterised; build a fresh model to reparameterise again")
     group_overrides = dict(group_overrides or {})
     decoder_forms = dict(decoder_forms or {})
-    layers, fans = _select_layers(model, exclude, group_overrides, layer_policy, fan_out_split)
+    layers, fans = _select_layers(model, exclude, group_overrides, layer_policy, fan_out_split,
+                                  with_fans=initialize and init == "scratch")
     if not layers:
         raise ReparamError("no Conv or Linear layer left to compress (check `exclude` and the layer policy)")
     unknown = sorted(set(decoder_forms) - {g for layer in layers for g in layer[2:]}
@@ -351,26 +357,26 @@ def reparameterize(
     for group_name, group in groups.items():
         group.to(device)
         tensors = [getattr(module, tensor_name) for module, tensor_name in members[group_name]]
-        if init == "fit":
+        if initialize and init == "fit":
             _init_fit_decoder(group, tensors)
-        else:
+        elif initialize:
             _init_scratch_decoder(group, [fans[module] for module, _ in members[group_name]], latent_bound)
         for module, tensor_name in members[group_name]:
-            original = getattr(module, tensor_name).detach().clone()
+            original = getattr(module, tensor_name).detach().clone() if initialize and init == "fit" else None
             parametrize.register_parametrization(module, tensor_name, LatentWeight(group))
             _step_weight_shortcut(module, tensor_name)
             latent = module.parametrizations[tensor_name].original
             with torch.no_grad():
-                if init == "scratch":
+                if initialize and init == "scratch":
                     latent.copy_(_scratch_latent(group, latent, fans[module], tensor_name, latent_bound))
-                else:
+                elif original is not None:
                     fit_errors.append(_relative_error(getattr(module, tensor_name), original))
     config = {"init": init, "structure": structure, "compress_bias": compress_bias,
               "exclude": list(exclude), "group_overrides": group_overrides,
               "density_filters": list(density_filters)}
     if decoder_forms:
         config["decoder_forms"] = decoder_forms
-    if init == "fit":
+    if fit_errors:
         config["fit_error"] = max(fit_errors)
     model.lilnetx_config = config
     return model

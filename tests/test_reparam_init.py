@@ -103,8 +103,9 @@ def _two_widths(name: str, kwargs: dict) -> nn.Module:
                          nn.Linear(4, 3))
 
 
-def test_split_groups_round_trip_through_the_artifact(tmp_path):
-    """The file records each layer's group, so a split model loads back without any new header field."""
+def test_split_groups_round_trip_through_the_artifact(tmp_path, monkeypatch):
+    """The file records each layer's group, so a split model loads back without any new header field, and
+    loading skips the initialisation (no search for the output layer)."""
     torch.manual_seed(0)
     model = lilnetx.reparameterize(_two_widths("two", {}), density_filters=(2, 2))
     assert [t.group.name for t in latent_tensors(model)] == ["conv3x3", "conv3x3_fo36", "dense", "bias"]
@@ -112,6 +113,11 @@ def test_split_groups_round_trip_through_the_artifact(tmp_path):
         for group in lilnetx.latent_groups(model).values():
             group.decoder.copy_(group.decoder.half().float())
     lilnetx.save(model.eval(), tmp_path / "m.lnx", arch="two", arch_kwargs={})
+
+    def no_search(model: nn.Module) -> list[nn.Linear]:
+        raise AssertionError("loading searched for the output layer")
+
+    monkeypatch.setattr("lilnetx.reparam.output_layers", no_search)
     plain = lilnetx.load(tmp_path / "m.lnx", builder=_two_widths)
     loaded = lilnetx.load(tmp_path / "m.lnx", builder=_two_widths, reparameterized=True)
     assert [t.group.name for t in latent_tensors(loaded)] == [t.group.name for t in latent_tensors(model)]
@@ -128,3 +134,12 @@ def test_a_checkpoint_grouped_otherwise_is_refused():
     state["conv1.parametrizations.weight.0.group.decoder"] += 1  # conv1 and conv2 share conv5x5 here, not there
     with pytest.raises(ReparamError, match="share a group here but not in the checkpoint"):
         load_latent_state(model, state)
+
+
+def test_initialize_false_groups_alike_and_leaves_decoders_as_built():
+    torch.manual_seed(0)
+    drawn = lilnetx.reparameterize(_two_widths("two", {}), density_filters=(2, 2))
+    bare = lilnetx.reparameterize(_two_widths("two", {}), density_filters=(2, 2), initialize=False)
+    assert all(torch.equal(g.matrix(), torch.eye(g.width)) for g in lilnetx.latent_groups(bare).values())
+    assert [t.group.name for t in latent_tensors(bare)] == [t.group.name for t in latent_tensors(drawn)]
+    assert bare.lilnetx_config == drawn.lilnetx_config

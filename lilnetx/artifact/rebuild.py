@@ -213,7 +213,7 @@ def _reparameterize_like(model: nn.Module, header: dict[str, Any], source: str) 
     if "density_filters" in options:
         options["density_filters"] = tuple(options["density_filters"])
     try:
-        reparameterize(model, **options, layer_policy=lambda name, _: groups.get(name, False))
+        reparameterize(model, **options, layer_policy=lambda name, _: groups.get(name, False), initialize=False)
     except (ReparamError, TypeError, ValueError) as exc:
         raise corrupt(source, f"its reparameterisation options {options} cannot be applied to architecture "
                                f"{header['arch']!r} ({exc})") from exc
