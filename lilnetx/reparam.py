@@ -27,6 +27,7 @@ from lilnetx.errors import LilnetxError
 
 STRUCTURES = ("slice", "channel", "filter")
 INITS = ("scratch", "fit")
+OUTPUT_INITS = ("lecun", "he")  # the output layer's initial variance: 1 / fan-in, or He fan-out as every layer
 DECODER_FORMS = ("full", "diagonal", "scalar")  # width x width matrix, one scale per kernel position, one scale
 LATENT_BOUND_B = 3  # b of METHOD.md: latents of the widest layer start in about [-b, b]
 FAN_OUT_SPLIT = 4.0  # a kernel-shape group is split where its layers' fan-outs differ by more than this factor
@@ -184,12 +185,12 @@ def _fan_out(module: nn.Module) -> int:
     return module.out_channels // module.groups * math.prod(module.kernel_size)
 
 
-def _init_fans(model: nn.Module, modules: list[nn.Module]) -> dict[nn.Module, int]:
+def _init_fans(model: nn.Module, modules: list[nn.Module], output_init: str = "lecun") -> dict[nn.Module, int]:
     """Per layer of ``modules`` the fan F of the variance 2 / F its decoded weights start with: its fan-out (He),
-    except the model's output layers (:func:`output_layers`): 2 x fan-in, i.e. variance 1 / fan-in (LeCun). He's
-    rule assumes a ReLU follows; on MobileNetV2's 1280-wide head it started the logits at std 10 (loss 16, 49 %
-    after one epoch against 90 % with the output layer at 1 / fan-in)."""
-    outputs = output_layers(model)
+    except, with ``output_init="lecun"``, the model's output layers (:func:`output_layers`): 2 x fan-in, i.e.
+    variance 1 / fan-in (LeCun). He's rule assumes a ReLU follows; on MobileNetV2's 1280-wide head it started the
+    logits at std 10 (loss 16, 49 % after one epoch against 90 % with the output layer at 1 / fan-in)."""
+    outputs = output_layers(model) if output_init == "lecun" else []
     return {module: 2 * module.in_features if module in outputs else _fan_out(module) for module in modules}
 
 
@@ -222,7 +223,7 @@ def output_layers(model: nn.Module) -> list[nn.Linear]:
 
 def _select_layers(
     model: nn.Module, exclude: Iterable[str], group_overrides: dict[str, str], layer_policy: LayerPolicy | None,
-    fan_out_split: float | None = None, with_fans: bool = True,
+    fan_out_split: float | None = None, with_fans: bool = True, output_init: str = "lecun",
 ) -> tuple[list[tuple[str, nn.Module, str, str]], dict[nn.Module, int]]:
     """(name, module, group name, group name before any fan-out split) of every layer to compress, and its
     initialisation fan (:func:`_init_fans`) where ``with_fans`` or a fan-out split needs it."""
@@ -245,7 +246,7 @@ def _select_layers(
             named.add(group)
         chosen.append((name, module, group))
     splits = fan_out_split is not None and any(group not in named for _, _, group in chosen)
-    fans = _init_fans(model, [module for _, module, _ in chosen]) if with_fans or splits else {}
+    fans = _init_fans(model, [m for _, m, _ in chosen], output_init) if with_fans or splits else {}
     split = {} if not splits else _fan_out_groups(
         [(g, fans[m]) for _, m, g in chosen if g not in named], fan_out_split)
     return [(name, module, split.get((group, fans.get(module)), group), group)
@@ -287,6 +288,7 @@ def reparameterize(
     latent_bound: float = LATENT_BOUND_B,
     decoder_forms: dict[str, str] | None = None,
     fan_out_split: float | None = FAN_OUT_SPLIT,
+    output_init: str = "lecun",
     initialize: bool = True,
 ) -> nn.Module:
     """Turn ``model`` into a LilNetX model in place and return it.
@@ -309,6 +311,8 @@ def reparameterize(
     widest layers keep the name), so every layer's latents start within [b / sqrt(fan_out_split), b];
     ``None`` keeps one group per kernel shape, as before (a layer of fan-out F then starts in about
     ±b·sqrt(F_max / F)). Groups named by ``group_overrides`` or the layer policy are never split.
+    ``output_init="he"`` starts the output layer at He fan-out variance like every other layer instead of
+    1 / fan-in (the zoo's LeNets and MNIST ResNet-20s were trained that way).
     ``initialize=False`` leaves decoders and latents as they come (for a state loaded next, as
     :func:`lilnetx.load` does) and skips what only initialisation needs (finding the output layer traces the
     model); ``init`` is still recorded.
@@ -318,6 +322,8 @@ def reparameterize(
                            f"got {fan_out_split!r}")
     if init not in INITS:
         raise ReparamError(f"unknown init {init!r}; choose one of {INITS}")
+    if output_init not in OUTPUT_INITS:
+        raise ReparamError(f"unknown output_init {output_init!r}; choose one of {OUTPUT_INITS}")
     if structure not in STRUCTURES:
         raise ReparamError(f"unknown structure {structure!r}; choose one of {STRUCTURES}")
     if is_reparameterized(model):
@@ -325,7 +331,7 @@ def reparameterize(
     group_overrides = dict(group_overrides or {})
     decoder_forms = dict(decoder_forms or {})
     layers, fans = _select_layers(model, exclude, group_overrides, layer_policy, fan_out_split,
-                                  with_fans=initialize and init == "scratch")
+                                  with_fans=initialize and init == "scratch", output_init=output_init)
     if not layers:
         raise ReparamError("no Conv or Linear layer left to compress (check `exclude` and the layer policy)")
     unknown = sorted(set(decoder_forms) - {g for layer in layers for g in layer[2:]}
@@ -376,6 +382,8 @@ def reparameterize(
               "density_filters": list(density_filters)}
     if decoder_forms:
         config["decoder_forms"] = decoder_forms
+    if output_init != "lecun":
+        config["output_init"] = output_init
     if fit_errors:
         config["fit_error"] = max(fit_errors)
     model.lilnetx_config = config

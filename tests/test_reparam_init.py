@@ -8,7 +8,7 @@ from torch import nn
 
 import lilnetx
 import zoo
-from lilnetx.reparam import ReparamError, latent_tensors, load_latent_state
+from lilnetx.reparam import ReparamError, _init_fans, latent_tensors, load_latent_state
 
 
 def _weight_bounds(model: nn.Module) -> dict[str, float]:
@@ -143,3 +143,16 @@ def test_initialize_false_groups_alike_and_leaves_decoders_as_built():
     assert all(torch.equal(g.matrix(), torch.eye(g.width)) for g in lilnetx.latent_groups(bare).values())
     assert [t.group.name for t in latent_tensors(bare)] == [t.group.name for t in latent_tensors(drawn)]
     assert bare.lilnetx_config == drawn.lilnetx_config
+
+
+def test_output_init_he_treats_the_output_layer_like_every_layer():
+    """``output_init="he"`` gives the output layer He fan-out variance (the zoo's LeNets were trained so);
+    the default starts it at 1 / fan-in."""
+    model = zoo.create_model("lenet5_caffe", num_classes=10)
+    fc2 = model.fc2
+    he = _init_fans(model, [fc2], "he")
+    assert he[fc2] == _fan_out(fc2) == 10
+    assert _init_fans(model, [fc2])[fc2] == 2 * fc2.in_features
+    with pytest.raises(ReparamError, match="unknown output_init 'glorot'"):
+        lilnetx.reparameterize(model, output_init="glorot")
+    assert lilnetx.reparameterize(model, output_init="he").lilnetx_config["output_init"] == "he"
