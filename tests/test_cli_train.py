@@ -75,7 +75,7 @@ def test_run_folder_keeps_the_exact_full_recipe(straight_run: tuple[Path, dict])
     assert config == TrainConfig(**{**FAST_RECIPE["train"], "lambda_rate": 1e-3, "warmup_epochs": 0.0})
     assert recipe["reparam"] == {"init": "scratch", "structure": "slice", "compress_bias": True, "exclude": [],
                                  "group_overrides": None, "density_filters": [3, 3, 3], "latent_bound": 3,
-                                 "decoder_forms": None, "fan_out_split": 4.0}
+                                 "decoder_forms": None, "fan_out_split": 4.0, "output_init": "lecun"}
 
 
 def test_export_rebuilds_the_stored_spec_without_the_dataset(straight_run: tuple[Path, dict], tmp_path: Path,

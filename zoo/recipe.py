@@ -42,10 +42,11 @@ class RecipeError(ZooError, ValueError):
 
 
 def _reparam_options() -> dict[str, tuple[Any, str]]:
-    """``reparameterize``'s keyword options (except the plugin-provided layer policy): (default, type)."""
+    """``reparameterize``'s keyword options (except the plugin-provided layer policy, and ``initialize``: a
+    recipe trains from an initialised model): (default, type)."""
     params = inspect.signature(lilnetx.reparameterize).parameters.values()
     return {p.name: (p.default, str(p.annotation)) for p in params
-            if p.kind is p.KEYWORD_ONLY and p.name != "layer_policy"}
+            if p.kind is p.KEYWORD_ONLY and p.name not in ("layer_policy", "initialize")}
 
 
 def _train_options() -> dict[str, tuple[Any, str]]:
