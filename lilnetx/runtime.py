@@ -13,8 +13,9 @@ then times the candidate engines on that input, interleaved, and keeps the faste
 - ``onnxruntime``: onnxruntime on the dense slimmed model, where onnxruntime is installed (the kernels do not
   run there: it is chosen where the model's zeros do not pay on this machine).
 
-Another engine replaces the reference only when it measured ``MIN_GAIN`` faster, and only with outputs equal to
-the slimmed model's (``CHECK_RTOL`` of the largest magnitude). Later calls with that shape run without Python.
+The fastest engine as measured runs the shape, among those whose outputs equal the slimmed model's (``CHECK_RTOL`` of
+the largest magnitude): every engine runs the same slimmed model, so none needs a margin to be chosen (a layer's
+sparse form does: ``lilnetx.measured.MIN_GAIN``). Later calls with that shape run without Python.
 It is an ``nn.Module``; ``forms()`` says what each layer runs per shape and ``engines()`` which engine.
 """
 
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from lilnetx.calibration import pick_fastest
 from lilnetx.errors import LilnetxError
-from lilnetx.measured import MIN_GAIN, MeasuredLayer, measured_layers, recorded_inputs
+from lilnetx.measured import MeasuredLayer, measured_layers, recorded_inputs
 from lilnetx.slim import default_input, outputs_agree, slim, with_kernels
 
 ENGINES = ("torchscript", "torchscript-mkldnn", "onnxruntime")
@@ -91,7 +92,7 @@ class SparseRuntime(nn.Module):
             return "torchscript", candidates["torchscript"], {}
         calls = {name: lambda e=engine: e(x) for name, engine in candidates.items()}
         best, ms, _ = pick_fastest(calls, "torchscript", budget_ms=TIMING_BUDGET_MS, min_rounds=3,
-                                   max_rounds=MAX_ROUNDS, warmup=2, min_gain=MIN_GAIN)  # a new session settles
+                                   max_rounds=MAX_ROUNDS, warmup=2)  # a new session settles
         return best, candidates[best], ms
 
     def _candidates(self, x: Tensor) -> dict[str, Engine]:
