@@ -330,8 +330,9 @@ def reparameterize(
         raise ReparamError("model is already reparameterised; build a fresh model to reparameterise again")
     group_overrides = dict(group_overrides or {})
     decoder_forms = dict(decoder_forms or {})
+    start = init if initialize else None  # how decoders and latents start: drawn, fitted, or left as built
     layers, fans = _select_layers(model, exclude, group_overrides, layer_policy, fan_out_split,
-                                  with_fans=initialize and init == "scratch", output_init=output_init)
+                                  with_fans=start == "scratch", output_init=output_init)
     if not layers:
         raise ReparamError("no Conv or Linear layer left to compress (check `exclude` and the layer policy)")
     unknown = sorted(set(decoder_forms) - {g for layer in layers for g in layer[2:]}
@@ -362,18 +363,17 @@ def reparameterize(
     fit_errors: list[float] = []
     for group_name, group in groups.items():
         group.to(device)
-        tensors = [getattr(module, tensor_name) for module, tensor_name in members[group_name]]
-        if initialize and init == "fit":
-            _init_fit_decoder(group, tensors)
-        elif initialize:
+        if start == "fit":
+            _init_fit_decoder(group, [getattr(module, tensor_name) for module, tensor_name in members[group_name]])
+        elif start == "scratch":
             _init_scratch_decoder(group, [fans[module] for module, _ in members[group_name]], latent_bound)
         for module, tensor_name in members[group_name]:
-            original = getattr(module, tensor_name).detach().clone() if initialize and init == "fit" else None
+            original = getattr(module, tensor_name).detach().clone() if start == "fit" else None
             parametrize.register_parametrization(module, tensor_name, LatentWeight(group))
             _step_weight_shortcut(module, tensor_name)
             latent = module.parametrizations[tensor_name].original
             with torch.no_grad():
-                if initialize and init == "scratch":
+                if start == "scratch":
                     latent.copy_(_scratch_latent(group, latent, fans[module], tensor_name, latent_bound))
                 elif original is not None:
                     fit_errors.append(_relative_error(getattr(module, tensor_name), original))
