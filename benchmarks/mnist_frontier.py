@@ -35,7 +35,7 @@ ABLATIONS = ROOT / "benchmarks" / "frontier_recipes"
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED: tuple[str, ...] = ("lenet5_caffe.mnist-lam1", "lenet5_caffe.mnist-lam3", "lenet_300_100.mnist-lam05",
                             "resnet20.mnist-lam03", "timm%2Fmobilenetv2_050.mnist-lam1")  # recipes/ stems of frontier points shipped in zoo_artifacts/
-PUBLISHED = [  # METHOD.md §6 and the issue: whole-model sizes on the same data and architecture
+PUBLISHED = [  # published whole-model sizes on the same data and architecture
     {"arch": "lenet5_caffe", "method": "EPR (ICLR 2020)", "bytes": 2840, "top1": 0.990},
     {"arch": "lenet5_caffe", "method": "MIRACLE", "bytes": 1150, "top1": 0.9902},
     {"arch": "lenet5_caffe", "method": "LilNetX reference code (fp32 side info)", "bytes": 11430, "top1": 0.9919},

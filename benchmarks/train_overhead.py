@@ -271,7 +271,7 @@ def memory(case: int) -> dict:
     return {"arch": arch, "kwargs": kwargs, "batch": batch, **result}
 
 
-REFERENCE_OVERHEAD = {"resnet20": "1.12×", "resnet20 width=4": "1.16×"}  # METHOD.md: the reference code's ratios
+REFERENCE_OVERHEAD = {"resnet20": "1.12×", "resnet20 width=4": "1.16×"}  # the reference LilNetX code's published ratios
 
 
 def _name(row: dict) -> str:

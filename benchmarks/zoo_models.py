@@ -33,7 +33,7 @@ from zoo.names import from_filename, split_name, to_filename
 from zoo.pipeline import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = {  # METHOD.md §6: whole-model sizes of the prior work on the same data and architecture
+PAPER = {  # published whole-model sizes of the prior work on the same data and architecture
     "lenet5_caffe": ("EPR: 2.84 KB at 99.0 %; reference LilNetX code: 5.46 KB latents + 5.97 KB side info "
                      "(≈11.4 KB) at 99.19 %"),
     "lenet_300_100": "EPR: 8.56 KB at 98.1 %",

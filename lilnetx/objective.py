@@ -1,4 +1,4 @@
-"""The LilNetX objective: ``CE + λ_I·bits/N_slices + λ_2·ΣZ² + λ_G·Σ‖Z_group‖₂`` (METHOD.md §4)."""
+"""The LilNetX objective: ``CE + λ_I·bits/N_slices + λ_2·ΣZ² + λ_G·Σ‖Z_group‖₂`` (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def structured_norms(t: LatentTensor, structure: str) -> Tensor:
 
 
 def num_slices(tensors: list[LatentTensor]) -> int:
-    """N_slices of METHOD.md: the number of latent rows (K×K slices; single values for scalar groups)."""
+    """N_slices of docs/method.md: the number of latent rows (K×K slices; single values for scalar groups)."""
     return sum(t.rows().shape[0] for t in tensors)
 
 

@@ -29,7 +29,7 @@ STRUCTURES = ("slice", "channel", "filter")
 INITS = ("scratch", "fit")
 OUTPUT_INITS = ("lecun", "he")  # the output layer's initial variance: 1 / fan-in, or He fan-out as every layer
 DECODER_FORMS = ("full", "diagonal", "scalar")  # width x width matrix, one scale per kernel position, one scale
-LATENT_BOUND_B = 3  # b of METHOD.md: latents of the widest layer start in about [-b, b]
+LATENT_BOUND_B = 3  # b of docs/method.md: latents of the widest layer start in about [-b, b]
 FAN_OUT_SPLIT = 4.0  # a kernel-shape group is split where its layers' fan-outs differ by more than this factor
 FIT_LEVELS_PER_STD = 16  # init="fit": quantisation step = RMS of the group's weights / this
 
@@ -293,8 +293,8 @@ def reparameterize(
 ) -> nn.Module:
     """Turn ``model`` into a LilNetX model in place and return it.
 
-    ``init="scratch"`` draws decoders and latents as in METHOD.md (decoded weights of He variance, the output
-    layer's of variance 1 / fan-in: :func:`_init_fans`);
+    ``init="scratch"`` draws decoders and latents as docs/method.md says (decoded weights of He variance, the output
+    layer's of variance 1 / fan-in with the default ``output_init``: :func:`_init_fans`);
     ``init="fit"`` keeps the current (trained) weights: decoders become scaled identities and latents
     ``W / step``; the relative RMS fit error is stored in ``model.lilnetx_config["fit_error"]``.
     ``exclude`` holds fnmatch patterns of module names left uncompressed; ``group_overrides`` maps module-name
@@ -302,7 +302,7 @@ def reparameterize(
     density instead of sharing ``dense`` with the large hidden layers). ``layer_policy(name, module)``
     may return ``False`` (leave the layer alone), a group name, or ``None`` (default grouping).
     ``structure`` picks the structured prior's unit: ``slice`` (K x K kernel), ``channel`` or ``filter``.
-    ``latent_bound`` is b of METHOD.md: the widest layer's latents start in about [-b, b] (keep it >= ~0.5:
+    ``latent_bound`` is b of docs/method.md: the widest layer's latents start in about [-b, b] (keep it >= ~0.5:
     below that every latent rounds to zero and no gradient reaches the weights). ``decoder_forms`` maps
     group names to a decoder form, ``full`` (default), ``diagonal`` or ``scalar``, e.g.
     ``{"conv5x5": "diagonal"}``: 25 stored values instead of 625 (a split group ``conv1x1_fo48`` takes
@@ -412,7 +412,7 @@ def _step_weight_shortcut(module: nn.Module, tensor_name: str) -> None:
 
 
 def _init_scratch_decoder(group: LatentGroup, fans: list[int], b: float) -> None:
-    """METHOD.md: decoder ~ N(0, var) calibrated so the latents of the layer with the widest initialisation fan
+    """docs/method.md: decoder ~ N(0, var) calibrated so the latents of the layer with the widest initialisation fan
     span about [-b, b]."""
     with torch.no_grad():
         if group.name == "bias":

@@ -155,6 +155,17 @@ def test_no_document_points_at_files_users_do_not_have() -> None:
                 assert (path.parent / target).exists(), f"{path.name} links to missing {target}"
 
 
+def test_no_source_file_points_at_files_users_do_not_have() -> None:
+    """Docstrings and comments are read too: they name docs/, never the project's private notes."""
+    sources = [p for folder in ("lilnetx", "zoo", "dashboard", "plugins", "benchmarks", "recipes")
+               for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".yaml", ".cpp", ".h")]
+    assert sources
+    for path in sources:
+        text = path.read_text()
+        for word in ("METHOD.md", "DESIGN.md", "../shared"):
+            assert word not in text, f"{path.relative_to(ROOT)} refers to {word}"
+
+
 def test_readme_is_short() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
 
