@@ -375,7 +375,7 @@ def reparameterize(
             with torch.no_grad():
                 if start == "scratch":
                     latent.copy_(_scratch_latent(group, latent, fans[module], tensor_name, latent_bound))
-                elif original is not None:
+                elif start == "fit":
                     fit_errors.append(_relative_error(getattr(module, tensor_name), original))
     config = {"init": init, "structure": structure, "compress_bias": compress_bias,
               "exclude": list(exclude), "group_overrides": group_overrides,
