@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -23,11 +24,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 import lilnetx
 from zoo import recipe as recipes
-from zoo import registry
+from zoo.measure import measure as measure_accuracy
 from zoo.pipeline import export_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,12 +59,10 @@ def measure(path: Path) -> dict:
     """Accuracy of the decoded file on the dataset's test split, its size and parts, sparsity and MACs."""
     header = lilnetx.read_header(path)
     model = lilnetx.load(path)
-    options = (header.get("recipe") or {}).get("dataset_kwargs") or {}  # e.g. {pad: 2}: the trained input size
-    data = registry.get_dataset(header["dataset"], **{**options, "augment": False})
-    accuracy = lilnetx.evaluate(model, DataLoader(data.test, batch_size=1000))
+    accuracy = measure_accuracy(model, header, timeout_s=math.inf)
     stats = lilnetx.stats(model, tuple(header["input_size"]))
     info = lilnetx.verify(path)
-    return {"bytes": info.size_bytes, "parts": info.parts, "top1": accuracy["top1"], "test_images": len(data.test),
+    return {"bytes": info.size_bytes, "parts": info.parts, "top1": accuracy.top1, "test_images": accuracy.images,
             "conv_slice_sparsity": stats["conv_slice_sparsity"], "weight_sparsity": stats["weight_sparsity"],
             "macs_dense": stats["macs_dense"], "macs_sparse": stats["macs_sparse"], "sha256": info.sha256}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 import lilnetx
 from zoo import recipe as recipes
 from zoo import registry
+from zoo.measure import measure as measure_accuracy
 from zoo.names import from_filename, split_name, to_filename
 from zoo.pipeline import export_run
 
@@ -85,15 +87,13 @@ def convert(path: Path, recipe: dict) -> None:
 def measure(name: str, path: Path) -> dict:
     header = lilnetx.read_header(path)
     model = lilnetx.load(path)
-    options = (header.get("recipe") or {}).get("dataset_kwargs") or {}  # e.g. {pad: 2}: the trained input size
-    data = registry.get_dataset(header["dataset"], **{**options, "augment": False})
-    accuracy = lilnetx.evaluate(model, DataLoader(data.test, batch_size=500))
+    accuracy = measure_accuracy(model, header, timeout_s=math.inf)
     stats = lilnetx.stats(model, tuple(header["input_size"]))
     fp32 = 4 * sum(p.numel() for p in model.state_dict().values() if p.is_floating_point())
     info = lilnetx.verify(path)
     return {"name": name, "dataset": header["dataset"], "bytes": info.size_bytes, "parts": info.parts,
             "fp32_bytes": fp32, "int8_xz_bytes": int8_xz_bytes(model),
-            "top1": accuracy["top1"], "top5": accuracy["top5"], "recorded_top1": header["metrics"].get("top1"),
+            "top1": accuracy.top1, "top5": accuracy.top5, "recorded_top1": header["metrics"].get("top1"),
             "conv_slice_sparsity": stats["conv_slice_sparsity"], "weight_sparsity": stats["weight_sparsity"],
             "macs_dense": stats["macs_dense"], "macs_sparse": stats["macs_sparse"], "sha256": info.sha256}
 
