@@ -3,7 +3,9 @@ running the one that measured faster on this machine.
 
 The first call with a new configuration (the input's shape, the thread count and a forced kernel variant)
 times every form on that very input, interleaved, and keeps the fastest: a form other than the
-reference only when it wins by ``MIN_GAIN``. Decisions are cached in memory and under ``$LILNETX_HOME``
+reference only when it wins by ``MIN_GAIN``. With several threads the kernel is timed twice, split over the
+threads and on the calling thread alone (``SERIAL_FORM``): waking the other threads costs more than a small
+layer's work on some machines. Decisions are cached in memory and under ``$LILNETX_HOME``
 (:mod:`lilnetx.calibration`), keyed by CPU model, instruction set, the kernels' build, torch version and the
 layer's signature, so each layer is measured once per machine and kernel build. Subclasses say which forms exist,
 which inputs the kernel takes and how each form runs.
@@ -27,7 +29,7 @@ from lilnetx.kernels import ISA_ENV, kernel_isa
 
 MIN_GAIN = 1.03  # a form must be this much faster than the reference, as measured, to be used
 TIMING_BUDGET_MS = 60.0  # per decision, across all rounds
-MEASURE_VERSION = 4  # part of every cached decision's key: a change in how decisions are measured re-measures
+MEASURE_VERSION = 5  # part of every cached decision's key: a change in how decisions are measured re-measures
 Activation = Literal["relu", "relu6"] | None
 ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # the kernels' activation codes
 EMPTY = torch.empty(0)  # the kernels' "none" for an optional tensor
@@ -47,7 +49,8 @@ class MeasuredLayer(nn.Module):
 
     OP: ClassVar[str]  # the cache's name for this kind of layer
     FORMS: ClassVar[tuple[str, ...]]  # the reference form first
-    KERNEL_FORM: ClassVar[str]  # the form the compiled kernel runs
+    KERNEL_FORM: ClassVar[str]  # the form the compiled kernel runs, split over the threads
+    SERIAL_FORM: ClassVar[str | None] = None  # the kernel on the calling thread alone: timed with several threads
 
     def __init__(self, form: str = "auto"):
         super().__init__()
@@ -84,7 +87,7 @@ class MeasuredLayer(nn.Module):
         """The form these inputs run: the forced one, else the measured one (measured now for a new
         configuration); the reference wherever the kernel does not take them."""
         if not self.kernel_takes(x, *rest):
-            return self.FORMS[0] if self.form in ("auto", self.KERNEL_FORM) else self.form
+            return self.FORMS[0]
         if self.form != "auto":
             return self.form
         return self._fast.get((x.shape, torch.get_num_threads(), os.environ.get(ISA_ENV, ""))) or self.decide(x)["form"]
@@ -114,16 +117,17 @@ class MeasuredLayer(nn.Module):
     def measure(self, x: Tensor) -> dict[str, Any]:
         """Time every form on ``x``, interleaved; the chosen form and each form's time (the fastest of its rounds:
         a decision is cached, so it must not follow a moment's load on the machine)."""
-        calls = {form: lambda form=form: self.run(form, x) for form in self.FORMS}
+        forms = [f for f in self.FORMS if f != self.SERIAL_FORM or torch.get_num_threads() > 1]
+        calls = {form: lambda form=form: self.run(form, x) for form in forms}
         form, ms, rounds = calibration.pick_fastest(calls, self.FORMS[0], budget_ms=TIMING_BUDGET_MS, min_rounds=5,
                                                     max_rounds=25, min_gain=MIN_GAIN)
         return {"form": form, **{f"{name}_ms": value for name, value in ms.items()}, "rounds": rounds,
                 "decided_by": "measured"}
 
     def speedup(self, decision: dict[str, Any]) -> float | None:
-        """How much faster the kernel measured than the reference in ``decision``."""
-        kernel_ms = decision.get(f"{self.KERNEL_FORM}_ms")
-        return decision[f"{self.FORMS[0]}_ms"] / kernel_ms if kernel_ms else None
+        """How much faster the kernel (its faster form) measured than the reference in ``decision``."""
+        kernel_ms = [decision[f"{form}_ms"] for form in self.FORMS[1:] if decision.get(f"{form}_ms")]
+        return decision[f"{self.FORMS[0]}_ms"] / min(kernel_ms) if kernel_ms else None
 
 
 

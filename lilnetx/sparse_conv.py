@@ -27,7 +27,7 @@ from lilnetx.measured import (
     recorded_inputs,
 )
 
-Form = Literal["auto", "sparse", "dense"]
+Form = Literal["auto", "sparse", "sparse-serial", "dense"]
 
 
 class SparseConvError(LayerOptionError):
@@ -38,15 +38,17 @@ class SparseConv2d(WeightedLayer):
     """A ``Conv2d`` (fp32, zero padding, any stride / dilation / groups) that skips its zero kernel taps where
     that measured faster.
 
-    ``form="auto"`` measures per input configuration (see :class:`lilnetx.measured.MeasuredLayer`); ``"sparse"`` /
-    ``"dense"`` force one form (benchmarks). Holds the dense weight too: inputs the kernel does not take (not
+    ``form="auto"`` measures per input configuration (see :class:`lilnetx.measured.MeasuredLayer`); ``"sparse"``
+    (the kernel over all threads), ``"sparse-serial"`` (on the calling thread) or ``"dense"`` force one form
+    (benchmarks). Holds the dense weight too: inputs the kernel does not take (not
     float32, on another device, needing gradients) and machines without the extension run ``F.conv2d``.
     ``activation`` (``"relu"`` or ``"relu6"``, set
     by :func:`lilnetx.fuse.fuse_epilogues`) is applied to the output, and ``forward(x, residual)`` adds
     ``residual`` before it, inside the kernel's store.
     """
 
-    OP, FORMS, KERNEL_FORM = "sparse_conv2d", ("dense", "sparse"), "sparse"
+    OP, FORMS = "sparse_conv2d", ("dense", "sparse", "sparse-serial")
+    KERNEL_FORM, SERIAL_FORM = "sparse", "sparse-serial"
 
     def __init__(self, conv: nn.Conv2d, *, form: Form = "auto", activation: Activation = None):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
@@ -81,10 +83,13 @@ class SparseConv2d(WeightedLayer):
                        self.stride, self.padding, self.dilation, self.groups)
         return activate(out if residual is None else out + residual, self.activation)
 
-    def sparse(self, x: Tensor, residual: Tensor | None = None, *, slices: bool = True) -> Tensor:
-        """The kernel (``slices=False``: the per-tap loop on 3x3 stride-1 kernels, for comparison)."""
+    def sparse(self, x: Tensor, residual: Tensor | None = None, *, slices: bool = True, parallel: bool = True
+               ) -> Tensor:
+        """The kernel (``slices=False``: the per-tap loop on 3x3 stride-1 kernels, for comparison; ``parallel=False``:
+        on the calling thread alone)."""
         return kernels.op("sparse_conv2d_run")(x, *self.plan(x, slices), EMPTY if self.bias is None else self.bias,
-                                               EMPTY if residual is None else residual, ACTIVATIONS[self.activation])
+                                               EMPTY if residual is None else residual, ACTIVATIONS[self.activation],
+                                               parallel)
 
     def plan(self, x: Tensor, slices: bool = True) -> tuple[Tensor, ...]:
         """The kernel's plan for ``x``'s size (where each non-zero tap reads, its weights, the register block),
@@ -98,7 +103,9 @@ class SparseConv2d(WeightedLayer):
         return plan
 
     def run(self, form: str, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        return self.sparse(x, residual) if form == "sparse" else self.dense(x, residual)
+        if form == "dense":
+            return self.dense(x, residual)
+        return self.sparse(x, residual, parallel=form == self.KERNEL_FORM)
 
     def kernel_takes(self, x: Tensor, residual: Tensor | None = None) -> bool:
         if not self.kernel_tensor(x, 4) or x.shape[1] != self.in_channels:

@@ -26,9 +26,10 @@ class SparseLinear(WeightedLayer):
     ``activation`` (``"relu"`` / ``"relu6"``, set by :func:`lilnetx.fuse.fuse_epilogues`) is applied to the output,
     inside the kernel's store."""
 
-    OP, FORMS, KERNEL_FORM = "sparse_linear", ("dense", "sparse"), "sparse"
+    OP, FORMS = "sparse_linear", ("dense", "sparse", "sparse-serial")
+    KERNEL_FORM, SERIAL_FORM = "sparse", "sparse-serial"
 
-    def __init__(self, linear: nn.Linear, *, form: Literal["auto", "dense", "sparse"] = "auto",
+    def __init__(self, linear: nn.Linear, *, form: Literal["auto", "dense", "sparse", "sparse-serial"] = "auto",
                  activation: Activation = None):
         super().__init__(linear, form, activation)
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -45,10 +46,10 @@ class SparseLinear(WeightedLayer):
                 f"bias={self.bias is not None}, density={self.density:.3f}, form={self.form}{self.activation_repr()}")
 
     def run(self, form: str, x: Tensor) -> Tensor:
-        if form == "sparse":
+        if form != "dense":
             return kernels.op("sparse_linear")(x, self.row_ptr, self.col, self.val,
                                                EMPTY if self.bias is None else self.bias,
-                                               ACTIVATIONS[self.activation])
+                                               ACTIVATIONS[self.activation], form == self.KERNEL_FORM)
         return activate(F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)),
                         self.activation)
 

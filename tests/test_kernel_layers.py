@@ -47,6 +47,39 @@ def test_sparse_linear_equals_dense(batch: int, bias: bool) -> None:
     assert 0.05 < layer.density < 0.15
 
 
+@pytest.mark.parametrize("form", ["sparse", "sparse-serial"])
+def test_both_kernel_forms_equal_dense_on_two_threads(form: str) -> None:
+    linear = _sparse_linear(130, 47)
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[torch.rand(24, 16) > 0.2] = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            for batch in (1, 5):
+                x, image = torch.randn(batch, 130), torch.randn(batch, 16, 12, 12)
+                assert torch.allclose(SparseLinear(linear, form=form)(x), linear(x), atol=1e-5)
+                assert torch.allclose(SparseConv2d(conv, form=form)(image), conv(image), atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_serial_kernel_form_is_timed_only_with_several_threads(threads: int, env: Path) -> None:
+    layer = SparseConv2d(nn.Conv2d(8, 8, 3, padding=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            layer(torch.randn(1, 8, 6, 6))
+    finally:
+        torch.set_num_threads(before)
+    (decision,) = layer.decisions.values()
+    assert decision["threads"] == threads and decision["sparse_ms"] > 0
+    assert ("sparse-serial_ms" in decision) == (threads > 1)
+
+
 def test_sparse_linear_decides_by_measuring_and_falls_back_for_gradients() -> None:
     linear = _sparse_linear(300, 100, density=0.02)
     layer = SparseLinear(linear)
@@ -133,7 +166,7 @@ def test_a_convolution_plans_once_per_input_size_and_refuses_another() -> None:
         assert len(layer._plans) == 2
         plan = layer.plan(torch.randn(1, 3, 8, 8))
         with pytest.raises(RuntimeError, match="not the one planned for"):
-            kernels.op("sparse_conv2d_run")(torch.randn(1, 3, 9, 8), *plan, conv.bias, torch.empty(0), 0)
+            kernels.op("sparse_conv2d_run")(torch.randn(1, 3, 9, 8), *plan, conv.bias, torch.empty(0), 0, True)
     with pytest.raises(RuntimeError, match="channels"):  # a wrong input goes to conv2d, which names it
         layer(torch.randn(1, 2, 8, 8))
 

@@ -89,8 +89,9 @@ if job is not None and job.done:
             st.caption(f":material/memory: Engine (fastest measured here: TorchScript, TorchScript with oneDNN "
                        f"layouts, or onnxruntime on the dense slimmed model, where the zeros do not pay) — {line}")
         st.caption("Per convolution, linear layer and setting: the form used (the sparse kernel only where it "
-                   "measured faster than PyTorch's dense op on this CPU; *removed*: slimming took the whole layer "
-                   "away) and the kernel's measured speed-up over dense. Zeros: the share of zero K×K slices of a "
+                   "measured faster than PyTorch's dense op on this CPU; *sparse-serial*: the kernel on one thread, "
+                   "where that measured faster than splitting a small layer's work; *removed*: slimming took the "
+                   "whole layer away) and the kernel's measured speed-up over dense. Zeros: the share of zero K×K slices of a "
                    "convolution, of zero weights of a linear (fc) layer.")
         st.dataframe(  # what a phone shows first: layer, form, zeros, speed-up
             layers.assign(zeros=100 * layers["zeros"]), hide_index=True, key="bench_layers",

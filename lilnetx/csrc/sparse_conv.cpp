@@ -123,10 +123,11 @@ Clamp activation_clamp(int64_t activation, const char* op) {
 
 // x: (N, C, H, W) fp32 of the planned size; offsets, pointers, weights, meta: its plan; bias: (O) fp32 or empty.
 // residual: a tensor of the output's shape added before the activation, or empty; activation: 0 none, 1 ReLU,
-// 2 ReLU6.
+// 2 ReLU6; parallel: split the work over ATen's threads (false: run on the calling thread, which is faster where
+// the work is too small to pay for waking the others: measured per layer).
 torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::Tensor pointers,
                                 torch::Tensor weights, torch::Tensor meta, torch::Tensor bias, torch::Tensor residual,
-                                int64_t activation) {
+                                int64_t activation, bool parallel) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32, "sparse_conv2d: x must be a 4-D float32 tensor");
   TORCH_CHECK(meta.numel() == M_SIZE && meta.scalar_type() == torch::kInt64, "sparse_conv2d: not a plan");
   const int64_t* m = meta.data_ptr<int64_t>();
@@ -166,7 +167,13 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
          wp + ptr[o] * w_step, ptr[o + 1] - ptr[o], bp ? bp[o] : 0.0f);
     }
   };
-  if (N >= at::get_num_threads()) {
+  if (!parallel) {
+    float* buf = padding_buffer(plane);
+    for (int64_t n = 0; n < N; ++n) {
+      pad_sample(xp + n * in_plane, buf, g);
+      run_channels(buf, n, 0, g.O);
+    }
+  } else if (N >= at::get_num_threads()) {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       float* buf = padding_buffer(plane);
       for (int64_t n = n0; n < n1; ++n) {
@@ -185,9 +192,10 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
 }
 
 // y = x W^T + b for x (N, I) fp32, W given by its non-zeros per output row: ptr (O + 1) int64 row pointers, col
-// int64 input index and val fp32 weight of each; bias (O) fp32 or empty; activation: 0 none, 1 ReLU, 2 ReLU6.
+// int64 input index and val fp32 weight of each; bias (O) fp32 or empty; activation: 0 none, 1 ReLU, 2 ReLU6;
+// parallel: as for sparse_conv2d_run.
 torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor ptr, torch::Tensor col, torch::Tensor val,
-                            torch::Tensor bias, int64_t activation) {
+                            torch::Tensor bias, int64_t activation, bool parallel) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "sparse_linear: x must be a 2-D float32 tensor");
   const Clamp clamp = activation_clamp(activation, "sparse_linear");
   x = x.contiguous();
@@ -202,7 +210,7 @@ torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor ptr, torch::Tensor co
   const float* vp = val.data_ptr<float>();
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, N * (pp[O] / std::max<int64_t>(1, O))));
-  at::parallel_for(0, O, grain, [&](int64_t o0, int64_t o1) {
+  at::parallel_for(0, O, parallel ? grain : O + 1, [&](int64_t o0, int64_t o1) {
     csr_linear_rows(xp, xtp, yp, N, I, O, pp, cp, vp, bp, clamp.on, clamp.hi, o0, o1);
   });
   return y;
@@ -235,9 +243,10 @@ torch::Tensor max_pool2d(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, in
 #define LNX_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 LNX_LIBRARY(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_conv2d_run(Tensor x, Tensor offsets, Tensor pointers, Tensor weights, Tensor meta, Tensor bias, "
-        "Tensor residual, int activation) -> Tensor",
+        "Tensor residual, int activation, bool parallel) -> Tensor",
         &sparse_conv2d_run);
-  m.def("sparse_linear(Tensor x, Tensor ptr, Tensor col, Tensor val, Tensor bias, int activation) -> Tensor", &sparse_linear);
+  m.def("sparse_linear(Tensor x, Tensor ptr, Tensor col, Tensor val, Tensor bias, int activation, bool parallel) "
+        "-> Tensor", &sparse_linear);
   m.def("max_pool2d(Tensor x, int kh, int kw, int sh, int sw, int ph, int pw) -> Tensor", &max_pool2d);
 }
 
