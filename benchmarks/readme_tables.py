@@ -61,6 +61,10 @@ def sparse_speed(result: dict) -> str:
     return _script("sparse_speed").markdown(result)
 
 
+def slice_overlap(result: dict) -> str:
+    return _script("slice_overlap").markdown(result)
+
+
 def train_overhead(result: dict) -> str:
     return _script("train_overhead").table(result["rows"])
 
@@ -181,6 +185,7 @@ TABLES: dict[str, Callable[[Any], str]] = {  # region name -> renderer
     "artifact_size": artifact_size,
     "load_time": load_time,
     "sparse_speed": sparse_speed,
+    "slice_overlap": slice_overlap,
     "dashboard_load": dashboard_load,
     "cli_latency": cli_latency,
     "hostile_inputs": hostile_inputs,
@@ -189,7 +194,8 @@ TABLES: dict[str, Callable[[Any], str]] = {  # region name -> renderer
 DOCUMENTS: dict[str, tuple[str, ...]] = {  # document (relative to the repository) -> the tables it holds
     "README.md": ("zoo_summary", "headline"),
     "docs/performance.md": ("zoo_models", "mnist_frontier", "train_overhead", "train_overhead_profile",
-                            "artifact_size", "load_time", "cli_latency", "sparse_speed", "dashboard_load"),
+                            "artifact_size", "load_time", "cli_latency", "sparse_speed", "slice_overlap",
+                            "dashboard_load"),
     "docs/security.md": ("hostile_inputs",),
 }
 
