@@ -13,9 +13,9 @@ every speedup is a ratio against dense measured in the same rounds.
 - ``onnxruntime``: the slimmed model exported to ONNX and run by onnxruntime (the dense-runtime reference).
 
 ``result["layers"]`` says what ran: for every convolution and linear layer of the dense model, its share of zeros
-and, per batch and thread count, the form the sparse variant used (``sparse``, ``sparse-serial`` — the kernel on one of
-the threads —, ``dense``, or ``removed`` by slimming) with the speed-up it measured over PyTorch's op; ``result["engines"]`` the engine the sparse variant chose per
-batch and thread count.
+and, per batch and thread count, the form the sparse variant used (``sparse``; ``sparse-serial``, the kernel on
+the calling thread alone; ``dense``; or ``removed`` by slimming) with the speed-up it measured over PyTorch's op;
+``result["engines"]`` the engine the sparse variant chose per batch and thread count.
 """
 
 from __future__ import annotations
