@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/slice_overlap.py
 
-For every shipped model, slimmed (zero channels removed), and each of its K×K convolutions (K > 1, not grouped):
+For every shipped model, slimmed (zero channels removed), and each of its K×K convolutions (K > 1, not grouped,
+more than one input channel: with one, grouping shares by arithmetic alone):
 the non-zero slice mask (output channel × input channel) is split into groups of G output channels, greedily (the
 channel with the most slices first, then the channels overlapping the group's input channels most). A kernel
 computing a group together loads each of the group's input channels once: its loads are the sum of the groups'
@@ -52,7 +53,8 @@ def model_overlap(path: Path) -> dict:
     slices = 0
     loads = dict.fromkeys(GROUPS, 0)
     for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1) and module.groups == 1:
+        if (isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1) and module.groups == 1
+                and module.in_channels > 1):
             mask = module.weight.ne(0).flatten(2).any(2)
             slices += int(mask.sum())
             for group in GROUPS:

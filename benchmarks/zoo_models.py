@@ -25,11 +25,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 import lilnetx
 from zoo import recipe as recipes
-from zoo import registry
 from zoo.measure import measure as measure_accuracy
 from zoo.names import from_filename, split_name, to_filename
 from zoo.pipeline import export_run
@@ -78,9 +76,8 @@ def convert(path: Path, recipe: dict) -> None:
     float_dtype = recipes.export_settings(recipe)["float_dtype"]
     metadata = {"dataset": header["dataset"], "recipe": header["recipe"], **header["metadata"]}
     lilnetx.save(model, path, metadata=metadata, float_dtype=float_dtype)
-    options = (header.get("recipe") or {}).get("dataset_kwargs") or {}
-    data = registry.get_dataset(header["dataset"], **{**options, "augment": False})
-    metrics = lilnetx.evaluate(lilnetx.load(path), DataLoader(data.test, batch_size=500))
+    measured = measure_accuracy(lilnetx.load(path), lilnetx.read_header(path), timeout_s=math.inf)
+    metrics = {"top1": measured.top1, "top5": measured.top5}
     lilnetx.save(model, path, metadata=metadata | {"metrics": metrics}, float_dtype=float_dtype)
 
 

@@ -166,8 +166,8 @@ def engines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def layers_frame(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """What the sparse variant ran: per entry and convolution or linear layer, its share of zeros (K×K slices of a
-    convolution, weights of a linear layer) and, per setting, the form (sparse / dense / removed) with the kernel's
-    measured speed-up over PyTorch's op."""
+    convolution, weights of a linear layer) and, per setting, the form (sparse / sparse-serial / dense / removed)
+    with the kernel's measured speed-up over PyTorch's op."""
     rows = []
     for name, result in results.items():
         for layer in result.get("layers") or []:

@@ -31,6 +31,7 @@ MIN_GAIN = 1.03  # a form must be this much faster than the reference, as measur
 TIMING_BUDGET_MS = 60.0  # per decision, across all rounds
 MEASURE_VERSION = 5  # part of every cached decision's key: a change in how decisions are measured re-measures
 Activation = Literal["relu", "relu6"] | None
+KernelLayerForm = Literal["auto", "dense", "sparse", "sparse-serial"]  # what a convolution or linear layer runs
 ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}  # the kernels' activation codes
 EMPTY = torch.empty(0)  # the kernels' "none" for an optional tensor
 

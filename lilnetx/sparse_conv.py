@@ -1,5 +1,6 @@
 """Slice-sparse convolution: a direct fp32 kernel that visits only the non-zero K×K kernel taps, used only
-where it measured faster than dense ``conv2d`` on the machine that runs it.
+where it measured faster than dense ``conv2d`` on the machine that runs it (split over the threads or, where
+that measured faster, on the calling thread alone).
 
 The kernel is one of the compiled inference kernels (:mod:`lilnetx.kernels`). A ``SparseConv2d`` is a
 :class:`lilnetx.measured.MeasuredLayer`: per input configuration (batch, height, width, thread count) it runs
@@ -10,7 +11,7 @@ padding for one (and every float32 linear layer for a :class:`lilnetx.sparse_lin
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,12 @@ from lilnetx.measured import (
     ACTIVATIONS,
     EMPTY,
     Activation,
+    KernelLayerForm,
     LayerOptionError,
     WeightedLayer,
     activate,
     recorded_inputs,
 )
-
-Form = Literal["auto", "sparse", "sparse-serial", "dense"]
 
 
 class SparseConvError(LayerOptionError):
@@ -50,7 +50,7 @@ class SparseConv2d(WeightedLayer):
     OP, FORMS = "sparse_conv2d", ("dense", "sparse", "sparse-serial")
     KERNEL_FORM, SERIAL_FORM = "sparse", "sparse-serial"
 
-    def __init__(self, conv: nn.Conv2d, *, form: Form = "auto", activation: Activation = None):
+    def __init__(self, conv: nn.Conv2d, *, form: KernelLayerForm = "auto", activation: Activation = None):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise SparseConvError("SparseConv2d needs numeric zero padding; keep this layer a Conv2d")
         super().__init__(conv, form, activation)
@@ -132,7 +132,7 @@ def eligible(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def sparsify(model: nn.Module, *, example_input: Tensor | None = None, form: Form = "auto"
+def sparsify(model: nn.Module, *, example_input: Tensor | None = None, form: KernelLayerForm = "auto"
              ) -> dict[str, dict[str, Any]]:
     """Replace, in place, each float32 ``nn.Conv2d`` with numeric zero padding by a ``SparseConv2d`` and each
     float32 ``nn.Linear`` by a :class:`lilnetx.sparse_linear.SparseLinear`.
@@ -141,7 +141,8 @@ def sparsify(model: nn.Module, *, example_input: Tensor | None = None, form: For
     with; ``example_input`` (a batch) makes those measurements now instead of at the first call. Returns per
     layer ``{"density", "form", "dense_ms", "sparse_ms", "speedup", "decided_by"}`` (convolutions also
     ``"zero_slice_share"``) for the example's configuration (``form`` is ``"first call"`` without one). Nothing
-    changes where the extension cannot be built.
+    changes where the extension cannot be built. ``sparse-serial_ms`` is there too where it was timed (several
+    threads); ``speedup`` is dense over the faster kernel form.
     """
     from lilnetx import sparse_linear
 
@@ -178,5 +179,6 @@ def layer_report(layer: WeightedLayer, x: Tensor | None) -> dict[str, Any]:
     if x is None or not layer.kernel_takes(x):
         return {**entry, "form": "first call", "decided_by": None}
     decision = layer.decide(x)
-    return {**entry, **{k: decision[k] for k in ("form", "dense_ms", "sparse_ms", "decided_by")},
+    timings = {k: v for k, v in decision.items() if k.endswith("_ms")}
+    return {**entry, "form": decision["form"], **timings, "decided_by": decision["decided_by"],
             "speedup": layer.speedup(decision)}

@@ -10,14 +10,14 @@ batch of at least one vector's width it broadcasts each weight over a vector of 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lilnetx import kernels
-from lilnetx.measured import ACTIVATIONS, EMPTY, Activation, WeightedLayer, activate
+from lilnetx.measured import ACTIVATIONS, EMPTY, Activation, KernelLayerForm, WeightedLayer, activate
 
 
 class SparseLinear(WeightedLayer):
@@ -29,7 +29,7 @@ class SparseLinear(WeightedLayer):
     OP, FORMS = "sparse_linear", ("dense", "sparse", "sparse-serial")
     KERNEL_FORM, SERIAL_FORM = "sparse", "sparse-serial"
 
-    def __init__(self, linear: nn.Linear, *, form: Literal["auto", "dense", "sparse", "sparse-serial"] = "auto",
+    def __init__(self, linear: nn.Linear, *, form: KernelLayerForm = "auto",
                  activation: Activation = None):
         super().__init__(linear, form, activation)
         self.in_features, self.out_features = linear.in_features, linear.out_features

@@ -49,7 +49,7 @@ def test_sparse_linear_equals_dense(batch: int, bias: bool) -> None:
 
 @pytest.mark.parametrize("form", ["sparse", "sparse-serial"])
 def test_both_kernel_forms_equal_dense_on_two_threads(form: str) -> None:
-    linear = _sparse_linear(130, 47)
+    linear = _sparse_linear(1024, 512)  # large enough that "sparse" splits its rows over the threads
     conv = nn.Conv2d(16, 24, 3, padding=1)
     with torch.no_grad():
         conv.weight[torch.rand(24, 16) > 0.2] = 0
@@ -58,7 +58,7 @@ def test_both_kernel_forms_equal_dense_on_two_threads(form: str) -> None:
     try:
         with torch.no_grad():
             for batch in (1, 5):
-                x, image = torch.randn(batch, 130), torch.randn(batch, 16, 12, 12)
+                x, image = torch.randn(batch, 1024), torch.randn(batch, 16, 12, 12)
                 assert torch.allclose(SparseLinear(linear, form=form)(x), linear(x), atol=1e-5)
                 assert torch.allclose(SparseConv2d(conv, form=form)(image), conv(image), atol=1e-5)
     finally:
@@ -66,7 +66,7 @@ def test_both_kernel_forms_equal_dense_on_two_threads(form: str) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_serial_kernel_form_is_timed_only_with_several_threads(threads: int, env: Path) -> None:
+def test_the_serial_kernel_form_is_timed_only_with_several_threads(threads: int) -> None:
     layer = SparseConv2d(nn.Conv2d(8, 8, 3, padding=1))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

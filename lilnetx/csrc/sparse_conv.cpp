@@ -167,14 +167,9 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
          wp + ptr[o] * w_step, ptr[o + 1] - ptr[o], bp ? bp[o] : 0.0f);
     }
   };
-  if (!parallel) {
-    float* buf = padding_buffer(plane);
-    for (int64_t n = 0; n < N; ++n) {
-      pad_sample(xp + n * in_plane, buf, g);
-      run_channels(buf, n, 0, g.O);
-    }
-  } else if (N >= at::get_num_threads()) {
-    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+  if (!parallel || N >= at::get_num_threads()) {
+    // a grain larger than the range runs inline, on the calling thread
+    at::parallel_for(0, N, parallel ? 1 : N + 1, [&](int64_t n0, int64_t n1) {
       float* buf = padding_buffer(plane);
       for (int64_t n = n0; n < n1; ++n) {
         pad_sample(xp + n * in_plane, buf, g);
