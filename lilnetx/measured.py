@@ -135,7 +135,11 @@ class MeasuredLayer(nn.Module):
 class WeightedLayer(MeasuredLayer):
     """A measured layer standing in for a dense ``Conv2d`` / ``Linear``: a float32 copy of its weight and bias (the
     reference form's), the activation fused into the output, and what the weight's zeros make of it (``density``
-    and ``pattern``, part of the layer's signature)."""
+    and ``pattern``, part of the layer's signature). Its forms: PyTorch's dense op, the kernel split over the
+    threads, and the kernel on the calling thread alone."""
+
+    FORMS = ("dense", "sparse", "sparse-serial")
+    KERNEL_FORM, SERIAL_FORM = "sparse", "sparse-serial"
 
     def __init__(self, layer: nn.Module, form: str, activation: Activation):
         check_activation(activation)

@@ -47,8 +47,7 @@ class SparseConv2d(WeightedLayer):
     ``residual`` before it, inside the kernel's store.
     """
 
-    OP, FORMS = "sparse_conv2d", ("dense", "sparse", "sparse-serial")
-    KERNEL_FORM, SERIAL_FORM = "sparse", "sparse-serial"
+    OP = "sparse_conv2d"
 
     def __init__(self, conv: nn.Conv2d, *, form: KernelLayerForm = "auto", activation: Activation = None):
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):

@@ -26,8 +26,7 @@ class SparseLinear(WeightedLayer):
     ``activation`` (``"relu"`` / ``"relu6"``, set by :func:`lilnetx.fuse.fuse_epilogues`) is applied to the output,
     inside the kernel's store."""
 
-    OP, FORMS = "sparse_linear", ("dense", "sparse", "sparse-serial")
-    KERNEL_FORM, SERIAL_FORM = "sparse", "sparse-serial"
+    OP = "sparse_linear"
 
     def __init__(self, linear: nn.Linear, *, form: KernelLayerForm = "auto",
                  activation: Activation = None):
