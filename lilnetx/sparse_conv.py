@@ -84,7 +84,7 @@ class SparseConv2d(WeightedLayer):
 
     def sparse(self, x: Tensor, residual: Tensor | None = None, *, slices: bool = True, parallel: bool = True
                ) -> Tensor:
-        """The kernel (``slices=False``: the per-tap loop on 3x3 stride-1 kernels, for comparison; ``parallel=False``:
+        """The kernel (``slices=False``: the per-tap loop where a slice loop exists, for comparison; ``parallel=False``:
         on the calling thread alone)."""
         return kernels.op("sparse_conv2d_run")(x, *self.plan(x, slices), EMPTY if self.bias is None else self.bias,
                                                EMPTY if residual is None else residual, ACTIVATIONS[self.activation],

@@ -33,6 +33,7 @@ CASES = [
     dict(cin=8, cout=12, k=3, padding=2, dilation=2, groups=2),
     dict(cin=4, cout=5, k=1, bias=False),
     dict(cin=3, cout=7, k=5),
+    dict(cin=1, cout=9, k=5, padding=2),  # the 5x5 slice loop on a single input channel, padded
     dict(cin=16, cout=16, k=3, stride=2),
     dict(cin=5, cout=4, k=3, stride=3, padding=2),
 ]

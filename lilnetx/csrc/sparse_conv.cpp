@@ -8,8 +8,8 @@
 // register file (pick_block).
 //
 // For each (sample, output channel) a block of R rows x NV*LNX_VW columns is accumulated in registers over the
-// channel's non-zero taps and stored once. 3x3 stride-1 kernels visit whole slices: each loaded input vector
-// feeds the (up to) three output rows it touches. Each sample's input is zero-padded into a thread-local buffer
+// channel's non-zero taps and stored once. 3x3 and 5x5 kernels at stride 1 and 3x3 at stride 2 visit whole
+// slices: each loaded input vector feeds every output row it touches. Each sample's input is zero-padded into a thread-local buffer
 // (strided layers: every row split into stride phases, so that every tap reads contiguous vectors), so borders
 // need no branches. Threads come from ATen's pool (torch.set_num_threads).
 #include <torch/extension.h>
@@ -21,14 +21,14 @@
 using namespace lnx;
 
 // A layer's plan for one input size, built once (sparse_conv2d_plan) and reused by every call with that size
-// (sparse_conv2d_run): where each non-zero tap (or 3x3 slice) reads the padded input, its weights, and the meta
+// (sparse_conv2d_run): where each non-zero tap (or K x K slice) reads the padded input, its weights, and the meta
 // row below (geometry, register block, layout).
 enum Meta { M_C, M_H, M_W, M_O, M_HO, M_WO, M_HP, M_WP, M_WQ, M_PAD_H, M_PAD_W, M_STRIDE_H, M_STRIDE_W, M_BLOCK,
-            M_SLICES, M_POINTWISE, M_OUT_H, M_OUT_W, M_SIZE };
+            M_SLICE_FORM, M_POINTWISE, M_OUT_H, M_OUT_W, M_SIZE };
 
 // tap_ptr: (O + 1) int64 CSR row pointers over taps; tap_chan/tap_kh/tap_kw: int64 input channel and kernel
 // position of each non-zero tap; tap_w: fp32 weight of each tap; (C, H, W): the input size planned for.
-// use_slices: 3x3 stride-1 kernels run the slice kernel (false: the per-tap loop, for comparison).
+// use_slices: kernels with a slice loop (SLICE_FORMS) run it (false: the per-tap loop, for comparison).
 // Returns (offsets int64, per-channel pointers int64, weights fp32, meta int64).
 std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tensor tap_chan, torch::Tensor tap_kh,
                                               torch::Tensor tap_kw, torch::Tensor tap_w, int64_t C, int64_t H,
@@ -53,10 +53,11 @@ std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tens
   g.Wo = (g.W + 2 * pad_w - dil_w * (KW - 1) - 1) / stride_w + 1;
   TORCH_CHECK(g.Ho > 0 && g.Wo > 0, "sparse_conv2d: input smaller than the kernel");
   const int64_t n_taps = tap_w.size(0);
-  const bool slices = use_slices && KH == 3 && KW == 3 && stride_h == 1 && stride_w == 1 && dil_h == 1 &&
-                      dil_w == 1;
+  const int form = use_slices ? slice_form(KH, KW, stride_h, stride_w, dil_h, dil_w) : -1;  // -1: the tap loop
+  const bool slices = form >= 0;
+  const int64_t slice_k = slices ? SLICE_FORMS[form].k : 0;
   const int64_t taps_per_channel = std::max<int64_t>(1, n_taps / std::max<int64_t>(1, g.O));
-  const Block& block = pick_block(g.Ho, g.Wo, slices, slices ? 9 : taps_per_channel);
+  const Block& block = pick_block(g.Ho, g.Wo, form, slices ? slice_k * slice_k : taps_per_channel);
   const int64_t Ho_pad = (g.Ho + block.R - 1) / block.R * block.R;
   const int64_t Wo_pad = (g.Wo + block.NV * VW - 1) / (block.NV * VW) * (block.NV * VW);
   // Room for the rounded-up block of rows / columns: reads beyond the real input see zeros.
@@ -71,7 +72,8 @@ std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tens
   const float* tw = tap_w.data_ptr<float>();
   std::vector<int64_t> offs, ptr_v(g.O + 1);
   std::vector<float> w_v;
-  if (slices) {  // taps (sorted by output, input channel, kh, kw) grouped into 3x3 slices
+  if (slices) {  // taps (sorted by output, input channel, kh, kw) grouped into K x K slices
+    const int64_t area = slice_k * slice_k;
     for (int64_t o = 0; o < g.O; ++o) {
       ptr_v[o] = static_cast<int64_t>(offs.size());
       int64_t last = -1;
@@ -79,9 +81,9 @@ std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tens
         if (chan[t] != last) {
           last = chan[t];
           offs.push_back(chan[t] * g.Hp * g.Wp);
-          w_v.resize(w_v.size() + 9, 0.0f);
+          w_v.resize(w_v.size() + area, 0.0f);
         }
-        w_v[w_v.size() - 9 + kh[t] * 3 + kw[t]] = tw[t];
+        w_v[w_v.size() - area + kh[t] * slice_k + kw[t]] = tw[t];
       }
     }
     ptr_v[g.O] = static_cast<int64_t>(offs.size());
@@ -95,7 +97,7 @@ std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tens
     w_v.assign(tw, tw + n_taps);
   }
   const std::vector<int64_t> meta = {g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.Hp, g.Wp, g.Wq, g.pad_h, g.pad_w, g.stride_h,
-                                g.stride_w, &block - BLOCKS, slices, pointwise, pointwise ? H : g.Ho, pointwise ? W : g.Wo};
+                                g.stride_w, &block - BLOCKS, form, pointwise, pointwise ? H : g.Ho, pointwise ? W : g.Wo};
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   return {torch::tensor(offs, i64), torch::tensor(ptr_v, i64), torch::tensor(w_v, torch::kFloat32),
           torch::tensor(meta, i64)};
@@ -141,7 +143,10 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
   Geometry g{m[M_C], m[M_H], m[M_W], m[M_O], m[M_HO], m[M_WO], m[M_HP], m[M_WP], m[M_WQ], m[M_PAD_H], m[M_PAD_W],
              m[M_STRIDE_H], m[M_STRIDE_W]};
   const Block& block = BLOCKS[m[M_BLOCK]];
-  const ChannelFn fn = m[M_SLICES] ? block.slices : block.taps;
+  const int64_t form = m[M_SLICE_FORM];  // -1: the tap loop
+  TORCH_CHECK(form >= -1 && form < N_SLICE_FORMS, "sparse_conv2d: the plan was made by another build");
+  const ChannelFn fn = form >= 0 ? block.slices[form] : block.taps;
+  const int64_t slice_k = form >= 0 ? SLICE_FORMS[form].k : 0;
   const int64_t N = x.size(0);
   auto out = torch::empty({N, g.O, m[M_OUT_H], m[M_OUT_W]}, x.options());
   if (residual.numel()) {
@@ -156,7 +161,7 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
   const int64_t* offs = offsets.data_ptr<int64_t>();
   const float* wp = weights.data_ptr<float>();
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  const int64_t w_step = m[M_SLICES] ? 9 : 1;  // weights per slice / per tap
+  const int64_t w_step = slice_k ? slice_k * slice_k : 1;  // weights per slice / per tap
   const int64_t plane = g.C * g.Hp * g.Wp;
   const int64_t in_plane = g.C * g.H * g.W;
   const int64_t out_plane = g.O * g.Ho * g.Wo;

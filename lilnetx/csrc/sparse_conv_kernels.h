@@ -51,11 +51,15 @@ inline void pad_sample(const float* x, float* buf, const Geometry& g) {
         for (int64_t w = row_end; w < g.Wp; ++w) row[w] = 0.0f;
       } else {
         for (int64_t phase = 0; phase < g.stride_w; ++phase) {
+          // dst[j] holds source column phase + j * stride_w - pad_w: zeros, then the row's columns, then zeros
           float* dst = row + phase * g.Wq;
-          for (int64_t j = 0; j < g.Wq; ++j) {
-            const int64_t col = phase + j * g.stride_w - g.pad_w;  // the source column, or outside the row
-            dst[j] = col >= 0 && col < g.W ? src[col] : 0.0f;
-          }
+          const int64_t first = std::max<int64_t>(0, g.pad_w - phase + g.stride_w - 1) / g.stride_w;
+          const int64_t end = std::min<int64_t>(g.Wq, std::max<int64_t>(first, (g.W + g.pad_w - phase + g.stride_w - 1) /
+                                                                               g.stride_w));
+          const float* from = src + phase + first * g.stride_w - g.pad_w;
+          for (int64_t j = 0; j < first; ++j) dst[j] = 0.0f;
+          for (int64_t j = first; j < end; ++j) dst[j] = from[(j - first) * g.stride_w];
+          for (int64_t j = end; j < g.Wq; ++j) dst[j] = 0.0f;
         }
       }
     }
@@ -123,32 +127,38 @@ void taps_channel(const float* buf, const Sink& out, const Geometry& g, const in
   }
 }
 
-// 3x3, stride 1, dilation 1: per non-zero slice and kernel column, three weights stay in registers while the
-// slice's R + 2 input rows stream past, each row feeding the output rows it touches.
-template <int R, int NV>
-void slice3x3_channel(const float* buf, const Sink& out, const Geometry& g, const int64_t* offs, const float* wts,
-                      int64_t n_slices, float bias) {
+// K x K slices at stride S (no dilation): per non-zero slice and kernel column, K weights stay in registers while
+// the slice's S (R - 1) + K input rows stream past, each row feeding the output rows it touches (up to K at stride
+// 1, up to K / S + 1 at stride S). Strided rows are stored in stride phases (pad_sample), so each read is contiguous.
+template <int K, int S, int R, int NV>
+void slice_channel(const float* buf, const Sink& out, const Geometry& g, const int64_t* offs, const float* wts,
+                   int64_t n_slices, float bias) {
+  constexpr int ROWS = S * (R - 1) + K;  // the input rows a block of R output rows reads
   const int64_t Wp = g.Wp;
   for (int64_t oh0 = 0; oh0 < g.Ho; oh0 += R) {
     for (int64_t ow0 = 0; ow0 < g.Wo; ow0 += NV * VW) {
       vf acc[R][NV];
       for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) acc[r][v] = vf{} + bias;
-      const float* base = buf + oh0 * Wp + ow0;
+      const float* base = buf + oh0 * S * Wp + ow0;
       for (int64_t s = 0; s < n_slices; ++s) {
-        const float* src = base + offs[s];
-        const float* w = wts + 9 * s;
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw) {
-          const vf w0 = vf{} + w[kw], w1 = vf{} + w[3 + kw], w2 = vf{} + w[6 + kw];
-#pragma GCC unroll 16
-          for (int j = 0; j < R + 2; ++j) {
+        const float* w = wts + K * K * s;
+#pragma GCC unroll 5
+        for (int kw = 0; kw < K; ++kw) {
+          const float* src = base + offs[s] + (kw % S) * g.Wq + kw / S;
+          vf wk[K];
+#pragma GCC unroll 5
+          for (int kh = 0; kh < K; ++kh) wk[kh] = vf{} + w[kh * K + kw];
+#pragma GCC unroll 32
+          for (int j = 0; j < ROWS; ++j) {
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
-              const vf x = load(src + j * Wp + kw + v * VW);
-              if (j < R) acc[j][v] += w0 * x;
-              if (j >= 1 && j - 1 < R) acc[j - 1][v] += w1 * x;
-              if (j >= 2 && j - 2 < R) acc[j - 2][v] += w2 * x;
+              const vf x = load(src + j * Wp + v * VW);
+#pragma GCC unroll 5
+              for (int kh = 0; kh < K; ++kh) {
+                const int d = j - kh;  // S times the output row this input row feeds through kernel row kh
+                if (d >= 0 && d % S == 0 && d / S < R) acc[d / S][v] += wk[kh] * x;
+              }
             }
           }
         }
@@ -160,14 +170,25 @@ void slice3x3_channel(const float* buf, const Sink& out, const Geometry& g, cons
 
 using ChannelFn = void (*)(const float*, const Sink&, const Geometry&, const int64_t*, const float*, int64_t, float);
 
+// The slice loops: kernel size K and stride S (the same in both directions, no dilation). Other convolutions run
+// the tap loop.
+struct SliceForm {
+  int k, s;
+};
+constexpr SliceForm SLICE_FORMS[] = {{3, 1}, {5, 1}, {3, 2}};
+constexpr int N_SLICE_FORMS = sizeof(SLICE_FORMS) / sizeof(SLICE_FORMS[0]);
+
 struct Block {
   int R, NV;
-  ChannelFn taps, slices;
+  ChannelFn taps;
+  ChannelFn slices[N_SLICE_FORMS];  // by SLICE_FORMS index
 };
 
-#define LNX_BLOCK(R, NV) Block{R, NV, taps_channel<R, NV>, slice3x3_channel<R, NV>}
-// Accumulator budgets (pick_block): R * NV <= LNX_NREG - 5 for the 3x3 slice loop (three weights, an input, a
-// spare), <= LNX_NREG - 3 for the tap loop (a weight, an input, a spare): 11 / 13 with 16 registers, 27 / 29 with 32.
+#define LNX_BLOCK(R, NV) \
+  Block{R, NV, taps_channel<R, NV>, {slice_channel<3, 1, R, NV>, slice_channel<5, 1, R, NV>, slice_channel<3, 2, R, NV>}}
+// Accumulator budgets (pick_block): R * NV <= LNX_NREG - K - 2 for a K x K slice loop (K weights, an input, a
+// spare), <= LNX_NREG - 3 for the tap loop (a weight, an input, a spare): 11 (3x3) / 9 (5x5) / 13 with 16
+// registers, 27 / 25 / 29 with 32.
 const Block BLOCKS[] = {
     LNX_BLOCK(1, 1), LNX_BLOCK(2, 1), LNX_BLOCK(3, 1), LNX_BLOCK(4, 1), LNX_BLOCK(5, 1), LNX_BLOCK(6, 1),
     LNX_BLOCK(7, 1), LNX_BLOCK(8, 1), LNX_BLOCK(12, 1), LNX_BLOCK(1, 2), LNX_BLOCK(2, 2), LNX_BLOCK(3, 2),
@@ -179,18 +200,29 @@ const Block BLOCKS[] = {
 #endif
 };
 
+// The slice loop for a K x K kernel at stride (sh, sw) and dilation (dh, dw): its SLICE_FORMS index, or -1.
+inline int slice_form(int64_t K, int64_t KW, int64_t sh, int64_t sw, int64_t dh, int64_t dw) {
+  for (int i = 0; i < N_SLICE_FORMS; ++i)
+    if (K == SLICE_FORMS[i].k && KW == K && sh == SLICE_FORMS[i].s && sw == sh && dh == 1 && dw == 1) return i;
+  return -1;
+}
+
 // The block with the least modelled work for an Ho x Wo output: padded outputs times the multiply-adds per
 // output vector, plus the loads that exceed them and a per-block cost for setting up and storing. Blocks whose
 // accumulators leave no room for the weights, the input vector and a spare register are not considered.
-inline const Block& pick_block(int64_t Ho, int64_t Wo, bool slices, int64_t taps_per_unit) {
-  const int budget = LNX_NREG - (slices ? 5 : 3);
+// form: the slice loop's SLICE_FORMS index (-1: the tap loop); taps_per_unit: taps per slice, or per output channel.
+inline const Block& pick_block(int64_t Ho, int64_t Wo, int form, int64_t taps_per_unit) {
+  const bool slices = form >= 0;
+  const int k = slices ? SLICE_FORMS[form].k : 1, stride = slices ? SLICE_FORMS[form].s : 1;
+  const int budget = LNX_NREG - (slices ? k + 2 : 3);
   const Block* best = &BLOCKS[0];
   double best_cost = 1e300;
   for (const Block& b : BLOCKS) {
     if (b.R * b.NV > budget) continue;
     const double blocks = double((Ho + b.R - 1) / b.R) * double((Wo + b.NV * VW - 1) / (b.NV * VW));
     const double fma = double(b.R * b.NV) * taps_per_unit;
-    const double loads = slices ? 3.0 * (b.R + 2) * b.NV + 9 : double(b.R * b.NV + 1) * taps_per_unit;
+    const double loads = slices ? double(k) * (stride * (b.R - 1) + k) * b.NV + taps_per_unit
+                                : double(b.R * b.NV + 1) * taps_per_unit;
     const double cost = blocks * (std::max(fma, loads) + 2.0 * b.R * b.NV + 12.0);
     if (cost < best_cost) {
       best_cost = cost;
