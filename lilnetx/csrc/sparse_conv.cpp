@@ -9,9 +9,9 @@
 //
 // For each (sample, output channel) a block of R rows x NV*LNX_VW columns is accumulated in registers over the
 // channel's non-zero taps and stored once. 3x3 and 5x5 kernels at stride 1 and 3x3 at stride 2 visit whole
-// slices: each loaded input vector feeds every output row it touches. Each sample's input is zero-padded into a thread-local buffer
-// (strided layers: every row split into stride phases, so that every tap reads contiguous vectors), so borders
-// need no branches. Threads come from ATen's pool (torch.set_num_threads).
+// slices: each loaded input vector feeds every output row it touches. Each sample's input is zero-padded into a
+// thread-local buffer (strided layers: every row split into stride phases, so that every tap reads contiguous
+// vectors), so borders need no branches. Threads come from ATen's pool (torch.set_num_threads).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/TracerMode.h>

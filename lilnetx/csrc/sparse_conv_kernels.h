@@ -53,9 +53,9 @@ inline void pad_sample(const float* x, float* buf, const Geometry& g) {
         for (int64_t phase = 0; phase < g.stride_w; ++phase) {
           // dst[j] holds source column phase + j * stride_w - pad_w: zeros, then the row's columns, then zeros
           float* dst = row + phase * g.Wq;
-          const int64_t first = std::max<int64_t>(0, g.pad_w - phase + g.stride_w - 1) / g.stride_w;
-          const int64_t end = std::min<int64_t>(g.Wq, std::max<int64_t>(first, (g.W + g.pad_w - phase + g.stride_w - 1) /
-                                                                               g.stride_w));
+          const int64_t first = (g.pad_w - phase + g.stride_w - 1) / g.stride_w;  // >= 0: phase < stride_w
+          const int64_t last = (g.W + g.pad_w - phase + g.stride_w - 1) / g.stride_w;  // one past the row's end
+          const int64_t end = std::min(g.Wq, std::max(first, last));
           const float* from = src + phase + first * g.stride_w - g.pad_w;
           for (int64_t j = 0; j < first; ++j) dst[j] = 0.0f;
           for (int64_t j = first; j < end; ++j) dst[j] = from[(j - first) * g.stride_w];
@@ -129,7 +129,7 @@ void taps_channel(const float* buf, const Sink& out, const Geometry& g, const in
 
 // K x K slices at stride S (no dilation): per non-zero slice and kernel column, K weights stay in registers while
 // the slice's S (R - 1) + K input rows stream past, each row feeding the output rows it touches (up to K at stride
-// 1, up to K / S + 1 at stride S). Strided rows are stored in stride phases (pad_sample), so each read is contiguous.
+// 1, up to ceil(K / S) at stride S). Strided rows are stored in stride phases (pad_sample), so each read is contiguous.
 template <int K, int S, int R, int NV>
 void slice_channel(const float* buf, const Sink& out, const Geometry& g, const int64_t* offs, const float* wts,
                    int64_t n_slices, float bias) {
