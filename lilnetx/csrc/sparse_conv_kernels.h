@@ -184,8 +184,9 @@ struct Block {
   ChannelFn slices[N_SLICE_FORMS];  // by SLICE_FORMS index
 };
 
-#define LNX_BLOCK(R, NV) \
-  Block{R, NV, taps_channel<R, NV>, {slice_channel<3, 1, R, NV>, slice_channel<5, 1, R, NV>, slice_channel<3, 2, R, NV>}}
+#define LNX_BLOCK(R, NV)        \
+  Block{R, NV, taps_channel<R, NV>, \
+        {slice_channel<3, 1, R, NV>, slice_channel<5, 1, R, NV>, slice_channel<3, 2, R, NV>}}
 // Accumulator budgets (pick_block): R * NV <= LNX_NREG - K - 2 for a K x K slice loop (K weights, an input, a
 // spare), <= LNX_NREG - 3 for the tap loop (a weight, an input, a spare): 11 (3x3) / 9 (5x5) / 13 with 16
 // registers, 27 / 25 / 29 with 32.
