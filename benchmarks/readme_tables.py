@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -127,7 +128,8 @@ def zoo_summary(rows: list[dict]) -> str:
 
 
 def _span(values: list[float], unit: str = "×") -> str:
-    low, high = min(values), max(values)
+    """``low–high`` to two decimals, the low end rounded down (0.995× reads 0.99×, not 1.00×)."""
+    low, high = math.floor(min(values) * 100) / 100, max(values)
     return f"{low:.2f}{unit}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}–{high:.2f}{unit}"
 
 

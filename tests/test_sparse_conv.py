@@ -36,7 +36,20 @@ CASES = [
     dict(cin=1, cout=9, k=5, padding=2),  # the 5x5 slice loop on a single input channel, padded
     dict(cin=16, cout=16, k=3, stride=2),
     dict(cin=5, cout=4, k=3, stride=3, padding=2),
+    dict(cin=4, cout=6, k=3, stride=2, padding=2),  # strided slice loop, padding wider than the stride
+    dict(cin=3, cout=6, k=5, stride=2, padding=3),  # strided tap loop, padding wider than the stride
+    dict(cin=6, cout=6, k=3, stride=2, padding=1, groups=6),  # depthwise, strided slice loop
+    dict(cin=4, cout=5, k=3, stride=(2, 1), padding=1),  # unequal strides: the tap loop
+    dict(cin=4, cout=5, k=(3, 5), padding=(1, 2)),  # a non-square kernel: the tap loop
 ]
+SLICE_LOOPS = {(3, 1): 1, (5, 1): 2, (3, 2): 3}  # (kernel, stride) -> the plan's slice form (0: the tap loop)
+
+
+def _slice_form(case: dict) -> int:
+    k, stride = case["k"], case.get("stride", 1)
+    if isinstance(k, tuple) or isinstance(stride, tuple) or case.get("dilation", 1) != 1:
+        return 0
+    return SLICE_LOOPS.get((k, stride), 0)
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +71,7 @@ def test_sparse_conv_equals_dense(case: dict, size: tuple[int, int, int]) -> Non
     sparse = sc.SparseConv2d(conv)
     with torch.no_grad():
         expected = conv(x)
+        assert int(sparse.plan(x)[3][14]) == _slice_form(case)  # the loop the kernel runs (meta M_SLICE_FORM)
         assert torch.allclose(sparse.sparse(x), expected, atol=1e-5)
         assert torch.allclose(sparse.sparse(x, slices=False), expected, atol=1e-5)  # the per-tap loop too
         residual = 4 * torch.randn_like(expected)
@@ -66,6 +80,15 @@ def test_sparse_conv_equals_dense(case: dict, size: tuple[int, int, int]) -> Non
             assert torch.allclose(sparse.sparse(x, residual), fn(expected + residual), atol=1e-5)
             assert torch.allclose(sparse.dense(x, residual), fn(expected + residual), atol=1e-5)
             assert torch.allclose(sparse.sparse(x), fn(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_strided_padding_where_a_stride_phase_holds_no_input_column(width: int) -> None:
+    _needs_kernel()
+    conv = _sparse_conv(3, 4, 3, stride=2, padding=2)
+    x = torch.randn(2, 3, 9, width)
+    with torch.no_grad():
+        assert torch.allclose(sc.SparseConv2d(conv).sparse(x), conv(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("isa", native.ISAS, ids=[i.name for i in native.ISAS])
@@ -81,7 +104,7 @@ def test_every_isa_variant_compiles_and_where_this_cpu_runs_it_equals_dense(
     monkeypatch.setenv(kernels.ISA_ENV, isa.name)
     ext = kernels.load_extension()
     assert ext is not None and ext.vector_width == isa.vector_width
-    for case in CASES[:3]:
+    for case in (*CASES[:3], CASES[6], CASES[9]):  # 3x3, strided, depthwise, 5x5 padded, strided with wide padding
         conv = _sparse_conv(**case)
         x = torch.randn(3, case["cin"], 19, 21)
         with torch.no_grad():

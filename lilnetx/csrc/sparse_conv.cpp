@@ -22,7 +22,7 @@ using namespace lnx;
 
 // A layer's plan for one input size, built once (sparse_conv2d_plan) and reused by every call with that size
 // (sparse_conv2d_run): where each non-zero tap (or K x K slice) reads the padded input, its weights, and the meta
-// row below (geometry, register block, layout).
+// row below (geometry, register block, layout; M_SLICE_FORM is the SLICE_FORMS index + 1, 0 for the tap loop).
 enum Meta { M_C, M_H, M_W, M_O, M_HO, M_WO, M_HP, M_WP, M_WQ, M_PAD_H, M_PAD_W, M_STRIDE_H, M_STRIDE_W, M_BLOCK,
             M_SLICE_FORM, M_POINTWISE, M_OUT_H, M_OUT_W, M_SIZE };
 
@@ -97,7 +97,7 @@ std::vector<torch::Tensor> sparse_conv2d_plan(torch::Tensor tap_ptr, torch::Tens
     w_v.assign(tw, tw + n_taps);
   }
   const std::vector<int64_t> meta = {g.C, g.H, g.W, g.O, g.Ho, g.Wo, g.Hp, g.Wp, g.Wq, g.pad_h, g.pad_w, g.stride_h,
-                                g.stride_w, &block - BLOCKS, form, pointwise, pointwise ? H : g.Ho, pointwise ? W : g.Wo};
+                                g.stride_w, &block - BLOCKS, form + 1, pointwise, pointwise ? H : g.Ho, pointwise ? W : g.Wo};
   const auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   return {torch::tensor(offs, i64), torch::tensor(ptr_v, i64), torch::tensor(w_v, torch::kFloat32),
           torch::tensor(meta, i64)};
@@ -143,8 +143,10 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
   Geometry g{m[M_C], m[M_H], m[M_W], m[M_O], m[M_HO], m[M_WO], m[M_HP], m[M_WP], m[M_WQ], m[M_PAD_H], m[M_PAD_W],
              m[M_STRIDE_H], m[M_STRIDE_W]};
   const Block& block = BLOCKS[m[M_BLOCK]];
-  const int64_t form = m[M_SLICE_FORM];  // -1: the tap loop
-  TORCH_CHECK(form >= -1 && form < N_SLICE_FORMS, "sparse_conv2d: the plan was made by another build");
+  const int64_t form = m[M_SLICE_FORM] - 1;  // -1: the tap loop
+  TORCH_CHECK(form >= -1 && form < N_SLICE_FORMS &&
+                  (form < 0 || (SLICE_FORMS[form].s == g.stride_h && SLICE_FORMS[form].s == g.stride_w)),
+              "sparse_conv2d: the plan was made by another build");
   const ChannelFn fn = form >= 0 ? block.slices[form] : block.taps;
   const int64_t slice_k = form >= 0 ? SLICE_FORMS[form].k : 0;
   const int64_t N = x.size(0);
@@ -162,6 +164,8 @@ torch::Tensor sparse_conv2d_run(torch::Tensor x, torch::Tensor offsets, torch::T
   const float* wp = weights.data_ptr<float>();
   const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
   const int64_t w_step = slice_k ? slice_k * slice_k : 1;  // weights per slice / per tap
+  TORCH_CHECK(pointers.numel() == g.O + 1 && offsets.numel() == ptr[g.O] && weights.numel() == ptr[g.O] * w_step,
+              "sparse_conv2d: the plan's tensors do not match each other");
   const int64_t plane = g.C * g.Hp * g.Wp;
   const int64_t in_plane = g.C * g.H * g.W;
   const int64_t out_plane = g.O * g.Ho * g.Wo;
